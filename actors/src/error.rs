@@ -1,0 +1,21 @@
+//! Errors of the command path, mapped to HTTP once at the edge.
+
+use crate::payment::Refusal;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommandError {
+    #[error("no such payment")]
+    NotFound,
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
+    #[error("the idempotency key was used with a different request")]
+    IdempotencyMismatch,
+    #[error("the journal is unavailable: {0}")]
+    JournalUnavailable(String),
+    #[error("the node is not ready: {0}")]
+    NotReady(String),
+    #[error("the command timed out")]
+    Timeout,
+    #[error("internal error: {0}")]
+    Internal(String),
+}

@@ -1,0 +1,25 @@
+//! The payment and merchant domain.
+//!
+//! - [`payment`]: the pure state machine, its events and the API view;
+//! - [`PaymentActor`](payment_actor::PaymentActor), [`MerchantActor`](merchant_actor::MerchantActor)
+//!   and [`PartitionSupervisor`](partition_actor::PartitionSupervisor): the actors that host
+//!   it (persist, then reply);
+//! - [`snapshots`]: the projection payment actors are rebuilt from;
+//! - [`pools`]: the subscriber pools' read models;
+//! - [`merchants`]: merchant registry and API-key authentication.
+
+pub mod error;
+pub mod merchant_actor;
+pub mod merchants;
+pub mod money;
+pub mod node;
+pub mod partition_actor;
+pub mod payment;
+pub mod payment_actor;
+pub mod pools;
+pub mod runtime;
+pub mod snapshots;
+
+pub use error::CommandError;
+pub use node::NodeHandle;
+pub use runtime::{ActorOptions, Runtime};

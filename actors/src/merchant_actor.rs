@@ -1,0 +1,343 @@
+//! [`MerchantActor`]: one per merchant. Owns the merchant's idempotency keys and supervises
+//! its payment actors, spawning them on demand (new, or rebuilt from their snapshot).
+
+use crate::error::CommandError;
+use crate::payment::{Command, PaymentView};
+use crate::payment_actor::{CreateReply, PaymentActor, PaymentArgs, PaymentMsg, Reply};
+use crate::runtime::Runtime;
+use crate::snapshots;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use tracing::{debug, warn};
+
+pub enum MerchantMsg {
+    Create {
+        command: Command,
+        /// (key, fingerprint of the request).
+        idempotency: Option<(String, String)>,
+        correlation_id: Option<String>,
+        reply: Reply,
+    },
+    Get {
+        payment_id: String,
+        reply: Reply,
+    },
+    /// A payment actor's outcome for a create made under an idempotency key.
+    CreateSettled {
+        idempotency_key: String,
+        payment_id: String,
+        result: Result<PaymentView, CommandError>,
+    },
+}
+
+enum IdempotencyEntry {
+    /// The create is being journaled; these callers wait for its outcome.
+    Pending {
+        fingerprint: String,
+        waiters: Vec<Reply>,
+    },
+    /// The first response, replayed to every later request with the same key and body.
+    Done {
+        fingerprint: String,
+        response: PaymentView,
+    },
+}
+
+pub struct MerchantArgs {
+    pub runtime: Arc<Runtime>,
+    pub merchant_id: String,
+    pub partition: i32,
+}
+
+pub struct MerchantState {
+    args: MerchantArgs,
+    payments: HashMap<String, ActorRef<PaymentMsg>>,
+    by_actor: HashMap<ActorId, String>,
+    idempotency: HashMap<String, IdempotencyEntry>,
+    /// Settled keys in insertion order, to bound the in-memory cache.
+    settled_order: VecDeque<String>,
+}
+
+pub struct MerchantActor;
+
+impl Actor for MerchantActor {
+    type Msg = MerchantMsg;
+    type State = MerchantState;
+    type Arguments = MerchantArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<MerchantMsg>,
+        args: MerchantArgs,
+    ) -> Result<MerchantState, ActorProcessingErr> {
+        Ok(MerchantState {
+            args,
+            payments: HashMap::new(),
+            by_actor: HashMap::new(),
+            idempotency: HashMap::new(),
+            settled_order: VecDeque::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<MerchantMsg>,
+        message: MerchantMsg,
+        state: &mut MerchantState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            MerchantMsg::Create {
+                command,
+                idempotency,
+                correlation_id,
+                reply,
+            } => {
+                state
+                    .create(myself, command, idempotency, correlation_id, reply)
+                    .await
+            }
+            MerchantMsg::Get { payment_id, reply } => state.get(myself, payment_id, reply).await,
+            MerchantMsg::CreateSettled {
+                idempotency_key,
+                payment_id: _,
+                result,
+            } => {
+                state.settle(idempotency_key, result);
+                Ok(())
+            }
+        }
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<MerchantMsg>,
+        event: SupervisionEvent,
+        state: &mut MerchantState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A payment actor that stopped or failed is forgotten; its state is durable, so the
+        // next command rebuilds it (a lazy restart).
+        let (cell, failure) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason),
+            SupervisionEvent::ActorFailed(cell, error) => {
+                warn!(merchant_id = %state.args.merchant_id, %error, "payment actor failed");
+                (cell, None)
+            }
+            _ => return Ok(()),
+        };
+        if let Some(payment_id) = state.by_actor.remove(&cell.get_id()) {
+            debug!(%payment_id, ?failure, "payment actor stopped");
+            if state
+                .payments
+                .get(&payment_id)
+                .is_some_and(|a| a.get_id() == cell.get_id())
+            {
+                state.payments.remove(&payment_id);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MerchantState {
+    async fn create(
+        &mut self,
+        myself: ActorRef<MerchantMsg>,
+        command: Command,
+        idempotency: Option<(String, String)>,
+        correlation_id: Option<String>,
+        reply: Reply,
+    ) -> Result<(), ActorProcessingErr> {
+        let reply_to = match idempotency {
+            None => CreateReply::Caller(reply),
+            Some((key, fingerprint)) => {
+                if !self.idempotency.contains_key(&key) {
+                    self.load_idempotency(&key).await;
+                }
+                match self.idempotency.get_mut(&key) {
+                    Some(IdempotencyEntry::Pending {
+                        fingerprint: first,
+                        waiters,
+                    }) => {
+                        if *first == fingerprint {
+                            waiters.push(reply);
+                        } else {
+                            let _ = reply.send(Err(CommandError::IdempotencyMismatch));
+                        }
+                        return Ok(());
+                    }
+                    Some(IdempotencyEntry::Done {
+                        fingerprint: first,
+                        response,
+                    }) => {
+                        let _ = reply.send(if *first == fingerprint {
+                            Ok(response.clone())
+                        } else {
+                            Err(CommandError::IdempotencyMismatch)
+                        });
+                        return Ok(());
+                    }
+                    None => {
+                        self.idempotency.insert(
+                            key.clone(),
+                            IdempotencyEntry::Pending {
+                                fingerprint,
+                                waiters: vec![reply],
+                            },
+                        );
+                        CreateReply::Merchant {
+                            idempotency_key: key,
+                        }
+                    }
+                }
+            }
+        };
+        let payment_id = format!("pay_{}", uuid::Uuid::now_v7().simple());
+        let actor = match self.spawn_payment(&myself, &payment_id, None).await {
+            Ok(actor) => actor,
+            Err(error) => {
+                let result = Err(CommandError::Internal(error));
+                match reply_to {
+                    CreateReply::Caller(port) => {
+                        let _ = port.send(result);
+                    }
+                    CreateReply::Merchant { idempotency_key } => {
+                        self.settle(idempotency_key, result)
+                    }
+                }
+                return Ok(());
+            }
+        };
+        if let Err(e) = actor.cast(PaymentMsg::Create {
+            command,
+            correlation_id,
+            reply: reply_to,
+        }) {
+            warn!(error = %e, "payment actor gone before its create");
+        }
+        Ok(())
+    }
+
+    /// Reads a key this actor does not remember (after a restart or eviction).
+    async fn load_idempotency(&mut self, key: &str) {
+        let runtime = &self.args.runtime;
+        if !runtime.snapshots_caught_up(self.args.partition).await {
+            warn!(merchant_id = %self.args.merchant_id, "snapshots lag; idempotency read may miss a key");
+        }
+        match snapshots::load_idempotency(&runtime.pool, &self.args.merchant_id, key).await {
+            Ok(Some((fingerprint, response))) => {
+                self.remember(key.to_string(), fingerprint, response);
+            }
+            Ok(None) => {}
+            Err(error) => warn!(%error, "idempotency lookup failed"),
+        }
+    }
+
+    fn remember(&mut self, key: String, fingerprint: String, response: PaymentView) {
+        self.idempotency.insert(
+            key.clone(),
+            IdempotencyEntry::Done {
+                fingerprint,
+                response,
+            },
+        );
+        self.settled_order.push_back(key);
+        while self.settled_order.len() > self.args.runtime.options.idempotency_cache_per_merchant {
+            if let Some(old) = self.settled_order.pop_front() {
+                if matches!(
+                    self.idempotency.get(&old),
+                    Some(IdempotencyEntry::Done { .. })
+                ) {
+                    self.idempotency.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn settle(&mut self, key: String, result: Result<PaymentView, CommandError>) {
+        let Some(IdempotencyEntry::Pending {
+            fingerprint,
+            waiters,
+        }) = self.idempotency.remove(&key)
+        else {
+            return;
+        };
+        for waiter in waiters {
+            let _ = waiter.send(result.clone());
+        }
+        if let Ok(response) = result {
+            self.remember(key, fingerprint, response);
+        }
+        // On failure the key is forgotten, so a retry with the same key may succeed.
+    }
+
+    async fn get(
+        &mut self,
+        myself: ActorRef<MerchantMsg>,
+        payment_id: String,
+        reply: Reply,
+    ) -> Result<(), ActorProcessingErr> {
+        let actor = match self.payments.get(&payment_id) {
+            Some(actor) => actor.clone(),
+            None => {
+                let runtime = self.args.runtime.clone();
+                if !runtime.snapshots_caught_up(self.args.partition).await {
+                    let _ = reply.send(Err(CommandError::NotReady(
+                        "payment snapshots are behind the journal".into(),
+                    )));
+                    return Ok(());
+                }
+                match snapshots::load_snapshot(&runtime.pool, &self.args.merchant_id, &payment_id)
+                    .await
+                {
+                    Ok(Some(payment)) => {
+                        match self
+                            .spawn_payment(&myself, &payment_id, Some(payment))
+                            .await
+                        {
+                            Ok(actor) => actor,
+                            Err(e) => {
+                                let _ = reply.send(Err(CommandError::Internal(e)));
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = reply.send(Err(CommandError::NotFound));
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(CommandError::Internal(e.to_string())));
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        if let Err(e) = actor.cast(PaymentMsg::Get(reply)) {
+            warn!(error = %e, "payment actor gone");
+        }
+        Ok(())
+    }
+
+    async fn spawn_payment(
+        &mut self,
+        myself: &ActorRef<MerchantMsg>,
+        payment_id: &str,
+        state: Option<crate::payment::Payment>,
+    ) -> Result<ActorRef<PaymentMsg>, String> {
+        let args = PaymentArgs {
+            runtime: self.args.runtime.clone(),
+            payment_id: payment_id.to_string(),
+            merchant_id: self.args.merchant_id.clone(),
+            partition: self.args.partition,
+            merchant: myself.clone(),
+            state,
+        };
+        let (actor, _) = Actor::spawn_linked(None, PaymentActor, args, myself.get_cell())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.payments.insert(payment_id.to_string(), actor.clone());
+        self.by_actor.insert(actor.get_id(), payment_id.to_string());
+        Ok(actor)
+    }
+}

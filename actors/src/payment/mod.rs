@@ -1,0 +1,10 @@
+//! The payment aggregate: pure state machine ([`machine`]), its events ([`events`]), and
+//! the API view of a payment ([`view`]).
+
+pub mod events;
+pub mod machine;
+pub mod view;
+
+pub use events::{PaymentCreated, PaymentEvent};
+pub use machine::{decide, evolve, Command, CreatePayment, Payment, PaymentStatus, Refusal};
+pub use view::PaymentView;

@@ -1,0 +1,3 @@
+//! Subscriber pools: consumer groups whose partition workers keep read models.
+
+pub mod analytics;

@@ -1,0 +1,116 @@
+//! What every domain actor of a node shares: the journal producer, the database, options,
+//! and the position of the snapshot projector.
+
+use kafka_journal::consumer::ConsumerProgress;
+use kafka_journal::JournalProducer;
+use payrail_supervisor::JournalHealth;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Options of the domain actors (`[actors]` in config.toml).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActorOptions {
+    /// Upper bound for one command from HTTP to reply (ms); past it the caller gets 503.
+    pub command_timeout_ms: u64,
+    /// Upper bound for waiting until the snapshot projector has applied what this node
+    /// journaled, when a payment actor is rebuilt (ms).
+    pub rebuild_timeout_ms: u64,
+    /// Upper bound for catching up the snapshot projector at start-up (ms).
+    pub startup_catch_up_timeout_ms: u64,
+    /// Idempotency keys remembered in memory per merchant; older ones are read back from
+    /// PostgreSQL on demand.
+    pub idempotency_cache_per_merchant: usize,
+}
+
+impl Default for ActorOptions {
+    fn default() -> Self {
+        Self {
+            command_timeout_ms: 8_000,
+            rebuild_timeout_ms: 5_000,
+            startup_catch_up_timeout_ms: 120_000,
+            idempotency_cache_per_merchant: 10_000,
+        }
+    }
+}
+
+impl ActorOptions {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(100..=600_000).contains(&self.command_timeout_ms) {
+            return Err("actors.command_timeout_ms: allowed 100..=600000".into());
+        }
+        if !(100..=600_000).contains(&self.rebuild_timeout_ms) {
+            return Err("actors.rebuild_timeout_ms: allowed 100..=600000".into());
+        }
+        if !(1..=10_000_000).contains(&self.idempotency_cache_per_merchant) {
+            return Err("actors.idempotency_cache_per_merchant: allowed 1..=10000000".into());
+        }
+        Ok(())
+    }
+}
+
+/// Shared by all actors of one node.
+pub struct Runtime {
+    pub producer: JournalProducer,
+    pub pool: PgPool,
+    pub topic: String,
+    pub partitions: u32,
+    pub options: ActorOptions,
+    pub health: JournalHealth,
+    pub snapshots: ConsumerProgress,
+    /// Per partition: one past the highest offset this node has journaled.
+    produced: Vec<AtomicI64>,
+}
+
+impl Runtime {
+    pub fn new(
+        producer: JournalProducer,
+        pool: PgPool,
+        topic: String,
+        partitions: u32,
+        options: ActorOptions,
+        health: JournalHealth,
+        snapshots: ConsumerProgress,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            producer,
+            pool,
+            topic,
+            partitions,
+            options,
+            health,
+            snapshots,
+            produced: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
+        })
+    }
+
+    pub fn partition_of(&self, merchant_id: &str) -> i32 {
+        kafka_journal::partition_for(merchant_id.as_bytes(), self.partitions)
+    }
+
+    pub fn record_produced(&self, partition: i32, offset: i64) {
+        if let Some(slot) = self.produced.get(partition as usize) {
+            slot.fetch_max(offset + 1, Ordering::AcqRel);
+        }
+    }
+
+    /// Waits until the snapshot projector has applied everything this node journaled to
+    /// `partition`, so a snapshot read afterwards is complete.
+    pub async fn snapshots_caught_up(&self, partition: i32) -> bool {
+        let target = self
+            .produced
+            .get(partition as usize)
+            .map(|s| s.load(Ordering::Acquire))
+            .unwrap_or(0);
+        self.snapshots
+            .wait_for(
+                partition,
+                target,
+                Duration::from_millis(self.options.rebuild_timeout_ms),
+            )
+            .await
+    }
+}

@@ -1,0 +1,181 @@
+//! The one place where errors become HTTP: `{"error":{"type","code","message","param"}}`.
+
+use payrail_actors::payment::Refusal;
+use payrail_actors::CommandError;
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub message: String,
+    pub param: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorObject<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    code: &'a str,
+    message: &'a str,
+    param: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn invalid(code: &'static str, message: impl Into<String>, param: Option<&str>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            code,
+            message: message.into(),
+            param: param.map(str::to_string),
+        }
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "authentication_error",
+            code: "invalid_api_key",
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            code: "resource_missing",
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "api_error",
+            code,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "api_error",
+            code: "internal_error",
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorObject {
+                kind: self.kind,
+                code: self.code,
+                message: &self.message,
+                param: self.param.as_deref(),
+            },
+        };
+        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(error: CommandError) -> Self {
+        match error {
+            CommandError::NotFound => Self::not_found("No such payment"),
+            CommandError::Refused(Refusal::InvalidAmount { max }) => Self::invalid(
+                "amount_invalid",
+                format!("amount must be between 1 and {max} minor units"),
+                Some("amount"),
+            ),
+            CommandError::Refused(refusal @ Refusal::AlreadyExists) => Self {
+                status: StatusCode::CONFLICT,
+                kind: "invalid_request_error",
+                code: "payment_unexpected_state",
+                message: refusal.to_string(),
+                param: None,
+            },
+            CommandError::Refused(Refusal::NotFound) => Self::not_found("No such payment"),
+            CommandError::IdempotencyMismatch => Self {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                kind: "idempotency_error",
+                code: "idempotency_key_in_use",
+                message: "Keys for idempotent requests can only be used with the same parameters they were first used with".into(),
+                param: None,
+            },
+            CommandError::JournalUnavailable(_) => Self::unavailable(
+                "journal_unavailable",
+                "The payment journal is unavailable; nothing was recorded. Retry with the same Idempotency-Key.",
+            ),
+            CommandError::NotReady(reason) => Self::unavailable("node_not_ready", reason),
+            CommandError::Timeout => Self::unavailable(
+                "timeout",
+                "The command did not complete in time. Retry with the same Idempotency-Key.",
+            ),
+            CommandError::Internal(reason) => {
+                tracing::error!(%reason, "internal error");
+                Self::internal("An internal error occurred")
+            }
+        }
+    }
+}
+
+/// Maps warp's own rejections (no route, wrong method, body too large, …) to error objects.
+pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::convert::Infallible> {
+    let error = if rejection.is_not_found() {
+        ApiError::not_found("Unrecognized request URL")
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind: "invalid_request_error",
+            code: "body_too_large",
+            message: "The request body is too large".into(),
+            param: None,
+        }
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError {
+            status: StatusCode::LENGTH_REQUIRED,
+            kind: "invalid_request_error",
+            code: "length_required",
+            message: "A Content-Length header is required".into(),
+            param: None,
+        }
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            kind: "invalid_request_error",
+            code: "method_not_allowed",
+            message: "Method not allowed for this URL".into(),
+            param: None,
+        }
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        ApiError::invalid("parameter_invalid", "Invalid query string", None)
+    } else if rejection.find::<warp::reject::InvalidHeader>().is_some()
+        || rejection.find::<warp::reject::MissingHeader>().is_some()
+    {
+        ApiError::invalid("header_invalid", "A header is missing or invalid", None)
+    } else {
+        tracing::warn!(?rejection, "unhandled rejection");
+        ApiError::invalid(
+            "request_invalid",
+            "The request could not be processed",
+            None,
+        )
+    };
+    Ok(error.into_response())
+}

@@ -1,0 +1,678 @@
+//! Partition-aware consumers: one [`PartitionWorker`] actor per assigned partition.
+//!
+//! A dispatcher task polls the Kafka consumer, groups the records it gets by partition and
+//! hands each batch to that partition's worker (bounded: at most `worker_mailbox` batches
+//! queued per worker; the dispatcher waits beyond that). A worker applies a batch in one
+//! PostgreSQL transaction together with the event ids it applied and its next offset, so
+//! each event takes effect exactly once; see [`crate::offsets`].
+//!
+//! PostgreSQL is the truth about positions. The group's Kafka offsets are only a hint for
+//! where to start fetching: a worker drops records below its stored offset and seeks back
+//! when the broker starts it past its stored offset (e.g. after a reset to "latest"). A
+//! worker that panics is restarted with backoff under a [`RestartTracker`]; the records it
+//! lost are fetched again by the same seek-back rule.
+
+use crate::codec::{Codec, CodecError, CodecKind};
+use crate::envelope::{Envelope, EventHeaders};
+use crate::offsets;
+use crate::options::JournalOptions;
+use crate::producer::JournalError;
+use payrail_supervisor::{RestartDecision, RestartPolicy, RestartTracker};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::util::Timeout;
+use rdkafka::ClientContext;
+use serde::de::DeserializeOwned;
+use sqlx::{PgConnection, PgPool};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, error, info, warn, Instrument};
+use uuid::Uuid;
+
+/// A record as a worker sees it.
+#[derive(Debug, Clone)]
+pub struct ConsumedRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub event_type: Option<String>,
+    pub event_id: Option<Uuid>,
+    pub content_type: Option<String>,
+    pub value: Vec<u8>,
+}
+
+impl ConsumedRecord {
+    /// Decodes the envelope with the codec its `content_type` header names.
+    pub fn decode<P: DeserializeOwned>(&self) -> Result<Envelope<P>, CodecError> {
+        let kind = match &self.content_type {
+            Some(ct) => CodecKind::from_content_type(ct)?,
+            None => CodecKind::Bincode,
+        };
+        kind.decode(&self.value)
+    }
+}
+
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A read model's reaction to records. Called inside the worker's transaction; whatever it
+/// writes through `conn` commits or rolls back together with the consumed offset.
+#[async_trait::async_trait]
+pub trait PartitionHandler: Send + Sync + 'static {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        record: &ConsumedRecord,
+    ) -> Result<(), HandlerError>;
+}
+
+/// Which partitions a consumer reads.
+#[derive(Debug, Clone)]
+pub enum Assignment {
+    /// Partitions come from the broker's consumer group of this name.
+    Group(String),
+    /// Exactly these partitions, starting at the offsets stored in PostgreSQL.
+    Manual(Vec<i32>),
+}
+
+/// What one consumer is.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Name under which offsets and processed events are stored in PostgreSQL.
+    pub name: String,
+    pub topic: String,
+    pub assignment: Assignment,
+}
+
+/// How far each partition has been applied (next offset), for readiness and tests.
+#[derive(Clone, Default)]
+pub struct ConsumerProgress {
+    partitions: Arc<Mutex<HashMap<i32, watch::Sender<i64>>>>,
+}
+
+impl ConsumerProgress {
+    fn sender(&self, partition: i32) -> watch::Sender<i64> {
+        let mut map = match self.partitions.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(partition)
+            .or_insert_with(|| watch::channel(-1).0)
+            .clone()
+    }
+
+    /// Records that everything before `next_offset` is applied.
+    pub fn publish(&self, partition: i32, next_offset: i64) {
+        self.sender(partition).send_if_modified(|current| {
+            if next_offset > *current {
+                *current = next_offset;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The next offset to apply, or -1 when unknown yet.
+    pub fn next_offset(&self, partition: i32) -> i64 {
+        *self.sender(partition).borrow()
+    }
+
+    /// Waits until `partition` has applied everything before `next_offset`.
+    pub async fn wait_for(&self, partition: i32, next_offset: i64, timeout: Duration) -> bool {
+        let mut rx = self.sender(partition).subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|v| *v >= next_offset))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false)
+    }
+}
+
+/// Cheap, cloneable handle to a running consumer.
+#[derive(Clone)]
+pub struct ConsumerHandle {
+    pub progress: ConsumerProgress,
+    shutdown: watch::Sender<bool>,
+    pub spec: ConsumerSpec,
+}
+
+impl ConsumerHandle {
+    /// Stops polling; workers finish their current batch.
+    pub fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+type SharedConsumer = Arc<StreamConsumer<PoolContext>>;
+
+struct WorkerSlot {
+    actor: ActorRef<WorkerMsg>,
+    mailbox: Arc<Semaphore>,
+    restarts: RestartTracker,
+}
+
+type Workers = Arc<Mutex<HashMap<i32, WorkerSlot>>>;
+
+/// librdkafka context: on revocation, drains and stops the revoked partitions' workers
+/// before the partitions are handed to another member.
+pub struct PoolContext {
+    workers: Workers,
+    drain_timeout: Duration,
+}
+
+impl ClientContext for PoolContext {}
+
+impl ConsumerContext for PoolContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let revoked: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            let slots: Vec<WorkerSlot> = {
+                let mut workers = match self.workers.lock() {
+                    Ok(w) => w,
+                    Err(p) => p.into_inner(),
+                };
+                revoked.iter().filter_map(|p| workers.remove(p)).collect()
+            };
+            info!(?revoked, "partitions revoked; draining workers");
+            let timeout = self.drain_timeout;
+            let drain = async move {
+                for slot in slots {
+                    let _ = slot.actor.call(WorkerMsg::Drain, Some(timeout)).await;
+                    slot.actor.stop(None);
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle)
+                    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+                {
+                    tokio::task::block_in_place(|| handle.block_on(drain));
+                }
+                Ok(handle) => {
+                    handle.spawn(drain);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Starts a consumer for `spec` whose workers call `handler`.
+pub async fn spawn_consumer(
+    options: &JournalOptions,
+    restart: RestartPolicy,
+    spec: ConsumerSpec,
+    pool: PgPool,
+    handler: Arc<dyn PartitionHandler>,
+) -> Result<ConsumerHandle, JournalError> {
+    let workers: Workers = Arc::new(Mutex::new(HashMap::new()));
+    let context = PoolContext {
+        workers: workers.clone(),
+        drain_timeout: Duration::from_millis(options.session_timeout_ms),
+    };
+    let group_id = match &spec.assignment {
+        Assignment::Group(group) => group.clone(),
+        Assignment::Manual(_) => format!("{}.manual.{}", spec.name, Uuid::now_v7()),
+    };
+    let manual = matches!(spec.assignment, Assignment::Manual(_));
+    let consumer: StreamConsumer<PoolContext> = ClientConfig::new()
+        .set("bootstrap.servers", &options.brokers)
+        .set("group.id", &group_id)
+        .set("enable.auto.commit", if manual { "false" } else { "true" })
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", options.session_timeout_ms.to_string())
+        .set("partition.assignment.strategy", "range")
+        .set("client.id", format!("payrail-{}", spec.name))
+        .create_with_context(context)
+        .map_err(|e| JournalError::Config(e.to_string()))?;
+    let consumer: SharedConsumer = Arc::new(consumer);
+    let progress = ConsumerProgress::default();
+
+    match &spec.assignment {
+        Assignment::Group(_) => consumer.subscribe(&[spec.topic.as_str()])?,
+        Assignment::Manual(partitions) => {
+            let mut list = TopicPartitionList::new();
+            for &partition in partitions {
+                let stored = offsets::load_next_offset(&pool, &spec.name, &spec.topic, partition)
+                    .await
+                    .map_err(|e| JournalError::Config(format!("loading offsets: {e}")))?;
+                let start = stored.unwrap_or(0);
+                progress.publish(partition, start);
+                list.add_partition_offset(&spec.topic, partition, Offset::Offset(start))?;
+            }
+            consumer.assign(&list)?;
+        }
+    }
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let dispatcher = Dispatcher {
+        consumer,
+        spec: spec.clone(),
+        pool,
+        handler,
+        workers,
+        progress: progress.clone(),
+        batch_max: options.worker_batch_max,
+        mailbox: options.worker_mailbox,
+        max_attempts: options.worker_max_attempts,
+        retry_base: Duration::from_millis(options.worker_retry_base_ms),
+        restart,
+        manual,
+    };
+    let span = tracing::info_span!("consumer", consumer = %spec.name, topic = %spec.topic);
+    tokio::spawn(dispatcher.run(shutdown_rx).instrument(span));
+    Ok(ConsumerHandle {
+        progress,
+        shutdown,
+        spec,
+    })
+}
+
+struct Dispatcher {
+    consumer: SharedConsumer,
+    spec: ConsumerSpec,
+    pool: PgPool,
+    handler: Arc<dyn PartitionHandler>,
+    workers: Workers,
+    progress: ConsumerProgress,
+    batch_max: usize,
+    mailbox: usize,
+    max_attempts: u32,
+    retry_base: Duration,
+    restart: RestartPolicy,
+    manual: bool,
+}
+
+fn to_record(msg: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
+    let mut record = ConsumedRecord {
+        topic: msg.topic().to_string(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        key: msg.key().map(|k| k.to_vec()),
+        event_type: None,
+        event_id: None,
+        content_type: None,
+        value: msg.payload().map(|p| p.to_vec()).unwrap_or_default(),
+    };
+    if let Some(headers) = msg.headers() {
+        for header in headers.iter() {
+            let Some(value) = header.value.and_then(|v| std::str::from_utf8(v).ok()) else {
+                continue;
+            };
+            match header.key {
+                EventHeaders::EVENT_TYPE => record.event_type = Some(value.to_string()),
+                EventHeaders::EVENT_ID => record.event_id = Uuid::parse_str(value).ok(),
+                EventHeaders::CONTENT_TYPE => record.content_type = Some(value.to_string()),
+                _ => {}
+            }
+        }
+    }
+    record
+}
+
+impl Dispatcher {
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        info!(manual = self.manual, "consumer started");
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.changed() => break,
+                msg = self.consumer.recv() => msg,
+            };
+            let mut batch = Vec::new();
+            match first {
+                Ok(msg) => batch.push(to_record(&msg)),
+                Err(e) => {
+                    warn!(error = %e, "consumer poll error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+            // Take whatever else is already fetched, up to the batch limit.
+            while batch.len() < self.batch_max {
+                match futures::FutureExt::now_or_never(self.consumer.recv()) {
+                    Some(Ok(msg)) => batch.push(to_record(&msg)),
+                    _ => break,
+                }
+            }
+            let mut by_partition: HashMap<i32, Vec<ConsumedRecord>> = HashMap::new();
+            for record in batch {
+                by_partition
+                    .entry(record.partition)
+                    .or_default()
+                    .push(record);
+            }
+            for (partition, records) in by_partition {
+                if let Err(e) = self.dispatch(partition, records).await {
+                    error!(partition, error = %e, "worker cannot be restarted; stopping consumer");
+                    return;
+                }
+            }
+        }
+        info!("consumer stopped");
+    }
+
+    async fn dispatch(&self, partition: i32, records: Vec<ConsumedRecord>) -> Result<(), String> {
+        let (actor, mailbox) = self.worker(partition).await?;
+        let permit = mailbox
+            .acquire_owned()
+            .await
+            .map_err(|e| format!("mailbox closed: {e}"))?;
+        if actor.cast(WorkerMsg::Batch(records, permit)).is_err() {
+            // The worker died; its records will be fetched again (seek-back on restart).
+            self.mark_dead(partition);
+        }
+        Ok(())
+    }
+
+    fn mark_dead(&self, partition: i32) {
+        if let Ok(mut workers) = self.workers.lock() {
+            if let Some(slot) = workers.get_mut(&partition) {
+                slot.actor.stop(None);
+            }
+        }
+    }
+
+    async fn worker(
+        &self,
+        partition: i32,
+    ) -> Result<(ActorRef<WorkerMsg>, Arc<Semaphore>), String> {
+        // A slot whose actor is no longer running is a failed worker: restart it under the
+        // restart policy. No slot means a first start (e.g. a new assignment).
+        let failed = {
+            let mut workers = self.workers.lock().map_err(|e| e.to_string())?;
+            match workers.get(&partition) {
+                Some(slot)
+                    if matches!(
+                        slot.actor.get_status(),
+                        ractor::ActorStatus::Running | ractor::ActorStatus::Starting
+                    ) =>
+                {
+                    return Ok((slot.actor.clone(), slot.mailbox.clone()));
+                }
+                Some(_) => workers.remove(&partition),
+                None => None,
+            }
+        };
+        let restarts = match failed {
+            Some(old) => {
+                let mut restarts = old.restarts;
+                match restarts.on_failure(Instant::now()) {
+                    RestartDecision::RestartAfter(delay) => {
+                        warn!(partition, ?delay, "restarting failed partition worker");
+                        tokio::time::sleep(delay).await;
+                    }
+                    RestartDecision::GiveUp => {
+                        return Err(format!("partition {partition}: restart intensity exceeded"))
+                    }
+                }
+                restarts
+            }
+            None => RestartTracker::new(self.restart),
+        };
+        let args = WorkerArgs {
+            consumer: self.consumer.clone(),
+            spec: self.spec.clone(),
+            partition,
+            pool: self.pool.clone(),
+            handler: self.handler.clone(),
+            progress: self.progress.clone(),
+            max_attempts: self.max_attempts,
+            retry_base: self.retry_base,
+            store_kafka_offsets: !self.manual,
+        };
+        let (actor, _join) = Actor::spawn(None, PartitionWorker, args)
+            .await
+            .map_err(|e| format!("spawning worker for partition {partition}: {e}"))?;
+        let mailbox = Arc::new(Semaphore::new(self.mailbox));
+        let mut workers = self.workers.lock().map_err(|e| e.to_string())?;
+        workers.insert(
+            partition,
+            WorkerSlot {
+                actor: actor.clone(),
+                mailbox: mailbox.clone(),
+                restarts,
+            },
+        );
+        Ok((actor, mailbox))
+    }
+}
+
+/// Messages of a [`PartitionWorker`].
+pub enum WorkerMsg {
+    /// Records of this partition in offset order; the permit bounds the mailbox.
+    Batch(Vec<ConsumedRecord>, OwnedSemaphorePermit),
+    /// Replies once every earlier batch is applied.
+    Drain(RpcReplyPort<()>),
+}
+
+pub struct WorkerArgs {
+    consumer: SharedConsumer,
+    spec: ConsumerSpec,
+    partition: i32,
+    pool: PgPool,
+    handler: Arc<dyn PartitionHandler>,
+    progress: ConsumerProgress,
+    max_attempts: u32,
+    retry_base: Duration,
+    store_kafka_offsets: bool,
+}
+
+pub struct WorkerState {
+    args: WorkerArgs,
+    /// Next offset to apply, from PostgreSQL; `None` before this consumer applied anything.
+    next_offset: Option<i64>,
+    /// The offset we last sought back to, so a real gap in offsets cannot loop.
+    sought: Option<i64>,
+}
+
+/// Applies one partition's records in order, exactly once, in PostgreSQL transactions.
+pub struct PartitionWorker;
+
+impl Actor for PartitionWorker {
+    type Msg = WorkerMsg;
+    type State = WorkerState;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerState, ActorProcessingErr> {
+        let next_offset = offsets::load_next_offset(
+            &args.pool,
+            &args.spec.name,
+            &args.spec.topic,
+            args.partition,
+        )
+        .await?;
+        if let Some(next) = next_offset {
+            args.progress.publish(args.partition, next);
+        }
+        debug!(
+            partition = args.partition,
+            ?next_offset,
+            "partition worker started"
+        );
+        Ok(WorkerState {
+            args,
+            next_offset,
+            sought: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: WorkerMsg,
+        state: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            WorkerMsg::Drain(reply) => {
+                let _ = reply.send(());
+                Ok(())
+            }
+            WorkerMsg::Batch(records, _permit) => {
+                let span = tracing::info_span!(
+                    "partition_batch",
+                    consumer = %state.args.spec.name,
+                    partition = state.args.partition,
+                    offset = records.first().map(|r| r.offset).unwrap_or(-1),
+                );
+                state.apply_batch(records).instrument(span).await
+            }
+        }
+    }
+}
+
+impl WorkerState {
+    async fn apply_batch(
+        &mut self,
+        mut records: Vec<ConsumedRecord>,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(next) = self.next_offset {
+            records.retain(|r| r.offset >= next);
+            if let Some(first) = records.first() {
+                if first.offset > next && self.sought != Some(next) {
+                    // The broker started us past what PostgreSQL says we applied.
+                    warn!(
+                        from = first.offset,
+                        to = next,
+                        "seeking back to the stored offset"
+                    );
+                    self.sought = Some(next);
+                    self.seek(next).await;
+                    return Ok(());
+                }
+            }
+        }
+        let Some(last) = records.last().map(|r| r.offset) else {
+            return Ok(());
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.commit(&records).await {
+                Ok(()) => break,
+                Err(e) if attempt < self.args.max_attempts => {
+                    let delay = self.args.retry_base * 2u32.saturating_pow(attempt - 1);
+                    warn!(attempt, error = %e, ?delay, "batch failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "batch failed every attempt; applying records one by one");
+                    for record in &records {
+                        self.apply_alone(record).await?;
+                    }
+                    break;
+                }
+            }
+        }
+        self.advance(last + 1);
+        Ok(())
+    }
+
+    async fn seek(&self, offset: i64) {
+        let consumer = self.args.consumer.clone();
+        let topic = self.args.spec.topic.clone();
+        let partition = self.args.partition;
+        let result = tokio::task::spawn_blocking(move || {
+            consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(offset),
+                Timeout::After(Duration::from_secs(5)),
+            )
+        })
+        .await;
+        if let Ok(Err(e)) = result {
+            warn!(error = %e, "seek failed");
+        }
+    }
+
+    fn advance(&mut self, next: i64) {
+        self.next_offset = Some(next);
+        self.args.progress.publish(self.args.partition, next);
+        if self.args.store_kafka_offsets {
+            // A hint for where to start after a rebalance; PostgreSQL stays the truth.
+            let _ =
+                self.args
+                    .consumer
+                    .store_offset(&self.args.spec.topic, self.args.partition, next);
+        }
+    }
+
+    async fn commit(&self, records: &[ConsumedRecord]) -> Result<(), HandlerError> {
+        let mut tx = self.args.pool.begin().await?;
+        for record in records {
+            self.apply_one(&mut tx, record).await?;
+        }
+        if let Some(last) = records.last() {
+            offsets::store_next_offset(
+                &mut tx,
+                &self.args.spec.name,
+                &self.args.spec.topic,
+                self.args.partition,
+                last.offset + 1,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn apply_one(
+        &self,
+        conn: &mut PgConnection,
+        record: &ConsumedRecord,
+    ) -> Result<(), HandlerError> {
+        if let Some(event_id) = record.event_id {
+            if !offsets::mark_processed(conn, &self.args.spec.name, event_id).await? {
+                debug!(offset = record.offset, %event_id, "already applied; skipping");
+                return Ok(());
+            }
+        }
+        self.args.handler.apply(conn, record).await
+    }
+
+    /// Applies one record with retries; parks it in the dead letters when every attempt fails.
+    async fn apply_alone(&self, record: &ConsumedRecord) -> Result<(), ActorProcessingErr> {
+        let mut last_error = String::new();
+        for attempt in 1..=self.args.max_attempts {
+            match self.commit(std::slice::from_ref(record)).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    last_error = e.to_string();
+                    tokio::time::sleep(self.args.retry_base * attempt).await;
+                }
+            }
+        }
+        error!(offset = record.offset, error = %last_error, "record dead-lettered");
+        let mut tx = self.args.pool.begin().await?;
+        offsets::dead_letter(
+            &mut tx,
+            &self.args.spec.name,
+            &self.args.spec.topic,
+            self.args.partition,
+            record.offset,
+            record.event_id,
+            &last_error,
+            &record.value,
+        )
+        .await?;
+        offsets::store_next_offset(
+            &mut tx,
+            &self.args.spec.name,
+            &self.args.spec.topic,
+            self.args.partition,
+            record.offset + 1,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

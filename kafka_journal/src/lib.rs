@@ -1,0 +1,24 @@
+//! The journal: an append-only log of domain events on Kafka.
+//!
+//! This crate knows nothing about payments. It offers
+//! - [`partition_for`]: a stable key → partition mapping every node agrees on;
+//! - [`Envelope`] and the [`Codec`]s (bincode 2, JSON) that put it on the wire;
+//! - [`JournalProducer`]: idempotent, `acks=all`, explicit-partition appends;
+//! - [`admin::ensure_topics`]: explicit topic creation (no broker auto-creation needed);
+//! - [`consumer::PartitionedConsumer`]: one worker actor per assigned partition, each
+//!   committing its consumed offset in the same PostgreSQL transaction as its writes.
+
+pub mod admin;
+pub mod codec;
+pub mod consumer;
+pub mod envelope;
+pub mod offsets;
+pub mod options;
+pub mod partition;
+pub mod producer;
+
+pub use codec::{Codec, CodecError, CodecKind};
+pub use envelope::{Envelope, EventHeaders};
+pub use options::JournalOptions;
+pub use partition::{murmur2, partition_for};
+pub use producer::{AppendReceipt, JournalError, JournalProducer};

@@ -1,0 +1,110 @@
+//! Consumed offsets and processed event ids, kept in PostgreSQL next to the read models.
+//!
+//! A partition worker writes its read-model changes, the ids of the events it applied and
+//! its next offset in one transaction. PostgreSQL, not the broker, is therefore the truth
+//! about what a consumer has applied: a crash, a rebalance, a redelivery or a reset of the
+//! group's Kafka offsets cannot make an event take effect twice.
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// The next offset `consumer` must apply on `topic`/`partition`, if it has applied any.
+pub async fn load_next_offset(
+    pool: &PgPool,
+    consumer: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT next_offset FROM journal_offsets WHERE consumer = $1 AND topic = $2 AND partition = $3",
+    )
+    .bind(consumer)
+    .bind(topic)
+    .bind(partition)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Records that `consumer` has applied everything before `next_offset` (never moves back).
+pub async fn store_next_offset(
+    conn: &mut PgConnection,
+    consumer: &str,
+    topic: &str,
+    partition: i32,
+    next_offset: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO journal_offsets (consumer, topic, partition, next_offset, updated_at)
+         VALUES ($1, $2, $3, $4, now())
+         ON CONFLICT (consumer, topic, partition)
+         DO UPDATE SET next_offset = GREATEST(journal_offsets.next_offset, EXCLUDED.next_offset),
+                       updated_at = now()",
+    )
+    .bind(consumer)
+    .bind(topic)
+    .bind(partition)
+    .bind(next_offset)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks `event_id` as applied by `consumer`. Returns false when it already was, in which
+/// case the caller must not apply it again.
+pub async fn mark_processed(
+    conn: &mut PgConnection,
+    consumer: &str,
+    event_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO journal_processed_events (consumer, event_id) VALUES ($1, $2)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(event_id)
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Parks a record that failed every attempt, so the partition can move on.
+#[allow(clippy::too_many_arguments)]
+pub async fn dead_letter(
+    conn: &mut PgConnection,
+    consumer: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    event_id: Option<Uuid>,
+    error: &str,
+    value: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO journal_dead_letters (consumer, topic, partition, record_offset, event_id, error, value)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (consumer, topic, partition, record_offset) DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(topic)
+    .bind(partition)
+    .bind(offset)
+    .bind(event_id)
+    .bind(error)
+    .bind(value)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Forgets everything `consumer` applied, for a rebuild of its read model.
+pub async fn reset_consumer(conn: &mut PgConnection, consumer: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM journal_offsets WHERE consumer = $1")
+        .bind(consumer)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM journal_processed_events WHERE consumer = $1")
+        .bind(consumer)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

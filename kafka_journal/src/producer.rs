@@ -1,0 +1,222 @@
+//! [`JournalProducer`]: appends records to the journal and returns only once the broker has
+//! acknowledged them (idempotent producer, `acks=all`, explicit partition).
+
+use crate::codec::{Codec, CodecError, CodecKind};
+use crate::envelope::{Envelope, EventHeaders};
+use crate::options::JournalOptions;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::ClientContext;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("the journal did not acknowledge the append within {0:?}")]
+    Timeout(Duration),
+    #[error("the journal refused the append: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("journal configuration: {0}")]
+    Config(String),
+}
+
+/// Where an appended record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendReceipt {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One record ready to append.
+#[derive(Debug, Clone)]
+pub struct OutgoingRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub key: String,
+    pub headers: EventHeaders,
+    pub value: Vec<u8>,
+}
+
+/// Client-level signals from librdkafka (e.g. all brokers down), for the circuit breaker.
+pub trait JournalSignals: Send + Sync + 'static {
+    fn client_error(&self, error: &KafkaError, reason: &str);
+}
+
+/// Ignores signals; the default until a health monitor is attached.
+pub struct NoSignals;
+impl JournalSignals for NoSignals {
+    fn client_error(&self, _: &KafkaError, _: &str) {}
+}
+
+/// librdkafka context that forwards client errors to [`JournalSignals`].
+pub struct SignalingContext {
+    signals: Arc<dyn JournalSignals>,
+    client_errors: Arc<AtomicU64>,
+}
+
+impl ClientContext for SignalingContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.client_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%error, reason, "journal client error");
+        self.signals.client_error(&error, reason);
+    }
+}
+
+/// Cheap, cloneable handle to the node's one producer.
+#[derive(Clone)]
+pub struct JournalProducer {
+    inner: Arc<FutureProducer<SignalingContext>>,
+    client_errors: Arc<AtomicU64>,
+    codec: CodecKind,
+    timeout: Duration,
+}
+
+impl JournalProducer {
+    /// Builds the producer from options. Does not contact the broker yet.
+    pub fn new(
+        options: &JournalOptions,
+        signals: Arc<dyn JournalSignals>,
+    ) -> Result<Self, JournalError> {
+        let client_errors = Arc::new(AtomicU64::new(0));
+        let context = SignalingContext {
+            signals,
+            client_errors: client_errors.clone(),
+        };
+        let producer: FutureProducer<SignalingContext> = ClientConfig::new()
+            .set("bootstrap.servers", &options.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("max.in.flight.requests.per.connection", "5")
+            .set("message.timeout.ms", options.produce_timeout_ms.to_string())
+            .set("linger.ms", options.linger_ms.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                options.max_buffered_records.to_string(),
+            )
+            .set("client.id", "payrail-journal")
+            .create_with_context(context)
+            .map_err(|e| JournalError::Config(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(producer),
+            client_errors,
+            codec: options.codec,
+            timeout: Duration::from_millis(options.produce_timeout_ms),
+        })
+    }
+
+    pub fn codec(&self) -> CodecKind {
+        self.codec
+    }
+
+    /// Encodes `envelope` with the configured codec into a record for `topic`/`partition`,
+    /// keyed by the envelope's merchant id.
+    pub fn record<P: Serialize>(
+        &self,
+        topic: &str,
+        partition: i32,
+        envelope: &Envelope<P>,
+    ) -> Result<OutgoingRecord, JournalError> {
+        Ok(OutgoingRecord {
+            topic: topic.to_string(),
+            partition,
+            key: envelope.merchant_id.clone(),
+            headers: EventHeaders::for_envelope(envelope, self.codec.content_type()),
+            value: self.codec.encode(envelope)?,
+        })
+    }
+
+    /// Appends `records` in order and waits until the broker has acknowledged every one.
+    /// On error some leading records may have been written: callers must treat their own
+    /// state as unknown and rebuild it from the journal.
+    pub async fn append(
+        &self,
+        records: &[OutgoingRecord],
+    ) -> Result<Vec<AppendReceipt>, JournalError> {
+        let mut pending = Vec::with_capacity(records.len());
+        for record in records {
+            let headers = OwnedHeaders::new_with_capacity(4)
+                .insert(Header {
+                    key: EventHeaders::EVENT_TYPE,
+                    value: Some(record.headers.event_type.as_bytes()),
+                })
+                .insert(Header {
+                    key: EventHeaders::EVENT_ID,
+                    value: Some(record.headers.event_id.as_bytes()),
+                })
+                .insert(Header {
+                    key: EventHeaders::SCHEMA_VERSION,
+                    value: Some(record.headers.schema_version.as_bytes()),
+                })
+                .insert(Header {
+                    key: EventHeaders::CONTENT_TYPE,
+                    value: Some(record.headers.content_type.as_bytes()),
+                });
+            let future_record = FutureRecord::to(&record.topic)
+                .partition(record.partition)
+                .key(record.key.as_bytes())
+                .payload(&record.value)
+                .headers(headers);
+            // Enqueueing only waits when the client buffer is full; the broker wait is below.
+            let delivery = self
+                .inner
+                .send_result(future_record)
+                .map_err(|(e, _)| JournalError::Kafka(e))?;
+            pending.push(delivery);
+        }
+        let mut receipts = Vec::with_capacity(pending.len());
+        // librdkafka fails the record itself at message.timeout.ms; the extra second only
+        // guards against a lost callback.
+        let guard = self.timeout + Duration::from_secs(1);
+        for delivery in pending {
+            match tokio::time::timeout(guard, delivery).await {
+                Err(_) => return Err(JournalError::Timeout(self.timeout)),
+                Ok(Err(_canceled)) => {
+                    return Err(JournalError::Kafka(KafkaError::Canceled));
+                }
+                Ok(Ok(Err((error, _)))) => {
+                    return Err(match error {
+                        KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
+                        ) => JournalError::Timeout(self.timeout),
+                        other => JournalError::Kafka(other),
+                    })
+                }
+                Ok(Ok(Ok(delivered))) => receipts.push(AppendReceipt {
+                    partition: delivered.partition,
+                    offset: delivered.offset,
+                }),
+            }
+        }
+        Ok(receipts)
+    }
+
+    /// Whether the broker answers a metadata request within `timeout`.
+    pub async fn is_reachable(&self, timeout: Duration) -> bool {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            inner
+                .client()
+                .fetch_metadata(None, Timeout::After(timeout))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Client errors reported by librdkafka since start.
+    pub fn client_errors(&self) -> u64 {
+        self.client_errors.load(Ordering::Relaxed)
+    }
+
+    /// Waits for buffered records to be delivered (shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.inner.flush(Timeout::After(timeout));
+    }
+}

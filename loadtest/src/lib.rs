@@ -1,0 +1,1 @@
+//! Load generator; see the load-generator issue. Only options exist so far.

@@ -1,0 +1,103 @@
+//! The node's configuration: `config.toml` (or `--config <path>`), then environment
+//! variables `PAYRAIL__<SECTION>__<KEY>` on top. Every value is checked at start-up; a bad
+//! one stops the node with a message naming the key and what is allowed.
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use kafka_journal::JournalOptions;
+use payrail_actors::ActorOptions;
+use payrail_http::HttpOptions;
+use payrail_supervisor::RestartPolicy;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseOptions {
+    /// PostgreSQL URL.
+    pub url: String,
+    /// Connections in the pool at most.
+    pub max_connections: u32,
+    /// Wait for a free connection at most (ms).
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for DatabaseOptions {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/test".into(),
+            max_connections: 16,
+            acquire_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorOptions {
+    /// Restart policy of partition workers and actors.
+    pub restart: RestartPolicy,
+    /// Consecutive failed appends that open the journal circuit breaker.
+    pub breaker_failure_threshold: u32,
+    /// Time the breaker stays open before it lets a probe through (ms).
+    pub breaker_cool_down_ms: u64,
+}
+
+impl Default for SupervisorOptions {
+    fn default() -> Self {
+        Self {
+            restart: RestartPolicy::default(),
+            breaker_failure_threshold: 3,
+            breaker_cool_down_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub journal: JournalOptions,
+    pub database: DatabaseOptions,
+    pub http: HttpOptions,
+    pub actors: ActorOptions,
+    pub supervisor: SupervisorOptions,
+}
+
+impl Config {
+    /// Reads `path` (which must exist when `explicit`) and the environment, then validates.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, String> {
+        if explicit && !path.exists() {
+            return Err(format!("config file {} does not exist", path.display()));
+        }
+        let config: Config = Figment::new()
+            .merge(Toml::file(path))
+            .merge(Env::prefixed("PAYRAIL__").split("__"))
+            .extract()
+            .map_err(|e| {
+                e.into_iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.journal.validate()?;
+        self.http.validate()?;
+        self.actors.validate()?;
+        if !(self.database.url.starts_with("postgres://")
+            || self.database.url.starts_with("postgresql://"))
+        {
+            return Err("database.url: must be a postgres:// URL".into());
+        }
+        if !(1..=1_000).contains(&self.database.max_connections) {
+            return Err("database.max_connections: allowed 1..=1000".into());
+        }
+        if self.supervisor.restart.max_restarts == 0 {
+            return Err("supervisor.restart.max_restarts: must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,180 @@
+//! Start-up and shutdown of a node: database, topics, snapshot projector, actors, pools, HTTP.
+
+use crate::config::Config;
+use anyhow::{bail, Context};
+use kafka_journal::admin::{self, TopicSpec};
+use kafka_journal::consumer::{spawn_consumer, Assignment, ConsumerSpec};
+use kafka_journal::JournalProducer;
+use payrail_actors::merchants::MerchantRegistry;
+use payrail_actors::pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP};
+use payrail_actors::snapshots::{SnapshotProjector, SNAPSHOT_CONSUMER};
+use payrail_actors::{NodeHandle, Runtime};
+use payrail_supervisor::{JournalHealth, PartitionOwnership};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::info;
+
+pub const PAYMENT_EVENTS: &str = "payment.events";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(config.database.max_connections)
+        .acquire_timeout(Duration::from_millis(config.database.acquire_timeout_ms))
+        .connect(&config.database.url)
+        .await
+        .context("connecting to PostgreSQL (database.url)")
+}
+
+async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await.context("applying migrations")?;
+    Ok(())
+}
+
+pub async fn migrate_only(config: &Config) -> anyhow::Result<()> {
+    let pool = connect(config).await?;
+    migrate(&pool).await?;
+    println!("migrations applied");
+    Ok(())
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let journal = &config.journal;
+    info!(brokers = %journal.brokers, partitions = journal.partitions, namespace = %journal.namespace, bind = %config.http.bind, "starting node");
+    let pool = connect(&config).await?;
+    migrate(&pool).await?;
+
+    let topic = journal.topic(PAYMENT_EVENTS);
+    let created = admin::ensure_topics(
+        journal,
+        &[TopicSpec {
+            name: topic.clone(),
+            partitions: journal.partitions,
+        }],
+    )
+    .await
+    .context("creating topics (journal.brokers)")?;
+    if !created.is_empty() {
+        info!(?created, "created topics");
+    }
+    match admin::partition_count(journal, &topic).await? {
+        Some(n) if n as u32 == journal.partitions => {}
+        Some(n) => bail!(
+            "journal.partitions: topic {topic} has {n} partitions but the config says {}; they must agree",
+            journal.partitions
+        ),
+        None => bail!("topic {topic} is not visible after creation"),
+    }
+
+    let health = JournalHealth::new(
+        config.supervisor.breaker_failure_threshold,
+        Duration::from_millis(config.supervisor.breaker_cool_down_ms),
+    );
+    let producer = JournalProducer::new(journal, Arc::new(kafka_journal::producer::NoSignals))?;
+    let ownership = PartitionOwnership::all(journal.partitions);
+
+    let snapshots = spawn_consumer(
+        journal,
+        config.supervisor.restart,
+        ConsumerSpec {
+            name: journal.group(SNAPSHOT_CONSUMER),
+            topic: topic.clone(),
+            assignment: Assignment::Manual(ownership.owned()),
+        },
+        pool.clone(),
+        Arc::new(SnapshotProjector),
+    )
+    .await?;
+
+    let runtime = Runtime::new(
+        producer.clone(),
+        pool.clone(),
+        topic.clone(),
+        journal.partitions,
+        config.actors.clone(),
+        health,
+        snapshots.progress.clone(),
+    );
+    let node = NodeHandle::start(runtime, ownership.clone()).await?;
+
+    // Rebuild: the snapshot projector must have applied the whole journal tail before this
+    // node serves its partitions, so every payment is rebuilt with its latest state.
+    let started = Instant::now();
+    let catch_up = Duration::from_millis(config.actors.startup_catch_up_timeout_ms);
+    for partition in ownership.owned() {
+        let (_, high) = admin::watermarks(journal, &topic, partition).await?;
+        let remaining = catch_up.saturating_sub(started.elapsed());
+        if !snapshots
+            .progress
+            .wait_for(partition, high, remaining)
+            .await
+        {
+            bail!("partition {partition}: snapshots did not catch up to offset {high} within {catch_up:?}");
+        }
+    }
+    node.mark_ready();
+    info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "partitions ready"
+    );
+
+    let analytics = spawn_consumer(
+        journal,
+        config.supervisor.restart,
+        ConsumerSpec {
+            name: journal.group(ANALYTICS_GROUP),
+            topic: topic.clone(),
+            assignment: Assignment::Group(journal.group(ANALYTICS_GROUP)),
+        },
+        pool.clone(),
+        Arc::new(AnalyticsProjector),
+    )
+    .await?;
+
+    let state = payrail_http::AppState {
+        node,
+        merchants: MerchantRegistry::new(pool.clone()),
+        admin_token: config.http.admin_token.clone(),
+        pool: pool.clone(),
+    };
+    let addr: SocketAddr = config.http.bind.parse().context("http.bind")?;
+    let routes = payrail_http::routes(state, config.http.max_body_bytes);
+    let (bound, server) = warp::serve(routes)
+        .try_bind_with_graceful_shutdown(addr, shutdown_signal())
+        .with_context(|| format!("binding http.bind {addr}"))?;
+    info!(%bound, "listening");
+    println!("payrail node listening on http://{bound}");
+    server.await;
+    info!("shutting down");
+    analytics.stop();
+    snapshots.stop();
+    producer.flush(Duration::from_secs(5));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
