@@ -12,7 +12,7 @@ use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -70,9 +70,16 @@ impl ClientContext for SignalingContext {
 }
 
 /// Cheap, cloneable handle to the node's one producer.
+///
+/// After a failed append the underlying librdkafka producer is replaced by a fresh one
+/// (new producer id). A failed idempotent producer may bump its epoch or carry sequence
+/// gaps into the next connection; a fresh producer id starts clean on any broker (and
+/// tansu 0.6 panics on a bumped epoch, see docs/DECISIONS.md).
 #[derive(Clone)]
 pub struct JournalProducer {
-    inner: Arc<FutureProducer<SignalingContext>>,
+    current: Arc<RwLock<(u64, Arc<FutureProducer<SignalingContext>>)>>,
+    config: ClientConfig,
+    signals: Arc<dyn JournalSignals>,
     client_errors: Arc<AtomicU64>,
     codec: CodecKind,
     timeout: Duration,
@@ -85,11 +92,8 @@ impl JournalProducer {
         signals: Arc<dyn JournalSignals>,
     ) -> Result<Self, JournalError> {
         let client_errors = Arc::new(AtomicU64::new(0));
-        let context = SignalingContext {
-            signals,
-            client_errors: client_errors.clone(),
-        };
-        let producer: FutureProducer<SignalingContext> = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &options.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -100,15 +104,58 @@ impl JournalProducer {
                 "queue.buffering.max.messages",
                 options.max_buffered_records.to_string(),
             )
-            .set("client.id", "payrail-journal")
-            .create_with_context(context)
-            .map_err(|e| JournalError::Config(e.to_string()))?;
+            .set("client.id", "payrail-journal");
+        let producer = Self::build(&config, &signals, &client_errors)?;
         Ok(Self {
-            inner: Arc::new(producer),
+            current: Arc::new(RwLock::new((0, Arc::new(producer)))),
+            config,
+            signals,
             client_errors,
             codec: options.codec,
             timeout: Duration::from_millis(options.produce_timeout_ms),
         })
+    }
+
+    fn build(
+        config: &ClientConfig,
+        signals: &Arc<dyn JournalSignals>,
+        client_errors: &Arc<AtomicU64>,
+    ) -> Result<FutureProducer<SignalingContext>, JournalError> {
+        let context = SignalingContext {
+            signals: signals.clone(),
+            client_errors: client_errors.clone(),
+        };
+        config
+            .create_with_context(context)
+            .map_err(|e| JournalError::Config(e.to_string()))
+    }
+
+    fn producer(&self) -> (u64, Arc<FutureProducer<SignalingContext>>) {
+        match self.current.read() {
+            Ok(guard) => (guard.0, guard.1.clone()),
+            Err(poisoned) => {
+                let guard = poisoned.into_inner();
+                (guard.0, guard.1.clone())
+            }
+        }
+    }
+
+    /// Replaces producer `generation` with a fresh one (no-op if already replaced).
+    fn reset(&self, generation: u64) {
+        let Ok(fresh) = Self::build(&self.config, &self.signals, &self.client_errors) else {
+            return;
+        };
+        let mut guard = match self.current.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if guard.0 == generation {
+            tracing::info!(
+                generation = generation + 1,
+                "journal producer replaced after a failed append"
+            );
+            *guard = (generation + 1, Arc::new(fresh));
+        }
     }
 
     pub fn codec(&self) -> CodecKind {
@@ -139,6 +186,19 @@ impl JournalProducer {
         &self,
         records: &[OutgoingRecord],
     ) -> Result<Vec<AppendReceipt>, JournalError> {
+        let (generation, producer) = self.producer();
+        let result = self.append_with(&producer, records).await;
+        if result.is_err() {
+            self.reset(generation);
+        }
+        result
+    }
+
+    async fn append_with(
+        &self,
+        producer: &FutureProducer<SignalingContext>,
+        records: &[OutgoingRecord],
+    ) -> Result<Vec<AppendReceipt>, JournalError> {
         let mut pending = Vec::with_capacity(records.len());
         for record in records {
             let headers = OwnedHeaders::new_with_capacity(4)
@@ -164,16 +224,16 @@ impl JournalProducer {
                 .payload(&record.value)
                 .headers(headers);
             // Enqueueing only waits when the client buffer is full; the broker wait is below.
-            let delivery = self
-                .inner
+            let delivery = producer
                 .send_result(future_record)
                 .map_err(|(e, _)| JournalError::Kafka(e))?;
             pending.push(delivery);
         }
         let mut receipts = Vec::with_capacity(pending.len());
-        // librdkafka fails the record itself at message.timeout.ms; the extra second only
-        // guards against a lost callback.
-        let guard = self.timeout + Duration::from_secs(1);
+        // librdkafka fails the record itself at message.timeout.ms (checked about once a
+        // second); the guard only protects against a lost callback. A record the guard gives
+        // up on is purged with the producer it was queued in (see `reset`).
+        let guard = self.timeout + Duration::from_secs(2);
         for delivery in pending {
             match tokio::time::timeout(guard, delivery).await {
                 Err(_) => return Err(JournalError::Timeout(self.timeout)),
@@ -199,9 +259,9 @@ impl JournalProducer {
 
     /// Whether the broker answers a metadata request within `timeout`.
     pub async fn is_reachable(&self, timeout: Duration) -> bool {
-        let inner = self.inner.clone();
+        let (_, producer) = self.producer();
         tokio::task::spawn_blocking(move || {
-            inner
+            producer
                 .client()
                 .fetch_metadata(None, Timeout::After(timeout))
                 .is_ok()
@@ -217,6 +277,6 @@ impl JournalProducer {
 
     /// Waits for buffered records to be delivered (shutdown).
     pub fn flush(&self, timeout: Duration) {
-        let _ = self.inner.flush(Timeout::After(timeout));
+        let _ = self.producer().1.flush(Timeout::After(timeout));
     }
 }
