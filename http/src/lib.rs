@@ -70,6 +70,62 @@ pub struct AppState {
     pub pool: sqlx::PgPool,
 }
 
+/// A request body read up to `limit` bytes, whether or not the client sent Content-Length
+/// (a chunked body is cut off at the limit too).
+type LimitedBody = Result<Bytes, ApiError>;
+
+fn limited_body(
+    limit: u64,
+) -> impl Filter<Extract = (LimitedBody,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(move |length: Option<u64>, stream| read_limited(limit, length, stream))
+}
+
+async fn read_limited<S, B>(
+    limit: u64,
+    length: Option<u64>,
+    stream: S,
+) -> Result<LimitedBody, warp::Rejection>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Send,
+    B: bytes::Buf,
+{
+    use bytes::BufMut;
+    use futures::StreamExt;
+    let too_large = || ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        kind: "invalid_request_error",
+        code: "body_too_large",
+        message: format!("The request body is larger than {limit} bytes"),
+        param: None,
+    };
+    if length.is_some_and(|l| l > limit) {
+        return Ok(Err(too_large()));
+    }
+    let mut stream = Box::pin(stream);
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let Ok(mut chunk) = chunk else {
+            return Ok(Err(ApiError::invalid(
+                "body_unreadable",
+                "The request body could not be read",
+                None,
+            )));
+        };
+        if (body.len() + chunk.remaining()) as u64 > limit {
+            return Ok(Err(too_large()));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            body.put_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(Ok(body.freeze()))
+}
+
 fn with<T: Clone + Send>(value: T) -> impl Filter<Extract = (T,), Error = Infallible> + Clone {
     warp::any().map(move || value.clone())
 }
@@ -118,11 +174,12 @@ fn respond(result: Result<Response, ApiError>) -> Result<Response, Infallible> {
 async fn create_merchant(
     state: AppState,
     auth: Option<String>,
-    body: Bytes,
+    body: LimitedBody,
 ) -> Result<Response, Infallible> {
     respond(
         async {
             authorize_admin(&state, &auth)?;
+            let body = body?;
             let body: CreateMerchantBody = parse_json(&body)?;
             body.validate()?;
             let merchant = state
@@ -140,11 +197,12 @@ async fn create_payment(
     state: AppState,
     auth: Option<String>,
     idempotency_key: Option<String>,
-    body: Bytes,
+    body: LimitedBody,
 ) -> Result<Response, Infallible> {
     respond(
         async {
             let merchant_id = authenticate(&state, &auth).await?;
+            let body = body?;
             let key = validation::idempotency_key(idempotency_key)?;
             let body: CreatePaymentBody = parse_json(&body)?;
             let command = body.into_command(key.clone())?;
@@ -282,7 +340,7 @@ pub fn routes(
     max_body_bytes: u64,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let auth = warp::header::optional::<String>("authorization");
-    let body = warp::body::content_length_limit(max_body_bytes).and(warp::body::bytes());
+    let body = limited_body(max_body_bytes);
 
     let healthz = warp::path!("healthz")
         .and(warp::get())
@@ -295,7 +353,7 @@ pub fn routes(
         .and(warp::post())
         .and(with(state.clone()))
         .and(auth)
-        .and(body)
+        .and(body.clone())
         .and_then(create_merchant);
     let create = warp::path!("v1" / "payments")
         .and(warp::post())
