@@ -40,7 +40,7 @@ enum IdempotencyEntry {
     /// The first response, replayed to every later request with the same key and body.
     Done {
         fingerprint: String,
-        response: PaymentView,
+        response: Box<PaymentView>,
     },
 }
 
@@ -171,7 +171,7 @@ impl MerchantState {
                         response,
                     }) => {
                         let _ = reply.send(if *first == fingerprint {
-                            Ok(response.clone())
+                            Ok(PaymentView::clone(response))
                         } else {
                             Err(CommandError::IdempotencyMismatch)
                         });
@@ -238,7 +238,7 @@ impl MerchantState {
             key.clone(),
             IdempotencyEntry::Done {
                 fingerprint,
-                response,
+                response: Box::new(response),
             },
         );
         self.settled_order.push_back(key);

@@ -227,6 +227,22 @@ impl Api {
         Reply { status, body }
     }
 
+    /// Like `create_payment`, but a connection failure (node down) is `None`, not a panic.
+    pub async fn try_create_payment(&self, key: &str, body: &str) -> Option<Reply> {
+        let response = self
+            .client
+            .post(format!("{}/v1/payments", self.base))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        let body = response.json().await.ok()?;
+        Some(Reply { status, body })
+    }
+
     /// Creates a merchant; returns (id, api key).
     pub async fn merchant(&self, name: &str) -> (String, String) {
         let r = self
@@ -385,4 +401,35 @@ where
 
 pub fn today() -> String {
     chrono::Utc::now().format("%Y-%m-%d").to_string()
+}
+
+/// Commits offset 0 for every partition of `topic` in consumer group `group` (the group
+/// must have no live members), as `kafka-consumer-groups --reset-offsets --to-earliest`.
+pub fn reset_group_offsets(brokers: &str, group: &str, topic: &str, partitions: u32) {
+    use rdkafka::consumer::CommitMode;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("group admin consumer");
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        list.add_partition_offset(topic, p, Offset::Offset(0))
+            .expect("tpl");
+    }
+    consumer
+        .commit(&list, CommitMode::Sync)
+        .expect("commit offsets 0");
+    let committed = consumer
+        .committed_offsets(list, Timeout::After(Duration::from_secs(10)))
+        .expect("committed offsets");
+    for element in committed.elements() {
+        assert_eq!(
+            element.offset(),
+            Offset::Offset(0),
+            "group offset reset for partition {}",
+            element.partition()
+        );
+    }
 }

@@ -1,0 +1,217 @@
+//! Crash recovery and exactly-once read models: nodes are SIGKILLed and restarted against
+//! the real broker and PostgreSQL.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_serves_the_same_payment_state() {
+    let env = TestEnv::new("restart_state").await;
+    let mut node = NodeProcess::start(&env, &[]).await;
+    let api = Api::new(&node);
+    let mut keys = Vec::new();
+    for name in ["R1", "R2", "R3"] {
+        keys.push(api.merchant(name).await.1);
+    }
+    let mut before = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        for j in 0..4 {
+            let body = format!(
+                r#"{{"amount":{},"currency":"eur","order_no":"o-{i}-{j}","metadata":{{"n":"{j}"}}}}"#,
+                100 + j
+            );
+            let created = api.create_payment(key, None, &body).await;
+            assert_eq!(created.status, 201, "{}", created.body);
+            before.push((key.clone(), created.body));
+        }
+    }
+    node.kill9();
+
+    let node = NodeProcess::start_on(&env, node.port, &[]).await;
+    let api = Api::new(&node);
+    for (key, payment) in &before {
+        let after = api.get_payment(key, payment["id"].as_str().unwrap()).await;
+        assert_eq!(after.status, 200, "{}", after.body);
+        assert_eq!(&after.body, payment, "same state after SIGKILL and restart");
+    }
+}
+
+/// The analytics count of created payments of `key`'s merchant today.
+async fn analytics_count(api: &Api, key: &str) -> i64 {
+    let reply = api.metrics(key, &today()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body["data"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| r["created_count"].as_i64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits (bounded) until the count equals `expected`; returns the last count seen.
+async fn wait_for_count(api: &Api, key: &str, expected: i64) -> i64 {
+    let reached = eventually(Duration::from_secs(60), || {
+        let api = api.clone();
+        let key = key.to_string();
+        async move { (analytics_count(&api, &key).await == expected).then_some(expected) }
+    })
+    .await;
+    match reached {
+        Some(n) => n,
+        None => analytics_count(api, key).await,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_counts_each_payment_once_across_a_sigkill_mid_stream() {
+    let env = TestEnv::new("analytics_sigkill").await;
+    let mut node = NodeProcess::start(&env, &[]).await;
+    let port = node.port;
+    let api = Api::new(&node);
+    let mut merchants = Vec::new();
+    for name in ["K1", "K2", "K3"] {
+        merchants.push(api.merchant(name).await);
+    }
+
+    // Writers keep creating payments while the node is killed and restarted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..merchants.len()).map(|_| AtomicUsize::new(0)).collect());
+    let mut writers = Vec::new();
+    for w in 0..6 {
+        let api = api.clone();
+        let (_, key) = merchants[w % merchants.len()].clone();
+        let stop = stop.clone();
+        let acknowledged = acknowledged.clone();
+        writers.push(tokio::spawn(async move {
+            let mut attempts = 0;
+            while !stop.load(Ordering::Relaxed) && attempts < 400 {
+                attempts += 1;
+                let body = format!(r#"{{"amount":{},"currency":"eur"}}"#, 1 + attempts);
+                match api.try_create_payment(&key, &body).await {
+                    Some(r) if r.status == 201 => {
+                        acknowledged[w % 3].fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(_) | None => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    node.kill9();
+    let before_restart: usize = acknowledged.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+    assert!(
+        before_restart > 0,
+        "payments were acknowledged before the kill"
+    );
+    let node = NodeProcess::start_on(&env, port, &[]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let after_restart: usize = acknowledged.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+    assert!(
+        after_restart > before_restart,
+        "payments were acknowledged after the restart"
+    );
+
+    let journal = read_journal(&env.brokers, &env.topic(), PARTITIONS);
+    let api = Api::new(&node);
+    for (i, (merchant_id, key)) in merchants.iter().enumerate() {
+        let journaled = created_for(&journal, merchant_id).len() as i64;
+        let acked = acknowledged[i].load(Ordering::Relaxed) as i64;
+        assert!(
+            journaled >= acked,
+            "every acknowledged payment is journaled ({journaled} < {acked})"
+        );
+        let counted = wait_for_count(&api, key, journaled).await;
+        assert_eq!(
+            counted, journaled,
+            "analytics counts each journaled payment exactly once"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_counts_each_payment_once_after_the_group_offsets_are_reset() {
+    let env = TestEnv::new("analytics_reset").await;
+    let mut node = NodeProcess::start(&env, &[]).await;
+    let api = Api::new(&node);
+    let mut merchants = Vec::new();
+    for name in ["G1", "G2", "G3"] {
+        merchants.push(api.merchant(name).await);
+    }
+    let mut expected: HashMap<String, i64> = HashMap::new();
+    for (i, (merchant_id, key)) in merchants.iter().enumerate() {
+        for j in 0..(5 + i) {
+            let r = api
+                .create_payment(
+                    key,
+                    None,
+                    &format!(r#"{{"amount":{},"currency":"usd"}}"#, 10 + j),
+                )
+                .await;
+            assert_eq!(r.status, 201);
+            *expected.entry(merchant_id.clone()).or_default() += 1;
+        }
+    }
+    for (merchant_id, key) in &merchants {
+        assert_eq!(
+            wait_for_count(&api, key, expected[merchant_id]).await,
+            expected[merchant_id]
+        );
+    }
+    node.kill9();
+
+    // Reset the group to the start of the topic, and forget the stored positions too, so
+    // every event is delivered again and only de-duplication stands between it and a
+    // double count.
+    let group = format!("{}payrail.analytics", env.namespace);
+    reset_group_offsets(&env.brokers, &group, &env.topic(), PARTITIONS);
+    let pool = env.pool().await;
+    let forgotten = sqlx::query("DELETE FROM journal_offsets WHERE consumer = $1")
+        .bind(&group)
+        .execute(&pool)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert!(forgotten > 0, "analytics had stored offsets");
+
+    let node = NodeProcess::start_on(&env, node.port, &[]).await;
+    let api = Api::new(&node);
+    let total: i64 = expected.values().sum();
+    let redelivered = eventually(Duration::from_secs(60), || {
+        let pool = pool.clone();
+        let group = group.clone();
+        async move {
+            let applied: Option<i64> = sqlx::query_scalar(
+                "SELECT sum(next_offset)::BIGINT FROM journal_offsets WHERE consumer = $1",
+            )
+            .bind(&group)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (applied == Some(total)).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        redelivered.is_some(),
+        "the reset group consumed the whole topic again"
+    );
+    for (merchant_id, key) in &merchants {
+        assert_eq!(
+            analytics_count(&api, key).await,
+            expected[merchant_id],
+            "no double count after the reset"
+        );
+    }
+}
