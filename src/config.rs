@@ -75,7 +75,19 @@ impl Config {
             .extract()
             .map_err(|e| {
                 e.into_iter()
-                    .map(|e| e.to_string())
+                    .map(|e| {
+                        let key = e.path.join(".").to_lowercase();
+                        let source = e
+                            .metadata
+                            .as_ref()
+                            .map(|m| format!(" (from {})", m.name))
+                            .unwrap_or_default();
+                        if key.is_empty() {
+                            format!("{}{source}", e.kind)
+                        } else {
+                            format!("{key}: {}{source}", e.kind)
+                        }
+                    })
                     .collect::<Vec<_>>()
                     .join("; ")
             })?;

@@ -83,6 +83,16 @@ async fn broker_down_gives_503_within_the_timeout_journals_nothing_and_recovers(
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert_eq!(refused.body["error"]["code"], "journal_unavailable");
     assert!(elapsed < Duration::from_secs(10), "503 took {elapsed:?}");
+    let ready = api
+        .send(reqwest::Method::GET, "/readyz", None, None, None)
+        .await;
+    assert_eq!(
+        ready.status, 503,
+        "not ready without the journal: {}",
+        ready.body
+    );
+    assert_eq!(ready.body["journal"], false);
+    assert_eq!(ready.body["database"], true);
 
     let port = broker.port;
     let _broker = PrivateBroker::start(&broker_dir, port);
