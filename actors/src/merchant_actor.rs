@@ -57,6 +57,12 @@ pub struct MerchantState {
     idempotency: HashMap<String, IdempotencyEntry>,
     /// Settled keys in insertion order, to bound the in-memory cache.
     settled_order: VecDeque<String>,
+    /// Everything this actor does not hold in memory (payments, idempotency keys) was
+    /// journaled before this offset, so a snapshot read is complete once the projector has
+    /// reached it. Set at start, raised on every eviction or child stop. This keeps reads of
+    /// cold data from waiting on records this actor produced itself (e.g. while the broker
+    /// is down and the projector cannot move).
+    memory_complete_from: i64,
 }
 
 pub struct MerchantActor;
@@ -71,7 +77,9 @@ impl Actor for MerchantActor {
         _myself: ActorRef<MerchantMsg>,
         args: MerchantArgs,
     ) -> Result<MerchantState, ActorProcessingErr> {
+        let memory_complete_from = args.runtime.produced_offset(args.partition);
         Ok(MerchantState {
+            memory_complete_from,
             args,
             payments: HashMap::new(),
             by_actor: HashMap::new(),
@@ -125,6 +133,7 @@ impl Actor for MerchantActor {
             }
             _ => return Ok(()),
         };
+        state.memory_complete_from = state.args.runtime.produced_offset(state.args.partition);
         if let Some(payment_id) = state.by_actor.remove(&cell.get_id()) {
             debug!(%payment_id, ?failure, "payment actor stopped");
             if state
@@ -221,7 +230,10 @@ impl MerchantState {
     /// Reads a key this actor does not remember (after a restart or eviction).
     async fn load_idempotency(&mut self, key: &str) {
         let runtime = &self.args.runtime;
-        if !runtime.snapshots_caught_up(self.args.partition).await {
+        if !runtime
+            .snapshots_reached(self.args.partition, self.memory_complete_from)
+            .await
+        {
             warn!(merchant_id = %self.args.merchant_id, "snapshots lag; idempotency read may miss a key");
         }
         match snapshots::load_idempotency(&runtime.pool, &self.args.merchant_id, key).await {
@@ -281,7 +293,10 @@ impl MerchantState {
             Some(actor) => actor.clone(),
             None => {
                 let runtime = self.args.runtime.clone();
-                if !runtime.snapshots_caught_up(self.args.partition).await {
+                if !runtime
+                    .snapshots_reached(self.args.partition, self.memory_complete_from)
+                    .await
+                {
                     let _ = reply.send(Err(CommandError::NotReady(
                         "payment snapshots are behind the journal".into(),
                     )));

@@ -97,18 +97,21 @@ impl Runtime {
         }
     }
 
-    /// Waits until the snapshot projector has applied everything this node journaled to
-    /// `partition`, so a snapshot read afterwards is complete.
-    pub async fn snapshots_caught_up(&self, partition: i32) -> bool {
-        let target = self
-            .produced
+    /// One past the highest offset this node has journaled to `partition`.
+    pub fn produced_offset(&self, partition: i32) -> i64 {
+        self.produced
             .get(partition as usize)
             .map(|s| s.load(Ordering::Acquire))
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+
+    /// Waits (bounded by `actors.rebuild_timeout_ms`) until the snapshot projector has
+    /// applied `partition` up to `next_offset`, so a snapshot read afterwards is complete.
+    pub async fn snapshots_reached(&self, partition: i32, next_offset: i64) -> bool {
         self.snapshots
             .wait_for(
                 partition,
-                target,
+                next_offset,
                 Duration::from_millis(self.options.rebuild_timeout_ms),
             )
             .await
