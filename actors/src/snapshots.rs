@@ -58,7 +58,6 @@ impl PartitionHandler for SnapshotProjector {
         .bind(created_at)
         .execute(&mut *conn)
         .await?;
-        #[allow(irrefutable_let_patterns)] // more event types arrive with the lifecycle
         if let PaymentEvent::Created(created) = &envelope.payload {
             if let (Some(key), Some(fingerprint)) =
                 (&created.idempotency_key, &created.request_fingerprint)

@@ -1,20 +1,36 @@
 //! The payment state machine as two pure functions, in the style of an event-sourced
 //! behaviour: [`decide`] turns a command into events or a refusal, [`evolve`] folds an event
-//! into the state. Actors only move messages and call the journal.
+//! into the state. Actors only move messages, call the processor and the journal.
 //!
-//! | from                       | command   | events            | to                       |
-//! |----------------------------|-----------|-------------------|--------------------------|
-//! | (none)                     | `create`  | `payment.created` | `requires_payment_method`|
+//! | from                      | command                    | events                  | to                        |
+//! |---------------------------|----------------------------|-------------------------|---------------------------|
+//! | (none)                    | `Create`                   | `payment.created`       | `requires_payment_method` |
+//! | `requires_payment_method` | `Confirm`                  | `payment.processing`    | `processing`              |
+//! | `requires_payment_method` | `Cancel`                   | `payment.canceled`      | `canceled`                |
+//! | `processing`              | `RecordOutcome(Succeeded)` | `payment.succeeded`     | `succeeded`               |
+//! | `processing`              | `RecordOutcome(Authorized)`| `payment.authorized`    | `requires_capture`        |
+//! | `processing`              | `RecordOutcome(Failed)`    | `payment.failed`        | `failed`                  |
+//! | `requires_capture`        | `RecordOutcome(Succeeded)` | `payment.succeeded`     | `succeeded`               |
+//! | `requires_capture`        | `Capture { amount ≤ auth }`| `payment.succeeded`     | `succeeded`               |
+//! | `requires_capture`        | `Cancel`                   | `payment.canceled`      | `canceled`                |
+//! | `requires_capture`        | `Expire`                   | `payment.expired`       | `expired`                 |
+//! | `succeeded`               | `CreateRefund { amount }`  | `refund.created`        | `succeeded` (+ refund)    |
+//! | `succeeded`               | `RecordRefundOutcome`      | `refund.succeeded`/`failed` | `succeeded`           |
 //!
-//! The lifecycle issue extends this table (confirm, capture, cancel, refund, expiry).
+//! Outcomes from the processor arrive more than once and out of order (synchronous answer,
+//! webhooks, polling). An outcome that the state already reflects, or that is older than the
+//! state (e.g. `authorized` after `succeeded`), yields no events and no refusal, so
+//! duplicates are harmless. Terminal states: `succeeded` (refunds still allowed), `failed`,
+//! `canceled`, `expired`. The pending and succeeded refunds of a payment never exceed its
+//! captured amount.
 
-use super::events::{PaymentCreated, PaymentEvent};
+use super::events::{CaptureMethod, PaymentCreated, PaymentEvent};
 use crate::money::Currency;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Stripe-compatible payment statuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentStatus {
     RequiresPaymentMethod,
@@ -40,11 +56,35 @@ impl PaymentStatus {
     }
 
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            Self::Succeeded | Self::Failed | Self::Canceled | Self::Expired
-        )
+        matches!(self, Self::Succeeded | Self::Failed | Self::Canceled | Self::Expired)
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundStatus {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+impl RefundStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refund {
+    pub id: String,
+    pub amount: i64,
+    pub status: RefundStatus,
+    pub reason: Option<String>,
+    pub created_at_micros: i64,
 }
 
 /// A payment's state: everything needed to decide the next command.
@@ -55,16 +95,44 @@ pub struct Payment {
     pub amount: i64,
     pub currency: Currency,
     pub status: PaymentStatus,
+    pub capture_method: CaptureMethod,
+    pub payment_method: Option<String>,
+    /// Authorized and not yet captured (manual capture).
+    pub amount_capturable: i64,
     pub amount_captured: i64,
+    /// Sum of succeeded refunds.
     pub amount_refunded: i64,
+    pub refunds: Vec<Refund>,
+    pub psp_reference: Option<String>,
+    pub failure_code: Option<String>,
+    pub failure_message: Option<String>,
     pub customer_email: Option<String>,
     pub order_no: Option<String>,
     pub channel: Option<String>,
     pub metadata: BTreeMap<String, String>,
     pub idempotency_key: Option<String>,
     pub created_at_micros: i64,
+    /// When the last event was applied.
+    pub updated_at_micros: i64,
     /// Sequence number of the last event applied (1 after creation).
     pub sequence: u64,
+}
+
+impl Payment {
+    /// Captured amount not yet refunded or reserved by a pending refund.
+    pub fn refundable(&self) -> i64 {
+        let reserved: i64 = self
+            .refunds
+            .iter()
+            .filter(|r| r.status != RefundStatus::Failed)
+            .map(|r| r.amount)
+            .sum();
+        self.amount_captured - reserved
+    }
+
+    pub fn refund(&self, refund_id: &str) -> Option<&Refund> {
+        self.refunds.iter().find(|r| r.id == refund_id)
+    }
 }
 
 /// A validated create request (the HTTP edge validates; the machine re-checks invariants).
@@ -76,13 +144,54 @@ pub struct CreatePayment {
     pub order_no: Option<String>,
     pub channel: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    pub capture_method: CaptureMethod,
     pub idempotency_key: Option<String>,
     pub request_fingerprint: Option<String>,
+}
+
+/// What the processor says about a payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Authorized for `amount_capturable`, waiting for capture.
+    Authorized {
+        psp_reference: Option<String>,
+        amount_capturable: i64,
+    },
+    /// Captured `amount_captured`.
+    Succeeded {
+        psp_reference: Option<String>,
+        amount_captured: i64,
+    },
+    Failed { code: String, message: String },
+    /// Canceled at the processor (e.g. voided authorization).
+    Canceled,
+    /// Still undecided.
+    Processing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Create(CreatePayment),
+    Confirm {
+        payment_method: String,
+        capture_method: Option<CaptureMethod>,
+    },
+    RecordOutcome(Outcome),
+    /// Capture `amount` (default: everything authorized).
+    Capture { amount: Option<i64> },
+    Cancel { reason: Option<String> },
+    Expire,
+    CreateRefund {
+        refund_id: String,
+        amount: Option<i64>,
+        reason: Option<String>,
+    },
+    RecordRefundOutcome {
+        refund_id: String,
+        succeeded: bool,
+        psp_reference: Option<String>,
+        code: Option<String>,
+    },
 }
 
 /// Why a command yields no event.
@@ -94,29 +203,182 @@ pub enum Refusal {
     NotFound,
     #[error("amount must be between 1 and {max} minor units")]
     InvalidAmount { max: i64 },
+    #[error("this payment is {status} and cannot {action}", status = .status.as_str())]
+    InvalidState {
+        status: PaymentStatus,
+        action: &'static str,
+    },
+    #[error("capture amount {requested} exceeds the authorized {capturable}")]
+    CaptureExceedsAuthorized { requested: i64, capturable: i64 },
+    #[error("refund amount {requested} exceeds the refundable {refundable}")]
+    RefundExceedsCaptured { requested: i64, refundable: i64 },
+    #[error("no such refund")]
+    UnknownRefund,
+}
+
+fn invalid(payment: &Payment, action: &'static str) -> Refusal {
+    Refusal::InvalidState {
+        status: payment.status,
+        action,
+    }
 }
 
 /// Decides which events `command` produces in `state`. Pure.
 pub fn decide(state: Option<&Payment>, command: &Command) -> Result<Vec<PaymentEvent>, Refusal> {
-    match (state, command) {
-        (Some(_), Command::Create(_)) => Err(Refusal::AlreadyExists),
+    use PaymentStatus as S;
+    let payment = match (state, command) {
+        (Some(_), Command::Create(_)) => return Err(Refusal::AlreadyExists),
         (None, Command::Create(create)) => {
             if create.amount <= 0 || create.amount > crate::money::MAX_AMOUNT {
                 return Err(Refusal::InvalidAmount {
                     max: crate::money::MAX_AMOUNT,
                 });
             }
-            Ok(vec![PaymentEvent::Created(PaymentCreated {
+            return Ok(vec![PaymentEvent::Created(PaymentCreated {
                 amount: create.amount,
                 currency: create.currency,
                 customer_email: create.customer_email.clone(),
                 order_no: create.order_no.clone(),
                 channel: create.channel.clone(),
                 metadata: create.metadata.clone(),
+                capture_method: create.capture_method,
                 idempotency_key: create.idempotency_key.clone(),
                 request_fingerprint: create.request_fingerprint.clone(),
-            })])
+            })]);
         }
+        (None, _) => return Err(Refusal::NotFound),
+        (Some(payment), _) => payment,
+    };
+    match command {
+        Command::Create(_) => Err(Refusal::AlreadyExists),
+        Command::Confirm {
+            payment_method,
+            capture_method,
+        } => match payment.status {
+            S::RequiresPaymentMethod => Ok(vec![PaymentEvent::Processing {
+                payment_method: payment_method.clone(),
+                capture_method: capture_method.unwrap_or(payment.capture_method),
+            }]),
+            _ => Err(invalid(payment, "be confirmed")),
+        },
+        Command::RecordOutcome(outcome) => Ok(decide_outcome(payment, outcome)),
+        Command::Capture { amount } => {
+            if payment.status != S::RequiresCapture {
+                return Err(invalid(payment, "be captured"));
+            }
+            let requested = amount.unwrap_or(payment.amount_capturable);
+            if requested <= 0 {
+                return Err(Refusal::InvalidAmount {
+                    max: payment.amount_capturable,
+                });
+            }
+            if requested > payment.amount_capturable {
+                return Err(Refusal::CaptureExceedsAuthorized {
+                    requested,
+                    capturable: payment.amount_capturable,
+                });
+            }
+            Ok(vec![PaymentEvent::Succeeded {
+                psp_reference: payment.psp_reference.clone(),
+                amount_captured: requested,
+            }])
+        }
+        Command::Cancel { reason } => match payment.status {
+            S::RequiresPaymentMethod | S::RequiresCapture => Ok(vec![PaymentEvent::Canceled {
+                reason: reason.clone(),
+            }]),
+            S::Canceled => Ok(vec![]),
+            _ => Err(invalid(payment, "be canceled")),
+        },
+        Command::Expire => match payment.status {
+            S::RequiresCapture => Ok(vec![PaymentEvent::Expired]),
+            _ => Ok(vec![]),
+        },
+        Command::CreateRefund {
+            refund_id,
+            amount,
+            reason,
+        } => {
+            if payment.status != S::Succeeded {
+                return Err(invalid(payment, "be refunded"));
+            }
+            if payment.refund(refund_id).is_some() {
+                return Ok(vec![]);
+            }
+            let refundable = payment.refundable();
+            let requested = amount.unwrap_or(refundable);
+            if requested <= 0 && amount.is_some() {
+                return Err(Refusal::InvalidAmount { max: refundable });
+            }
+            if requested <= 0 || requested > refundable {
+                return Err(Refusal::RefundExceedsCaptured {
+                    requested,
+                    refundable,
+                });
+            }
+            Ok(vec![PaymentEvent::RefundCreated {
+                refund_id: refund_id.clone(),
+                amount: requested,
+                reason: reason.clone(),
+            }])
+        }
+        Command::RecordRefundOutcome {
+            refund_id,
+            succeeded,
+            psp_reference,
+            code,
+        } => {
+            let refund = payment.refund(refund_id).ok_or(Refusal::UnknownRefund)?;
+            if refund.status != RefundStatus::Pending {
+                return Ok(vec![]);
+            }
+            Ok(vec![if *succeeded {
+                PaymentEvent::RefundSucceeded {
+                    refund_id: refund_id.clone(),
+                    psp_reference: psp_reference.clone(),
+                }
+            } else {
+                PaymentEvent::RefundFailed {
+                    refund_id: refund_id.clone(),
+                    code: code.clone().unwrap_or_else(|| "refund_failed".into()),
+                }
+            }])
+        }
+    }
+}
+
+/// Outcomes are facts reported by the processor: apply the ones that move the payment
+/// forward, ignore duplicates and stale ones.
+fn decide_outcome(payment: &Payment, outcome: &Outcome) -> Vec<PaymentEvent> {
+    use PaymentStatus as S;
+    match (payment.status, outcome) {
+        (S::Processing, Outcome::Authorized { psp_reference, amount_capturable }) => {
+            vec![PaymentEvent::Authorized {
+                psp_reference: psp_reference.clone(),
+                amount_capturable: (*amount_capturable).clamp(0, payment.amount),
+            }]
+        }
+        (S::Processing | S::RequiresCapture, Outcome::Succeeded { psp_reference, amount_captured }) => {
+            let ceiling = if payment.status == S::RequiresCapture {
+                payment.amount_capturable
+            } else {
+                payment.amount
+            };
+            vec![PaymentEvent::Succeeded {
+                psp_reference: psp_reference.clone().or_else(|| payment.psp_reference.clone()),
+                amount_captured: (*amount_captured).clamp(0, ceiling),
+            }]
+        }
+        (S::Processing, Outcome::Failed { code, message }) => vec![PaymentEvent::Failed {
+            code: code.clone(),
+            message: message.clone(),
+        }],
+        (S::Processing | S::RequiresCapture, Outcome::Canceled) => {
+            vec![PaymentEvent::Canceled {
+                reason: Some("canceled_by_processor".into()),
+            }]
+        }
+        _ => vec![],
     }
 }
 
@@ -129,90 +391,119 @@ pub struct EventContext<'a> {
     pub occurred_at_micros: i64,
 }
 
-/// Applies one event to the state. Pure. An event that does not fit the state (which the
-/// journal's ordering rules out) leaves the state unchanged.
-pub fn evolve(
-    state: Option<Payment>,
-    ctx: EventContext<'_>,
-    event: &PaymentEvent,
-) -> Option<Payment> {
-    match (state, event) {
+/// Applies one event to the state. Pure. Sets `sequence` from the event.
+pub fn evolve(state: Option<Payment>, ctx: EventContext<'_>, event: &PaymentEvent) -> Option<Payment> {
+    use PaymentStatus as S;
+    let mut payment = match (state, event) {
         (None, PaymentEvent::Created(created)) => {
-            debug_assert_eq!(ctx.sequence, 1, "payment.created is always sequence 1");
-            Some(Payment {
+            return Some(Payment {
                 id: ctx.payment_id.to_string(),
                 merchant_id: ctx.merchant_id.to_string(),
                 amount: created.amount,
                 currency: created.currency,
-                status: PaymentStatus::RequiresPaymentMethod,
+                status: S::RequiresPaymentMethod,
+                capture_method: created.capture_method,
+                payment_method: None,
+                amount_capturable: 0,
                 amount_captured: 0,
                 amount_refunded: 0,
+                refunds: Vec::new(),
+                psp_reference: None,
+                failure_code: None,
+                failure_message: None,
                 customer_email: created.customer_email.clone(),
                 order_no: created.order_no.clone(),
                 channel: created.channel.clone(),
                 metadata: created.metadata.clone(),
                 idempotency_key: created.idempotency_key.clone(),
                 created_at_micros: ctx.occurred_at_micros,
+                updated_at_micros: ctx.occurred_at_micros,
                 sequence: ctx.sequence,
             })
         }
-        (Some(payment), PaymentEvent::Created(_)) => Some(payment),
+        (None, _) => return None,
+        (Some(payment), _) => payment,
+    };
+    match event {
+        PaymentEvent::Created(_) => return Some(payment),
+        PaymentEvent::Processing {
+            payment_method,
+            capture_method,
+        } => {
+            payment.status = S::Processing;
+            payment.payment_method = Some(payment_method.clone());
+            payment.capture_method = *capture_method;
+        }
+        PaymentEvent::Authorized {
+            psp_reference,
+            amount_capturable,
+        } => {
+            payment.status = S::RequiresCapture;
+            payment.amount_capturable = *amount_capturable;
+            payment.psp_reference = psp_reference.clone();
+        }
+        PaymentEvent::Succeeded {
+            psp_reference,
+            amount_captured,
+        } => {
+            payment.status = S::Succeeded;
+            payment.amount_captured = *amount_captured;
+            payment.amount_capturable = 0;
+            if psp_reference.is_some() {
+                payment.psp_reference = psp_reference.clone();
+            }
+        }
+        PaymentEvent::Failed { code, message } => {
+            payment.status = S::Failed;
+            payment.failure_code = Some(code.clone());
+            payment.failure_message = Some(message.clone());
+        }
+        PaymentEvent::Canceled { .. } => {
+            payment.status = S::Canceled;
+            payment.amount_capturable = 0;
+        }
+        PaymentEvent::Expired => {
+            payment.status = S::Expired;
+            payment.amount_capturable = 0;
+        }
+        PaymentEvent::RefundCreated {
+            refund_id,
+            amount,
+            reason,
+        } => payment.refunds.push(Refund {
+            id: refund_id.clone(),
+            amount: *amount,
+            status: RefundStatus::Pending,
+            reason: reason.clone(),
+            created_at_micros: ctx.occurred_at_micros,
+        }),
+        PaymentEvent::RefundSucceeded { refund_id, .. } => {
+            if let Some(refund) = payment.refunds.iter_mut().find(|r| &r.id == refund_id) {
+                refund.status = RefundStatus::Succeeded;
+                payment.amount_refunded += refund.amount;
+            }
+        }
+        PaymentEvent::RefundFailed { refund_id, .. } => {
+            if let Some(refund) = payment.refunds.iter_mut().find(|r| &r.id == refund_id) {
+                refund.status = RefundStatus::Failed;
+            }
+        }
     }
+    payment.sequence = ctx.sequence;
+    payment.updated_at_micros = ctx.occurred_at_micros;
+    debug_assert!(payment.amount_refunded <= payment.amount_captured);
+    debug_assert!(payment.amount_captured <= payment.amount);
+    Some(payment)
+}
+
+/// Applies a whole history; what a rebuild from the journal does.
+pub fn replay<'a>(
+    events: impl IntoIterator<Item = (EventContext<'a>, &'a PaymentEvent)>,
+) -> Option<Payment> {
+    events
+        .into_iter()
+        .fold(None, |state, (ctx, event)| evolve(state, ctx, event))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn create(amount: i64) -> Command {
-        Command::Create(CreatePayment {
-            amount,
-            currency: Currency::parse("EUR").unwrap(),
-            customer_email: None,
-            order_no: Some("o-1".into()),
-            channel: None,
-            metadata: BTreeMap::new(),
-            idempotency_key: None,
-            request_fingerprint: None,
-        })
-    }
-
-    fn ctx(seq: u64) -> EventContext<'static> {
-        EventContext {
-            payment_id: "pay_1",
-            merchant_id: "mer_1",
-            sequence: seq,
-            occurred_at_micros: 1,
-        }
-    }
-
-    #[test]
-    fn create_on_nothing_yields_created_and_requires_payment_method() {
-        let events = decide(None, &create(1000)).unwrap();
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0].event_type(), "payment.created");
-        let state = evolve(None, ctx(1), &events[0]).unwrap();
-        assert_eq!(state.status, PaymentStatus::RequiresPaymentMethod);
-        assert_eq!(state.amount, 1000);
-        assert_eq!(state.sequence, 1);
-    }
-
-    #[test]
-    fn create_twice_is_refused_without_events() {
-        let events = decide(None, &create(1000)).unwrap();
-        let state = evolve(None, ctx(1), &events[0]).unwrap();
-        assert_eq!(
-            decide(Some(&state), &create(1000)),
-            Err(Refusal::AlreadyExists)
-        );
-    }
-
-    proptest! {
-        #[test]
-        fn only_positive_bounded_amounts_are_accepted(amount in any::<i64>()) {
-            let accepted = decide(None, &create(amount)).is_ok();
-            prop_assert_eq!(accepted, amount > 0 && amount <= crate::money::MAX_AMOUNT);
-        }
-    }
-}
+mod tests;

@@ -5,6 +5,6 @@ pub mod events;
 pub mod machine;
 pub mod view;
 
-pub use events::{PaymentCreated, PaymentEvent};
-pub use machine::{decide, evolve, Command, CreatePayment, Payment, PaymentStatus, Refusal};
-pub use view::PaymentView;
+pub use events::{CaptureMethod, PaymentCreated, PaymentEvent};
+pub use machine::{decide, evolve, Command, CreatePayment, Outcome, Payment, PaymentStatus, Refund, RefundStatus, Refusal};
+pub use view::{PaymentView, RefundView};

@@ -26,7 +26,9 @@ impl PartitionHandler for AnalyticsProjector {
             return Ok(());
         }
         let envelope = record.decode::<PaymentEvent>()?;
-        let PaymentEvent::Created(created) = &envelope.payload;
+        let PaymentEvent::Created(created) = &envelope.payload else {
+            return Ok(());
+        };
         let day = chrono::DateTime::from_timestamp_micros(envelope.occurred_at_micros)
             .ok_or("occurred_at out of range")?
             .date_naive();
