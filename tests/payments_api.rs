@@ -59,7 +59,9 @@ async fn created_payment_is_in_the_journal_with_key_and_headers_when_201_arrives
         7,
         "event ids are UUIDv7"
     );
-    let PaymentEvent::Created(created) = envelope.payload;
+    let PaymentEvent::Created(created) = envelope.payload else {
+        panic!("first event is payment.created")
+    };
     assert_eq!(created.amount, 1250);
     assert_eq!(created.currency.code(), "EUR");
 }

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub param: Option<String>,
+    /// The payment's current status, for refused transitions.
+    pub payment_status: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -28,6 +30,8 @@ struct ErrorObject<'a> {
     code: &'a str,
     message: &'a str,
     param: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payment_status: Option<&'a str>,
 }
 
 impl ApiError {
@@ -38,6 +42,7 @@ impl ApiError {
             code,
             message: message.into(),
             param: param.map(str::to_string),
+            payment_status: None,
         }
     }
 
@@ -48,6 +53,7 @@ impl ApiError {
             code: "invalid_api_key",
             message: message.into(),
             param: None,
+            payment_status: None,
         }
     }
 
@@ -58,6 +64,7 @@ impl ApiError {
             code: "resource_missing",
             message: message.into(),
             param: None,
+            payment_status: None,
         }
     }
 
@@ -68,6 +75,7 @@ impl ApiError {
             code,
             message: message.into(),
             param: None,
+            payment_status: None,
         }
     }
 
@@ -78,6 +86,7 @@ impl ApiError {
             code: "internal_error",
             message: message.into(),
             param: None,
+            payment_status: None,
         }
     }
 
@@ -88,6 +97,7 @@ impl ApiError {
                 code: self.code,
                 message: &self.message,
                 param: self.param.as_deref(),
+                payment_status: self.payment_status,
             },
         };
         warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
@@ -109,7 +119,23 @@ impl From<CommandError> for ApiError {
                 code: "payment_unexpected_state",
                 message: refusal.to_string(),
                 param: None,
+                payment_status: None,
             },
+            CommandError::Refused(refusal @ Refusal::InvalidState { status, .. }) => Self {
+                status: StatusCode::CONFLICT,
+                kind: "invalid_request_error",
+                code: "payment_unexpected_state",
+                message: refusal.to_string(),
+                param: None,
+                payment_status: Some(status.as_str()),
+            },
+            CommandError::Refused(refusal @ Refusal::CaptureExceedsAuthorized { .. }) => {
+                Self::invalid("amount_too_large", refusal.to_string(), Some("amount"))
+            }
+            CommandError::Refused(refusal @ Refusal::RefundExceedsCaptured { .. }) => {
+                Self::invalid("amount_too_large", refusal.to_string(), Some("amount"))
+            }
+            CommandError::Refused(Refusal::UnknownRefund) => Self::not_found("No such refund"),
             CommandError::Refused(Refusal::NotFound) => Self::not_found("No such payment"),
             CommandError::IdempotencyMismatch => Self {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
@@ -117,6 +143,7 @@ impl From<CommandError> for ApiError {
                 code: "idempotency_key_in_use",
                 message: "Keys for idempotent requests can only be used with the same parameters they were first used with".into(),
                 param: None,
+                payment_status: None,
             },
             CommandError::JournalUnavailable(_) => Self::unavailable(
                 "journal_unavailable",
@@ -146,6 +173,7 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::conver
             code: "body_too_large",
             message: "The request body is too large".into(),
             param: None,
+            payment_status: None,
         }
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
         ApiError {
@@ -154,6 +182,7 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::conver
             code: "length_required",
             message: "A Content-Length header is required".into(),
             param: None,
+            payment_status: None,
         }
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError {
@@ -162,6 +191,7 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::conver
             code: "method_not_allowed",
             message: "Method not allowed for this URL".into(),
             param: None,
+            payment_status: None,
         }
     } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
         ApiError::invalid("parameter_invalid", "Invalid query string", None)

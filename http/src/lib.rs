@@ -99,6 +99,7 @@ where
         code: "body_too_large",
         message: format!("The request body is larger than {limit} bytes"),
         param: None,
+        payment_status: None,
     };
     if length.is_some_and(|l| l > limit) {
         return Ok(Err(too_large()));

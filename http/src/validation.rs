@@ -2,7 +2,7 @@
 
 use crate::error::ApiError;
 use payrail_actors::money::{Currency, MAX_AMOUNT};
-use payrail_actors::payment::CreatePayment;
+use payrail_actors::payment::{CaptureMethod, CreatePayment};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -70,6 +70,8 @@ pub struct CreatePaymentBody {
     pub channel: Option<String>,
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub capture_method: Option<CaptureMethod>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,6 +188,7 @@ impl CreatePaymentBody {
                 "order_no": self.order_no,
                 "channel": self.channel,
                 "metadata": metadata,
+                "capture_method": self.capture_method.unwrap_or_default().as_str(),
             });
             hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
         });
@@ -196,6 +199,7 @@ impl CreatePaymentBody {
             order_no: self.order_no,
             channel: self.channel,
             metadata,
+            capture_method: self.capture_method.unwrap_or_default(),
             idempotency_key,
             request_fingerprint: fingerprint,
         })

@@ -56,7 +56,10 @@ impl PaymentStatus {
     }
 
     pub fn is_terminal(&self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Canceled | Self::Expired)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Canceled | Self::Expired
+        )
     }
 }
 
@@ -162,7 +165,10 @@ pub enum Outcome {
         psp_reference: Option<String>,
         amount_captured: i64,
     },
-    Failed { code: String, message: String },
+    Failed {
+        code: String,
+        message: String,
+    },
     /// Canceled at the processor (e.g. voided authorization).
     Canceled,
     /// Still undecided.
@@ -178,8 +184,12 @@ pub enum Command {
     },
     RecordOutcome(Outcome),
     /// Capture `amount` (default: everything authorized).
-    Capture { amount: Option<i64> },
-    Cancel { reason: Option<String> },
+    Capture {
+        amount: Option<i64>,
+    },
+    Cancel {
+        reason: Option<String>,
+    },
     Expire,
     CreateRefund {
         refund_id: String,
@@ -352,20 +362,34 @@ pub fn decide(state: Option<&Payment>, command: &Command) -> Result<Vec<PaymentE
 fn decide_outcome(payment: &Payment, outcome: &Outcome) -> Vec<PaymentEvent> {
     use PaymentStatus as S;
     match (payment.status, outcome) {
-        (S::Processing, Outcome::Authorized { psp_reference, amount_capturable }) => {
+        (
+            S::Processing,
+            Outcome::Authorized {
+                psp_reference,
+                amount_capturable,
+            },
+        ) => {
             vec![PaymentEvent::Authorized {
                 psp_reference: psp_reference.clone(),
                 amount_capturable: (*amount_capturable).clamp(0, payment.amount),
             }]
         }
-        (S::Processing | S::RequiresCapture, Outcome::Succeeded { psp_reference, amount_captured }) => {
+        (
+            S::Processing | S::RequiresCapture,
+            Outcome::Succeeded {
+                psp_reference,
+                amount_captured,
+            },
+        ) => {
             let ceiling = if payment.status == S::RequiresCapture {
                 payment.amount_capturable
             } else {
                 payment.amount
             };
             vec![PaymentEvent::Succeeded {
-                psp_reference: psp_reference.clone().or_else(|| payment.psp_reference.clone()),
+                psp_reference: psp_reference
+                    .clone()
+                    .or_else(|| payment.psp_reference.clone()),
                 amount_captured: (*amount_captured).clamp(0, ceiling),
             }]
         }
@@ -392,7 +416,11 @@ pub struct EventContext<'a> {
 }
 
 /// Applies one event to the state. Pure. Sets `sequence` from the event.
-pub fn evolve(state: Option<Payment>, ctx: EventContext<'_>, event: &PaymentEvent) -> Option<Payment> {
+pub fn evolve(
+    state: Option<Payment>,
+    ctx: EventContext<'_>,
+    event: &PaymentEvent,
+) -> Option<Payment> {
     use PaymentStatus as S;
     let mut payment = match (state, event) {
         (None, PaymentEvent::Created(created)) => {

@@ -6,5 +6,8 @@ pub mod machine;
 pub mod view;
 
 pub use events::{CaptureMethod, PaymentCreated, PaymentEvent};
-pub use machine::{decide, evolve, Command, CreatePayment, Outcome, Payment, PaymentStatus, Refund, RefundStatus, Refusal};
+pub use machine::{
+    decide, evolve, Command, CreatePayment, Outcome, Payment, PaymentStatus, Refund, RefundStatus,
+    Refusal,
+};
 pub use view::{PaymentView, RefundView};

@@ -58,12 +58,19 @@ fn confirm() -> Command {
 
 #[test]
 fn create_then_confirm_then_success_is_succeeded_with_everything_captured() {
-    let (state, journal) = run(&[create(1000, CaptureMethod::Automatic), confirm(), visa_succeeded(1000)]);
+    let (state, journal) = run(&[
+        create(1000, CaptureMethod::Automatic),
+        confirm(),
+        visa_succeeded(1000),
+    ]);
     let state = state.unwrap();
     assert_eq!(state.status, PaymentStatus::Succeeded);
     assert_eq!(state.amount_captured, 1000);
     let types: Vec<_> = journal.iter().map(|(_, e)| e.event_type()).collect();
-    assert_eq!(types, ["payment.created", "payment.processing", "payment.succeeded"]);
+    assert_eq!(
+        types,
+        ["payment.created", "payment.processing", "payment.succeeded"]
+    );
 }
 
 #[test]
@@ -72,35 +79,64 @@ fn manual_capture_waits_in_requires_capture_and_captures_partially() {
         psp_reference: Some("pi_1".into()),
         amount_capturable: 1000,
     });
-    let commands = [create(1000, CaptureMethod::Manual), confirm(), authorized.clone()];
+    let commands = [
+        create(1000, CaptureMethod::Manual),
+        confirm(),
+        authorized.clone(),
+    ];
     assert_eq!(status_after(&commands), PaymentStatus::RequiresCapture);
     let mut more = commands.to_vec();
     more.push(Command::Capture { amount: Some(1001) });
     let (state, _) = run(&more);
-    assert_eq!(state.unwrap().status, PaymentStatus::RequiresCapture, "over-capture refused");
+    assert_eq!(
+        state.unwrap().status,
+        PaymentStatus::RequiresCapture,
+        "over-capture refused"
+    );
     let state = run(&commands).0.unwrap();
     assert_eq!(
         decide(Some(&state), &Command::Capture { amount: Some(1001) }),
-        Err(Refusal::CaptureExceedsAuthorized { requested: 1001, capturable: 1000 })
+        Err(Refusal::CaptureExceedsAuthorized {
+            requested: 1001,
+            capturable: 1000
+        })
     );
     more.pop();
     more.push(Command::Capture { amount: Some(600) });
     let state = run(&more).0.unwrap();
-    assert_eq!((state.status, state.amount_captured), (PaymentStatus::Succeeded, 600));
+    assert_eq!(
+        (state.status, state.amount_captured),
+        (PaymentStatus::Succeeded, 600)
+    );
 }
 
 #[test]
 fn a_declined_payment_fails_and_stays_failed() {
-    let failed = Command::RecordOutcome(Outcome::Failed { code: "card_declined".into(), message: "declined".into() });
-    let commands = [create(500, CaptureMethod::Automatic), confirm(), failed, visa_succeeded(500)];
+    let failed = Command::RecordOutcome(Outcome::Failed {
+        code: "card_declined".into(),
+        message: "declined".into(),
+    });
+    let commands = [
+        create(500, CaptureMethod::Automatic),
+        confirm(),
+        failed,
+        visa_succeeded(500),
+    ];
     let (state, journal) = run(&commands);
     assert_eq!(state.unwrap().status, PaymentStatus::Failed);
-    assert_eq!(journal.len(), 3, "a late success after failure yields nothing");
+    assert_eq!(
+        journal.len(),
+        3,
+        "a late success after failure yields nothing"
+    );
 }
 
 #[test]
 fn duplicate_and_reordered_outcomes_yield_no_extra_events() {
-    let authorized = Command::RecordOutcome(Outcome::Authorized { psp_reference: None, amount_capturable: 700 });
+    let authorized = Command::RecordOutcome(Outcome::Authorized {
+        psp_reference: None,
+        amount_capturable: 700,
+    });
     let commands = [
         create(700, CaptureMethod::Automatic),
         confirm(),
@@ -119,37 +155,99 @@ fn illegal_transitions_are_refused_with_the_current_status() {
     let state = run(&[create(100, CaptureMethod::Automatic)]).0.unwrap();
     assert_eq!(
         decide(Some(&state), &Command::Capture { amount: None }),
-        Err(Refusal::InvalidState { status: PaymentStatus::RequiresPaymentMethod, action: "be captured" })
+        Err(Refusal::InvalidState {
+            status: PaymentStatus::RequiresPaymentMethod,
+            action: "be captured"
+        })
     );
-    let refund = Command::CreateRefund { refund_id: "re_1".into(), amount: None, reason: None };
-    assert!(matches!(decide(Some(&state), &refund), Err(Refusal::InvalidState { .. })));
-    let processing = run(&[create(100, CaptureMethod::Automatic), confirm()]).0.unwrap();
-    assert!(matches!(decide(Some(&processing), &Command::Cancel { reason: None }), Err(Refusal::InvalidState { .. })));
+    let refund = Command::CreateRefund {
+        refund_id: "re_1".into(),
+        amount: None,
+        reason: None,
+    };
+    assert!(matches!(
+        decide(Some(&state), &refund),
+        Err(Refusal::InvalidState { .. })
+    ));
+    let processing = run(&[create(100, CaptureMethod::Automatic), confirm()])
+        .0
+        .unwrap();
+    assert!(matches!(
+        decide(Some(&processing), &Command::Cancel { reason: None }),
+        Err(Refusal::InvalidState { .. })
+    ));
     assert_eq!(decide(None, &confirm()), Err(Refusal::NotFound));
 }
 
 #[test]
 fn refunds_add_up_and_cannot_exceed_the_captured_amount() {
-    let base = [create(1000, CaptureMethod::Automatic), confirm(), visa_succeeded(1000)];
+    let base = [
+        create(1000, CaptureMethod::Automatic),
+        confirm(),
+        visa_succeeded(1000),
+    ];
     let mut commands = base.to_vec();
     for (id, amount) in [("re_1", 300), ("re_2", 500)] {
-        commands.push(Command::CreateRefund { refund_id: id.into(), amount: Some(amount), reason: None });
-        commands.push(Command::RecordRefundOutcome { refund_id: id.into(), succeeded: true, psp_reference: None, code: None });
+        commands.push(Command::CreateRefund {
+            refund_id: id.into(),
+            amount: Some(amount),
+            reason: None,
+        });
+        commands.push(Command::RecordRefundOutcome {
+            refund_id: id.into(),
+            succeeded: true,
+            psp_reference: None,
+            code: None,
+        });
     }
     let state = run(&commands).0.unwrap();
     assert_eq!(state.amount_refunded, 800);
-    let too_much = Command::CreateRefund { refund_id: "re_3".into(), amount: Some(201), reason: None };
-    assert_eq!(decide(Some(&state), &too_much), Err(Refusal::RefundExceedsCaptured { requested: 201, refundable: 200 }));
-    let rest = Command::CreateRefund { refund_id: "re_3".into(), amount: None, reason: None };
+    let too_much = Command::CreateRefund {
+        refund_id: "re_3".into(),
+        amount: Some(201),
+        reason: None,
+    };
+    assert_eq!(
+        decide(Some(&state), &too_much),
+        Err(Refusal::RefundExceedsCaptured {
+            requested: 201,
+            refundable: 200
+        })
+    );
+    let rest = Command::CreateRefund {
+        refund_id: "re_3".into(),
+        amount: None,
+        reason: None,
+    };
     let events = decide(Some(&state), &rest).unwrap();
-    assert_eq!(events, vec![PaymentEvent::RefundCreated { refund_id: "re_3".into(), amount: 200, reason: None }]);
+    assert_eq!(
+        events,
+        vec![PaymentEvent::RefundCreated {
+            refund_id: "re_3".into(),
+            amount: 200,
+            reason: None
+        }]
+    );
 }
 
 #[test]
 fn a_failed_refund_frees_its_amount() {
-    let mut commands = vec![create(1000, CaptureMethod::Automatic), confirm(), visa_succeeded(1000)];
-    commands.push(Command::CreateRefund { refund_id: "re_1".into(), amount: Some(1000), reason: None });
-    commands.push(Command::RecordRefundOutcome { refund_id: "re_1".into(), succeeded: false, psp_reference: None, code: None });
+    let mut commands = vec![
+        create(1000, CaptureMethod::Automatic),
+        confirm(),
+        visa_succeeded(1000),
+    ];
+    commands.push(Command::CreateRefund {
+        refund_id: "re_1".into(),
+        amount: Some(1000),
+        reason: None,
+    });
+    commands.push(Command::RecordRefundOutcome {
+        refund_id: "re_1".into(),
+        succeeded: false,
+        psp_reference: None,
+        code: None,
+    });
     let state = run(&commands).0.unwrap();
     assert_eq!(state.refundable(), 1000);
     assert_eq!(state.amount_refunded, 0);
@@ -157,32 +255,82 @@ fn a_failed_refund_frees_its_amount() {
 
 #[test]
 fn expiry_only_hits_uncaptured_authorizations() {
-    let authorized = Command::RecordOutcome(Outcome::Authorized { psp_reference: None, amount_capturable: 50 });
-    assert_eq!(status_after(&[create(50, CaptureMethod::Manual), confirm(), authorized, Command::Expire]), PaymentStatus::Expired);
-    assert_eq!(status_after(&[create(50, CaptureMethod::Automatic), confirm(), visa_succeeded(50), Command::Expire]), PaymentStatus::Succeeded);
+    let authorized = Command::RecordOutcome(Outcome::Authorized {
+        psp_reference: None,
+        amount_capturable: 50,
+    });
+    assert_eq!(
+        status_after(&[
+            create(50, CaptureMethod::Manual),
+            confirm(),
+            authorized,
+            Command::Expire
+        ]),
+        PaymentStatus::Expired
+    );
+    assert_eq!(
+        status_after(&[
+            create(50, CaptureMethod::Automatic),
+            confirm(),
+            visa_succeeded(50),
+            Command::Expire
+        ]),
+        PaymentStatus::Succeeded
+    );
 }
 
 fn any_command() -> impl Strategy<Value = Command> {
-    let refund_id = prop_oneof![Just("re_a".to_string()), Just("re_b".to_string()), Just("re_c".to_string())];
+    let refund_id = prop_oneof![
+        Just("re_a".to_string()),
+        Just("re_b".to_string()),
+        Just("re_c".to_string())
+    ];
     prop_oneof![
-        (1i64..5_000, prop_oneof![Just(CaptureMethod::Automatic), Just(CaptureMethod::Manual)]).prop_map(|(a, m)| create(a, m)),
-        prop_oneof![Just(None), Just(Some(CaptureMethod::Manual)), Just(Some(CaptureMethod::Automatic))]
-            .prop_map(|capture_method| Command::Confirm { payment_method: "pm_card_visa".into(), capture_method }),
-        (0i64..6_000).prop_map(|a| Command::RecordOutcome(Outcome::Authorized { psp_reference: None, amount_capturable: a })),
-        (0i64..6_000).prop_map(|a| Command::RecordOutcome(Outcome::Succeeded { psp_reference: None, amount_captured: a })),
-        Just(Command::RecordOutcome(Outcome::Failed { code: "card_declined".into(), message: "no".into() })),
+        (
+            1i64..5_000,
+            prop_oneof![Just(CaptureMethod::Automatic), Just(CaptureMethod::Manual)]
+        )
+            .prop_map(|(a, m)| create(a, m)),
+        prop_oneof![
+            Just(None),
+            Just(Some(CaptureMethod::Manual)),
+            Just(Some(CaptureMethod::Automatic))
+        ]
+        .prop_map(|capture_method| Command::Confirm {
+            payment_method: "pm_card_visa".into(),
+            capture_method
+        }),
+        (0i64..6_000).prop_map(|a| Command::RecordOutcome(Outcome::Authorized {
+            psp_reference: None,
+            amount_capturable: a
+        })),
+        (0i64..6_000).prop_map(|a| Command::RecordOutcome(Outcome::Succeeded {
+            psp_reference: None,
+            amount_captured: a
+        })),
+        Just(Command::RecordOutcome(Outcome::Failed {
+            code: "card_declined".into(),
+            message: "no".into()
+        })),
         Just(Command::RecordOutcome(Outcome::Canceled)),
         Just(Command::RecordOutcome(Outcome::Processing)),
         proptest::option::of(-10i64..6_000).prop_map(|amount| Command::Capture { amount }),
         Just(Command::Cancel { reason: None }),
         Just(Command::Expire),
-        (refund_id.clone(), proptest::option::of(-10i64..6_000))
-            .prop_map(|(refund_id, amount)| Command::CreateRefund { refund_id, amount, reason: None }),
-        (refund_id, any::<bool>()).prop_map(|(refund_id, succeeded)| Command::RecordRefundOutcome {
-            refund_id,
-            succeeded,
-            psp_reference: None,
-            code: None
+        (refund_id.clone(), proptest::option::of(-10i64..6_000)).prop_map(|(refund_id, amount)| {
+            Command::CreateRefund {
+                refund_id,
+                amount,
+                reason: None,
+            }
+        }),
+        (refund_id, any::<bool>()).prop_map(|(refund_id, succeeded)| {
+            Command::RecordRefundOutcome {
+                refund_id,
+                succeeded,
+                psp_reference: None,
+                code: None,
+            }
         }),
     ]
 }
