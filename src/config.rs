@@ -5,6 +5,7 @@
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use kafka_journal::JournalOptions;
+use payrail_actors::psp::PspOptions;
 use payrail_actors::ActorOptions;
 use payrail_http::HttpOptions;
 use payrail_supervisor::RestartPolicy;
@@ -61,6 +62,7 @@ pub struct Config {
     pub http: HttpOptions,
     pub actors: ActorOptions,
     pub supervisor: SupervisorOptions,
+    pub psp: PspOptions,
 }
 
 impl Config {
@@ -99,6 +101,7 @@ impl Config {
         self.journal.validate()?;
         self.http.validate()?;
         self.actors.validate()?;
+        self.psp.validate()?;
         if !(self.database.url.starts_with("postgres://")
             || self.database.url.starts_with("postgresql://"))
         {

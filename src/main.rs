@@ -27,6 +27,34 @@ enum Command {
     Node,
     /// Apply database migrations and exit.
     Migrate,
+    /// Run the PSP sandbox: a stand-in card processor that calls the node back with signed
+    /// webhooks (see psp_sandbox/src/lib.rs for the test payment methods).
+    PspSandbox(SandboxArgs),
+}
+
+#[derive(clap::Args)]
+struct SandboxArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    bind: std::net::SocketAddr,
+    /// The node's webhook endpoint, e.g. http://127.0.0.1:8080/webhooks/psp/sandbox.
+    #[arg(long)]
+    webhook_url: String,
+    /// Shared secret for webhook signatures (the node's psp.webhook_secret).
+    #[arg(long, env = "PAYRAIL_SANDBOX_WEBHOOK_SECRET")]
+    webhook_secret: String,
+    /// Delay before a final outcome's webhook is sent (ms).
+    #[arg(long, default_value_t = 50)]
+    webhook_delay_ms: u64,
+    /// Delay before pm_card_delayed / pm_card_lost_webhook reach their outcome (ms).
+    #[arg(long, default_value_t = 2_000)]
+    outcome_delay_ms: u64,
+    /// HTTP 500 answers per idempotency key for pm_card_psp_error.
+    #[arg(long, default_value_t = 2)]
+    error_count: u32,
+    /// Webhook delivery attempts at most.
+    #[arg(long, default_value_t = 5)]
+    webhook_attempts: u32,
 }
 
 fn main() -> ExitCode {
@@ -37,6 +65,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    if let Command::PspSandbox(args) = cli.command {
+        return run_sandbox(args);
+    }
     let explicit = cli.config.is_some();
     let path = cli.config.unwrap_or_else(|| PathBuf::from("config.toml"));
     let config = match config::Config::load(&path, explicit) {
@@ -60,12 +91,46 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Node => node::run(config).await,
             Command::Migrate => node::migrate_only(&config).await,
+            Command::PspSandbox(_) => Ok(()),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("payrail: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_sandbox(args: SandboxArgs) -> ExitCode {
+    if args.webhook_secret.len() < 16 {
+        eprintln!("payrail psp-sandbox: --webhook-secret must be at least 16 characters");
+        return ExitCode::from(2);
+    }
+    let options = payrail_psp_sandbox::SandboxOptions {
+        bind: args.bind,
+        webhook_url: args.webhook_url,
+        webhook_secret: args.webhook_secret,
+        webhook_delay_ms: args.webhook_delay_ms,
+        outcome_delay_ms: args.outcome_delay_ms,
+        error_count: args.error_count,
+        webhook_attempts: args.webhook_attempts,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("payrail: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(payrail_psp_sandbox::run(options, node::shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("payrail psp-sandbox: {e}");
             ExitCode::FAILURE
         }
     }

@@ -90,6 +90,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await?;
 
+    let psp = payrail_actors::psp::PspClient::new(&config.psp)
+        .map_err(|e| anyhow::anyhow!("psp client: {e}"))?;
     let runtime = Runtime::new(
         producer.clone(),
         pool.clone(),
@@ -98,6 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.actors.clone(),
         health,
         snapshots.progress.clone(),
+        psp,
     );
     let node = NodeHandle::start(runtime, ownership.clone()).await?;
 
@@ -135,7 +138,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await?;
 
+    let sweeper =
+        payrail_actors::sweeper::spawn_sweeper(node.clone(), pool.clone(), config.psp.clone());
     let state = payrail_http::AppState {
+        psp_webhook_secret: config.psp.webhook_secret.clone(),
+        psp_webhook_tolerance_s: config.psp.webhook_tolerance_s,
         node,
         merchants: MerchantRegistry::new(pool.clone()),
         admin_token: config.http.admin_token.clone(),
@@ -150,13 +157,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("payrail node listening on http://{bound}");
     server.await;
     info!("shutting down");
+    sweeper.abort();
     analytics.stop();
     snapshots.stop();
     producer.flush(Duration::from_secs(5));
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

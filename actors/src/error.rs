@@ -14,6 +14,10 @@ pub enum CommandError {
     JournalUnavailable(String),
     #[error("the node is not ready: {0}")]
     NotReady(String),
+    #[error("the payment processor is unavailable: {0}")]
+    PspUnavailable(String),
+    #[error("the payment processor refused: {code}: {message}")]
+    PspRefused { code: String, message: String },
     #[error("the command timed out")]
     Timeout,
     #[error("internal error: {0}")]

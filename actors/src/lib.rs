@@ -17,8 +17,11 @@ pub mod partition_actor;
 pub mod payment;
 pub mod payment_actor;
 pub mod pools;
+pub mod psp;
 pub mod runtime;
+pub mod signature;
 pub mod snapshots;
+pub mod sweeper;
 
 pub use error::CommandError;
 pub use node::NodeHandle;

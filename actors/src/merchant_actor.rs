@@ -23,6 +23,20 @@ pub enum MerchantMsg {
         payment_id: String,
         reply: Reply,
     },
+    /// A command for an existing payment.
+    Command {
+        payment_id: String,
+        command: Command,
+        correlation_id: Option<String>,
+        reply: Option<Reply>,
+    },
+    /// The sweeper's visit to a payment.
+    Poll {
+        payment_id: String,
+        reply: Option<Reply>,
+    },
+    /// Passivation timer.
+    IdleCheck,
     /// A payment actor's outcome for a create made under an idempotency key.
     CreateSettled {
         idempotency_key: String,
@@ -63,6 +77,7 @@ pub struct MerchantState {
     /// cold data from waiting on records this actor produced itself (e.g. while the broker
     /// is down and the projector cannot move).
     memory_complete_from: i64,
+    last_active: std::time::Instant,
 }
 
 pub struct MerchantActor;
@@ -74,12 +89,17 @@ impl Actor for MerchantActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<MerchantMsg>,
+        myself: ActorRef<MerchantMsg>,
         args: MerchantArgs,
     ) -> Result<MerchantState, ActorProcessingErr> {
+        myself.send_after(
+            std::time::Duration::from_millis(args.runtime.options.passivate_after_ms),
+            || MerchantMsg::IdleCheck,
+        );
         let memory_complete_from = args.runtime.produced_offset(args.partition);
         Ok(MerchantState {
             memory_complete_from,
+            last_active: std::time::Instant::now(),
             args,
             payments: HashMap::new(),
             by_actor: HashMap::new(),
@@ -94,7 +114,48 @@ impl Actor for MerchantActor {
         message: MerchantMsg,
         state: &mut MerchantState,
     ) -> Result<(), ActorProcessingErr> {
+        if !matches!(message, MerchantMsg::IdleCheck) {
+            state.last_active = std::time::Instant::now();
+        }
         match message {
+            MerchantMsg::IdleCheck => {
+                let idle =
+                    std::time::Duration::from_millis(state.args.runtime.options.passivate_after_ms);
+                let pending = state
+                    .idempotency
+                    .values()
+                    .any(|e| matches!(e, IdempotencyEntry::Pending { .. }));
+                if state.last_active.elapsed() >= idle && state.payments.is_empty() && !pending {
+                    myself.stop(Some("passivated".into()));
+                } else {
+                    myself.send_after(idle, || MerchantMsg::IdleCheck);
+                }
+                Ok(())
+            }
+            MerchantMsg::Command {
+                payment_id,
+                command,
+                correlation_id,
+                reply,
+            } => {
+                state
+                    .route(
+                        &myself,
+                        payment_id,
+                        move |reply| PaymentMsg::Command {
+                            command,
+                            correlation_id,
+                            reply,
+                        },
+                        reply,
+                    )
+                    .await
+            }
+            MerchantMsg::Poll { payment_id, reply } => {
+                state
+                    .route(&myself, payment_id, PaymentMsg::Poll, reply)
+                    .await
+            }
             MerchantMsg::Create {
                 command,
                 idempotency,
@@ -289,49 +350,68 @@ impl MerchantState {
         payment_id: String,
         reply: Reply,
     ) -> Result<(), ActorProcessingErr> {
-        let actor = match self.payments.get(&payment_id) {
-            Some(actor) => actor.clone(),
-            None => {
-                let runtime = self.args.runtime.clone();
-                if !runtime
-                    .snapshots_reached(self.args.partition, self.memory_complete_from)
-                    .await
-                {
-                    let _ = reply.send(Err(CommandError::NotReady(
-                        "payment snapshots are behind the journal".into(),
-                    )));
-                    return Ok(());
-                }
-                match snapshots::load_snapshot(&runtime.pool, &self.args.merchant_id, &payment_id)
-                    .await
-                {
-                    Ok(Some(payment)) => {
-                        match self
-                            .spawn_payment(&myself, &payment_id, Some(payment))
-                            .await
-                        {
-                            Ok(actor) => actor,
-                            Err(e) => {
-                                let _ = reply.send(Err(CommandError::Internal(e)));
-                                return Ok(());
-                            }
-                        }
-                    }
-                    Ok(None) => {
-                        let _ = reply.send(Err(CommandError::NotFound));
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(CommandError::Internal(e.to_string())));
-                        return Ok(());
-                    }
-                }
+        let actor = match self.live_or_rebuilt(&myself, &payment_id).await {
+            Ok(actor) => actor,
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                return Ok(());
             }
         };
         if let Err(e) = actor.cast(PaymentMsg::Get(reply)) {
             warn!(error = %e, "payment actor gone");
         }
         Ok(())
+    }
+
+    /// Delivers a message built around the reply port to the payment's actor.
+    async fn route(
+        &mut self,
+        myself: &ActorRef<MerchantMsg>,
+        payment_id: String,
+        build: impl FnOnce(Option<Reply>) -> PaymentMsg,
+        reply: Option<Reply>,
+    ) -> Result<(), ActorProcessingErr> {
+        match self.live_or_rebuilt(myself, &payment_id).await {
+            Ok(actor) => {
+                if let Err(e) = actor.cast(build(reply)) {
+                    warn!(error = %e, "payment actor gone");
+                }
+            }
+            Err(error) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(error));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The payment's live actor, or one rebuilt from its snapshot.
+    async fn live_or_rebuilt(
+        &mut self,
+        myself: &ActorRef<MerchantMsg>,
+        payment_id: &str,
+    ) -> Result<ActorRef<PaymentMsg>, CommandError> {
+        if let Some(actor) = self.payments.get(payment_id) {
+            return Ok(actor.clone());
+        }
+        let runtime = self.args.runtime.clone();
+        if !runtime
+            .snapshots_reached(self.args.partition, self.memory_complete_from)
+            .await
+        {
+            return Err(CommandError::NotReady(
+                "payment snapshots are behind the journal".into(),
+            ));
+        }
+        match snapshots::load_snapshot(&runtime.pool, &self.args.merchant_id, payment_id).await {
+            Ok(Some(payment)) => self
+                .spawn_payment(myself, payment_id, Some(payment))
+                .await
+                .map_err(CommandError::Internal),
+            Ok(None) => Err(CommandError::NotFound),
+            Err(e) => Err(CommandError::Internal(e.to_string())),
+        }
     }
 
     async fn spawn_payment(

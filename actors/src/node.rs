@@ -87,6 +87,47 @@ impl NodeHandle {
             .await
     }
 
+    /// A command on an existing payment (confirm, capture, cancel, refund, outcomes).
+    pub async fn command(
+        &self,
+        merchant_id: &str,
+        payment_id: &str,
+        command: Command,
+        correlation_id: Option<String>,
+    ) -> Result<PaymentView, CommandError> {
+        let payment_id = payment_id.to_string();
+        self.ask(merchant_id, |reply| MerchantMsg::Command {
+            payment_id,
+            command,
+            correlation_id,
+            reply: Some(reply),
+        })
+        .await
+    }
+
+    /// Asks the payment to act on whatever is overdue (sweeper); waits for it.
+    pub async fn poll(
+        &self,
+        merchant_id: &str,
+        payment_id: &str,
+    ) -> Result<PaymentView, CommandError> {
+        let payment_id = payment_id.to_string();
+        self.ask(merchant_id, |reply| MerchantMsg::Poll {
+            payment_id,
+            reply: Some(reply),
+        })
+        .await
+    }
+
+    /// Whether this node owns the merchant's partition.
+    pub fn owns_merchant(&self, merchant_id: &str) -> bool {
+        self.ownership.owns(self.runtime.partition_of(merchant_id))
+    }
+
+    pub fn owned_partitions(&self) -> Vec<i32> {
+        self.ownership.owned()
+    }
+
     async fn ask(
         &self,
         merchant_id: &str,

@@ -1,14 +1,18 @@
-//! [`PaymentActor`]: hosts one payment's state; persists events, then replies.
+//! [`PaymentActor`]: hosts one payment's state. For each command it decides (pure), calls
+//! the processor where the command needs it, appends the resulting events to the journal,
+//! and only then applies them and replies. Stops itself when idle (passivation).
 
 use crate::error::CommandError;
 use crate::merchant_actor::MerchantMsg;
-use crate::payment::machine::{decide, evolve, EventContext};
-use crate::payment::{Command, Payment, PaymentEvent, PaymentView};
+use crate::payment::machine::{decide, evolve, EventContext, RefundStatus};
+use crate::payment::{Command, Outcome, Payment, PaymentEvent, PaymentStatus, PaymentView};
+use crate::psp::PspError;
 use crate::runtime::Runtime;
 use kafka_journal::envelope::now_micros;
 use kafka_journal::Envelope;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tracing::{info_span, warn, Instrument};
 use uuid::Uuid;
 
@@ -29,6 +33,17 @@ pub enum PaymentMsg {
         reply: CreateReply,
     },
     Get(Reply),
+    /// Any other command (confirm, capture, cancel, refund, recorded outcomes).
+    Command {
+        command: Command,
+        correlation_id: Option<String>,
+        reply: Option<Reply>,
+    },
+    /// From the sweeper: resolve a stale `processing`, expire a lapsed authorization,
+    /// retry pending refunds.
+    Poll(Option<Reply>),
+    /// Passivation timer.
+    IdleCheck,
 }
 
 pub struct PaymentArgs {
@@ -41,36 +56,68 @@ pub struct PaymentArgs {
     pub state: Option<Payment>,
 }
 
+pub struct PaymentState {
+    args: PaymentArgs,
+    last_active: Instant,
+}
+
 pub struct PaymentActor;
+
+fn map_psp(error: PspError) -> CommandError {
+    match error {
+        PspError::Unavailable(reason) => CommandError::PspUnavailable(reason),
+        PspError::Refused { code, message } => CommandError::PspRefused { code, message },
+    }
+}
 
 impl Actor for PaymentActor {
     type Msg = PaymentMsg;
-    type State = PaymentArgs;
+    type State = PaymentState;
     type Arguments = PaymentArgs;
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<PaymentMsg>,
+        myself: ActorRef<PaymentMsg>,
         args: PaymentArgs,
-    ) -> Result<PaymentArgs, ActorProcessingErr> {
-        Ok(args)
+    ) -> Result<PaymentState, ActorProcessingErr> {
+        let idle = Duration::from_millis(args.runtime.options.passivate_after_ms);
+        myself.send_after(idle, || PaymentMsg::IdleCheck);
+        Ok(PaymentState {
+            args,
+            last_active: Instant::now(),
+        })
     }
 
     async fn handle(
         &self,
         myself: ActorRef<PaymentMsg>,
         message: PaymentMsg,
-        state: &mut PaymentArgs,
+        state: &mut PaymentState,
     ) -> Result<(), ActorProcessingErr> {
         let span = info_span!(
             "payment",
-            payment_id = %state.payment_id,
-            merchant_id = %state.merchant_id,
-            partition = state.partition
+            payment_id = %state.args.payment_id,
+            merchant_id = %state.args.merchant_id,
+            partition = state.args.partition
         );
+        if !matches!(message, PaymentMsg::IdleCheck) {
+            state.last_active = Instant::now();
+        }
+        let args = &mut state.args;
+        let mut unknown_state = false;
         match message {
+            PaymentMsg::IdleCheck => {
+                let idle = Duration::from_millis(args.runtime.options.passivate_after_ms);
+                let quiet = state.last_active.elapsed();
+                if quiet >= idle {
+                    myself.stop(Some("passivated".into()));
+                } else {
+                    myself.send_after(idle - quiet, || PaymentMsg::IdleCheck);
+                }
+                return Ok(());
+            }
             PaymentMsg::Get(reply) => {
-                let result = state
+                let result = args
                     .state
                     .as_ref()
                     .map(PaymentView::from)
@@ -82,42 +129,285 @@ impl Actor for PaymentActor {
                 correlation_id,
                 reply,
             } => {
-                let result = state
-                    .execute(&command, correlation_id)
+                let result = args
+                    .run(vec![command], correlation_id)
                     .instrument(span)
                     .await;
-                let unknown_state = matches!(result, Err(CommandError::JournalUnavailable(_)));
+                unknown_state = matches!(result, Err(CommandError::JournalUnavailable(_)));
                 match reply {
                     CreateReply::Caller(port) => {
                         let _ = port.send(result);
                     }
                     CreateReply::Merchant { idempotency_key } => {
-                        let _ = state.merchant.cast(MerchantMsg::CreateSettled {
+                        let _ = args.merchant.cast(MerchantMsg::CreateSettled {
                             idempotency_key,
-                            payment_id: state.payment_id.clone(),
+                            payment_id: args.payment_id.clone(),
                             result,
                         });
                     }
                 }
-                if unknown_state || state.state.is_none() {
-                    // After a failed append the journal may or may not hold the events:
-                    // stop, and let the next command rebuild this payment from the journal.
-                    myself.stop(Some("state unknown after a failed append".into()));
+                if args.state.is_none() {
+                    myself.stop(Some("create refused or failed".into()));
+                    return Ok(());
                 }
             }
+            PaymentMsg::Command {
+                command,
+                correlation_id,
+                reply,
+            } => {
+                let result = args.execute(command, correlation_id).instrument(span).await;
+                unknown_state = matches!(result, Err(CommandError::JournalUnavailable(_)));
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            PaymentMsg::Poll(reply) => {
+                let result = args.poll().instrument(span).await;
+                unknown_state = matches!(result, Err(CommandError::JournalUnavailable(_)));
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        if unknown_state {
+            // After a failed append the journal may or may not hold the events: stop, and
+            // let the next command rebuild this payment from the journal.
+            myself.stop(Some("state unknown after a failed append".into()));
         }
         Ok(())
     }
 }
 
 impl PaymentArgs {
-    /// Decide, journal, then apply: the reply is sent only after the broker acknowledged.
-    async fn execute(
+    fn payment(&self) -> Result<&Payment, CommandError> {
+        self.state.as_ref().ok_or(CommandError::NotFound)
+    }
+
+    fn view(&self) -> Result<PaymentView, CommandError> {
+        self.payment().map(PaymentView::from)
+    }
+
+    /// The events `commands` yield in order, each decided on the state the previous ones
+    /// leave (pure; nothing is applied).
+    fn plan(&self, commands: &[Command]) -> Result<Vec<PaymentEvent>, CommandError> {
+        let mut scratch = self.state.clone();
+        let mut sequence = scratch.as_ref().map(|p| p.sequence).unwrap_or(0);
+        let mut events = Vec::new();
+        for command in commands {
+            for event in decide(scratch.as_ref(), command)? {
+                sequence += 1;
+                let ctx = EventContext {
+                    payment_id: &self.payment_id,
+                    merchant_id: &self.merchant_id,
+                    sequence,
+                    occurred_at_micros: now_micros(),
+                };
+                scratch = evolve(scratch, ctx, &event);
+                events.push(event);
+            }
+        }
+        Ok(events)
+    }
+
+    /// Plans, journals and applies `commands`; replies with the resulting payment.
+    async fn run(
         &mut self,
-        command: &Command,
+        commands: Vec<Command>,
         correlation_id: Option<String>,
     ) -> Result<PaymentView, CommandError> {
-        let events = decide(self.state.as_ref(), command)?;
+        let events = self.plan(&commands)?;
+        self.persist(events, correlation_id).await?;
+        self.view()
+    }
+
+    /// Commands that need the processor first call it, then journal what it said.
+    async fn execute(
+        &mut self,
+        command: Command,
+        correlation_id: Option<String>,
+    ) -> Result<PaymentView, CommandError> {
+        let psp = self.runtime.psp.clone();
+        match command {
+            Command::Confirm {
+                payment_method,
+                capture_method,
+                ..
+            } => {
+                self.plan(&[Command::Confirm {
+                    payment_method: payment_method.clone(),
+                    capture_method,
+                    psp_reference: None,
+                }])?;
+                let payment = self.payment()?.clone();
+                let method = capture_method.unwrap_or(payment.capture_method);
+                let intent = psp
+                    .confirm(&payment, &payment_method, method)
+                    .await
+                    .map_err(map_psp)?;
+                let commands = vec![
+                    Command::Confirm {
+                        payment_method,
+                        capture_method: Some(method),
+                        psp_reference: Some(intent.id.clone()),
+                    },
+                    Command::RecordOutcome(intent.outcome()),
+                ];
+                self.run(commands, correlation_id).await
+            }
+            Command::Capture { amount } => {
+                let events = self.plan(&[Command::Capture { amount }])?;
+                let captured = events.iter().find_map(|e| match e {
+                    PaymentEvent::Succeeded {
+                        amount_captured, ..
+                    } => Some(*amount_captured),
+                    _ => None,
+                });
+                let payment = self.payment()?.clone();
+                if let (Some(amount), Some(reference)) =
+                    (captured, payment.psp_reference.as_deref())
+                {
+                    psp.capture(&payment, reference, amount)
+                        .await
+                        .map_err(map_psp)?;
+                }
+                self.persist(events, correlation_id).await?;
+                self.view()
+            }
+            Command::Cancel { reason } => {
+                let events = self.plan(&[Command::Cancel { reason }])?;
+                let payment = self.payment()?.clone();
+                if payment.status == PaymentStatus::RequiresCapture {
+                    if let Some(reference) = payment.psp_reference.as_deref() {
+                        psp.cancel(&payment, reference).await.map_err(map_psp)?;
+                    }
+                }
+                self.persist(events, correlation_id).await?;
+                self.view()
+            }
+            Command::CreateRefund {
+                refund_id,
+                amount,
+                reason,
+            } => {
+                let command = Command::CreateRefund {
+                    refund_id: refund_id.clone(),
+                    amount,
+                    reason,
+                };
+                // Reserve the amount in the journal first, then ask the processor.
+                self.run(vec![command], correlation_id.clone()).await?;
+                self.settle_refund(&refund_id, correlation_id).await
+            }
+            other => self.run(vec![other], correlation_id).await,
+        }
+    }
+
+    /// Asks the processor to refund a pending refund (idempotent by refund id) and journals
+    /// its answer. An unreachable processor leaves the refund pending for the sweeper.
+    async fn settle_refund(
+        &mut self,
+        refund_id: &str,
+        correlation_id: Option<String>,
+    ) -> Result<PaymentView, CommandError> {
+        let payment = self.payment()?.clone();
+        let Some(refund) = payment
+            .refund(refund_id)
+            .filter(|r| r.status == RefundStatus::Pending)
+        else {
+            return self.view();
+        };
+        let Some(reference) = payment.psp_reference.clone() else {
+            return self.view();
+        };
+        let outcome = match self
+            .runtime
+            .psp
+            .refund(&payment, &reference, refund_id, refund.amount)
+            .await
+        {
+            Ok(answer) if answer.status == "succeeded" => Some((true, Some(answer.id), None)),
+            Ok(answer) if answer.status == "failed" => {
+                Some((false, Some(answer.id), Some("refund_failed".to_string())))
+            }
+            Ok(_) => None,
+            Err(PspError::Refused { code, .. }) => Some((false, None, Some(code))),
+            Err(PspError::Unavailable(error)) => {
+                warn!(%error, refund_id, "refund left pending; the sweeper retries");
+                None
+            }
+        };
+        match outcome {
+            Some((succeeded, psp_reference, code)) => {
+                let command = Command::RecordRefundOutcome {
+                    refund_id: refund_id.to_string(),
+                    succeeded,
+                    psp_reference,
+                    code,
+                };
+                self.run(vec![command], correlation_id).await
+            }
+            None => self.view(),
+        }
+    }
+
+    /// The sweeper's visit: act on what is overdue.
+    async fn poll(&mut self) -> Result<PaymentView, CommandError> {
+        let options = self.runtime.psp.options().clone();
+        let payment = self.payment()?.clone();
+        let age = Duration::from_micros((now_micros() - payment.updated_at_micros).max(0) as u64);
+        match payment.status {
+            PaymentStatus::Processing if age >= Duration::from_millis(options.poll_after_ms) => {
+                if let Some(reference) = payment.psp_reference.as_deref() {
+                    let intent = self
+                        .runtime
+                        .psp
+                        .retrieve(reference)
+                        .await
+                        .map_err(map_psp)?;
+                    let outcome = intent.outcome();
+                    if outcome != Outcome::Processing {
+                        return self.run(vec![Command::RecordOutcome(outcome)], None).await;
+                    }
+                }
+            }
+            PaymentStatus::RequiresCapture
+                if age >= Duration::from_millis(options.authorization_ttl_ms) =>
+            {
+                if let Some(reference) = payment.psp_reference.as_deref() {
+                    // Void the hold at the processor; expire here whatever it says.
+                    if let Err(error) = self.runtime.psp.cancel(&payment, reference).await {
+                        warn!(%error, "voiding a lapsed authorization failed");
+                    }
+                }
+                return self.run(vec![Command::Expire], None).await;
+            }
+            PaymentStatus::Succeeded => {
+                let pending: Vec<String> = payment
+                    .refunds
+                    .iter()
+                    .filter(|r| r.status == RefundStatus::Pending)
+                    .map(|r| r.id.clone())
+                    .collect();
+                for refund_id in pending {
+                    self.settle_refund(&refund_id, None).await?;
+                }
+            }
+            _ => {}
+        }
+        self.view()
+    }
+
+    /// Appends `events` to the journal; only after the broker acknowledged them are they
+    /// applied to the state.
+    async fn persist(
+        &mut self,
+        events: Vec<PaymentEvent>,
+        correlation_id: Option<String>,
+    ) -> Result<(), CommandError> {
+        if events.is_empty() {
+            return Ok(());
+        }
         if !self.runtime.health.allows_append() {
             return Err(CommandError::JournalUnavailable(
                 "circuit breaker open".into(),
@@ -170,14 +460,15 @@ impl PaymentArgs {
                 occurred_at_micros: envelope.occurred_at_micros,
             };
             state = evolve(state, ctx, &envelope.payload);
-            if let Some(p) = state.as_mut() {
-                p.sequence = envelope.sequence;
-            }
         }
+        assert!(
+            state.as_ref().is_none_or(
+                |p| p.amount_refunded <= p.amount_captured && p.amount_captured <= p.amount
+            ),
+            "money invariant broken for payment {}",
+            self.payment_id
+        );
         self.state = state;
-        self.state
-            .as_ref()
-            .map(PaymentView::from)
-            .ok_or_else(|| CommandError::Internal("no state after applying events".into()))
+        Ok(())
     }
 }

@@ -24,6 +24,9 @@ pub struct ActorOptions {
     /// Idempotency keys remembered in memory per merchant; older ones are read back from
     /// PostgreSQL on demand.
     pub idempotency_cache_per_merchant: usize,
+    /// A payment actor with no message for this long stops; it is rebuilt from its
+    /// snapshot on demand (ms). Merchant actors stop when idle and childless.
+    pub passivate_after_ms: u64,
 }
 
 impl Default for ActorOptions {
@@ -33,6 +36,7 @@ impl Default for ActorOptions {
             rebuild_timeout_ms: 5_000,
             startup_catch_up_timeout_ms: 120_000,
             idempotency_cache_per_merchant: 10_000,
+            passivate_after_ms: 60_000,
         }
     }
 }
@@ -48,6 +52,9 @@ impl ActorOptions {
         if !(1..=10_000_000).contains(&self.idempotency_cache_per_merchant) {
             return Err("actors.idempotency_cache_per_merchant: allowed 1..=10000000".into());
         }
+        if !(10..=86_400_000).contains(&self.passivate_after_ms) {
+            return Err("actors.passivate_after_ms: allowed 10..=86400000".into());
+        }
         Ok(())
     }
 }
@@ -61,6 +68,7 @@ pub struct Runtime {
     pub options: ActorOptions,
     pub health: JournalHealth,
     pub snapshots: ConsumerProgress,
+    pub psp: crate::psp::PspClient,
     /// Per partition: one past the highest offset this node has journaled.
     produced: Vec<AtomicI64>,
 }
@@ -74,6 +82,7 @@ impl Runtime {
         options: ActorOptions,
         health: JournalHealth,
         snapshots: ConsumerProgress,
+        psp: crate::psp::PspClient,
     ) -> Arc<Self> {
         Arc::new(Self {
             producer,
@@ -83,6 +92,7 @@ impl Runtime {
             options,
             health,
             snapshots,
+            psp,
             produced: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
         })
     }

@@ -44,11 +44,16 @@ impl PartitionHandler for SnapshotProjector {
         next.sequence = envelope.sequence;
         let created_at =
             chrono::DateTime::from_timestamp_micros(next.created_at_micros).unwrap_or_default();
+        let has_pending_refund = next
+            .refunds
+            .iter()
+            .any(|r| r.status == crate::payment::RefundStatus::Pending);
         sqlx::query(
-            "INSERT INTO payment_snapshots (payment_id, merchant_id, partition, sequence, state, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO payment_snapshots (payment_id, merchant_id, partition, sequence, state, created_at, status, has_pending_refund)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (payment_id) DO UPDATE
-             SET sequence = EXCLUDED.sequence, state = EXCLUDED.state, updated_at = now()",
+             SET sequence = EXCLUDED.sequence, state = EXCLUDED.state, updated_at = now(),
+                 status = EXCLUDED.status, has_pending_refund = EXCLUDED.has_pending_refund",
         )
         .bind(&next.id)
         .bind(&next.merchant_id)
@@ -56,6 +61,8 @@ impl PartitionHandler for SnapshotProjector {
         .bind(next.sequence as i64)
         .bind(serde_json::to_value(&next)?)
         .bind(created_at)
+        .bind(next.status.as_str())
+        .bind(has_pending_refund)
         .execute(&mut *conn)
         .await?;
         if let PaymentEvent::Created(created) = &envelope.payload {
@@ -115,4 +122,31 @@ pub async fn load_idempotency(
         Some((fingerprint, response)) => Some((fingerprint, serde_json::from_value(response)?)),
         None => None,
     })
+}
+
+/// One page of a merchant's payments, newest first (ids are UUIDv7, so id order is creation
+/// order). Returns up to `limit` payments and whether more exist.
+pub async fn list_payments(
+    pool: &PgPool,
+    merchant_id: &str,
+    limit: i64,
+    starting_after: Option<&str>,
+) -> Result<(Vec<Payment>, bool), HandlerError> {
+    let rows: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT state FROM payment_snapshots
+         WHERE merchant_id = $1 AND ($2::TEXT IS NULL OR payment_id < $2)
+         ORDER BY payment_id DESC LIMIT $3",
+    )
+    .bind(merchant_id)
+    .bind(starting_after)
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    let has_more = rows.len() as i64 > limit;
+    let payments = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(serde_json::from_value)
+        .collect::<Result<Vec<Payment>, _>>()?;
+    Ok((payments, has_more))
 }

@@ -149,6 +149,22 @@ impl From<CommandError> for ApiError {
                 "journal_unavailable",
                 "The payment journal is unavailable; nothing was recorded. Retry with the same Idempotency-Key.",
             ),
+            CommandError::PspUnavailable(_) => Self {
+                status: StatusCode::BAD_GATEWAY,
+                kind: "api_error",
+                code: "psp_unavailable",
+                message: "The payment processor did not answer; nothing was recorded. Retry the request.".into(),
+                param: None,
+                payment_status: None,
+            },
+            CommandError::PspRefused { code, message } => Self {
+                status: StatusCode::BAD_REQUEST,
+                kind: "invalid_request_error",
+                code: "psp_refused",
+                message: format!("The payment processor refused the request: {code}: {message}"),
+                param: None,
+                payment_status: None,
+            },
             CommandError::NotReady(reason) => Self::unavailable("node_not_ready", reason),
             CommandError::Timeout => Self::unavailable(
                 "timeout",

@@ -9,6 +9,7 @@ pub mod validation;
 use bytes::Bytes;
 use error::ApiError;
 use payrail_actors::merchants::MerchantRegistry;
+use payrail_actors::payment::Command;
 use payrail_actors::pools::analytics;
 use payrail_actors::NodeHandle;
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,10 @@ pub struct AppState {
     pub merchants: MerchantRegistry,
     pub admin_token: String,
     pub pool: sqlx::PgPool,
+    /// Shared secret of PSP webhook signatures.
+    pub psp_webhook_secret: String,
+    /// Accepted age of a signed webhook (s).
+    pub psp_webhook_tolerance_s: i64,
 }
 
 /// A request body read up to `limit` bytes, whether or not the client sent Content-Length
@@ -247,6 +252,293 @@ async fn get_payment(
     )
 }
 
+fn valid_payment_id(payment_id: &str) -> Result<(), ApiError> {
+    if payment_id.len() > 64 || !payment_id.starts_with("pay_") {
+        return Err(ApiError::not_found("No such payment"));
+    }
+    Ok(())
+}
+
+/// The payment actions: `confirm`, `capture`, `cancel`.
+async fn payment_action(
+    state: AppState,
+    payment_id: String,
+    action: String,
+    auth: Option<String>,
+    body: LimitedBody,
+) -> Result<Response, Infallible> {
+    respond(
+        async {
+            let merchant_id = authenticate(&state, &auth).await?;
+            let body = body?;
+            valid_payment_id(&payment_id)?;
+            let command = match action.as_str() {
+                "confirm" => {
+                    let b: validation::ConfirmBody = parse_json(&body)?;
+                    b.validate()?;
+                    Command::Confirm {
+                        payment_method: b.payment_method,
+                        capture_method: b.capture_method,
+                        psp_reference: None,
+                    }
+                }
+                "capture" => {
+                    let b: validation::CaptureBody = validation::parse_optional_json(&body)?;
+                    validation::optional_amount(b.amount)?;
+                    Command::Capture { amount: b.amount }
+                }
+                "cancel" => {
+                    let b: validation::CancelBody = validation::parse_optional_json(&body)?;
+                    validation::optional_reason(&b.cancellation_reason, "cancellation_reason")?;
+                    Command::Cancel {
+                        reason: b.cancellation_reason,
+                    }
+                }
+                _ => return Err(ApiError::not_found("Unrecognized request URL")),
+            };
+            let correlation_id = Some(format!("req_{}", uuid::Uuid::now_v7().simple()));
+            let view = state
+                .node
+                .command(&merchant_id, &payment_id, command, correlation_id)
+                .await?;
+            Ok(json(StatusCode::OK, &view))
+        }
+        .await,
+    )
+}
+
+async fn create_refund(
+    state: AppState,
+    payment_id: String,
+    auth: Option<String>,
+    idempotency_key: Option<String>,
+    body: LimitedBody,
+) -> Result<Response, Infallible> {
+    respond(
+        async {
+            use sha2::{Digest, Sha256};
+            let merchant_id = authenticate(&state, &auth).await?;
+            let body = body?;
+            valid_payment_id(&payment_id)?;
+            let key = validation::idempotency_key(idempotency_key)?;
+            let b: validation::RefundBody = validation::parse_optional_json(&body)?;
+            validation::optional_amount(b.amount)?;
+            validation::optional_reason(&b.reason, "reason")?;
+            // With an Idempotency-Key the refund id is derived from it, so a retried request
+            // finds the same refund instead of refunding twice.
+            let refund_id = match &key {
+                Some(key) => {
+                    let digest = Sha256::digest(format!("{payment_id}:{key}").as_bytes());
+                    format!("re_{}", &hex::encode(digest)[..32])
+                }
+                None => format!("re_{}", uuid::Uuid::now_v7().simple()),
+            };
+            let command = Command::CreateRefund {
+                refund_id: refund_id.clone(),
+                amount: b.amount,
+                reason: b.reason,
+            };
+            let correlation_id =
+                key.or_else(|| Some(format!("req_{}", uuid::Uuid::now_v7().simple())));
+            let view = state
+                .node
+                .command(&merchant_id, &payment_id, command, correlation_id)
+                .await?;
+            let refund = view
+                .refunds
+                .iter()
+                .find(|r| r.id == refund_id)
+                .ok_or_else(|| ApiError::internal("refund missing after creation"))?;
+            Ok(json(StatusCode::CREATED, refund))
+        }
+        .await,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+    starting_after: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ListResponse {
+    object: &'static str,
+    data: Vec<payrail_actors::payment::PaymentView>,
+    has_more: bool,
+    url: &'static str,
+}
+
+async fn list_payments(
+    state: AppState,
+    query: ListQuery,
+    auth: Option<String>,
+) -> Result<Response, Infallible> {
+    respond(
+        async {
+            let merchant_id = authenticate(&state, &auth).await?;
+            let limit = query.limit.unwrap_or(10);
+            if !(1..=100).contains(&limit) {
+                return Err(ApiError::invalid(
+                    "parameter_invalid",
+                    "limit must be between 1 and 100",
+                    Some("limit"),
+                ));
+            }
+            if let Some(after) = &query.starting_after {
+                valid_payment_id(after).map_err(|_| {
+                    ApiError::invalid(
+                        "parameter_invalid",
+                        "starting_after must be a payment id",
+                        Some("starting_after"),
+                    )
+                })?;
+            }
+            let (payments, has_more) = payrail_actors::snapshots::list_payments(
+                &state.pool,
+                &merchant_id,
+                limit,
+                query.starting_after.as_deref(),
+            )
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(json(
+                StatusCode::OK,
+                &ListResponse {
+                    object: "list",
+                    data: payments.iter().map(Into::into).collect(),
+                    has_more,
+                    url: "/v1/payments",
+                },
+            ))
+        }
+        .await,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct PspEvent {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    data: PspEventData,
+}
+
+#[derive(Debug, Deserialize)]
+struct PspEventData {
+    object: serde_json::Value,
+}
+
+/// `POST /webhooks/psp/{channel}`: verify the signature over the raw body, de-duplicate by
+/// the PSP's event id, route the outcome to the payment actor.
+async fn psp_webhook(
+    state: AppState,
+    channel: String,
+    signature_header: Option<String>,
+    body: LimitedBody,
+) -> Result<Response, Infallible> {
+    respond(
+        async {
+            use payrail_actors::signature::{verify, SignatureError};
+            if channel != "sandbox" {
+                return Err(ApiError::not_found("Unknown PSP channel"));
+            }
+            let body = body?;
+            let now = chrono::Utc::now().timestamp();
+            verify(
+                signature_header.as_deref(),
+                &body,
+                &state.psp_webhook_secret,
+                state.psp_webhook_tolerance_s,
+                now,
+            )
+            .map_err(|e| match e {
+                SignatureError::Missing | SignatureError::Malformed => {
+                    ApiError::invalid("signature_invalid", e.to_string(), Some("Stripe-Signature"))
+                }
+                SignatureError::Stale | SignatureError::Mismatch => ApiError {
+                    status: StatusCode::UNAUTHORIZED,
+                    kind: "authentication_error",
+                    code: "signature_invalid",
+                    message: e.to_string(),
+                    param: Some("Stripe-Signature".into()),
+                    payment_status: None,
+                },
+            })?;
+            let event: PspEvent = parse_json(&body)?;
+            let metadata = &event.data.object["metadata"];
+            let (Some(merchant_id), Some(payment_id)) =
+                (metadata["merchant_id"].as_str(), metadata["payment_id"].as_str())
+            else {
+                return Ok(json(StatusCode::OK, &serde_json::json!({"received": true, "ignored": "no payrail payment"})));
+            };
+            let first_time = sqlx::query(
+                "INSERT INTO psp_webhook_events (channel, event_id, event_type, payment_id) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&channel)
+            .bind(&event.id)
+            .bind(&event.kind)
+            .bind(payment_id)
+            .execute(&state.pool)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .rows_affected()
+                == 1;
+            if !first_time {
+                let processed: bool = sqlx::query_scalar(
+                    "SELECT processed FROM psp_webhook_events WHERE channel = $1 AND event_id = $2",
+                )
+                .bind(&channel)
+                .bind(&event.id)
+                .fetch_one(&state.pool)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+                if processed {
+                    return Ok(json(StatusCode::OK, &serde_json::json!({"received": true, "duplicate": true})));
+                }
+            }
+            let command = if event.kind.starts_with("payment_intent.") {
+                let intent: payrail_actors::psp::PspIntent = serde_json::from_value(event.data.object.clone())
+                    .map_err(|e| ApiError::invalid("parameter_invalid", e.to_string(), Some("data.object")))?;
+                Some(Command::RecordOutcome(intent.outcome()))
+            } else if event.kind.starts_with("refund.") {
+                let refund: payrail_actors::psp::PspRefund = serde_json::from_value(event.data.object.clone())
+                    .map_err(|e| ApiError::invalid("parameter_invalid", e.to_string(), Some("data.object")))?;
+                match (refund.metadata.get("refund_id"), refund.status.as_str()) {
+                    (Some(refund_id), "succeeded" | "failed") => Some(Command::RecordRefundOutcome {
+                        refund_id: refund_id.clone(),
+                        succeeded: refund.status == "succeeded",
+                        psp_reference: Some(refund.id.clone()),
+                        code: (refund.status == "failed").then(|| "refund_failed".to_string()),
+                    }),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            if let Some(command) = command {
+                match state
+                    .node
+                    .command(merchant_id, payment_id, command, Some(event.id.clone()))
+                    .await
+                {
+                    Ok(_) | Err(payrail_actors::CommandError::NotFound) | Err(payrail_actors::CommandError::Refused(_)) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            sqlx::query("UPDATE psp_webhook_events SET processed = true WHERE channel = $1 AND event_id = $2")
+                .bind(&channel)
+                .bind(&event.id)
+                .execute(&state.pool)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(json(StatusCode::OK, &serde_json::json!({"received": true})))
+        }
+        .await,
+    )
+}
+
 #[derive(Debug, Deserialize)]
 struct MetricsQuery {
     date: Option<String>,
@@ -361,13 +653,38 @@ pub fn routes(
         .and(with(state.clone()))
         .and(auth)
         .and(warp::header::optional::<String>("idempotency-key"))
-        .and(body)
+        .and(body.clone())
         .and_then(create_payment);
     let get = warp::path!("v1" / "payments" / String)
         .and(warp::get())
         .and(with(state.clone()))
         .and(auth)
         .and_then(|id, state, auth| get_payment(state, id, auth));
+    let list = warp::path!("v1" / "payments")
+        .and(warp::get())
+        .and(with(state.clone()))
+        .and(warp::query::<ListQuery>())
+        .and(auth)
+        .and_then(list_payments);
+    let action = warp::path!("v1" / "payments" / String / String)
+        .and(warp::post())
+        .and(with(state.clone()))
+        .and(auth)
+        .and(body.clone())
+        .and_then(|id, action, state, auth, body| payment_action(state, id, action, auth, body));
+    let refunds = warp::path!("v1" / "payments" / String / "refunds")
+        .and(warp::post())
+        .and(with(state.clone()))
+        .and(auth)
+        .and(warp::header::optional::<String>("idempotency-key"))
+        .and(body.clone())
+        .and_then(|id, state, auth, key, body| create_refund(state, id, auth, key, body));
+    let webhook = warp::path!("webhooks" / "psp" / String)
+        .and(warp::post())
+        .and(with(state.clone()))
+        .and(warp::header::optional::<String>("stripe-signature"))
+        .and(body.clone())
+        .and_then(|channel, state, signature, body| psp_webhook(state, channel, signature, body));
     let metrics = warp::path!("v1" / "analytics" / "payment-metrics")
         .and(warp::get())
         .and(with(state.clone()))
@@ -385,6 +702,14 @@ pub fn routes(
         .or(get)
         .unify()
         .or(metrics)
+        .unify()
+        .or(list)
+        .unify()
+        .or(refunds)
+        .unify()
+        .or(action)
+        .unify()
+        .or(webhook)
         .unify()
         .recover(error::recover)
         .unify()

@@ -302,3 +302,87 @@ mod tests {
         assert_ne!(a.request_fingerprint, c.request_fingerprint);
     }
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmBody {
+    pub payment_method: String,
+    #[serde(default)]
+    pub capture_method: Option<CaptureMethod>,
+}
+
+impl ConfirmBody {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let ok = !self.payment_method.is_empty()
+            && self.payment_method.len() <= 64
+            && self
+                .payment_method
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(
+                "parameter_invalid",
+                "payment_method must be 1 to 64 characters of [A-Za-z0-9_]",
+                Some("payment_method"),
+            ))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureBody {
+    #[serde(default)]
+    pub amount: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    #[serde(default)]
+    pub cancellation_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    #[serde(default)]
+    pub amount: Option<i64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Checks an optional positive amount.
+pub fn optional_amount(amount: Option<i64>) -> Result<(), ApiError> {
+    match amount {
+        Some(a) if a <= 0 || a > MAX_AMOUNT => Err(ApiError::invalid(
+            "amount_invalid",
+            format!("amount must be a positive integer in minor units, at most {MAX_AMOUNT}"),
+            Some("amount"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a short free-text reason.
+pub fn optional_reason(reason: &Option<String>, param: &str) -> Result<(), ApiError> {
+    match reason {
+        Some(r) if r.is_empty() || r.len() > 200 || !printable(r) => Err(ApiError::invalid(
+            "parameter_invalid",
+            format!("{param} must be 1 to 200 printable characters"),
+            Some(param),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Parses an optional JSON body: empty means all defaults.
+pub fn parse_optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        Ok(T::default())
+    } else {
+        parse_json(body)
+    }
+}

@@ -53,6 +53,8 @@ pub enum PaymentEvent {
     Processing {
         payment_method: String,
         capture_method: CaptureMethod,
+        /// The processor's id for this payment (its payment intent).
+        psp_reference: Option<String>,
     },
     /// `payment.authorized`: funds held; waits for capture.
     Authorized {

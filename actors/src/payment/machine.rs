@@ -181,6 +181,8 @@ pub enum Command {
     Confirm {
         payment_method: String,
         capture_method: Option<CaptureMethod>,
+        /// The processor's intent, created before the confirmation is journaled.
+        psp_reference: Option<String>,
     },
     RecordOutcome(Outcome),
     /// Capture `amount` (default: everything authorized).
@@ -264,10 +266,12 @@ pub fn decide(state: Option<&Payment>, command: &Command) -> Result<Vec<PaymentE
         Command::Confirm {
             payment_method,
             capture_method,
+            psp_reference,
         } => match payment.status {
             S::RequiresPaymentMethod => Ok(vec![PaymentEvent::Processing {
                 payment_method: payment_method.clone(),
                 capture_method: capture_method.unwrap_or(payment.capture_method),
+                psp_reference: psp_reference.clone(),
             }]),
             _ => Err(invalid(payment, "be confirmed")),
         },
@@ -457,10 +461,12 @@ pub fn evolve(
         PaymentEvent::Processing {
             payment_method,
             capture_method,
+            psp_reference,
         } => {
             payment.status = S::Processing;
             payment.payment_method = Some(payment_method.clone());
             payment.capture_method = *capture_method;
+            payment.psp_reference = psp_reference.clone();
         }
         PaymentEvent::Authorized {
             psp_reference,
@@ -468,7 +474,9 @@ pub fn evolve(
         } => {
             payment.status = S::RequiresCapture;
             payment.amount_capturable = *amount_capturable;
-            payment.psp_reference = psp_reference.clone();
+            if psp_reference.is_some() {
+                payment.psp_reference = psp_reference.clone();
+            }
         }
         PaymentEvent::Succeeded {
             psp_reference,

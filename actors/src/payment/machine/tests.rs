@@ -53,6 +53,7 @@ fn confirm() -> Command {
     Command::Confirm {
         payment_method: "pm_card_visa".into(),
         capture_method: None,
+        psp_reference: Some("pi_1".into()),
     }
 }
 
@@ -298,7 +299,8 @@ fn any_command() -> impl Strategy<Value = Command> {
         ]
         .prop_map(|capture_method| Command::Confirm {
             payment_method: "pm_card_visa".into(),
-            capture_method
+            capture_method,
+            psp_reference: None,
         }),
         (0i64..6_000).prop_map(|a| Command::RecordOutcome(Outcome::Authorized {
             psp_reference: None,
