@@ -8,7 +8,7 @@ use kafka_journal::JournalProducer;
 use payrail_actors::merchants::MerchantRegistry;
 use payrail_actors::pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP};
 use payrail_actors::snapshots::{SnapshotProjector, SNAPSHOT_CONSUMER};
-use payrail_actors::{NodeHandle, Runtime};
+use payrail_actors::{NodeHandle, Runtime, RuntimeParts};
 use payrail_supervisor::{JournalHealth, PartitionOwnership};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -92,16 +92,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let psp = payrail_actors::psp::PspClient::new(&config.psp)
         .map_err(|e| anyhow::anyhow!("psp client: {e}"))?;
-    let runtime = Runtime::new(
-        producer.clone(),
-        pool.clone(),
-        topic.clone(),
-        journal.partitions,
-        config.actors.clone(),
+    let runtime = Runtime::new(RuntimeParts {
+        producer: producer.clone(),
+        pool: pool.clone(),
+        topic: topic.clone(),
+        partitions: journal.partitions,
+        options: config.actors.clone(),
         health,
-        snapshots.progress.clone(),
+        snapshots: snapshots.progress.clone(),
         psp,
-    );
+    });
     let node = NodeHandle::start(runtime, ownership.clone()).await?;
 
     // Rebuild: the snapshot projector must have applied the whole journal tail before this

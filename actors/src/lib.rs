@@ -25,4 +25,4 @@ pub mod sweeper;
 
 pub use error::CommandError;
 pub use node::NodeHandle;
-pub use runtime::{ActorOptions, Runtime};
+pub use runtime::{ActorOptions, Runtime, RuntimeParts};

@@ -59,6 +59,18 @@ impl ActorOptions {
     }
 }
 
+/// What a [`Runtime`] is built from.
+pub struct RuntimeParts {
+    pub producer: JournalProducer,
+    pub pool: PgPool,
+    pub topic: String,
+    pub partitions: u32,
+    pub options: ActorOptions,
+    pub health: JournalHealth,
+    pub snapshots: ConsumerProgress,
+    pub psp: crate::psp::PspClient,
+}
+
 /// Shared by all actors of one node.
 pub struct Runtime {
     pub producer: JournalProducer,
@@ -74,25 +86,17 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(
-        producer: JournalProducer,
-        pool: PgPool,
-        topic: String,
-        partitions: u32,
-        options: ActorOptions,
-        health: JournalHealth,
-        snapshots: ConsumerProgress,
-        psp: crate::psp::PspClient,
-    ) -> Arc<Self> {
+    pub fn new(parts: RuntimeParts) -> Arc<Self> {
+        let partitions = parts.partitions;
         Arc::new(Self {
-            producer,
-            pool,
-            topic,
+            producer: parts.producer,
+            pool: parts.pool,
+            topic: parts.topic,
             partitions,
-            options,
-            health,
-            snapshots,
-            psp,
+            options: parts.options,
+            health: parts.health,
+            snapshots: parts.snapshots,
+            psp: parts.psp,
             produced: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
         })
     }

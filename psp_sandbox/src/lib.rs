@@ -495,9 +495,14 @@ impl Sandbox {
     }
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "parameter_invalid", &e.to_string()))
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "parameter_invalid",
+            &e.to_string(),
+        ))
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -515,10 +520,10 @@ fn routes(sandbox: Sandbox) -> impl Filter<Extract = (Response,), Error = Infall
         .and(warp::post())
         .and(s.clone())
         .and(idem)
-        .and(body.clone())
+        .and(body)
         .map(|s: Sandbox, key, body: bytes::Bytes| match parse(&body) {
             Ok(body) => s.create_intent(key, body),
-            Err(r) => r,
+            Err(r) => *r,
         });
     let retrieve = warp::path!("v1" / "payment_intents" / String)
         .and(warp::get())
@@ -535,7 +540,7 @@ fn routes(sandbox: Sandbox) -> impl Filter<Extract = (Response,), Error = Infall
         .and(warp::post())
         .and(s.clone())
         .and(idem)
-        .and(body.clone())
+        .and(body)
         .map(|id: String, s: Sandbox, key, body: bytes::Bytes| {
             let parsed = if body.is_empty() {
                 Ok(CaptureBody::default())
@@ -544,7 +549,7 @@ fn routes(sandbox: Sandbox) -> impl Filter<Extract = (Response,), Error = Infall
             };
             match parsed {
                 Ok(b) => s.capture(&id, key, b),
-                Err(r) => r,
+                Err(r) => *r,
             }
         });
     let cancel = warp::path!("v1" / "payment_intents" / String / "cancel")
@@ -558,7 +563,7 @@ fn routes(sandbox: Sandbox) -> impl Filter<Extract = (Response,), Error = Infall
         .and(body)
         .map(|s: Sandbox, key, body: bytes::Bytes| match parse(&body) {
             Ok(b) => s.refund(key, b),
-            Err(r) => r,
+            Err(r) => *r,
         });
     let events = warp::path!("v1" / "test" / "events")
         .and(warp::get())

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const ADMIN_TOKEN: &str = "integration-admin-token-0123456789";
+pub const WEBHOOK_SECRET: &str = "whsec_integration_0123456789";
 pub const PARTITIONS: u32 = 3;
 
 pub fn brokers() -> String {
@@ -432,4 +433,73 @@ pub fn reset_group_offsets(brokers: &str, group: &str, topic: &str, partitions: 
             element.partition()
         );
     }
+}
+
+/// A `payrail psp-sandbox` child process calling back `node_port`.
+pub struct SandboxProcess {
+    child: Child,
+    pub port: u16,
+    pub base: String,
+}
+
+impl SandboxProcess {
+    pub fn start(env: &TestEnv, node_port: u16, extra: &[&str]) -> Self {
+        let port = free_port();
+        let log = std::fs::File::create(env.dir.join(format!("sandbox-{port}.log")))
+            .expect("sandbox log");
+        let child = Command::new(env!("CARGO_BIN_EXE_payrail"))
+            .args([
+                "psp-sandbox",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--webhook-url",
+                &format!("http://127.0.0.1:{node_port}/webhooks/psp/sandbox"),
+                "--webhook-secret",
+                WEBHOOK_SECRET,
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn psp sandbox");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sandbox did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Environment pointing a node at this sandbox.
+    pub fn node_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("PAYRAIL__PSP__SANDBOX_URL".into(), self.base.clone()),
+            ("PAYRAIL__PSP__WEBHOOK_SECRET".into(), WEBHOOK_SECRET.into()),
+        ]
+    }
+}
+
+impl Drop for SandboxProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (sequence, event type) of every journaled event of `payment_id`, in journal order.
+pub fn payment_events(env: &TestEnv, payment_id: &str) -> Vec<(u64, String)> {
+    use kafka_journal::codec::{Codec, CodecKind};
+    read_journal(&env.brokers, &env.topic(), PARTITIONS)
+        .into_iter()
+        .filter_map(|r| {
+            let codec = CodecKind::from_content_type(r.headers.get("content_type")?).ok()?;
+            let envelope: kafka_journal::Envelope<payrail_actors::payment::PaymentEvent> =
+                codec.decode(&r.value).ok()?;
+            (envelope.payment_id == payment_id).then_some((envelope.sequence, envelope.event_type))
+        })
+        .collect()
 }

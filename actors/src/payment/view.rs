@@ -48,6 +48,8 @@ pub struct PaymentView {
     pub refunds: Vec<RefundView>,
     pub failure_code: Option<String>,
     pub failure_message: Option<String>,
+    /// The processor's id for this payment.
+    pub processor_reference: Option<String>,
     pub customer_email: Option<String>,
     pub order_no: Option<String>,
     pub channel: Option<String>,
@@ -73,6 +75,7 @@ impl From<&Payment> for PaymentView {
             refunds: p.refunds.iter().map(|r| RefundView::new(p, r)).collect(),
             failure_code: p.failure_code.clone(),
             failure_message: p.failure_message.clone(),
+            processor_reference: p.psp_reference.clone(),
             customer_email: p.customer_email.clone(),
             order_no: p.order_no.clone(),
             channel: p.channel.clone(),
