@@ -7,6 +7,10 @@ use kafka_journal::consumer::{spawn_consumer, Assignment, ConsumerSpec};
 use kafka_journal::JournalProducer;
 use payrail_actors::merchants::MerchantRegistry;
 use payrail_actors::pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP};
+use payrail_actors::pools::ledger::{LedgerProjector, LEDGER_GROUP};
+use payrail_actors::pools::settlement::{
+    SettlementProjector, SettlementService, SETTLEMENT_EVENTS, SETTLEMENT_GROUP,
+};
 use payrail_actors::snapshots::{SnapshotProjector, SNAPSHOT_CONSUMER};
 use payrail_actors::{NodeHandle, Runtime, RuntimeParts};
 use payrail_supervisor::{JournalHealth, PartitionOwnership};
@@ -51,10 +55,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let topic = journal.topic(PAYMENT_EVENTS);
     let created = admin::ensure_topics(
         journal,
-        &[TopicSpec {
-            name: topic.clone(),
-            partitions: journal.partitions,
-        }],
+        &[
+            TopicSpec {
+                name: topic.clone(),
+                partitions: journal.partitions,
+            },
+            TopicSpec {
+                name: journal.topic(SETTLEMENT_EVENTS),
+                partitions: journal.partitions,
+            },
+        ],
     )
     .await
     .context("creating topics (journal.brokers)")?;
@@ -140,7 +150,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let sweeper =
         payrail_actors::sweeper::spawn_sweeper(node.clone(), pool.clone(), config.psp.clone());
+    let mut pools = vec![analytics];
+    for (group, handler) in [
+        (
+            LEDGER_GROUP,
+            Arc::new(LedgerProjector) as Arc<dyn kafka_journal::consumer::PartitionHandler>,
+        ),
+        (SETTLEMENT_GROUP, Arc::new(SettlementProjector)),
+    ] {
+        pools.push(
+            spawn_consumer(
+                journal,
+                config.supervisor.restart,
+                ConsumerSpec {
+                    name: journal.group(group),
+                    topic: topic.clone(),
+                    assignment: Assignment::Group(journal.group(group)),
+                },
+                pool.clone(),
+                handler,
+            )
+            .await?,
+        );
+    }
+    let settlements = SettlementService {
+        pool: pool.clone(),
+        producer: producer.clone(),
+        topic: journal.topic(SETTLEMENT_EVENTS),
+        partitions: journal.partitions,
+    };
     let state = payrail_http::AppState {
+        settlements,
         psp_webhook_secret: config.psp.webhook_secret.clone(),
         psp_webhook_tolerance_s: config.psp.webhook_tolerance_s,
         node,
@@ -158,7 +198,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     server.await;
     info!("shutting down");
     sweeper.abort();
-    analytics.stop();
+    for consumer in &pools {
+        consumer.stop();
+    }
     snapshots.stop();
     producer.flush(Duration::from_secs(5));
     Ok(())

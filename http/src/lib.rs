@@ -73,6 +73,7 @@ pub struct AppState {
     pub psp_webhook_secret: String,
     /// Accepted age of a signed webhook (s).
     pub psp_webhook_tolerance_s: i64,
+    pub settlements: payrail_actors::pools::settlement::SettlementService,
 }
 
 /// A request body read up to `limit` bytes, whether or not the client sent Content-Length
@@ -539,6 +540,195 @@ async fn psp_webhook(
     )
 }
 
+#[derive(Serialize)]
+struct BalanceResponse {
+    object: &'static str,
+    pending: Vec<payrail_actors::pools::ledger::Amount>,
+    available: Vec<payrail_actors::pools::ledger::Amount>,
+}
+
+async fn balance(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
+    use payrail_actors::pools::ledger::{merchant_balance, MERCHANT_AVAILABLE, MERCHANT_PENDING};
+    respond(
+        async {
+            let merchant_id = authenticate(&state, &auth).await?;
+            let pending = merchant_balance(&state.pool, &merchant_id, MERCHANT_PENDING)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            let available = merchant_balance(&state.pool, &merchant_id, MERCHANT_AVAILABLE)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(json(
+                StatusCode::OK,
+                &BalanceResponse {
+                    object: "balance",
+                    pending,
+                    available,
+                },
+            ))
+        }
+        .await,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct EntriesQuery {
+    payment_id: Option<String>,
+}
+
+async fn ledger_entries(
+    state: AppState,
+    query: EntriesQuery,
+    auth: Option<String>,
+) -> Result<Response, Infallible> {
+    respond(
+        async {
+            let merchant_id = authenticate(&state, &auth).await?;
+            let Some(payment_id) = query.payment_id else {
+                return Err(ApiError::invalid(
+                    "parameter_missing",
+                    "payment_id is required",
+                    Some("payment_id"),
+                ));
+            };
+            valid_payment_id(&payment_id)?;
+            let entries = payrail_actors::pools::ledger::payment_entries(
+                &state.pool,
+                &merchant_id,
+                &payment_id,
+            )
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .ok_or_else(|| ApiError::not_found("No such payment"))?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"object": "list", "data": entries, "has_more": false}),
+            ))
+        }
+        .await,
+    )
+}
+
+fn settlement_error(error: payrail_actors::pools::settlement::SettlementError) -> ApiError {
+    use payrail_actors::pools::settlement::SettlementError;
+    match error {
+        SettlementError::NotFound => ApiError::not_found("No such settlement"),
+        SettlementError::AlreadyPaid => ApiError {
+            status: StatusCode::CONFLICT,
+            kind: "invalid_request_error",
+            code: "settlement_already_paid",
+            message: "The settlement is already paid".into(),
+            param: None,
+            payment_status: None,
+        },
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    /// Unix seconds; default now.
+    #[serde(default)]
+    cutoff: Option<i64>,
+}
+
+async fn run_settlements(
+    state: AppState,
+    auth: Option<String>,
+    body: LimitedBody,
+) -> Result<Response, Infallible> {
+    respond(
+        async {
+            authorize_admin(&state, &auth)?;
+            let body: RunBody = validation::parse_optional_json(&body?)?;
+            let cutoff = match body.cutoff {
+                None => chrono::Utc::now(),
+                Some(t) => chrono::DateTime::from_timestamp(t, 0).ok_or_else(|| {
+                    ApiError::invalid(
+                        "parameter_invalid",
+                        "cutoff must be unix seconds",
+                        Some("cutoff"),
+                    )
+                })?,
+            };
+            let created = state
+                .settlements
+                .run(cutoff)
+                .await
+                .map_err(settlement_error)?;
+            Ok(json(
+                StatusCode::CREATED,
+                &serde_json::json!({"object": "list", "data": created, "has_more": false}),
+            ))
+        }
+        .await,
+    )
+}
+
+async fn pay_settlement(
+    state: AppState,
+    id: String,
+    auth: Option<String>,
+) -> Result<Response, Infallible> {
+    respond(
+        async {
+            authorize_admin(&state, &auth)?;
+            let paid = state.settlements.pay(&id).await.map_err(settlement_error)?;
+            Ok(json(StatusCode::OK, &paid))
+        }
+        .await,
+    )
+}
+
+async fn list_settlements(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
+    respond(
+        async {
+            let merchant_id = authenticate(&state, &auth).await?;
+            let list = state
+                .settlements
+                .list(&merchant_id, 100)
+                .await
+                .map_err(settlement_error)?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"object": "list", "data": list, "has_more": false}),
+            ))
+        }
+        .await,
+    )
+}
+
+async fn channel_metrics(
+    state: AppState,
+    query: MetricsQuery,
+    auth: Option<String>,
+) -> Result<Response, Infallible> {
+    respond(
+        async {
+            authorize_admin(&state, &auth)?;
+            let Some(date) = query.date else {
+                return Err(ApiError::invalid(
+                    "parameter_missing",
+                    "date is required (YYYY-MM-DD)",
+                    Some("date"),
+                ));
+            };
+            let day = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d").map_err(|_| {
+                ApiError::invalid("parameter_invalid", "date must be YYYY-MM-DD", Some("date"))
+            })?;
+            let data = analytics::channel_metrics(&state.pool, day)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"object": "channel_metrics", "date": date, "data": data}),
+            ))
+        }
+        .await,
+    )
+}
+
 #[derive(Debug, Deserialize)]
 struct MetricsQuery {
     date: Option<String>,
@@ -685,6 +875,50 @@ pub fn routes(
         .and(warp::header::optional::<String>("stripe-signature"))
         .and(body.clone())
         .and_then(|channel, state, signature, body| psp_webhook(state, channel, signature, body));
+    let balance_route = warp::path!("v1" / "balance")
+        .and(warp::get())
+        .and(with(state.clone()))
+        .and(auth)
+        .and_then(balance);
+    let entries = warp::path!("v1" / "ledger" / "entries")
+        .and(warp::get())
+        .and(with(state.clone()))
+        .and(warp::query::<EntriesQuery>())
+        .and(auth)
+        .and_then(ledger_entries);
+    let settlements_run = warp::path!("v1" / "settlements" / "run")
+        .and(warp::post())
+        .and(with(state.clone()))
+        .and(auth)
+        .and(body.clone())
+        .and_then(run_settlements);
+    let settlements_pay = warp::path!("v1" / "settlements" / String / "pay")
+        .and(warp::post())
+        .and(with(state.clone()))
+        .and(auth)
+        .and_then(|id, state, auth| pay_settlement(state, id, auth));
+    let settlements_list = warp::path!("v1" / "settlements")
+        .and(warp::get())
+        .and(with(state.clone()))
+        .and(auth)
+        .and_then(list_settlements);
+    let channels = warp::path!("v1" / "analytics" / "channel-metrics")
+        .and(warp::get())
+        .and(with(state.clone()))
+        .and(warp::query::<MetricsQuery>())
+        .and(auth)
+        .and_then(channel_metrics);
+    let money = balance_route
+        .or(entries)
+        .unify()
+        .or(settlements_run)
+        .unify()
+        .or(settlements_pay)
+        .unify()
+        .or(settlements_list)
+        .unify()
+        .or(channels)
+        .unify();
     let metrics = warp::path!("v1" / "analytics" / "payment-metrics")
         .and(warp::get())
         .and(with(state.clone()))
@@ -710,6 +944,8 @@ pub fn routes(
         .or(action)
         .unify()
         .or(webhook)
+        .unify()
+        .or(money)
         .unify()
         .recover(error::recover)
         .unify()

@@ -1,6 +1,9 @@
-//! The analytics pool (`payrail.analytics`): created payments per merchant, UTC day and
-//! currency.
+//! The analytics pool (`payrail.analytics`): per merchant/day/currency and per
+//! channel/day/currency — created, succeeded, failed and refunded counts and amounts,
+//! success rate, average amount, completed orders (distinct `order_no` of succeeded
+//! payments), revenue, fees and net revenue. The day is the UTC day the payment was created.
 
+use super::ledger::{platform_fee, pricing};
 use crate::payment::PaymentEvent;
 use kafka_journal::consumer::{ConsumedRecord, HandlerError, PartitionHandler};
 use serde::Serialize;
@@ -9,7 +12,62 @@ use sqlx::{PgConnection, PgPool};
 /// Consumer-group (and offsets) name of the analytics pool, before the namespace prefix.
 pub const ANALYTICS_GROUP: &str = "payrail.analytics";
 
+/// Channel recorded for payments created without one.
+pub const DEFAULT_CHANNEL: &str = "default";
+
 pub struct AnalyticsProjector;
+
+/// Adds to the counters of the payment's merchant/day/currency and channel/day/currency.
+/// `amount` defaults to the payment's created amount.
+async fn bump(
+    conn: &mut PgConnection,
+    payment_id: &str,
+    column: &str,
+    amount_column: &str,
+    amount: Option<i64>,
+    fee: i64,
+) -> Result<(), HandlerError> {
+    let dims: Option<(String, String, String, chrono::NaiveDate, i64)> = sqlx::query_as(
+        "SELECT merchant_id, currency, channel, day, amount FROM analytics_payments WHERE payment_id = $1",
+    )
+    .bind(payment_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((merchant_id, currency, channel, day, created_amount)) = dims else {
+        return Err(format!("analytics: payment {payment_id} has no payment.created").into());
+    };
+    let amount = amount.unwrap_or(created_amount);
+    // Column names come from this module's constants only, never from input.
+    sqlx::query(&format!(
+        "INSERT INTO analytics_merchant_daily (merchant_id, day, currency, {column}, {amount_column}, fees)
+         VALUES ($1, $2, $3, 1, $4, $5)
+         ON CONFLICT (merchant_id, day, currency) DO UPDATE
+         SET {column} = analytics_merchant_daily.{column} + 1,
+             {amount_column} = analytics_merchant_daily.{amount_column} + EXCLUDED.{amount_column},
+             fees = analytics_merchant_daily.fees + EXCLUDED.fees"
+    ))
+    .bind(&merchant_id)
+    .bind(day)
+    .bind(&currency)
+    .bind(amount)
+    .bind(fee)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(&format!(
+        "INSERT INTO analytics_channel_daily (channel, day, currency, {column}, {amount_column})
+         VALUES ($1, $2, $3, 1, $4)
+         ON CONFLICT (channel, day, currency) DO UPDATE
+         SET {column} = analytics_channel_daily.{column} + 1,
+             {amount_column} = analytics_channel_daily.{amount_column} + EXCLUDED.{amount_column}"
+    ))
+    .bind(&channel)
+    .bind(day)
+    .bind(&currency)
+    .bind(amount)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
 
 #[async_trait::async_trait]
 impl PartitionHandler for AnalyticsProjector {
@@ -18,42 +76,142 @@ impl PartitionHandler for AnalyticsProjector {
         conn: &mut PgConnection,
         record: &ConsumedRecord,
     ) -> Result<(), HandlerError> {
-        if record
-            .event_type
-            .as_deref()
-            .is_some_and(|t| t != "payment.created")
-        {
-            return Ok(());
-        }
         let envelope = record.decode::<PaymentEvent>()?;
-        let PaymentEvent::Created(created) = &envelope.payload else {
-            return Ok(());
-        };
-        let day = chrono::DateTime::from_timestamp_micros(envelope.occurred_at_micros)
-            .ok_or("occurred_at out of range")?
-            .date_naive();
-        sqlx::query(
-            "INSERT INTO analytics_merchant_daily (merchant_id, day, currency, created_count, created_amount)
-             VALUES ($1, $2, $3, 1, $4)
-             ON CONFLICT (merchant_id, day, currency) DO UPDATE
-             SET created_count = analytics_merchant_daily.created_count + 1,
-                 created_amount = analytics_merchant_daily.created_amount + EXCLUDED.created_amount",
-        )
-        .bind(&envelope.merchant_id)
-        .bind(day)
-        .bind(created.currency.code())
-        .bind(created.amount)
-        .execute(conn)
-        .await?;
+        match &envelope.payload {
+            PaymentEvent::Created(created) => {
+                let day = chrono::DateTime::from_timestamp_micros(envelope.occurred_at_micros)
+                    .ok_or("occurred_at out of range")?
+                    .date_naive();
+                sqlx::query(
+                    "INSERT INTO analytics_payments (payment_id, merchant_id, currency, channel, order_no, day, amount)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                )
+                .bind(&envelope.payment_id)
+                .bind(&envelope.merchant_id)
+                .bind(created.currency.code())
+                .bind(created.channel.as_deref().unwrap_or(DEFAULT_CHANNEL))
+                .bind(&created.order_no)
+                .bind(day)
+                .bind(created.amount)
+                .execute(&mut *conn)
+                .await?;
+                bump(
+                    conn,
+                    &envelope.payment_id,
+                    "created_count",
+                    "created_amount",
+                    None,
+                    0,
+                )
+                .await?;
+            }
+            PaymentEvent::Succeeded {
+                amount_captured, ..
+            } => {
+                let fee = platform_fee(
+                    *amount_captured,
+                    pricing(conn, &envelope.merchant_id).await?,
+                );
+                bump(
+                    conn,
+                    &envelope.payment_id,
+                    "succeeded_count",
+                    "succeeded_amount",
+                    Some(*amount_captured),
+                    fee,
+                )
+                .await?;
+                sqlx::query(
+                    "INSERT INTO analytics_completed_orders (merchant_id, day, currency, order_no)
+                     SELECT merchant_id, day, currency, order_no FROM analytics_payments
+                     WHERE payment_id = $1 AND order_no IS NOT NULL ON CONFLICT DO NOTHING",
+                )
+                .bind(&envelope.payment_id)
+                .execute(&mut *conn)
+                .await?;
+            }
+            PaymentEvent::Failed { .. } => {
+                bump(
+                    conn,
+                    &envelope.payment_id,
+                    "failed_count",
+                    "failed_amount",
+                    None,
+                    0,
+                )
+                .await?;
+            }
+            PaymentEvent::RefundCreated {
+                refund_id, amount, ..
+            } => {
+                sqlx::query("INSERT INTO analytics_refunds (refund_id, payment_id, amount) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                    .bind(refund_id)
+                    .bind(&envelope.payment_id)
+                    .bind(amount)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            PaymentEvent::RefundSucceeded { refund_id, .. } => {
+                let amount: i64 =
+                    sqlx::query_scalar("SELECT amount FROM analytics_refunds WHERE refund_id = $1")
+                        .bind(refund_id)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                bump(
+                    conn,
+                    &envelope.payment_id,
+                    "refunded_count",
+                    "refunded_amount",
+                    Some(amount),
+                    0,
+                )
+                .await?;
+            }
+            _ => {}
+        }
         Ok(())
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
 pub struct CurrencyMetrics {
     pub currency: String,
     pub created_count: i64,
     pub created_amount: i64,
+    pub succeeded_count: i64,
+    pub succeeded_amount: i64,
+    pub failed_count: i64,
+    pub failed_amount: i64,
+    pub refunded_count: i64,
+    pub refunded_amount: i64,
+    /// succeeded ÷ (succeeded + failed), in basis points (10000 = 100 %); integer, no floats.
+    pub success_rate_bps: i64,
+    /// Average created amount, minor units, rounded down.
+    pub average_amount: i64,
+    pub completed_orders: i64,
+    /// Captured amount.
+    pub revenue: i64,
+    pub fees: i64,
+    /// revenue − fees − refunded.
+    pub net_revenue: i64,
+}
+
+fn derive(mut m: CurrencyMetrics) -> CurrencyMetrics {
+    let decided = m.succeeded_count + m.failed_count;
+    m.success_rate_bps = if decided == 0 {
+        0
+    } else {
+        m.succeeded_count * 10_000 / decided
+    };
+    m.average_amount = if m.created_count == 0 {
+        0
+    } else {
+        m.created_amount / m.created_count
+    };
+    m.revenue = m.succeeded_amount;
+    m.net_revenue = m.revenue - m.fees - m.refunded_amount;
+    m.currency = m.currency.to_ascii_lowercase();
+    m
 }
 
 /// The merchant's metrics for one UTC day.
@@ -62,21 +220,64 @@ pub async fn payment_metrics(
     merchant_id: &str,
     day: chrono::NaiveDate,
 ) -> Result<Vec<CurrencyMetrics>, sqlx::Error> {
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT currency, created_count, created_amount FROM analytics_merchant_daily
-         WHERE merchant_id = $1 AND day = $2 ORDER BY currency",
+    let rows: Vec<CurrencyMetrics> = sqlx::query_as(
+        "SELECT d.currency, d.created_count, d.created_amount, d.succeeded_count, d.succeeded_amount,
+                d.failed_count, d.failed_amount, d.refunded_count, d.refunded_amount,
+                0::BIGINT AS success_rate_bps, 0::BIGINT AS average_amount,
+                (SELECT count(*) FROM analytics_completed_orders o
+                  WHERE o.merchant_id = d.merchant_id AND o.day = d.day AND o.currency = d.currency) AS completed_orders,
+                0::BIGINT AS revenue, d.fees, 0::BIGINT AS net_revenue
+         FROM analytics_merchant_daily d WHERE d.merchant_id = $1 AND d.day = $2 ORDER BY d.currency",
     )
     .bind(merchant_id)
+    .bind(day)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(derive).collect())
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ChannelMetrics {
+    pub channel: String,
+    #[serde(flatten)]
+    pub metrics: CurrencyMetrics,
+}
+
+/// Every channel's metrics for one UTC day (admin view).
+pub async fn channel_metrics(
+    pool: &PgPool,
+    day: chrono::NaiveDate,
+) -> Result<Vec<ChannelMetrics>, sqlx::Error> {
+    let rows: Vec<(String, String, i64, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT channel, currency, created_count, created_amount, succeeded_count, succeeded_amount,
+                failed_count, failed_amount, refunded_count, refunded_amount
+         FROM analytics_channel_daily WHERE day = $1 ORDER BY channel, currency",
+    )
     .bind(day)
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
         .map(
-            |(currency, created_count, created_amount)| CurrencyMetrics {
-                currency: currency.to_ascii_lowercase(),
-                created_count,
-                created_amount,
+            |(channel, currency, cc, ca, sc, sa, fc, fa, rc, ra)| ChannelMetrics {
+                channel,
+                metrics: derive(CurrencyMetrics {
+                    currency,
+                    created_count: cc,
+                    created_amount: ca,
+                    succeeded_count: sc,
+                    succeeded_amount: sa,
+                    failed_count: fc,
+                    failed_amount: fa,
+                    refunded_count: rc,
+                    refunded_amount: ra,
+                    success_rate_bps: 0,
+                    average_amount: 0,
+                    completed_orders: 0,
+                    revenue: 0,
+                    fees: 0,
+                    net_revenue: 0,
+                }),
             },
         )
         .collect())

@@ -1,3 +1,5 @@
 //! Subscriber pools: consumer groups whose partition workers keep read models.
 
 pub mod analytics;
+pub mod ledger;
+pub mod settlement;
