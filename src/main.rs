@@ -1,5 +1,6 @@
 //! `payrail`: the node, migrations, and (later) the load generator and sandbox.
 
+mod audit;
 mod config;
 mod node;
 
@@ -27,6 +28,15 @@ enum Command {
     Node,
     /// Apply database migrations and exit.
     Migrate,
+    /// Recompute every read model from the journal, print the differences (none expected)
+    /// and the ledger's balance per currency. Exit status 1 on any difference.
+    Audit,
+    /// Reset a pool's read model (analytics or ledger) and replay the journal into it.
+    /// Run it with the nodes stopped.
+    Rebuild {
+        /// analytics | ledger
+        pool: String,
+    },
     /// Run the PSP sandbox: a stand-in card processor that calls the node back with signed
     /// webhooks (see psp_sandbox/src/lib.rs for the test payment methods).
     PspSandbox(SandboxArgs),
@@ -91,6 +101,19 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Node => node::run(config).await,
             Command::Migrate => node::migrate_only(&config).await,
+            Command::Audit => {
+                let pool = node::connect(&config).await?;
+                if audit::audit(&config, &pool).await? {
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!("the audit found differences"))
+                }
+            }
+            Command::Rebuild { pool } => {
+                let db = node::connect(&config).await?;
+                node::migrate(&db).await?;
+                audit::rebuild(&config, &db, &pool).await
+            }
             Command::PspSandbox(_) => Ok(()),
         }
     });

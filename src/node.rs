@@ -23,9 +23,12 @@ use tracing::info;
 
 pub const PAYMENT_EVENTS: &str = "payment.events";
 
+/// Attempts at creating the topics at start-up.
+const TOPIC_CREATION_ATTEMPTS: u32 = 5;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(config.database.max_connections)
         .acquire_timeout(Duration::from_millis(config.database.acquire_timeout_ms))
@@ -34,7 +37,7 @@ async fn connect(config: &Config) -> anyhow::Result<PgPool> {
         .context("connecting to PostgreSQL (database.url)")
 }
 
-async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("applying migrations")?;
     Ok(())
 }
@@ -53,21 +56,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     migrate(&pool).await?;
 
     let topic = journal.topic(PAYMENT_EVENTS);
-    let created = admin::ensure_topics(
-        journal,
-        &[
-            TopicSpec {
-                name: topic.clone(),
-                partitions: journal.partitions,
-            },
-            TopicSpec {
-                name: journal.topic(SETTLEMENT_EVENTS),
-                partitions: journal.partitions,
-            },
-        ],
-    )
-    .await
-    .context("creating topics (journal.brokers)")?;
+    let topics = [
+        TopicSpec {
+            name: topic.clone(),
+            partitions: journal.partitions,
+        },
+        TopicSpec {
+            name: journal.topic(SETTLEMENT_EVENTS),
+            partitions: journal.partitions,
+        },
+    ];
+    // A busy broker may time out an admin request; try a bounded number of times.
+    let mut attempt = 0;
+    let created = loop {
+        attempt += 1;
+        match admin::ensure_topics(journal, &topics).await {
+            Ok(created) => break created,
+            Err(error) if attempt < TOPIC_CREATION_ATTEMPTS => {
+                tracing::warn!(%error, attempt, "creating topics failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(error) => return Err(error).context("creating topics (journal.brokers)"),
+        }
+    };
     if !created.is_empty() {
         info!(?created, "created topics");
     }

@@ -16,6 +16,7 @@ pub mod offsets;
 pub mod options;
 pub mod partition;
 pub mod producer;
+pub mod reader;
 
 pub use codec::{Codec, CodecError, CodecKind};
 pub use envelope::{Envelope, EventHeaders};

@@ -3,6 +3,9 @@
 //! success rate, average amount, completed orders (distinct `order_no` of succeeded
 //! payments), revenue, fees and net revenue. The day is the UTC day the payment was created.
 
+// Rows of SQL queries are read as tuples; naming each tuple type would add nothing.
+#![allow(clippy::type_complexity)]
+
 use super::ledger::{platform_fee, pricing};
 use crate::payment::PaymentEvent;
 use kafka_journal::consumer::{ConsumedRecord, HandlerError, PartitionHandler};

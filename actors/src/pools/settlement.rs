@@ -8,6 +8,9 @@
 //! and journals `settlement.paid`. Journaling uses an outbox flag, so a broker outage delays
 //! the events but never loses them.
 
+// Rows of SQL queries are read as tuples; naming each tuple type would add nothing.
+#![allow(clippy::type_complexity)]
+
 use super::ledger::{self, platform_fee};
 use crate::payment::PaymentEvent;
 use kafka_journal::consumer::{ConsumedRecord, HandlerError, PartitionHandler};

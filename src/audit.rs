@@ -1,0 +1,433 @@
+//! `payrail audit` and `payrail rebuild <pool>`.
+//!
+//! The audit recomputes the read models from the journal (and the settlements table, the
+//! one business record that is not an event stream) and prints every difference, then the
+//! ledger's debits and credits per currency. Exit status 1 when anything differs.
+
+// Rows of SQL queries are read as tuples; naming each tuple type would add nothing.
+#![allow(clippy::type_complexity)]
+
+use crate::config::Config;
+use crate::node::PAYMENT_EVENTS;
+use anyhow::Context;
+use kafka_journal::consumer::{spawn_consumer, Assignment, ConsumerSpec, PartitionHandler};
+use payrail_actors::payment::machine::{evolve, EventContext};
+use payrail_actors::payment::{Payment, PaymentEvent, RefundStatus};
+use payrail_actors::pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP};
+use payrail_actors::pools::ledger::{self, platform_fee, LedgerProjector, Pricing, LEDGER_GROUP};
+use sqlx::PgPool;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
+
+struct Differences(Vec<String>);
+
+impl Differences {
+    fn check<T: PartialEq + std::fmt::Debug>(&mut self, what: &str, expected: T, actual: T) {
+        if expected != actual {
+            self.0.push(format!(
+                "{what}: journal says {expected:?}, read model has {actual:?}"
+            ));
+        }
+    }
+}
+
+pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
+    let journal = &config.journal;
+    let topic = journal.topic(PAYMENT_EVENTS);
+    let records =
+        kafka_journal::reader::read_all(journal, &topic, journal.partitions, READ_TIMEOUT)
+            .await
+            .context("reading the journal")?;
+    let mut diffs = Differences(Vec::new());
+
+    // Payments, replayed.
+    let mut payments: BTreeMap<String, Option<Payment>> = BTreeMap::new();
+    let mut captures: Vec<(uuid::Uuid, String, String, i64)> = Vec::new(); // (event, merchant, payment, captured)
+    let mut refunds_done: Vec<(uuid::Uuid, String, String, String)> = Vec::new(); // (event, merchant, payment, refund)
+    let mut failed: Vec<String> = Vec::new();
+    for record in &records {
+        let envelope = record.decode::<PaymentEvent>().with_context(|| {
+            format!(
+                "decoding offset {} of partition {}",
+                record.offset, record.partition
+            )
+        })?;
+        let state = payments.remove(&envelope.payment_id).flatten();
+        let ctx = EventContext {
+            payment_id: &envelope.payment_id,
+            merchant_id: &envelope.merchant_id,
+            sequence: envelope.sequence,
+            occurred_at_micros: envelope.occurred_at_micros,
+        };
+        match &envelope.payload {
+            PaymentEvent::Succeeded {
+                amount_captured, ..
+            } if *amount_captured > 0 => captures.push((
+                envelope.event_id,
+                envelope.merchant_id.clone(),
+                envelope.payment_id.clone(),
+                *amount_captured,
+            )),
+            PaymentEvent::RefundSucceeded { refund_id, .. } => refunds_done.push((
+                envelope.event_id,
+                envelope.merchant_id.clone(),
+                envelope.payment_id.clone(),
+                refund_id.clone(),
+            )),
+            PaymentEvent::Failed { .. } => failed.push(envelope.payment_id.clone()),
+            _ => {}
+        }
+        let expected_sequence = state.as_ref().map(|p| p.sequence + 1).unwrap_or(1);
+        diffs.check(
+            &format!("payment {} sequence", envelope.payment_id),
+            expected_sequence,
+            envelope.sequence,
+        );
+        payments.insert(
+            envelope.payment_id.clone(),
+            evolve(state, ctx, &envelope.payload),
+        );
+    }
+    let payments: BTreeMap<String, Payment> = payments
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|p| (k, p)))
+        .collect();
+
+    // Snapshots.
+    let snapshots: Vec<(String, serde_json::Value)> =
+        sqlx::query_as("SELECT payment_id, state FROM payment_snapshots")
+            .fetch_all(pool)
+            .await?;
+    let snapshots: HashMap<String, Payment> = snapshots
+        .into_iter()
+        .filter_map(|(id, state)| serde_json::from_value(state).ok().map(|p| (id, p)))
+        .collect();
+    for (id, payment) in &payments {
+        let snapshot = snapshots
+            .get(id)
+            .map(|p| (p.status, p.amount_captured, p.amount_refunded, p.sequence));
+        diffs.check(
+            &format!("snapshot of {id}"),
+            Some((
+                payment.status,
+                payment.amount_captured,
+                payment.amount_refunded,
+                payment.sequence,
+            )),
+            snapshot,
+        );
+    }
+
+    // Pricing.
+    let pricing: HashMap<String, Pricing> =
+        sqlx::query_as::<_, (String, i32, i64)>("SELECT id, fee_bps, fee_fixed FROM merchants")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|(id, bps, fixed)| {
+                (
+                    id,
+                    Pricing {
+                        bps: bps as i64,
+                        fixed,
+                    },
+                )
+            })
+            .collect();
+    let fee_of = |merchant: &str, amount: i64| {
+        platform_fee(
+            amount,
+            pricing
+                .get(merchant)
+                .copied()
+                .unwrap_or(Pricing { bps: 0, fixed: 0 }),
+        )
+    };
+
+    // Analytics.
+    type Key = (String, chrono::NaiveDate, String);
+    let mut analytics: BTreeMap<Key, [i64; 9]> = BTreeMap::new();
+    let day_of = |p: &Payment| {
+        chrono::DateTime::from_timestamp_micros(p.created_at_micros)
+            .map(|d| d.date_naive())
+            .unwrap_or_default()
+    };
+    for p in payments.values() {
+        let row = analytics
+            .entry((
+                p.merchant_id.clone(),
+                day_of(p),
+                p.currency.code().to_string(),
+            ))
+            .or_default();
+        row[0] += 1;
+        row[1] += p.amount;
+        if p.status == payrail_actors::payment::PaymentStatus::Succeeded {
+            row[2] += 1;
+            row[3] += p.amount_captured;
+            row[8] += fee_of(&p.merchant_id, p.amount_captured);
+        }
+        let succeeded_refunds: Vec<_> = p
+            .refunds
+            .iter()
+            .filter(|r| r.status == RefundStatus::Succeeded)
+            .collect();
+        row[6] += succeeded_refunds.len() as i64;
+        row[7] += succeeded_refunds.iter().map(|r| r.amount).sum::<i64>();
+    }
+    for id in &failed {
+        if let Some(p) = payments.get(id) {
+            let row = analytics
+                .entry((
+                    p.merchant_id.clone(),
+                    day_of(p),
+                    p.currency.code().to_string(),
+                ))
+                .or_default();
+            row[4] += 1;
+            row[5] += p.amount;
+        }
+    }
+    let stored: Vec<(String, chrono::NaiveDate, String, i64, i64, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT merchant_id, day, currency, created_count, created_amount, succeeded_count, succeeded_amount,
+                failed_count, failed_amount, refunded_count, refunded_amount, fees FROM analytics_merchant_daily",
+    )
+    .fetch_all(pool)
+    .await?;
+    let stored: BTreeMap<Key, [i64; 9]> = stored
+        .into_iter()
+        .map(|(m, d, c, a, b, e, f, g, h, i, j, k)| ((m, d, c), [a, b, e, f, g, h, i, j, k]))
+        .collect();
+    for key in analytics
+        .keys()
+        .chain(stored.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        diffs.check(&format!("analytics {key:?} [created, amount, succeeded, amount, failed, amount, refunded, amount, fees]"), analytics.get(key), stored.get(key));
+    }
+
+    // Ledger: expected balances per (account, merchant, currency).
+    type Account = (String, Option<String>, String);
+    let mut expected: BTreeMap<Account, i64> = BTreeMap::new(); // debit - credit
+    let mut add = |tx: &ledger::LedgerTransaction| {
+        for leg in &tx.legs {
+            *expected
+                .entry((
+                    leg.account.to_string(),
+                    leg.merchant_id.clone(),
+                    tx.currency.clone(),
+                ))
+                .or_default() += leg.debit - leg.credit;
+        }
+    };
+    for (event_id, merchant, payment_id, captured) in &captures {
+        let currency = payments
+            .get(payment_id)
+            .map(|p| p.currency.code().to_string())
+            .unwrap_or_default();
+        add(&ledger::capture_transaction(
+            *event_id,
+            merchant,
+            payment_id,
+            &currency,
+            *captured,
+            fee_of(merchant, *captured),
+        )?);
+    }
+    for (event_id, merchant, payment_id, refund_id) in &refunds_done {
+        let Some(p) = payments.get(payment_id) else {
+            continue;
+        };
+        let amount = p.refund(refund_id).map(|r| r.amount).unwrap_or(0);
+        add(&ledger::refund_transaction(
+            *event_id,
+            merchant,
+            payment_id,
+            p.currency.code(),
+            amount,
+        )?);
+    }
+    let settlements: Vec<(String, String, String, i64, String)> =
+        sqlx::query_as("SELECT id, merchant_id, currency, net, status FROM settlements")
+            .fetch_all(pool)
+            .await?;
+    for (id, merchant, currency, net, status) in &settlements {
+        add(&ledger::settlement_transaction(
+            id, merchant, currency, *net,
+        )?);
+        if status == "paid" {
+            add(&ledger::payout_transaction(id, merchant, currency, *net)?);
+        }
+    }
+    let stored: Vec<(String, Option<String>, String, i64)> = sqlx::query_as(
+        "SELECT account, merchant_id, currency, (sum(debit) - sum(credit))::BIGINT FROM ledger_entries GROUP BY account, merchant_id, currency",
+    )
+    .fetch_all(pool)
+    .await?;
+    let stored: BTreeMap<Account, i64> = stored
+        .into_iter()
+        .map(|(a, m, c, b)| ((a, m, c), b))
+        .collect();
+    for key in expected
+        .keys()
+        .chain(stored.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        diffs.check(
+            &format!("ledger balance (debit − credit) of {key:?}"),
+            expected.get(key).copied().unwrap_or(0),
+            stored.get(key).copied().unwrap_or(0),
+        );
+    }
+
+    // Per payment: captured − refunded = merchant net movement + fees.
+    let movements: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT payment_id,
+                COALESCE(sum(credit - debit) FILTER (WHERE account = 'merchant_pending'), 0)::BIGINT,
+                COALESCE(sum(credit - debit) FILTER (WHERE account = 'platform_fee_revenue'), 0)::BIGINT
+         FROM ledger_entries WHERE payment_id IS NOT NULL GROUP BY payment_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (payment_id, merchant_net, fees) in movements {
+        if let Some(p) = payments.get(&payment_id) {
+            diffs.check(
+                &format!("payment {payment_id}: captured − refunded vs merchant net + fees"),
+                p.amount_captured - p.amount_refunded,
+                merchant_net + fees,
+            );
+        }
+    }
+
+    // Settlements equal the ledger: open items equal pending balances.
+    let open: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT merchant_id, currency, sum(gross - fee)::BIGINT FROM settlement_items WHERE settlement_id IS NULL GROUP BY merchant_id, currency",
+    )
+    .fetch_all(pool)
+    .await?;
+    let open: BTreeMap<(String, String), i64> =
+        open.into_iter().map(|(m, c, n)| ((m, c), n)).collect();
+    for ((account, merchant, currency), balance) in &stored {
+        if account == ledger::MERCHANT_PENDING {
+            let merchant = merchant.clone().unwrap_or_default();
+            diffs.check(
+                &format!("unsettled net of {merchant} in {currency} vs ledger pending"),
+                open.get(&(merchant.clone(), currency.clone()))
+                    .copied()
+                    .unwrap_or(0),
+                -balance,
+            );
+        }
+    }
+    let settled_sums: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT s.id, s.net, COALESCE((SELECT sum(gross - fee) FROM settlement_items i WHERE i.settlement_id = s.id), 0)::BIGINT FROM settlements s",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (id, net, items) in settled_sums {
+        diffs.check(&format!("settlement {id} net vs its items"), items, net);
+    }
+
+    println!(
+        "audit: {} journal records, {} payments, {} settlements",
+        records.len(),
+        payments.len(),
+        settlements.len()
+    );
+    let totals: Vec<(String, i64, i64)> = sqlx::query_as("SELECT currency, sum(debit)::BIGINT, sum(credit)::BIGINT FROM ledger_entries GROUP BY currency ORDER BY currency")
+        .fetch_all(pool)
+        .await?;
+    for (currency, debits, credits) in totals {
+        println!(
+            "ledger {currency}: debits {debits} credits {credits} {}",
+            if debits == credits {
+                "balanced"
+            } else {
+                "UNBALANCED"
+            }
+        );
+        if debits != credits {
+            diffs.0.push(format!("ledger {currency} does not balance"));
+        }
+    }
+    for d in &diffs.0 {
+        println!("difference: {d}");
+    }
+    println!("audit: {} differences", diffs.0.len());
+    Ok(diffs.0.is_empty())
+}
+
+/// Resets a pool's read model and replays the whole journal into it. Run it with the
+/// nodes stopped (their workers hold positions in memory).
+pub async fn rebuild(config: &Config, pool: &PgPool, pool_name: &str) -> anyhow::Result<()> {
+    let journal = &config.journal;
+    let (group, tables, handler): (&str, &[&str], Arc<dyn PartitionHandler>) = match pool_name {
+        "analytics" => (
+            ANALYTICS_GROUP,
+            &["analytics_merchant_daily", "analytics_channel_daily", "analytics_completed_orders", "analytics_payments", "analytics_refunds"],
+            Arc::new(AnalyticsProjector),
+        ),
+        "ledger" => (LEDGER_GROUP, &["ledger_entries", "ledger_payments", "ledger_refunds"], Arc::new(LedgerProjector)),
+        other => anyhow::bail!(
+            "rebuild: unknown or unsupported pool {other:?}; allowed: analytics, ledger (settlement batches are business records and are not rebuilt)"
+        ),
+    };
+    let name = journal.group(group);
+    let topic = journal.topic(PAYMENT_EVENTS);
+    let mut tx = pool.begin().await?;
+    for table in tables {
+        sqlx::query(&format!("DELETE FROM {table}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    kafka_journal::offsets::reset_consumer(&mut tx, &name).await?;
+    tx.commit().await?;
+    let partitions: Vec<i32> = (0..journal.partitions as i32).collect();
+    let consumer = spawn_consumer(
+        journal,
+        config.supervisor.restart,
+        ConsumerSpec {
+            name: name.clone(),
+            topic: topic.clone(),
+            assignment: Assignment::Manual(partitions.clone()),
+        },
+        pool.clone(),
+        handler,
+    )
+    .await?;
+    for partition in partitions {
+        let (_, high) = kafka_journal::admin::watermarks(journal, &topic, partition).await?;
+        if !consumer
+            .progress
+            .wait_for(partition, high, READ_TIMEOUT)
+            .await
+        {
+            anyhow::bail!("rebuild: partition {partition} did not reach offset {high}");
+        }
+    }
+    consumer.stop();
+    if pool_name == "ledger" {
+        // Settlement transfers and payouts come from the settlements table, not the journal.
+        let settlements: Vec<(String, String, String, i64, String)> =
+            sqlx::query_as("SELECT id, merchant_id, currency, net, status FROM settlements")
+                .fetch_all(pool)
+                .await?;
+        let mut tx = pool.begin().await?;
+        for (id, merchant, currency, net, status) in settlements {
+            ledger::settlement_transaction(&id, &merchant, &currency, net)?
+                .post(&mut tx, &format!("settlement:{id}"))
+                .await?;
+            if status == "paid" {
+                ledger::payout_transaction(&id, &merchant, &currency, net)?
+                    .post(&mut tx, &format!("payout:{id}"))
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+    }
+    println!("rebuild of {pool_name} finished");
+    Ok(())
+}
