@@ -338,7 +338,36 @@ async fn mixed_workload_with_restart_and_reset_audits_clean_and_settles_to_the_l
     assert_eq!(eur["refunded_amount"], 3_500);
     assert_eq!(eur["net_revenue"], 14_000 - 466 - 3_500);
     assert_eq!(eur["completed_orders"], 2);
+
+    // Rebuild the ledger and analytics from the journal with the node stopped: same result.
+    let before: Vec<(String, i64)> = sqlx::query_as("SELECT account, (sum(debit) - sum(credit))::BIGINT FROM ledger_entries GROUP BY account ORDER BY account")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     drop(node);
+    for pool_name in ["ledger", "analytics"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_payrail"))
+            .args(["rebuild", pool_name])
+            .envs(env.node_env(free_port()))
+            .envs(sandbox.node_env())
+            .output()
+            .expect("run payrail rebuild");
+        assert!(output.status.success(), "rebuild {pool_name}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let after: Vec<(String, i64)> = sqlx::query_as("SELECT account, (sum(debit) - sum(credit))::BIGINT FROM ledger_entries GROUP BY account ORDER BY account")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(after, before, "the rebuilt ledger has the same balances");
+    let (clean, report) = audit(&env, &sandbox);
+    assert!(clean, "audit after rebuild:\n{report}");
+    let unknown = Command::new(env!("CARGO_BIN_EXE_payrail"))
+        .args(["rebuild", "nonsense"])
+        .envs(env.node_env(free_port()))
+        .envs(sandbox.node_env())
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
