@@ -352,7 +352,11 @@ async fn mixed_workload_with_restart_and_reset_audits_clean_and_settles_to_the_l
             .envs(sandbox.node_env())
             .output()
             .expect("run payrail rebuild");
-        assert!(output.status.success(), "rebuild {pool_name}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "rebuild {pool_name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let after: Vec<(String, i64)> = sqlx::query_as("SELECT account, (sum(debit) - sum(credit))::BIGINT FROM ledger_entries GROUP BY account ORDER BY account")
         .fetch_all(&pool)
