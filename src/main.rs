@@ -1,4 +1,4 @@
-//! `payrail`: the node, migrations, and (later) the load generator and sandbox.
+//! `payrail`: the node, migrations, the load generator and the journal benchmark.
 
 mod config;
 mod node;
@@ -27,6 +27,18 @@ enum Command {
     Node,
     /// Apply database migrations and exit.
     Migrate,
+    /// Generate HTTP load against a node and report throughput, errors and latency.
+    Loadtest(payrail_loadtest::LoadtestArgs),
+    /// Reference benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Append payment.created records with the node's journal producer and options (no HTTP,
+    /// no actors) to a topic of its own: the ceiling of the write path.
+    Journal(payrail_loadtest::BenchJournalArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,13 +49,19 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let explicit = cli.config.is_some();
-    let path = cli.config.unwrap_or_else(|| PathBuf::from("config.toml"));
-    let config = match config::Config::load(&path, explicit) {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("payrail: configuration error: {message}");
-            return ExitCode::from(2);
+    // The load generator talks to a node over HTTP and needs none of the node's config.
+    let config = match &cli.command {
+        Command::Loadtest(_) => None,
+        _ => {
+            let explicit = cli.config.is_some();
+            let path = cli.config.unwrap_or_else(|| PathBuf::from("config.toml"));
+            match config::Config::load(&path, explicit) {
+                Ok(config) => Some(config),
+                Err(message) => {
+                    eprintln!("payrail: configuration error: {message}");
+                    return ExitCode::from(2);
+                }
+            }
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -57,9 +75,20 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Node => node::run(config).await,
-            Command::Migrate => node::migrate_only(&config).await,
+        match (cli.command, config) {
+            (Command::Node, Some(config)) => node::run(config).await,
+            (Command::Migrate, Some(config)) => node::migrate_only(&config).await,
+            (Command::Loadtest(args), _) => {
+                let report = payrail_loadtest::http_load::run(&args).await?;
+                payrail_loadtest::print_report(&report, args.json)?;
+                Ok(())
+            }
+            (Command::Bench(BenchCommand::Journal(args)), Some(config)) => {
+                let report = payrail_loadtest::bench::run(&config.journal, &args).await?;
+                payrail_loadtest::print_report(&report, args.json)?;
+                Ok(())
+            }
+            (_, None) => Err(anyhow::anyhow!("no configuration loaded")),
         }
     });
     match result {
