@@ -3,6 +3,10 @@
 //! same broker and the same concurrency as `payrail loadtest --scenario create`, without HTTP
 //! and without actors. It writes to a topic of its own (`bench-<uuid>.payment.events`), so it
 //! never touches a node's journal.
+//!
+//! The topic is left on the broker. It is deliberately not deleted: tansu 0.6's DeleteTopics
+//! removes *every* topic of the cluster (its `topic_delete_by.sql` deletes by cluster, not by
+//! name), and a later produce then kills its storage task. We found this the hard way.
 
 use crate::limits::*;
 use crate::report::{ErrorKind, Recorder, Report, RunInfo};
@@ -16,10 +20,6 @@ use payrail_actors::money::Currency;
 use payrail_actors::payment::{PaymentCreated, PaymentEvent};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::util::Timeout;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -50,9 +50,6 @@ pub struct BenchJournalArgs {
     /// Merchant ids the appenders rotate through (record key and partition).
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub merchants: u32,
-    /// Leave the benchmark topic on the broker (by default it is deleted at the end).
-    #[arg(long)]
-    pub keep_topic: bool,
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -215,27 +212,6 @@ async fn appender(shared: Arc<Shared>, connection: u32) -> Recorder {
     recorder
 }
 
-async fn delete_topic(options: &JournalOptions, topic: &str) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &options.brokers)
-        .create()
-        .map_err(|e| e.to_string())?;
-    let timeout = Timeout::After(Duration::from_millis(options.admin_timeout_ms));
-    let results = admin
-        .delete_topics(
-            &[topic],
-            &AdminOptions::new().operation_timeout(Some(timeout)),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    for result in results {
-        if let Err((name, code)) = result {
-            return Err(format!("{name}: {code}"));
-        }
-    }
-    Ok(())
-}
-
 /// Runs the benchmark with the node's journal options (config file and environment).
 pub async fn run(node: &JournalOptions, args: &BenchJournalArgs) -> Result<Report, BenchError> {
     let options = bench_options(node, args)?;
@@ -309,18 +285,10 @@ pub async fn run(node: &JournalOptions, args: &BenchJournalArgs) -> Result<Repor
         options.codec.content_type().to_string(),
     );
     details.insert("linger_ms".into(), options.linger_ms.to_string());
-    if !args.keep_topic {
-        let deleted = match delete_topic(&options, &topic).await {
-            Ok(()) => "deleted".to_string(),
-            Err(e) => {
-                tracing::warn!(%topic, error = %e, "could not delete the benchmark topic");
-                format!("kept (delete failed: {e})")
-            }
-        };
-        details.insert("topic_after_run".into(), deleted);
-    } else {
-        details.insert("topic_after_run".into(), "kept".into());
-    }
+    details.insert(
+        "topic_after_run".into(),
+        "kept (never deleted: tansu 0.6 DeleteTopics drops every topic)".into(),
+    );
     if let Some(e) = failure {
         return Err(BenchError::Worker(e));
     }
@@ -353,7 +321,6 @@ mod tests {
             duration: 2,
             warmup: 0,
             merchants: 10,
-            keep_topic: false,
             json: true,
             no_progress: true,
         }
