@@ -6,7 +6,9 @@
 # object per run) go to $OUT (default .payrail/bench-<time>/), a summary to stdout.
 # Env: PAYRAIL_BIN (default target/release/payrail, or $CARGO_TARGET_DIR/release/payrail),
 # DURATION_S (10), WARMUP_S (3), MERCHANTS (100), NODE_RUST_LOG (node log filter, default
-# "info", the shipped default).
+# "info", the shipped default), LOADTEST_FLAGS (extra flags for payrail loadtest),
+# PAYRAIL_BROKER_PORT / PAYRAIL_STATE (use or start a broker of your own, e.g. 19092, so a
+# broker crash under load hurts nobody else), ORDER (journal-first, or create-first).
 source "$(dirname "$0")/lib.sh"
 cd "$PAYRAIL_ROOT"
 
@@ -26,6 +28,7 @@ ADMIN_TOKEN="bench-admin-token-0123456789"
 ensure_postgres
 ensure_broker
 mkdir -p "$OUT"
+export PAYRAIL__JOURNAL__BROKERS="127.0.0.1:$PAYRAIL_BROKER_PORT"
 
 db="payrail_bench_${stamp//-/_}"
 psql "$PAYRAIL_DATABASE_URL" -qtAX -c "CREATE DATABASE \"$db\"" >/dev/null
@@ -47,15 +50,26 @@ for _ in $(seq 1 100); do
 done
 echo "$node_pid" >"$OUT/node.pid"
 
+journal() { # connections run
+  log "c=$1 run $2: bench journal"
+  "$BIN" bench journal --connections "$1" --duration "$DURATION_S" --warmup "$WARMUP_S" \
+    --merchants "$MERCHANTS" --json --no-progress >"$OUT/journal-c$1-r$2.json" ||
+    log "c=$1 run $2: bench journal failed"
+}
+create() { # connections run
+  log "c=$1 run $2: loadtest create"
+  "$BIN" loadtest --target "http://127.0.0.1:$PORT" --admin-token "$ADMIN_TOKEN" \
+    --scenario create --connections "$1" --duration "$DURATION_S" --warmup "$WARMUP_S" \
+    --merchants "$MERCHANTS" ${LOADTEST_FLAGS:-} --json --no-progress >"$OUT/create-c$1-r$2.json" ||
+    log "c=$1 run $2: loadtest failed"
+}
 for c in $CONNECTIONS; do
   for run in $(seq 1 "$RUNS"); do
-    log "c=$c run $run: bench journal"
-    "$BIN" bench journal --connections "$c" --duration "$DURATION_S" --warmup "$WARMUP_S" \
-      --merchants "$MERCHANTS" --json --no-progress >"$OUT/journal-c$c-r$run.json"
-    log "c=$c run $run: loadtest create"
-    "$BIN" loadtest --target "http://127.0.0.1:$PORT" --admin-token "$ADMIN_TOKEN" \
-      --scenario create --connections "$c" --duration "$DURATION_S" --warmup "$WARMUP_S" \
-      --merchants "$MERCHANTS" --json --no-progress >"$OUT/create-c$c-r$run.json"
+    if [ "${ORDER:-journal-first}" = create-first ]; then
+      create "$c" "$run"; journal "$c" "$run"
+    else
+      journal "$c" "$run"; create "$c" "$run"
+    fi
   done
 done
 
@@ -68,7 +82,11 @@ print(f"results in {out}")
 print(f"{'run':<22}{'ok/s':>10}{'errors':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'max ms':>9}")
 rows = {}
 for p in sorted(glob.glob(os.path.join(out, "*-c*-r*.json"))):
-    r = load(p); l = r["latency_us"]; name = os.path.basename(p)[:-5]
+    name = os.path.basename(p)[:-5]
+    if os.path.getsize(p) == 0:
+        print(f"{name:<22}  (no result: the command failed)")
+        continue
+    r = load(p); l = r["latency_us"]
     rows[name] = r
     print(f"{name:<22}{r['throughput_per_s']:>10.1f}{r['errors']:>8}{l['p50']/1e3:>9.2f}{l['p90']/1e3:>9.2f}{l['p99']/1e3:>9.2f}{l['p999']/1e3:>10.2f}{l['max']/1e3:>9.2f}")
 for name, r in rows.items():
