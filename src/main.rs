@@ -1,4 +1,4 @@
-//! `payrail`: the node, migrations, and (later) the load generator and sandbox.
+//! `payrail`: the node, migrations, the load generator and the journal benchmark.
 
 mod audit;
 mod config;
@@ -40,6 +40,18 @@ enum Command {
     /// Run the PSP sandbox: a stand-in card processor that calls the node back with signed
     /// webhooks (see psp_sandbox/src/lib.rs for the test payment methods).
     PspSandbox(SandboxArgs),
+    /// Generate HTTP load against a node and report throughput, errors and latency.
+    Loadtest(payrail_loadtest::LoadtestArgs),
+    /// Reference benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Append payment.created records with the node's journal producer and options (no HTTP,
+    /// no actors) to a topic of its own: the ceiling of the write path.
+    Journal(payrail_loadtest::BenchJournalArgs),
 }
 
 #[derive(clap::Args)]
@@ -78,13 +90,19 @@ fn main() -> ExitCode {
     if let Command::PspSandbox(args) = cli.command {
         return run_sandbox(args);
     }
-    let explicit = cli.config.is_some();
-    let path = cli.config.unwrap_or_else(|| PathBuf::from("config.toml"));
-    let config = match config::Config::load(&path, explicit) {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("payrail: configuration error: {message}");
-            return ExitCode::from(2);
+    // The load generator talks to a node over HTTP and needs none of the node's config.
+    let config = match &cli.command {
+        Command::Loadtest(_) | Command::PspSandbox(_) => None,
+        _ => {
+            let explicit = cli.config.is_some();
+            let path = cli.config.unwrap_or_else(|| PathBuf::from("config.toml"));
+            match config::Config::load(&path, explicit) {
+                Ok(config) => Some(config),
+                Err(message) => {
+                    eprintln!("payrail: configuration error: {message}");
+                    return ExitCode::from(2);
+                }
+            }
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -98,10 +116,20 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Node => node::run(config).await,
-            Command::Migrate => node::migrate_only(&config).await,
-            Command::Audit => {
+        match (cli.command, config) {
+            (Command::Node, Some(config)) => node::run(config).await,
+            (Command::Migrate, Some(config)) => node::migrate_only(&config).await,
+            (Command::Loadtest(args), _) => {
+                let report = payrail_loadtest::http_load::run(&args).await?;
+                payrail_loadtest::print_report(&report, args.json)?;
+                Ok(())
+            }
+            (Command::Bench(BenchCommand::Journal(args)), Some(config)) => {
+                let report = payrail_loadtest::bench::run(&config.journal, &args).await?;
+                payrail_loadtest::print_report(&report, args.json)?;
+                Ok(())
+            }
+            (Command::Audit, Some(config)) => {
                 let pool = node::connect(&config).await?;
                 if audit::audit(&config, &pool).await? {
                     Ok(())
@@ -109,12 +137,13 @@ fn main() -> ExitCode {
                     Err(anyhow::anyhow!("the audit found differences"))
                 }
             }
-            Command::Rebuild { pool } => {
+            (Command::Rebuild { pool }, Some(config)) => {
                 let db = node::connect(&config).await?;
                 node::migrate(&db).await?;
                 audit::rebuild(&config, &db, &pool).await
             }
-            Command::PspSandbox(_) => Ok(()),
+            (Command::PspSandbox(_), _) => Ok(()),
+            (_, None) => Err(anyhow::anyhow!("no configuration loaded")),
         }
     });
     match result {

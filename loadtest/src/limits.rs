@@ -1,0 +1,29 @@
+//! Every bound the load generator and the benchmark enforce, with its unit in the name.
+
+/// Concurrent connections (closed loop) or in-flight requests (open loop) at most.
+pub const MAX_CONNECTIONS: u32 = 10_000;
+/// Longest measured phase (`--duration`), in seconds.
+pub const MAX_DURATION_S: u64 = 3_600;
+/// Longest warm-up (`--warmup`), in seconds.
+pub const MAX_WARMUP_S: u64 = 600;
+/// Most merchants a load test creates (`--merchants`).
+pub const MAX_MERCHANTS: u32 = 100_000;
+/// Highest open-loop target rate (`--rate`), in requests per second.
+pub const MAX_RATE_PER_S: u64 = 1_000_000;
+/// Largest Zipf exponent accepted for `--skew`.
+pub const MAX_SKEW_EXPONENT: f64 = 10.0;
+/// Longest per-request timeout (`--timeout-ms`), in milliseconds.
+pub const MAX_REQUEST_TIMEOUT_MS: u64 = 600_000;
+/// Timeout for opening one TCP connection to the target, in milliseconds.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Merchants created concurrently during set-up at most.
+pub const MAX_SETUP_CONCURRENCY: usize = 16;
+/// Highest latency the histograms track, in microseconds (one hour); larger values are
+/// clamped to it.
+pub const MAX_TRACKED_LATENCY_US: u64 = 3_600_000_000;
+/// Significant decimal digits the latency histograms keep.
+pub const HISTOGRAM_SIGNIFICANT_DIGITS: u8 = 3;
+/// Interval of the live progress line on stderr, in milliseconds.
+pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
+/// Bytes of an unexpected response body quoted in a set-up error at most.
+pub const ERROR_BODY_QUOTE_BYTES: usize = 300;

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Usage: scripts/benchmarks.sh — the measurements of BENCHMARKS.md, one after the other in one
+# session: for each concurrency in $CONNECTIONS (default "16 100"), $RUNS times (default 2):
+# the raw journal reference (`payrail bench journal`), then HTTP creates against a node
+# started from the release binary (`payrail loadtest --scenario create`). Results (one JSON
+# object per run) go to $OUT (default .payrail/bench-<time>/), a summary to stdout.
+# Env: PAYRAIL_BIN (default target/release/payrail, or $CARGO_TARGET_DIR/release/payrail),
+# DURATION_S (10), WARMUP_S (3), MERCHANTS (100), NODE_RUST_LOG (node log filter, default
+# "info", the shipped default), LOADTEST_FLAGS (extra flags for payrail loadtest),
+# PAYRAIL_BROKER_PORT / PAYRAIL_STATE (use or start a broker of your own, e.g. 19092, so a
+# broker crash under load hurts nobody else), ORDER (journal-first, or create-first).
+source "$(dirname "$0")/lib.sh"
+cd "$PAYRAIL_ROOT"
+
+BIN="${PAYRAIL_BIN:-${CARGO_TARGET_DIR:-target}/release/payrail}"
+CONNECTIONS="${CONNECTIONS:-16 100}"
+RUNS="${RUNS:-2}"
+DURATION_S="${DURATION_S:-10}"
+WARMUP_S="${WARMUP_S:-3}"
+MERCHANTS="${MERCHANTS:-100}"
+NODE_RUST_LOG="${NODE_RUST_LOG:-info}"
+PORT="${PORT:-18080}"
+stamp="$(date +%Y%m%d-%H%M%S)"
+OUT="${OUT:-$PAYRAIL_STATE/bench-$stamp}"
+ADMIN_TOKEN="bench-admin-token-0123456789"
+
+[ -x "$BIN" ] || { log "no release binary at $BIN; run cargo build --release"; exit 1; }
+ensure_postgres
+ensure_broker
+mkdir -p "$OUT"
+export PAYRAIL__JOURNAL__BROKERS="127.0.0.1:$PAYRAIL_BROKER_PORT"
+
+db="payrail_bench_${stamp//-/_}"
+psql "$PAYRAIL_DATABASE_URL" -qtAX -c "CREATE DATABASE \"$db\"" >/dev/null
+db_url="${PAYRAIL_DATABASE_URL%/*}/$db"
+
+log "starting the node (release, database $db, namespace benchnode-$stamp.)"
+PAYRAIL__JOURNAL__NAMESPACE="benchnode-$stamp." \
+PAYRAIL__DATABASE__URL="$db_url" \
+PAYRAIL__HTTP__BIND="127.0.0.1:$PORT" \
+PAYRAIL__HTTP__ADMIN_TOKEN="$ADMIN_TOKEN" \
+RUST_LOG="$NODE_RUST_LOG,librdkafka=warn,rdkafka=warn" \
+  "$BIN" node >"$OUT/node.log" 2>&1 &
+node_pid=$!
+trap 'kill "$node_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
+  kill -0 "$node_pid" 2>/dev/null || { log "node exited; see $OUT/node.log"; exit 1; }
+  sleep 0.3
+done
+echo "$node_pid" >"$OUT/node.pid"
+
+journal() { # connections run
+  log "c=$1 run $2: bench journal"
+  "$BIN" bench journal --connections "$1" --duration "$DURATION_S" --warmup "$WARMUP_S" \
+    --merchants "$MERCHANTS" --json --no-progress >"$OUT/journal-c$1-r$2.json" ||
+    log "c=$1 run $2: bench journal failed"
+}
+create() { # connections run
+  log "c=$1 run $2: loadtest create"
+  "$BIN" loadtest --target "http://127.0.0.1:$PORT" --admin-token "$ADMIN_TOKEN" \
+    --scenario create --connections "$1" --duration "$DURATION_S" --warmup "$WARMUP_S" \
+    --merchants "$MERCHANTS" ${LOADTEST_FLAGS:-} --json --no-progress >"$OUT/create-c$1-r$2.json" ||
+    log "c=$1 run $2: loadtest failed"
+}
+for c in $CONNECTIONS; do
+  for run in $(seq 1 "$RUNS"); do
+    if [ "${ORDER:-journal-first}" = create-first ]; then
+      create "$c" "$run"; journal "$c" "$run"
+    else
+      journal "$c" "$run"; create "$c" "$run"
+    fi
+  done
+done
+
+python3 - "$OUT" <<'PY'
+import json, sys, glob, os
+out = sys.argv[1]
+def load(p):
+    with open(p) as f: return json.load(f)
+print(f"results in {out}")
+print(f"{'run':<22}{'ok/s':>10}{'errors':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'max ms':>9}")
+rows = {}
+for p in sorted(glob.glob(os.path.join(out, "*-c*-r*.json"))):
+    name = os.path.basename(p)[:-5]
+    if os.path.getsize(p) == 0:
+        print(f"{name:<22}  (no result: the command failed)")
+        continue
+    r = load(p); l = r["latency_us"]
+    rows[name] = r
+    print(f"{name:<22}{r['throughput_per_s']:>10.1f}{r['errors']:>8}{l['p50']/1e3:>9.2f}{l['p90']/1e3:>9.2f}{l['p99']/1e3:>9.2f}{l['p999']/1e3:>10.2f}{l['max']/1e3:>9.2f}")
+for name, r in rows.items():
+    if name.startswith("create-"):
+        j = rows.get("journal-" + name[len("create-"):])
+        if j and j["throughput_per_s"] > 0:
+            print(f"{name}: create / raw journal = {r['throughput_per_s'] / j['throughput_per_s']:.2f}")
+PY
