@@ -227,6 +227,8 @@ pub async fn spawn_consumer(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", options.session_timeout_ms.to_string())
         .set("partition.assignment.strategy", "range")
+        .set("fetch.min.bytes", options.fetch_min_bytes.to_string())
+        .set("fetch.wait.max.ms", options.fetch_wait_max_ms.to_string())
         .set("client.id", format!("payrail-{}", spec.name))
         .create_with_context(context)
         .map_err(|e| JournalError::Config(e.to_string()))?;

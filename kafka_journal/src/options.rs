@@ -35,6 +35,12 @@ pub struct JournalOptions {
     pub worker_retry_base_ms: u64,
     /// Time allowed for admin requests and metadata look-ups (ms).
     pub admin_timeout_ms: u64,
+    /// librdkafka `fetch.min.bytes` for consumers: fewer, larger fetches (each fetch costs
+    /// the broker a storage scan, notably with tansu's sqlite engine).
+    pub fetch_min_bytes: u32,
+    /// librdkafka `fetch.wait.max.ms`: the longest a fetch waits for `fetch_min_bytes` (ms);
+    /// bounds the extra lag this adds to pools.
+    pub fetch_wait_max_ms: u32,
 }
 
 impl Default for JournalOptions {
@@ -53,6 +59,8 @@ impl Default for JournalOptions {
             worker_max_attempts: 5,
             worker_retry_base_ms: 100,
             admin_timeout_ms: 10_000,
+            fetch_min_bytes: 65_536,
+            fetch_wait_max_ms: 100,
         }
     }
 }
@@ -109,6 +117,12 @@ impl JournalOptions {
         }
         if !(1..=1_000).contains(&self.worker_mailbox) {
             return Err("journal.worker_mailbox: allowed 1..=1000".into());
+        }
+        if !(1..=100_000_000).contains(&self.fetch_min_bytes) {
+            return Err("journal.fetch_min_bytes: allowed 1..=100000000".into());
+        }
+        if !(1..=5_000).contains(&self.fetch_wait_max_ms) {
+            return Err("journal.fetch_wait_max_ms: allowed 1..=5000".into());
         }
         if !(1..=100).contains(&self.worker_max_attempts) {
             return Err("journal.worker_max_attempts: allowed 1..=100".into());
