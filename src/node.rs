@@ -138,6 +138,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await?;
 
+    let notifications = payrail_actors::pools::notification::start(
+        journal,
+        config.supervisor.restart,
+        &config.notification,
+        &topic,
+        pool.clone(),
+        producer.clone(),
+    )
+    .await?;
+
     let sweeper =
         payrail_actors::sweeper::spawn_sweeper(node.clone(), pool.clone(), config.psp.clone());
     let state = payrail_http::AppState {
@@ -159,6 +169,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!("shutting down");
     sweeper.abort();
     analytics.stop();
+    notifications.stop();
     snapshots.stop();
     producer.flush(Duration::from_secs(5));
     Ok(())

@@ -4,6 +4,7 @@
 //! [`error::ApiError`]. Every body is size-limited (`http.max_body_bytes`).
 
 pub mod error;
+pub mod notifications;
 pub mod validation;
 
 use bytes::Bytes;
@@ -710,6 +711,8 @@ pub fn routes(
         .or(action)
         .unify()
         .or(webhook)
+        .unify()
+        .or(notifications::routes(state.clone()))
         .unify()
         .recover(error::recover)
         .unify()

@@ -1,3 +1,4 @@
 //! Subscriber pools: consumer groups whose partition workers keep read models.
 
 pub mod analytics;
+pub mod notification;
