@@ -55,6 +55,17 @@ type Row = (
     chrono::DateTime<chrono::Utc>,
 );
 
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    notification_id: String,
+    attempt: i32,
+    channel: String,
+    attempted_at: chrono::DateTime<chrono::Utc>,
+    http_status: Option<i32>,
+    error: Option<String>,
+    duration_ms: i64,
+}
+
 const COLUMNS: &str = "id, channel, event_type, event_id, payment_id, sequence, status, attempts,
                        next_attempt_at, last_error, delivered_at, created_at";
 
@@ -63,15 +74,7 @@ async fn with_attempts(
     rows: Vec<Row>,
 ) -> Result<Vec<NotificationView>, sqlx::Error> {
     let ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
-    let attempts: Vec<(
-        String,
-        i32,
-        String,
-        chrono::DateTime<chrono::Utc>,
-        Option<i32>,
-        Option<String>,
-        i64,
-    )> = sqlx::query_as(
+    let attempts: Vec<AttemptRow> = sqlx::query_as(
         "SELECT notification_id, attempt, channel, attempted_at, http_status, error, duration_ms
            FROM (SELECT a.*, row_number() OVER (PARTITION BY notification_id ORDER BY attempt DESC) AS rn
                    FROM notification_attempts a WHERE notification_id = ANY($1)) recent
@@ -83,15 +86,18 @@ async fn with_attempts(
     .fetch_all(pool)
     .await?;
     let mut by_id: HashMap<String, Vec<AttemptView>> = HashMap::new();
-    for (id, attempt, channel, at, http_status, error, duration_ms) in attempts {
-        by_id.entry(id).or_default().push(AttemptView {
-            attempt,
-            channel,
-            attempted_at: at.timestamp(),
-            http_status,
-            error,
-            duration_ms,
-        });
+    for a in attempts {
+        by_id
+            .entry(a.notification_id)
+            .or_default()
+            .push(AttemptView {
+                attempt: a.attempt,
+                channel: a.channel,
+                attempted_at: a.attempted_at.timestamp(),
+                http_status: a.http_status,
+                error: a.error,
+                duration_ms: a.duration_ms,
+            });
     }
     Ok(rows
         .into_iter()
