@@ -174,6 +174,8 @@ impl Drop for SmtpSink {
 struct World {
     env: TestEnv,
     node: NodeProcess,
+    /// The node's environment on top of the test's, for restarts.
+    extra: Vec<(String, String)>,
     _sandbox: SandboxProcess,
     api: Api,
     key: String,
@@ -197,6 +199,10 @@ async fn world(name: &str, webhook_url: Option<&str>, node_extra: &[(&str, &str)
     ]);
     extra.extend_from_slice(node_extra);
     let node = NodeProcess::start_on(&env, port, &extra).await;
+    let extra: Vec<(String, String)> = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let api = Api::new(&node);
     let body = match webhook_url {
         Some(url) => serde_json::json!({"name": name, "webhook_url": url}),
@@ -222,6 +228,7 @@ async fn world(name: &str, webhook_url: Option<&str>, node_extra: &[(&str, &str)
         secret: secret.to_string(),
         env,
         node,
+        extra,
         _sandbox: sandbox,
         api,
     }
@@ -669,4 +676,80 @@ async fn customer_emails_are_rendered_and_sent_over_smtp() {
         .notifications(&w.key, &format!("?payment_id={silent}"))
         .await;
     assert_eq!(r.body["data"].as_array().unwrap().len(), 0, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_journal_notifies_nothing_twice() {
+    let receiver = Receiver::start(Mode::Ok);
+    let mut w = world("ntf_redeliver", Some(&receiver.url()), &[]).await;
+    let a = w.create(r#"{"amount":700,"currency":"eur"}"#).await;
+    let r = w
+        .post(
+            &w.key,
+            &format!("/v1/payments/{a}/confirm"),
+            r#"{"payment_method":"pm_card_visa"}"#,
+        )
+        .await;
+    assert_eq!(r.body["status"], "succeeded", "{}", r.body);
+    let b = w.create(r#"{"amount":800,"currency":"usd"}"#).await;
+    w.wait_notifications(&a, "a's webhooks delivered", |d| {
+        d.len() == 3 && d.iter().all(|n| n["status"] == "delivered")
+    })
+    .await;
+    w.wait_notifications(&b, "b's webhook delivered", |d| {
+        d.len() == 1 && d[0]["status"] == "delivered"
+    })
+    .await;
+    assert_eq!(receiver.hits().len(), 4);
+    w.node.kill9();
+
+    // Redeliver everything: group offsets back to 0, the pool's stored offsets and
+    // processed event ids forgotten. Only the pool's own idempotence remains.
+    let group = format!("{}payrail.notification", w.env.namespace);
+    reset_group_offsets(&w.env.brokers, &group, &w.env.topic(), PARTITIONS);
+    let pool = w.env.pool().await;
+    for table in ["journal_offsets", "journal_processed_events"] {
+        let n = sqlx::query(&format!("DELETE FROM {table} WHERE consumer = $1"))
+            .bind(&group)
+            .execute(&pool)
+            .await
+            .unwrap()
+            .rows_affected();
+        assert!(n > 0, "the pool had rows in {table}");
+    }
+    let total = read_journal(&w.env.brokers, &w.env.topic(), PARTITIONS).len() as i64;
+    assert_eq!(total, 4);
+    let extra: Vec<(&str, &str)> = w
+        .extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let node = NodeProcess::start_on(&w.env, w.node.port, &extra).await;
+    let consumed = eventually(Duration::from_secs(60), || {
+        let (pool, group) = (pool.clone(), group.clone());
+        async move {
+            let applied: Option<i64> = sqlx::query_scalar(
+                "SELECT sum(next_offset)::BIGINT FROM journal_offsets WHERE consumer = $1",
+            )
+            .bind(&group)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (applied == Some(total)).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        consumed.is_some(),
+        "the pool consumed the journal again\n{}",
+        node.log_tail()
+    );
+    // Give the delivery task several rounds to send anything new.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 4, "one notification per event");
+    assert_eq!(receiver.hits().len(), 4, "nothing delivered twice");
 }
