@@ -10,11 +10,21 @@ started_broker=0
 [ -f "$PAYRAIL_STATE/broker.pid" ] && started_broker=1
 trap '[ "$started_broker" = 1 ] && stop_broker; true' EXIT
 
-# Databases left by earlier integration-test runs (each test makes its own).
+# The notification tests run a real SMTP server (tests/support/smtp_sink.py, aiosmtpd).
+# pip first; on a Debian system Python (PEP 668 refuses pip) the python3-aiosmtpd package.
+if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+  log "installing aiosmtpd for the notification e-mail test"
+  python3 -m pip install --quiet aiosmtpd 2>/dev/null ||
+    { command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq python3-aiosmtpd >/dev/null; } ||
+    log "could not install aiosmtpd; the e-mail test will fail (it is not skipped)"
+fi
+
+# Databases left by earlier integration-test runs (each test makes its own). Without FORCE,
+# so databases of test runs still going (e.g. another checkout's) are left alone.
 if command -v psql >/dev/null; then
   psql "$PAYRAIL_DATABASE_URL" -qtAX -c "SELECT datname FROM pg_database WHERE datname LIKE 'payrail_it_%'" |
     while read -r db; do
-      [ -n "$db" ] && psql "$PAYRAIL_DATABASE_URL" -qtAX -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
+      [ -n "$db" ] && psql "$PAYRAIL_DATABASE_URL" -qtAX -c "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true
     done
 fi
 

@@ -5,6 +5,7 @@
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use kafka_journal::JournalOptions;
+use payrail_actors::pools::notification::options::NotificationOptions;
 use payrail_actors::psp::PspOptions;
 use payrail_actors::ActorOptions;
 use payrail_http::HttpOptions;
@@ -63,6 +64,7 @@ pub struct Config {
     pub actors: ActorOptions,
     pub supervisor: SupervisorOptions,
     pub psp: PspOptions,
+    pub notification: NotificationOptions,
 }
 
 impl Config {
@@ -102,6 +104,7 @@ impl Config {
         self.http.validate()?;
         self.actors.validate()?;
         self.psp.validate()?;
+        self.notification.validate()?;
         if !(self.database.url.starts_with("postgres://")
             || self.database.url.starts_with("postgresql://"))
         {

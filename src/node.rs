@@ -159,6 +159,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await?;
 
+    let notifications = payrail_actors::pools::notification::start(
+        journal,
+        config.supervisor.restart,
+        &config.notification,
+        &topic,
+        pool.clone(),
+        producer.clone(),
+    )
+    .await?;
+
     let sweeper =
         payrail_actors::sweeper::spawn_sweeper(node.clone(), pool.clone(), config.psp.clone());
     let mut pools = vec![analytics];
@@ -212,6 +222,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for consumer in &pools {
         consumer.stop();
     }
+    notifications.stop();
     snapshots.stop();
     producer.flush(Duration::from_secs(5));
     Ok(())

@@ -11,7 +11,7 @@ use tokio::sync::RwLock;
 /// Entries kept in the authentication cache at most; the cache is cleared when full.
 const AUTH_CACHE_MAX: usize = 100_000;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct CreatedMerchant {
     pub id: String,
     pub object: &'static str,
@@ -19,6 +19,27 @@ pub struct CreatedMerchant {
     /// Shown once, never stored.
     pub api_key: String,
     pub webhook_url: Option<String>,
+    /// Key of the `Payrail-Signature` HMAC on webhooks. Shown once; stored as is, because
+    /// the node signs with it.
+    pub webhook_secret: String,
+}
+
+/// Redacts the API key and the webhook secret, so a stray `{:?}` cannot log them.
+impl std::fmt::Debug for CreatedMerchant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedMerchant")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("api_key", &"<redacted>")
+            .field("webhook_url", &self.webhook_url)
+            .field("webhook_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A new webhook signing secret: `whsec_` + 256 random bits in hex.
+pub fn new_webhook_secret() -> String {
+    format!("whsec_{}", random_hex(32))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,14 +83,17 @@ impl MerchantRegistry {
         let id = format!("mer_{}", uuid::Uuid::now_v7().simple());
         let api_key = format!("sk_test_{}", random_hex(32));
         let last4 = api_key[api_key.len() - 4..].to_string();
+        let webhook_secret = new_webhook_secret();
         sqlx::query(
-            "INSERT INTO merchants (id, name, api_key_hash, api_key_last4, webhook_url) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO merchants (id, name, api_key_hash, api_key_last4, webhook_url, webhook_secret)
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&id)
         .bind(name)
         .bind(hash_api_key(&api_key))
         .bind(&last4)
         .bind(webhook_url)
+        .bind(&webhook_secret)
         .execute(&self.pool)
         .await?;
         Ok(CreatedMerchant {
@@ -78,6 +102,7 @@ impl MerchantRegistry {
             name: name.to_string(),
             api_key,
             webhook_url: webhook_url.map(str::to_string),
+            webhook_secret,
         })
     }
 
@@ -112,6 +137,26 @@ mod tests {
         assert_eq!(
             hash_api_key("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn webhook_secrets_are_random_and_redacted_in_debug() {
+        let a = new_webhook_secret();
+        assert!(a.starts_with("whsec_") && a.len() == 6 + 64, "{a}");
+        assert_ne!(a, new_webhook_secret());
+        let m = CreatedMerchant {
+            id: "mer_1".into(),
+            object: "merchant",
+            name: "n".into(),
+            api_key: "sk_test_secret".into(),
+            webhook_url: None,
+            webhook_secret: a.clone(),
+        };
+        let debug = format!("{m:?}");
+        assert!(
+            !debug.contains(&a) && !debug.contains("sk_test_secret"),
+            "{debug}"
         );
     }
 }

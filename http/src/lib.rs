@@ -4,6 +4,7 @@
 //! [`error::ApiError`]. Every body is size-limited (`http.max_body_bytes`).
 
 pub mod error;
+pub mod notifications;
 pub mod validation;
 
 use bytes::Bytes;
@@ -88,6 +89,26 @@ fn limited_body(
         .and_then(move |length: Option<u64>, stream| read_limited(limit, length, stream))
 }
 
+/// An oversized body is read and discarded up to this many bytes before the 413 is sent, so
+/// a client still writing its body can read the error instead of a reset connection. Past
+/// it the connection is closed.
+const DRAIN_LIMIT_BYTES: u64 = 1024 * 1024;
+
+async fn drain<S, B>(stream: &mut std::pin::Pin<Box<S>>, limit: u64)
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Send,
+    B: bytes::Buf,
+{
+    use futures::StreamExt;
+    let mut seen: u64 = 0;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen += chunk.remaining() as u64;
+        if seen > limit {
+            break;
+        }
+    }
+}
+
 async fn read_limited<S, B>(
     limit: u64,
     length: Option<u64>,
@@ -107,10 +128,11 @@ where
         param: None,
         payment_status: None,
     };
+    let mut stream = Box::pin(stream);
     if length.is_some_and(|l| l > limit) {
+        drain(&mut stream, DRAIN_LIMIT_BYTES).await;
         return Ok(Err(too_large()));
     }
-    let mut stream = Box::pin(stream);
     let mut body = bytes::BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let Ok(mut chunk) = chunk else {
@@ -121,6 +143,7 @@ where
             )));
         };
         if (body.len() + chunk.remaining()) as u64 > limit {
+            drain(&mut stream, DRAIN_LIMIT_BYTES).await;
             return Ok(Err(too_large()));
         }
         while chunk.has_remaining() {
@@ -946,6 +969,8 @@ pub fn routes(
         .or(webhook)
         .unify()
         .or(money)
+        .unify()
+        .or(notifications::routes(state.clone()))
         .unify()
         .recover(error::recover)
         .unify()

@@ -2,4 +2,5 @@
 
 pub mod analytics;
 pub mod ledger;
+pub mod notification;
 pub mod settlement;
