@@ -356,7 +356,9 @@ mod tests {
         assert_eq!(e.event_type, "payment.created");
         assert_eq!(e.sequence, 1);
         assert_eq!(e.event_id.get_version_num(), 7);
-        let PaymentEvent::Created(c) = &e.payload;
+        let PaymentEvent::Created(c) = &e.payload else {
+            panic!("a bench envelope is payment.created")
+        };
         assert_eq!(c.amount, 1_250);
         assert_eq!(c.request_fingerprint.as_ref().map(String::len), Some(64));
         for codec in [CodecKind::Bincode, CodecKind::Json] {
