@@ -179,14 +179,18 @@ async fn mixed_workload_with_restart_and_reset_audits_clean_and_settles_to_the_l
     let api = Api::new(&node);
     let high: i64 = read_journal(&env.brokers, &env.topic(), PARTITIONS).len() as i64;
     let caught_up = eventually(Duration::from_secs(60), || async {
+        let groups: Vec<String> = ["payrail.analytics", "payrail.ledger", "payrail.settlement"]
+            .iter()
+            .map(|g| format!("{}{g}", env.namespace))
+            .collect();
         let applied: Vec<i64> = sqlx::query_scalar(
-            "SELECT sum(next_offset)::BIGINT FROM journal_offsets WHERE consumer LIKE $1 GROUP BY consumer",
+            "SELECT sum(next_offset)::BIGINT FROM journal_offsets WHERE consumer = ANY($1) GROUP BY consumer",
         )
-        .bind(format!("{}payrail.%", env.namespace))
+        .bind(&groups)
         .fetch_all(&pool)
         .await
         .unwrap();
-        (applied.len() == 4 && applied.iter().all(|n| *n == high)).then_some(())
+        (applied.len() == groups.len() && applied.iter().all(|n| *n == high)).then_some(())
     })
     .await;
     assert!(caught_up.is_some(), "every pool re-consumed the journal");
