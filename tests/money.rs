@@ -343,6 +343,34 @@ async fn mixed_workload_with_restart_and_reset_audits_clean_and_settles_to_the_l
     assert_eq!(eur["net_revenue"], 14_000 - 466 - 3_500);
     assert_eq!(eur["completed_orders"], 2);
 
+    // The admin channel view counts both merchants' payments of channel "web".
+    let channels = api
+        .send(
+            reqwest::Method::GET,
+            &format!("/v1/analytics/channel-metrics?date={}", today()),
+            Some(ADMIN_TOKEN),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(channels.status, 200, "{}", channels.body);
+    let web = &channels.body["data"][0];
+    assert_eq!(web["channel"], "web");
+    assert_eq!(web["created_count"], 5);
+    assert_eq!(web["succeeded_count"], 4);
+    assert_eq!(web["failed_count"], 1);
+    assert_eq!(web["refunded_amount"], 23_500);
+    let merchant_as_admin = api
+        .send(
+            reqwest::Method::GET,
+            &format!("/v1/analytics/channel-metrics?date={}", today()),
+            Some(&key_a),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(merchant_as_admin.status, 401);
+
     // Rebuild the ledger and analytics from the journal with the node stopped: same result.
     let before: Vec<(String, i64)> = sqlx::query_as("SELECT account, (sum(debit) - sum(credit))::BIGINT FROM ledger_entries GROUP BY account ORDER BY account")
         .fetch_all(&pool)

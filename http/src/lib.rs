@@ -730,16 +730,7 @@ async fn channel_metrics(
     respond(
         async {
             authorize_admin(&state, &auth)?;
-            let Some(date) = query.date else {
-                return Err(ApiError::invalid(
-                    "parameter_missing",
-                    "date is required (YYYY-MM-DD)",
-                    Some("date"),
-                ));
-            };
-            let day = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d").map_err(|_| {
-                ApiError::invalid("parameter_invalid", "date must be YYYY-MM-DD", Some("date"))
-            })?;
+            let (date, day) = query.day()?;
             let data = analytics::channel_metrics(&state.pool, day)
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -755,6 +746,23 @@ async fn channel_metrics(
 #[derive(Debug, Deserialize)]
 struct MetricsQuery {
     date: Option<String>,
+}
+
+impl MetricsQuery {
+    /// The required `date` parameter, as given and as a UTC day.
+    fn day(self) -> Result<(String, chrono::NaiveDate), ApiError> {
+        let Some(date) = self.date else {
+            return Err(ApiError::invalid(
+                "parameter_missing",
+                "date is required (YYYY-MM-DD)",
+                Some("date"),
+            ));
+        };
+        let day = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d").map_err(|_| {
+            ApiError::invalid("parameter_invalid", "date must be YYYY-MM-DD", Some("date"))
+        })?;
+        Ok((date, day))
+    }
 }
 
 #[derive(Serialize)]
@@ -773,16 +781,7 @@ async fn payment_metrics(
     respond(
         async {
             let merchant_id = authenticate(&state, &auth).await?;
-            let Some(date) = query.date else {
-                return Err(ApiError::invalid(
-                    "parameter_missing",
-                    "date is required (YYYY-MM-DD)",
-                    Some("date"),
-                ));
-            };
-            let day = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d").map_err(|_| {
-                ApiError::invalid("parameter_invalid", "date must be YYYY-MM-DD", Some("date"))
-            })?;
+            let (date, day) = query.day()?;
             let data = analytics::payment_metrics(&state.pool, &merchant_id, day)
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
