@@ -200,7 +200,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         topic: journal.topic(SETTLEMENT_EVENTS),
         partitions: journal.partitions,
     };
+    let mut monitored = vec![snapshots.clone(), notifications.consumer.clone()];
+    monitored.extend(pools.iter().cloned());
+    let consumers = kafka_journal::lag::ConsumerMonitor::new(journal, monitored);
     let state = payrail_http::AppState {
+        consumers,
         settlements,
         psp_webhook_secret: config.psp.webhook_secret.clone(),
         psp_webhook_tolerance_s: config.psp.webhook_tolerance_s,

@@ -7,6 +7,7 @@ use kafka_journal::codec::{Codec, CodecKind};
 use kafka_journal::Envelope;
 use payrail_actors::payment::PaymentEvent;
 use reqwest::Method;
+use serde_json::Value;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -302,4 +303,85 @@ async fn bad_input_gets_4xx_error_objects_and_journals_nothing() {
     );
     let _ = merchant_id;
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_consumers_shows_every_pool_catching_up_with_its_append_to_apply_delays() {
+    let env = TestEnv::new("consumer_lag").await;
+    let node = NodeProcess::start(&env, &[]).await;
+    let api = Api::new(&node);
+
+    let anonymous = api
+        .send(Method::GET, "/v1/admin/consumers", None, None, None)
+        .await;
+    assert_error_object(&anonymous, 401);
+    let (_, key) = api.merchant("lag").await;
+    let as_merchant = api
+        .send(Method::GET, "/v1/admin/consumers", Some(&key), None, None)
+        .await;
+    assert_error_object(&as_merchant, 401);
+
+    const PAYMENTS: u64 = 5;
+    for i in 0..PAYMENTS {
+        let r = api
+            .create_payment(
+                &key,
+                Some(&format!("lag-{i}")),
+                r#"{"amount":100,"currency":"EUR"}"#,
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    // Every consumer of the node reaches the broker's high watermark and has counted each
+    // created record in its delay histogram.
+    let names = [
+        "snapshots",
+        "analytics",
+        "ledger",
+        "settlement",
+        "notification",
+    ];
+    let consumers = eventually(Duration::from_secs(30), || async {
+        let r = api
+            .send(
+                Method::GET,
+                "/v1/admin/consumers",
+                Some(ADMIN_TOKEN),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let data = r.body["data"].as_array().cloned().unwrap_or_default();
+        let done = data.len() == names.len()
+            && data.iter().all(|c| {
+                c["lag_records"] == 0
+                    && c["lag_ms"]["counts"]
+                        .as_array()
+                        .map(|counts| counts.iter().filter_map(Value::as_u64).sum::<u64>())
+                        == Some(PAYMENTS)
+            });
+        done.then_some(data)
+    })
+    .await
+    .expect("every consumer caught up and counted the 5 records");
+    for name in names {
+        let c = consumers
+            .iter()
+            .find(|c| c["name"].as_str().is_some_and(|n| n.ends_with(name)))
+            .unwrap_or_else(|| panic!("consumer {name} in {consumers:?}"));
+        let partitions = c["partitions"].as_array().expect("partitions");
+        let high: i64 = partitions
+            .iter()
+            .map(|p| p["high_watermark"].as_i64().expect("high watermark"))
+            .sum();
+        assert_eq!(
+            high, PAYMENTS as i64,
+            "{name}: the journal holds the 5 records"
+        );
+        assert!(
+            c["lag_ms"]["max_ms"].as_u64().expect("max") < 30_000,
+            "{name}: a delay within the test's time"
+        );
+    }
 }

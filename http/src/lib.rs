@@ -75,6 +75,8 @@ pub struct AppState {
     /// Accepted age of a signed webhook (s).
     pub psp_webhook_tolerance_s: i64,
     pub settlements: payrail_actors::pools::settlement::SettlementService,
+    /// The node's journal consumers (snapshots and the four pools), for their lag.
+    pub consumers: kafka_journal::lag::ConsumerMonitor,
 }
 
 /// A request body read up to `limit` bytes, whether or not the client sent Content-Length
@@ -807,6 +809,28 @@ struct Readiness {
     partitions: bool,
 }
 
+/// `GET /v1/admin/consumers`: each journal consumer of this node with its lag in records
+/// (broker high watermark − next offset to apply) and the histogram of its append-to-apply
+/// delays since start (see `kafka_journal::lag`).
+async fn consumer_lag(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
+    respond(
+        async {
+            authorize_admin(&state, &auth)?;
+            let consumers = state.consumers.report().await.map_err(|e| {
+                ApiError::unavailable(
+                    "journal_unavailable",
+                    format!("cannot read the journal's watermarks: {e}"),
+                )
+            })?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"object": "list", "data": consumers}),
+            ))
+        }
+        .await,
+    )
+}
+
 async fn readyz(state: AppState) -> Result<Response, Infallible> {
     let journal = state
         .node
@@ -930,6 +954,11 @@ pub fn routes(
         .and(warp::query::<MetricsQuery>())
         .and(auth)
         .and_then(channel_metrics);
+    let consumers = warp::path!("v1" / "admin" / "consumers")
+        .and(warp::get())
+        .and(with(state.clone()))
+        .and(auth)
+        .and_then(consumer_lag);
     let money = balance_route
         .or(entries)
         .unify()
@@ -940,6 +969,8 @@ pub fn routes(
         .or(settlements_list)
         .unify()
         .or(channels)
+        .unify()
+        .or(consumers)
         .unify();
     let metrics = warp::path!("v1" / "analytics" / "payment-metrics")
         .and(warp::get())

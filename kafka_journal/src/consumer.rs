@@ -14,6 +14,7 @@
 
 use crate::codec::{Codec, CodecError, CodecKind};
 use crate::envelope::{Envelope, EventHeaders};
+use crate::lag::LagHistogram;
 use crate::offsets;
 use crate::options::JournalOptions;
 use crate::producer::JournalError;
@@ -45,6 +46,8 @@ pub struct ConsumedRecord {
     pub event_id: Option<Uuid>,
     pub content_type: Option<String>,
     pub value: Vec<u8>,
+    /// The record's journal timestamp (ms since the epoch; the producer's create time).
+    pub timestamp_ms: Option<i64>,
 }
 
 impl ConsumedRecord {
@@ -93,6 +96,7 @@ pub struct ConsumerSpec {
 #[derive(Clone, Default)]
 pub struct ConsumerProgress {
     partitions: Arc<Mutex<HashMap<i32, watch::Sender<i64>>>>,
+    lag: Arc<LagHistogram>,
 }
 
 impl ConsumerProgress {
@@ -116,6 +120,30 @@ impl ConsumerProgress {
                 false
             }
         });
+    }
+
+    /// Every partition this consumer has worked on, with its next offset (-1 unknown).
+    pub fn partitions(&self) -> Vec<(i32, i64)> {
+        let map = match self.partitions.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.iter().map(|(p, tx)| (*p, *tx.borrow())).collect()
+    }
+
+    /// Append-to-apply delays of the records applied since start.
+    pub fn lag(&self) -> &LagHistogram {
+        &self.lag
+    }
+
+    /// Counts `records`, just applied, in the lag histogram.
+    fn record_applied(&self, records: &[ConsumedRecord]) {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for record in records {
+            if let Some(at) = record.timestamp_ms.filter(|t| *t > 0) {
+                self.lag.record(now_ms.saturating_sub(at).max(0) as u64);
+            }
+        }
     }
 
     /// The next offset to apply, or -1 when unknown yet.
@@ -291,30 +319,38 @@ struct Dispatcher {
 }
 
 fn to_record(msg: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
-    let mut record = ConsumedRecord {
-        topic: msg.topic().to_string(),
-        partition: msg.partition(),
-        offset: msg.offset(),
-        key: msg.key().map(|k| k.to_vec()),
-        event_type: None,
-        event_id: None,
-        content_type: None,
-        value: msg.payload().map(|p| p.to_vec()).unwrap_or_default(),
-    };
-    if let Some(headers) = msg.headers() {
-        for header in headers.iter() {
-            let Some(value) = header.value.and_then(|v| std::str::from_utf8(v).ok()) else {
-                continue;
-            };
-            match header.key {
-                EventHeaders::EVENT_TYPE => record.event_type = Some(value.to_string()),
-                EventHeaders::EVENT_ID => record.event_id = Uuid::parse_str(value).ok(),
-                EventHeaders::CONTENT_TYPE => record.content_type = Some(value.to_string()),
-                _ => {}
+    ConsumedRecord::from_message(msg)
+}
+
+impl ConsumedRecord {
+    /// Copies a fetched message and the payrail headers it carries.
+    pub(crate) fn from_message<M: Message>(msg: &M) -> Self {
+        let mut record = ConsumedRecord {
+            topic: msg.topic().to_string(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key().map(|k| k.to_vec()),
+            event_type: None,
+            event_id: None,
+            content_type: None,
+            value: msg.payload().map(|p| p.to_vec()).unwrap_or_default(),
+            timestamp_ms: msg.timestamp().to_millis(),
+        };
+        if let Some(headers) = msg.headers() {
+            for header in headers.iter() {
+                let Some(value) = header.value.and_then(|v| std::str::from_utf8(v).ok()) else {
+                    continue;
+                };
+                match header.key {
+                    EventHeaders::EVENT_TYPE => record.event_type = Some(value.to_string()),
+                    EventHeaders::EVENT_ID => record.event_id = Uuid::parse_str(value).ok(),
+                    EventHeaders::CONTENT_TYPE => record.content_type = Some(value.to_string()),
+                    _ => {}
+                }
             }
         }
+        record
     }
-    record
 }
 
 impl Dispatcher {
@@ -574,6 +610,7 @@ impl WorkerState {
                 }
             }
         }
+        self.args.progress.record_applied(&records);
         self.advance(last + 1);
         Ok(())
     }

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod codec;
 pub mod consumer;
 pub mod envelope;
+pub mod lag;
 pub mod offsets;
 pub mod options;
 pub mod partition;

@@ -2,12 +2,10 @@
 //! high watermarks taken at the start and by a timeout.
 
 use crate::consumer::ConsumedRecord;
-use crate::envelope::EventHeaders;
 use crate::options::JournalOptions;
 use crate::producer::JournalError;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 use std::collections::HashMap;
@@ -65,29 +63,7 @@ fn read_blocking(
             continue;
         };
         let message = message?;
-        let mut record = ConsumedRecord {
-            topic: message.topic().to_string(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(|k| k.to_vec()),
-            event_type: None,
-            event_id: None,
-            content_type: None,
-            value: message.payload().map(|p| p.to_vec()).unwrap_or_default(),
-        };
-        if let Some(headers) = message.headers() {
-            for header in headers.iter() {
-                let Some(value) = header.value.and_then(|v| std::str::from_utf8(v).ok()) else {
-                    continue;
-                };
-                match header.key {
-                    EventHeaders::EVENT_TYPE => record.event_type = Some(value.to_string()),
-                    EventHeaders::EVENT_ID => record.event_id = uuid::Uuid::parse_str(value).ok(),
-                    EventHeaders::CONTENT_TYPE => record.content_type = Some(value.to_string()),
-                    _ => {}
-                }
-            }
-        }
+        let record = ConsumedRecord::from_message(&message);
         if let Some(high) = remaining.get(&record.partition) {
             if record.offset + 1 >= *high {
                 remaining.remove(&record.partition);

@@ -1,5 +1,6 @@
 //! `payrail loadtest`: HTTP load against a node, closed or open loop.
 
+use crate::lag::LagSampler;
 use crate::limits::*;
 use crate::report::{ErrorKind, Recorder, Report, RunInfo};
 use crate::run::{spawn_progress, Live, Timeline};
@@ -415,6 +416,7 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
     });
     let progress =
         (!args.no_progress).then(|| spawn_progress("loadtest", timeline, Arc::clone(&shared.live)));
+    let lag = LagSampler::spawn(shared.client.clone(), &base, admin.clone(), timeline);
 
     let mut workers = tokio::task::JoinSet::new();
     for connection in 0..args.connections {
@@ -440,6 +442,10 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
     if let Some(e) = failure {
         return Err(LoadtestError::Worker(e));
     }
+    if !args.no_progress {
+        eprintln!("payrail loadtest: load done; waiting for the node's pools to catch up");
+    }
+    let pools = lag.finish(finished).await;
 
     let mut details = BTreeMap::new();
     details.insert("run_id".into(), run_id);
@@ -479,5 +485,13 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
         skew: Some(args.skew),
     };
     let measured = finished.saturating_duration_since(timeline.measure_start());
-    Ok(Report::build(run, &recorder, measured, &ids, details))
+    match &pools {
+        Ok(_) => {}
+        Err(why) => {
+            details.insert("pool_lag".into(), format!("not measured: {why}"));
+        }
+    }
+    let mut report = Report::build(run, &recorder, measured, &ids, details);
+    report.pools = pools.unwrap_or_default();
+    Ok(report)
 }

@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod http_load;
+pub mod lag;
 pub mod limits;
 pub mod report;
 pub mod run;

@@ -27,3 +27,10 @@ pub const HISTOGRAM_SIGNIFICANT_DIGITS: u8 = 3;
 pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
 /// Bytes of an unexpected response body quoted in a set-up error at most.
 pub const ERROR_BODY_QUOTE_BYTES: usize = 300;
+/// Interval between samples of the pools' lag in records during a load test, in ms.
+pub const LAG_SAMPLE_INTERVAL_MS: u64 = 1_000;
+/// Interval between polls of the pools' lag while they catch up after the load, in ms.
+pub const LAG_DRAIN_POLL_MS: u64 = 100;
+/// Longest wait after the load for the pools to catch up, in ms; a pool still behind then
+/// is reported as not caught up.
+pub const LAG_DRAIN_TIMEOUT_MS: u64 = 30_000;

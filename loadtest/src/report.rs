@@ -252,6 +252,9 @@ pub struct Report {
     pub merchants: Vec<MerchantCount>,
     /// Extra facts of the run (topic, codec, partitions, …).
     pub details: BTreeMap<String, String>,
+    /// The node's journal consumers (snapshots and the four pools) over the measured phase;
+    /// empty for the journal benchmark or when the node did not show them.
+    pub pools: Vec<crate::lag::PoolLag>,
 }
 
 fn totals(phases: &[&BTreeMap<&'static str, KindStats>]) -> PhaseTotals {
@@ -331,6 +334,7 @@ impl Report {
             total: totals(&[&recorder.warmup, &recorder.measure]),
             merchants,
             details,
+            pools: Vec::new(),
         }
     }
 
@@ -393,6 +397,34 @@ impl Report {
                 ms(l.max),
                 l.mean / 1_000.0
             );
+        }
+        if !self.pools.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<32} {:>9} {:>10} {:>10} {:>10} {:>12} {:>14}",
+                "pool lag (append→apply)",
+                "applied",
+                "p50 ≤ ms",
+                "p99 ≤ ms",
+                "max ≤ ms",
+                "max records",
+                "caught up (ms)"
+            );
+            let bound = |v: Option<u64>| v.map_or_else(|| "—".to_string(), |v| v.to_string());
+            for p in &self.pools {
+                let _ = writeln!(
+                    out,
+                    "{:<32} {:>9} {:>10} {:>10} {:>10} {:>12} {:>14}",
+                    p.name,
+                    p.applied,
+                    bound(p.p50_le_ms),
+                    bound(p.p99_le_ms),
+                    bound(p.max_le_ms),
+                    p.max_lag_records,
+                    p.caught_up_after_ms
+                        .map_or_else(|| "not in time".to_string(), |v| v.to_string())
+                );
+            }
         }
         out
     }
