@@ -50,6 +50,7 @@ ensure_broker() {
   ensure_tansu_installed
   if port_open "$PAYRAIL_BROKER_PORT"; then
     log "a broker already listens on 127.0.0.1:$PAYRAIL_BROKER_PORT; using it"
+    index_broker_headers
     return 0
   fi
   local dir="$PAYRAIL_STATE/broker"
@@ -64,11 +65,41 @@ ensure_broker() {
     echo $! >"$PAYRAIL_STATE/broker.pid"
   )
   for _ in $(seq 1 50); do
-    port_open "$PAYRAIL_BROKER_PORT" && return 0
+    if port_open "$PAYRAIL_BROKER_PORT"; then
+      index_broker_headers
+      return 0
+    fi
     sleep 0.2
   done
   log "tansu did not start; see $dir/tansu.log"
   return 1
+}
+
+# tansu 0.6's sqlite schema has no index on its `header` table, and its fetch path looks
+# up each fetched record's headers with `... where h.topition = r.topition and
+# h.offset_id = r.offset_id`: without an index every fetched record scans every header
+# ever written (4 per payrail record), so consumers slow down as the broker's store grows.
+# This adds the missing index to the broker's own sqlite file (idempotent; sqlite takes the
+# write lock for it, waiting up to 30 s if tansu is writing). Only for the broker these
+# scripts keep in $PAYRAIL_STATE/broker. PAYRAIL_TANSU_HEADER_INDEX=0 skips it (to measure
+# the difference, see BENCHMARKS.md).
+index_broker_headers() {
+  local db="$PAYRAIL_STATE/broker/tansu.db"
+  [ -f "$db" ] || return 0
+  [ "${PAYRAIL_TANSU_HEADER_INDEX:-1}" = 0 ] && { log "not indexing tansu's header table"; return 0; }
+  for _ in $(seq 1 50); do
+    python3 - "$db" <<'PY' && return 0
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1], timeout=30)
+have = con.execute("select 1 from sqlite_master where type='table' and name='header'").fetchone()
+if not have:
+    sys.exit(1)  # tansu has not created its schema yet
+con.execute("create index if not exists payrail_header_by_record on header (topition, offset_id)")
+con.commit()
+PY
+    sleep 0.2
+  done
+  log "could not index tansu's header table in $db (consumers will slow down as it grows)"
 }
 
 # Stops the broker only if these scripts started it.
