@@ -24,6 +24,7 @@ pub struct AnalyticsProjector;
 /// `amount` defaults to the payment's created amount.
 async fn bump(
     conn: &mut PgConnection,
+    shard: i32,
     payment_id: &str,
     column: &str,
     amount_column: &str,
@@ -57,9 +58,9 @@ async fn bump(
     .execute(&mut *conn)
     .await?;
     sqlx::query(&format!(
-        "INSERT INTO analytics_channel_daily (channel, day, currency, {column}, {amount_column})
-         VALUES ($1, $2, $3, 1, $4)
-         ON CONFLICT (channel, day, currency) DO UPDATE
+        "INSERT INTO analytics_channel_daily (channel, day, currency, shard, {column}, {amount_column})
+         VALUES ($1, $2, $3, $5, 1, $4)
+         ON CONFLICT (channel, day, currency, shard) DO UPDATE
          SET {column} = analytics_channel_daily.{column} + 1,
              {amount_column} = analytics_channel_daily.{amount_column} + EXCLUDED.{amount_column}"
     ))
@@ -67,6 +68,7 @@ async fn bump(
     .bind(day)
     .bind(&currency)
     .bind(amount)
+    .bind(shard)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -100,6 +102,7 @@ impl PartitionHandler for AnalyticsProjector {
                 .await?;
                 bump(
                     conn,
+                    record.partition,
                     &envelope.payment_id,
                     "created_count",
                     "created_amount",
@@ -117,6 +120,7 @@ impl PartitionHandler for AnalyticsProjector {
                 );
                 bump(
                     conn,
+                    record.partition,
                     &envelope.payment_id,
                     "succeeded_count",
                     "succeeded_amount",
@@ -136,6 +140,7 @@ impl PartitionHandler for AnalyticsProjector {
             PaymentEvent::Failed { .. } => {
                 bump(
                     conn,
+                    record.partition,
                     &envelope.payment_id,
                     "failed_count",
                     "failed_amount",
@@ -162,6 +167,7 @@ impl PartitionHandler for AnalyticsProjector {
                         .await?;
                 bump(
                     conn,
+                    record.partition,
                     &envelope.payment_id,
                     "refunded_count",
                     "refunded_amount",
@@ -252,9 +258,12 @@ pub async fn channel_metrics(
     day: chrono::NaiveDate,
 ) -> Result<Vec<ChannelMetrics>, sqlx::Error> {
     let rows: Vec<(String, String, i64, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT channel, currency, created_count, created_amount, succeeded_count, succeeded_amount,
-                failed_count, failed_amount, refunded_count, refunded_amount
-         FROM analytics_channel_daily WHERE day = $1 ORDER BY channel, currency",
+        "SELECT channel, currency, sum(created_count)::BIGINT, sum(created_amount)::BIGINT,
+                sum(succeeded_count)::BIGINT, sum(succeeded_amount)::BIGINT,
+                sum(failed_count)::BIGINT, sum(failed_amount)::BIGINT,
+                sum(refunded_count)::BIGINT, sum(refunded_amount)::BIGINT
+         FROM analytics_channel_daily WHERE day = $1
+         GROUP BY channel, currency ORDER BY channel, currency",
     )
     .bind(day)
     .fetch_all(pool)
