@@ -27,3 +27,9 @@ pub const HISTOGRAM_SIGNIFICANT_DIGITS: u8 = 3;
 pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
 /// Bytes of an unexpected response body quoted in a set-up error at most.
 pub const ERROR_BODY_QUOTE_BYTES: usize = 300;
+/// Interval between the polls of a payment whose confirm answered `processing`, while the
+/// load test waits for the PSP webhook (the wait itself is bounded by `--timeout-ms`), in
+/// milliseconds.
+pub const WEBHOOK_POLL_INTERVAL_MS: u64 = 50;
+/// Payments a worker remembers for the `mixed` scenario's reads at most.
+pub const MIXED_RECENT_PAYMENTS: usize = 64;
