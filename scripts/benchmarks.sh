@@ -11,7 +11,8 @@
 # DURATION_S (10), WARMUP_S (3), MERCHANTS (100), NODE_RUST_LOG (node log filter, default
 # "info", the shipped default), LOADTEST_FLAGS (extra flags for payrail loadtest),
 # PAYRAIL_BROKER_PORT / PAYRAIL_STATE (use or start a broker of your own, e.g. 19092, so a
-# broker crash under load hurts nobody else), ORDER (journal-first, or create-first).
+# broker crash under load hurts nobody else), ORDER (journal-first, or create-first: the
+# scenarios first), PORT (node, 18080), SCENARIOS, SANDBOX_PORT (see above).
 source "$(dirname "$0")/lib.sh"
 cd "$PAYRAIL_ROOT"
 
@@ -48,6 +49,14 @@ db="payrail_bench_${stamp//-/_}"
 psql "$PAYRAIL_DATABASE_URL" -qtAX -c "CREATE DATABASE \"$db\"" >/dev/null
 db_url="${PAYRAIL_DATABASE_URL%/*}/$db"
 
+# The ports must be free: a node or sandbox already there would answer in place of ours.
+for port in "$PORT" $([ "$need_sandbox" = 1 ] && echo "$SANDBOX_PORT"); do
+  if port_open "$port"; then
+    log "127.0.0.1:$port is already in use; set PORT / SANDBOX_PORT to free ports"
+    exit 1
+  fi
+done
+
 # Stop only what this script started, by PID.
 node_pid=""
 sandbox_pid=""
@@ -83,10 +92,11 @@ RUST_LOG="$NODE_RUST_LOG,librdkafka=warn,rdkafka=warn" \
   "$BIN" node >"$OUT/node.log" 2>&1 &
 node_pid=$!
 for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
   kill -0 "$node_pid" 2>/dev/null || { log "node exited; see $OUT/node.log"; exit 1; }
+  curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
   sleep 0.3
 done
+kill -0 "$node_pid" 2>/dev/null || { log "node exited; see $OUT/node.log"; exit 1; }
 echo "$node_pid" >"$OUT/node.pid"
 
 journal() { # connections run
