@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Usage: scripts/benchmarks.sh — the measurements of BENCHMARKS.md, one after the other in one
 # session: for each concurrency in $CONNECTIONS (default "16 100"), $RUNS times (default 2):
-# the raw journal reference (`payrail bench journal`), then HTTP creates against a node
-# started from the release binary (`payrail loadtest --scenario create`). Results (one JSON
-# object per run) go to $OUT (default .payrail/bench-<time>/), a summary to stdout.
+# the raw journal reference (`payrail bench journal`), then each scenario of $SCENARIOS
+# (default "create"; also "lifecycle", "mixed") against a node started from the release
+# binary (`payrail loadtest --scenario …`). For lifecycle and mixed a PSP sandbox is started
+# too (`payrail psp-sandbox` on 127.0.0.1:$SANDBOX_PORT, default 18091, sending the node its
+# signed webhooks). Results (one JSON object per run) go to $OUT (default
+# .payrail/bench-<time>/), a summary to stdout (per kind for lifecycle and mixed).
 # Env: PAYRAIL_BIN (default target/release/payrail, or $CARGO_TARGET_DIR/release/payrail),
 # DURATION_S (10), WARMUP_S (3), MERCHANTS (100), NODE_RUST_LOG (node log filter, default
 # "info", the shipped default), LOADTEST_FLAGS (extra flags for payrail loadtest),
 # PAYRAIL_BROKER_PORT / PAYRAIL_STATE (use or start a broker of your own, e.g. 19092, so a
-# broker crash under load hurts nobody else), ORDER (journal-first, or create-first).
+# broker crash under load hurts nobody else), ORDER (journal-first, or create-first: the
+# scenarios first), PORT (node, 18080), SCENARIOS, SANDBOX_PORT (see above).
 source "$(dirname "$0")/lib.sh"
 cd "$PAYRAIL_ROOT"
 
@@ -20,9 +24,20 @@ WARMUP_S="${WARMUP_S:-3}"
 MERCHANTS="${MERCHANTS:-100}"
 NODE_RUST_LOG="${NODE_RUST_LOG:-info}"
 PORT="${PORT:-18080}"
+SCENARIOS="${SCENARIOS:-create}"
+SANDBOX_PORT="${SANDBOX_PORT:-18091}"
 stamp="$(date +%Y%m%d-%H%M%S)"
 OUT="${OUT:-$PAYRAIL_STATE/bench-$stamp}"
 ADMIN_TOKEN="bench-admin-token-0123456789"
+WEBHOOK_SECRET="whsec_bench_0123456789abcdef"
+need_sandbox=0
+for scenario in $SCENARIOS; do
+  case "$scenario" in
+    create) ;;
+    lifecycle | mixed) need_sandbox=1 ;;
+    *) log "unknown scenario $scenario in SCENARIOS (create, lifecycle, mixed)"; exit 1 ;;
+  esac
+done
 
 [ -x "$BIN" ] || { log "no release binary at $BIN; run cargo build --release"; exit 1; }
 ensure_postgres
@@ -34,6 +49,40 @@ db="payrail_bench_${stamp//-/_}"
 psql "$PAYRAIL_DATABASE_URL" -qtAX -c "CREATE DATABASE \"$db\"" >/dev/null
 db_url="${PAYRAIL_DATABASE_URL%/*}/$db"
 
+# The ports must be free: a node or sandbox already there would answer in place of ours.
+for port in "$PORT" $([ "$need_sandbox" = 1 ] && echo "$SANDBOX_PORT"); do
+  if port_open "$port"; then
+    log "127.0.0.1:$port is already in use; set PORT / SANDBOX_PORT to free ports"
+    exit 1
+  fi
+done
+
+# Stop only what this script started, by PID.
+node_pid=""
+sandbox_pid=""
+cleanup() {
+  for pid in $node_pid $sandbox_pid; do kill "$pid" 2>/dev/null || true; done
+  for pid in $node_pid $sandbox_pid; do wait "$pid" 2>/dev/null || true; done
+  return 0
+}
+trap cleanup EXIT
+
+if [ "$need_sandbox" = 1 ]; then
+  log "starting the PSP sandbox on 127.0.0.1:$SANDBOX_PORT"
+  "$BIN" psp-sandbox --bind "127.0.0.1:$SANDBOX_PORT" \
+    --webhook-url "http://127.0.0.1:$PORT/webhooks/psp/sandbox" --webhook-secret "$WEBHOOK_SECRET" \
+    >"$OUT/sandbox.log" 2>&1 &
+  sandbox_pid=$!
+  echo "$sandbox_pid" >"$OUT/sandbox.pid"
+  for _ in $(seq 1 100); do
+    port_open "$SANDBOX_PORT" && break
+    kill -0 "$sandbox_pid" 2>/dev/null || { log "sandbox exited; see $OUT/sandbox.log"; exit 1; }
+    sleep 0.1
+  done
+  export PAYRAIL__PSP__SANDBOX_URL="http://127.0.0.1:$SANDBOX_PORT"
+  export PAYRAIL__PSP__WEBHOOK_SECRET="$WEBHOOK_SECRET"
+fi
+
 log "starting the node (release, database $db, namespace benchnode-$stamp.)"
 PAYRAIL__JOURNAL__NAMESPACE="benchnode-$stamp." \
 PAYRAIL__DATABASE__URL="$db_url" \
@@ -42,12 +91,12 @@ PAYRAIL__HTTP__ADMIN_TOKEN="$ADMIN_TOKEN" \
 RUST_LOG="$NODE_RUST_LOG,librdkafka=warn,rdkafka=warn" \
   "$BIN" node >"$OUT/node.log" 2>&1 &
 node_pid=$!
-trap 'kill "$node_pid" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
   kill -0 "$node_pid" 2>/dev/null || { log "node exited; see $OUT/node.log"; exit 1; }
+  curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
   sleep 0.3
 done
+kill -0 "$node_pid" 2>/dev/null || { log "node exited; see $OUT/node.log"; exit 1; }
 echo "$node_pid" >"$OUT/node.pid"
 
 journal() { # connections run
@@ -56,19 +105,21 @@ journal() { # connections run
     --merchants "$MERCHANTS" --json --no-progress >"$OUT/journal-c$1-r$2.json" ||
     log "c=$1 run $2: bench journal failed"
 }
-create() { # connections run
-  log "c=$1 run $2: loadtest create"
-  "$BIN" loadtest --target "http://127.0.0.1:$PORT" --admin-token "$ADMIN_TOKEN" \
-    --scenario create --connections "$1" --duration "$DURATION_S" --warmup "$WARMUP_S" \
-    --merchants "$MERCHANTS" ${LOADTEST_FLAGS:-} --json --no-progress >"$OUT/create-c$1-r$2.json" ||
-    log "c=$1 run $2: loadtest failed"
+loadtest() { # connections run
+  for scenario in $SCENARIOS; do
+    log "c=$1 run $2: loadtest $scenario"
+    "$BIN" loadtest --target "http://127.0.0.1:$PORT" --admin-token "$ADMIN_TOKEN" \
+      --scenario "$scenario" --connections "$1" --duration "$DURATION_S" --warmup "$WARMUP_S" \
+      --merchants "$MERCHANTS" ${LOADTEST_FLAGS:-} --json --no-progress \
+      >"$OUT/$scenario-c$1-r$2.json" || log "c=$1 run $2: loadtest $scenario failed"
+  done
 }
 for c in $CONNECTIONS; do
   for run in $(seq 1 "$RUNS"); do
     if [ "${ORDER:-journal-first}" = create-first ]; then
-      create "$c" "$run"; journal "$c" "$run"
+      loadtest "$c" "$run"; journal "$c" "$run"
     else
-      journal "$c" "$run"; create "$c" "$run"
+      journal "$c" "$run"; loadtest "$c" "$run"
     fi
   done
 done
@@ -86,9 +137,15 @@ for p in sorted(glob.glob(os.path.join(out, "*-c*-r*.json"))):
     if os.path.getsize(p) == 0:
         print(f"{name:<22}  (no result: the command failed)")
         continue
-    r = load(p); l = r["latency_us"]
+    r = load(p)
     rows[name] = r
-    print(f"{name:<22}{r['throughput_per_s']:>10.1f}{r['errors']:>8}{l['p50']/1e3:>9.2f}{l['p90']/1e3:>9.2f}{l['p99']/1e3:>9.2f}{l['p999']/1e3:>10.2f}{l['max']/1e3:>9.2f}")
+    def row(label, k):
+        l = k["latency_us"]
+        print(f"{label:<22}{k['throughput_per_s']:>10.1f}{k['errors']:>8}{l['p50']/1e3:>9.2f}{l['p90']/1e3:>9.2f}{l['p99']/1e3:>9.2f}{l['p999']/1e3:>10.2f}{l['max']/1e3:>9.2f}")
+    row(name, r)
+    if r.get("scenario") in ("lifecycle", "mixed"):
+        for kind, k in r["kinds"].items():
+            row(f"  {kind}", k)
 for name, r in rows.items():
     if name.startswith("create-"):
         j = rows.get("journal-" + name[len("create-"):])

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
 
 fn payrail(args: &[&str]) -> Output {
@@ -166,24 +167,166 @@ async fn bench_journal_appends_to_its_own_topic() {
     );
 }
 
-#[test]
-fn lifecycle_and_mixed_scenarios_fail_clearly_until_the_server_has_them() {
-    for scenario in ["lifecycle", "mixed"] {
-        let output = payrail(&[
-            "loadtest",
-            "--target",
-            "http://127.0.0.1:9",
-            "--admin-token",
-            ADMIN_TOKEN,
-            "--scenario",
-            scenario,
-        ]);
-        assert!(!output.status.success());
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.contains(&format!("scenario `{scenario}` is not available yet")),
-            "{stderr}"
-        );
-        assert!(output.stdout.is_empty());
+/// A node of `env` wired to its own PSP sandbox (which sends it signed webhooks).
+async fn node_with_sandbox(env: &TestEnv) -> (NodeProcess, SandboxProcess) {
+    let port = free_port();
+    let sandbox = SandboxProcess::start(env, port, &[]);
+    let sandbox_env = sandbox.node_env();
+    let extra: Vec<(&str, &str)> = sandbox_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let node = NodeProcess::start_on(env, port, &extra).await;
+    (node, sandbox)
+}
+
+/// `payrail loadtest --scenario <scenario>` against `base`: tiny and bounded (the shared
+/// broker must not be overloaded), parsed from `--json`.
+async fn scenario_loadtest(base: &str, scenario: &str, connections: u32, max: u32) -> Value {
+    let args: Vec<String> = [
+        "loadtest",
+        "--target",
+        base,
+        "--admin-token",
+        ADMIN_TOKEN,
+        "--scenario",
+        scenario,
+        "--connections",
+        &connections.to_string(),
+        "--max-requests",
+        &max.to_string(),
+        "--duration",
+        "30",
+        "--warmup",
+        "1",
+        "--merchants",
+        "5",
+        "--json",
+        "--no-progress",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let output = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        payrail(&args)
+    })
+    .await
+    .unwrap();
+    let report = json_of(&output);
+    assert_eq!(report["scenario"], scenario);
+    assert_eq!(report["total"]["errors"], 0, "{report}");
+    assert_eq!(
+        report["total"]["requests"].as_u64(),
+        Some(u64::from(max)),
+        "--max-requests bounds every HTTP request: {report}"
+    );
+    report
+}
+
+/// Successful requests of `kind` over the whole run (warm-up included).
+fn ok_of(report: &Value, kind: &str) -> u64 {
+    report["total"]["ok_by_kind"][kind].as_u64().unwrap_or(0)
+}
+
+/// How many events of each type the test's journal holds.
+fn event_counts(env: &TestEnv) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for record in read_journal(&env.brokers, &env.topic(), PARTITIONS) {
+        let kind = record
+            .headers
+            .get("event_type")
+            .cloned()
+            .unwrap_or_default();
+        *counts.entry(kind).or_default() += 1;
     }
+    counts
+}
+
+fn count(counts: &BTreeMap<String, u64>, event_type: &str) -> u64 {
+    counts.get(event_type).copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_lifecycle_creates_confirms_captures_and_refunds_in_the_journal() {
+    let env = TestEnv::new("loadtest_lifecycle").await;
+    let (node, _sandbox) = node_with_sandbox(&env).await;
+    let report = scenario_loadtest(&node.base, "lifecycle", 3, 120).await;
+
+    let kinds = ["create", "confirm", "capture", "refund"];
+    for kind in kinds {
+        assert!(ok_of(&report, kind) > 0, "{kind}: {report}");
+    }
+    // Each step follows a successful one; only the request budget may cut the last
+    // iterations short (at most one per connection).
+    for pair in kinds.windows(2) {
+        let (before, after) = (ok_of(&report, pair[0]), ok_of(&report, pair[1]));
+        assert!(before >= after && before - after <= 3, "{pair:?}: {report}");
+    }
+    for (_, k) in report["kinds"].as_object().unwrap() {
+        assert_eq!(k["errors"], 0, "{report}");
+        let l = &k["latency_us"];
+        assert!(l["p50"].as_u64() <= l["p999"].as_u64());
+        assert!(l["p999"].as_u64() <= l["max"].as_u64());
+    }
+    assert!(
+        report["kinds"].get("webhook_wait").is_none(),
+        "pm_card_visa answers at once: {report}"
+    );
+
+    // What the report counts really happened, event by event.
+    let events = event_counts(&env);
+    assert_eq!(count(&events, "payment.created"), ok_of(&report, "create"));
+    assert_eq!(
+        count(&events, "payment.processing"),
+        ok_of(&report, "confirm")
+    );
+    assert_eq!(
+        count(&events, "payment.authorized"),
+        ok_of(&report, "confirm")
+    );
+    assert_eq!(
+        count(&events, "payment.succeeded"),
+        ok_of(&report, "capture")
+    );
+    assert_eq!(count(&events, "refund.created"), ok_of(&report, "refund"));
+    assert_eq!(count(&events, "payment.failed"), 0, "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_mixed_sends_every_kind_of_the_mix() {
+    let env = TestEnv::new("loadtest_mixed").await;
+    let (node, _sandbox) = node_with_sandbox(&env).await;
+    let report = scenario_loadtest(&node.base, "mixed", 4, 200).await;
+
+    for kind in ["create", "confirm", "capture", "refund", "get", "list"] {
+        assert!(ok_of(&report, kind) > 0, "{kind}: {report}");
+    }
+    assert_eq!(
+        report["details"]["mix_weights"],
+        "create 50, lifecycle 15, create_confirm 15, get 15, list 5"
+    );
+    // Half the iterations are plain creates, so creates dominate.
+    assert!(
+        ok_of(&report, "create") > ok_of(&report, "confirm"),
+        "{report}"
+    );
+
+    let events = event_counts(&env);
+    assert_eq!(count(&events, "payment.created"), ok_of(&report, "create"));
+    assert_eq!(
+        count(&events, "payment.processing"),
+        ok_of(&report, "confirm")
+    );
+    assert_eq!(count(&events, "refund.created"), ok_of(&report, "refund"));
+    // Confirms with manual capture are authorized and succeed on capture; the others
+    // (automatic capture) succeed at once: both kinds of confirm were sent.
+    let authorized = count(&events, "payment.authorized");
+    let automatic = ok_of(&report, "confirm") - authorized;
+    assert!(authorized > 0 && automatic > 0, "{events:?}");
+    assert_eq!(
+        count(&events, "payment.succeeded"),
+        ok_of(&report, "capture") + automatic,
+        "{events:?}"
+    );
 }

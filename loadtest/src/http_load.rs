@@ -4,29 +4,32 @@ use crate::lag::LagSampler;
 use crate::limits::*;
 use crate::report::{ErrorKind, Recorder, Report, RunInfo};
 use crate::run::{spawn_progress, Live, Timeline};
-use crate::schedule::{corrected_latency, slots_before, Pacer};
+use crate::scenario::{iteration_description, mix_description, Start, Worker};
+use crate::schedule::{slots_before, Pacer};
 use crate::zipf::{MerchantPicker, PickerError};
 use futures::{StreamExt, TryStreamExt};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{StatusCode, Url};
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Request kind of `POST /v1/payments` in reports.
-pub const KIND_CREATE: &str = "create";
+pub use crate::scenario::KIND_CREATE;
 
-/// What the simulated merchants do.
+/// What the simulated merchants do, per iteration. Each HTTP request is reported under its
+/// own kind (create, confirm, capture, refund, webhook_wait, get, list).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
     /// `POST /v1/payments` only.
     Create,
-    /// create → confirm → capture → refund per payment (needs the lifecycle endpoints).
+    /// create → confirm (pm_card_visa, manual capture; the node calls the PSP sandbox, which
+    /// also sends the node a signed webhook) → capture → refund (all or part). Needs a node
+    /// with a PSP sandbox (`payrail psp-sandbox`).
     Lifecycle,
-    /// A mix of creates and lifecycle commands (needs the lifecycle endpoints).
+    /// Per iteration, by weight: create 50, lifecycle 15, create+confirm with automatic
+    /// capture 15, GET of a payment this connection created 15, GET /v1/payments?limit=10 5.
+    /// Needs a PSP sandbox like `lifecycle`.
     Mixed,
 }
 
@@ -54,16 +57,20 @@ pub struct LoadtestArgs {
         hide_env_values = true
     )]
     pub admin_token: String,
-    /// What to send. Only `create` exists on the server today.
+    /// What each iteration does: `create` (1 request), `lifecycle` (create, confirm, capture,
+    /// refund: 4 requests) or `mixed` (see below). A failed step ends its iteration and
+    /// counts as an error of its kind.
     #[arg(long, value_enum, default_value_t = Scenario::Create)]
     pub scenario: Scenario,
-    /// Concurrent connections: closed loop, each waits for its answer before the next
-    /// request; open loop, the most requests in flight.
+    /// Concurrent connections, each running one iteration at a time: closed loop, each starts
+    /// the next iteration when the previous one ended; open loop, the most iterations in flight.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub connections: u32,
-    /// Open loop at this many requests per second in total; latency is measured from each
-    /// request's intended send time (coordinated-omission correction). Without it: closed loop.
-    #[arg(long, value_name = "REQ_PER_S")]
+    /// Open loop at this many iterations per second in total (for `create`, iterations are
+    /// requests); the first request of each iteration is measured from its intended start
+    /// (coordinated-omission correction), the later steps from their own send time. Without
+    /// it: closed loop.
+    #[arg(long, value_name = "ITERATIONS_PER_S")]
     pub rate: Option<u64>,
     /// Length of the measured phase, in seconds (after the warm-up).
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -71,7 +78,8 @@ pub struct LoadtestArgs {
     /// Warm-up before the measured phase, in seconds; excluded from the results.
     #[arg(long, value_name = "SECONDS", default_value_t = 2)]
     pub warmup: u64,
-    /// Stop after this many requests (warm-up included), even before --duration ends.
+    /// Stop after this many HTTP requests (warm-up included, every step of every iteration
+    /// counts), even before --duration ends.
     #[arg(long, value_name = "N")]
     pub max_requests: Option<u64>,
     /// Merchants to create and spread the load over.
@@ -84,8 +92,8 @@ pub struct LoadtestArgs {
     /// A request without a complete answer after this many milliseconds is a timeout.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
-    /// Send creates without an Idempotency-Key header (by default each carries a fresh one,
-    /// as a well-behaved client does).
+    /// Send creates and refunds without an Idempotency-Key header (by default each carries a
+    /// fresh one, as a well-behaved client does).
     #[arg(long)]
     pub no_idempotency_keys: bool,
     /// Print the report as one JSON object on stdout.
@@ -98,8 +106,6 @@ pub struct LoadtestArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadtestError {
-    #[error("scenario `{0}` is not available yet: the server has no confirm/capture/refund endpoints so far; use --scenario create")]
-    ScenarioNotAvailable(&'static str),
     #[error("{flag}: {message}")]
     InvalidArgument { flag: &'static str, message: String },
     #[error(transparent)]
@@ -125,10 +131,6 @@ fn invalid(flag: &'static str, message: impl Into<String>) -> LoadtestError {
 
 /// Checks every flag against its limit; returns the target's base URL (no trailing slash).
 pub fn validate(args: &LoadtestArgs) -> Result<String, LoadtestError> {
-    match args.scenario {
-        Scenario::Create => {}
-        other => return Err(LoadtestError::ScenarioNotAvailable(other.name())),
-    }
     let url = Url::parse(&args.target)
         .map_err(|e| invalid("--target", format!("{:?} is not a URL: {e}", args.target)))?;
     if url.scheme() != "http" {
@@ -189,7 +191,7 @@ pub fn validate(args: &LoadtestArgs) -> Result<String, LoadtestError> {
     Ok(args.target.trim_end_matches('/').to_string())
 }
 
-fn classify(error: &reqwest::Error) -> ErrorKind {
+pub(crate) fn classify(error: &reqwest::Error) -> ErrorKind {
     if error.is_timeout() {
         ErrorKind::Timeout
     } else if error.is_connect() {
@@ -200,9 +202,9 @@ fn classify(error: &reqwest::Error) -> ErrorKind {
 }
 
 /// A merchant the run created: its id and a ready `Authorization` header.
-struct Merchant {
-    id: String,
-    authorization: HeaderValue,
+pub(crate) struct Merchant {
+    pub id: String,
+    pub authorization: HeaderValue,
 }
 
 #[derive(serde::Deserialize)]
@@ -260,109 +262,75 @@ async fn create_merchant(
     })
 }
 
-struct Shared {
-    client: reqwest::Client,
-    payments_url: Url,
-    merchants: Vec<Merchant>,
-    picker: MerchantPicker,
-    idempotency_keys: bool,
-    timeline: Timeline,
-    live: Arc<Live>,
-    max_requests: Option<u64>,
-    connections: u32,
-    rate_per_s: Option<u64>,
+/// What every worker of a run reads.
+pub(crate) struct Shared {
+    pub client: reqwest::Client,
+    /// The node's base URL, without a trailing slash.
+    pub base: String,
+    pub payments_url: Url,
+    pub merchants: Vec<Merchant>,
+    pub picker: MerchantPicker,
+    pub scenario: Scenario,
+    pub idempotency_keys: bool,
+    /// `--timeout-ms`; also bounds a wait for a PSP webhook.
+    pub timeout: Duration,
+    pub timeline: Timeline,
+    pub live: Arc<Live>,
+    pub max_requests: Option<u64>,
+    /// HTTP requests claimed so far, against `max_requests`.
+    pub requests_claimed: AtomicU64,
+    pub connections: u32,
+    pub rate_per_s: Option<u64>,
 }
 
 impl Shared {
-    async fn create(&self, merchant: usize, n: u64, rng: &mut StdRng) -> Result<(), ErrorKind> {
-        let Some(m) = self.merchants.get(merchant) else {
-            return Err(ErrorKind::Transport);
-        };
-        let amount: i64 = rng.gen_range(100..=100_000);
-        let body = format!(
-            r#"{{"amount":{amount},"currency":"eur","order_no":"lt-{n}","channel":"web"}}"#
-        );
-        let mut request = self
-            .client
-            .post(self.payments_url.clone())
-            .header(AUTHORIZATION, m.authorization.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(body);
-        if self.idempotency_keys {
-            request = request.header("Idempotency-Key", uuid::Uuid::new_v4().simple().to_string());
-        }
-        let response = request.send().await.map_err(|e| classify(&e))?;
-        let status = response.status();
-        // Read the whole body so the connection goes back to the pool.
-        response.bytes().await.map_err(|e| classify(&e))?;
-        if status == StatusCode::CREATED {
-            Ok(())
-        } else {
-            Err(ErrorKind::Http(status.as_u16()))
+    /// Claims the next HTTP request's number; `None` once `--max-requests` are claimed.
+    pub fn claim_request(&self) -> Option<u64> {
+        let n = self.requests_claimed.fetch_add(1, Ordering::Relaxed);
+        match self.max_requests {
+            Some(max) if n >= max => None,
+            _ => Some(n),
         }
     }
 
-    fn record(
-        &self,
-        recorder: &mut Recorder,
-        phase: crate::report::Phase,
-        merchant: usize,
-        outcome: Result<(), ErrorKind>,
-        latency: Duration,
-    ) {
-        self.live.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.live.finished(outcome.is_ok());
-        match outcome {
-            Ok(()) => recorder.ok(phase, KIND_CREATE, merchant, latency),
-            Err(e) => recorder.error(phase, KIND_CREATE, e),
-        }
+    fn requests_spent(&self) -> bool {
+        self.max_requests
+            .is_some_and(|max| self.requests_claimed.load(Ordering::Relaxed) >= max)
     }
 }
 
-/// Closed loop: send, wait for the answer, send the next.
+/// Closed loop: one iteration after the other.
 async fn closed_worker(shared: Arc<Shared>) -> Recorder {
-    let mut rng = StdRng::from_entropy();
-    let mut recorder = Recorder::default();
     let end = shared.timeline.end();
-    loop {
-        let sent = Instant::now();
-        if sent >= end {
+    let mut worker = Worker::new(shared);
+    while Instant::now() < end {
+        if !worker.iterate(Start::Now).await {
             break;
         }
-        let Some(n) = shared.live.claim(shared.max_requests) else {
-            break;
-        };
-        let phase = shared.timeline.phase_at(sent);
-        let merchant = shared.picker.pick(&mut rng);
-        shared.live.in_flight.fetch_add(1, Ordering::Relaxed);
-        let outcome = shared.create(merchant, n, &mut rng).await;
-        shared.record(&mut recorder, phase, merchant, outcome, sent.elapsed());
     }
-    recorder
+    worker.into_recorder()
 }
 
-/// Open loop: connection `connection` sends its share of the global schedule; latency runs
-/// from the intended send time.
+/// Open loop: connection `connection` starts its share of the global schedule of
+/// iterations; the first request of each is measured from the intended start.
 async fn open_worker(shared: Arc<Shared>, connection: u32, rate_per_s: u64) -> Recorder {
-    let mut rng = StdRng::from_entropy();
-    let mut recorder = Recorder::default();
     let timeline = shared.timeline;
     let mut pacer = Pacer::new(connection, shared.connections, rate_per_s);
-    while let Some(slot) = pacer.next_before(timeline.total, shared.max_requests) {
+    let max_requests = shared.max_requests;
+    let mut worker = Worker::new(Arc::clone(&shared));
+    // Every iteration sends at least one request, so --max-requests bounds the schedule too.
+    while let Some(slot) = pacer.next_before(timeline.total, max_requests) {
         let intended = timeline.start + slot.intended;
         if Instant::now() >= timeline.end() {
             break; // behind schedule at the end: the rest is reported as unsent
         }
         tokio::time::sleep_until(intended.into()).await;
         shared.live.issued.fetch_add(1, Ordering::Relaxed);
-        let phase = timeline.phase_at(intended);
-        let merchant = shared.picker.pick(&mut rng);
-        shared.live.in_flight.fetch_add(1, Ordering::Relaxed);
-        let outcome = shared.create(merchant, slot.index, &mut rng).await;
-        let latency = corrected_latency(slot.intended, timeline.start.elapsed());
-        shared.record(&mut recorder, phase, merchant, outcome, latency);
+        if !worker.iterate(Start::Scheduled(intended)).await {
+            break;
+        }
     }
-    recorder
+    worker.into_recorder()
 }
 
 /// Runs the load test and returns its report.
@@ -404,13 +372,17 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
     );
     let shared = Arc::new(Shared {
         client,
+        base: base.clone(),
         payments_url,
         merchants,
         picker,
+        scenario: args.scenario,
         idempotency_keys: !args.no_idempotency_keys,
+        timeout,
         timeline,
         live: Arc::new(Live::default()),
         max_requests: args.max_requests,
+        requests_claimed: AtomicU64::new(0),
         connections: args.connections,
         rate_per_s: args.rate,
     });
@@ -454,12 +426,22 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
         (!args.no_idempotency_keys).to_string(),
     );
     details.insert("timeout_ms".into(), args.timeout_ms.to_string());
+    details.insert("iteration".into(), iteration_description(args.scenario));
+    if args.scenario == Scenario::Mixed {
+        details.insert("mix_weights".into(), mix_description());
+    }
     if let Some(rate) = args.rate {
+        // Open-loop slots are iterations.
+        let issued = shared.live.issued.load(Ordering::Relaxed);
         let mut scheduled = slots_before(timeline.total, rate);
         if let Some(max) = args.max_requests {
             scheduled = scheduled.min(max);
         }
-        let issued = shared.live.issued.load(Ordering::Relaxed);
+        if shared.requests_spent() {
+            // Stopped by --max-requests, not by falling behind.
+            scheduled = scheduled.min(issued);
+        }
+        details.insert("rate_unit".into(), "iterations per second".into());
         details.insert("open_loop_scheduled".into(), scheduled.to_string());
         details.insert(
             "open_loop_unsent".into(),

@@ -2,7 +2,8 @@
 //!
 //! - `payrail loadtest` ([`http_load`]): HTTP load against a node, closed loop (N
 //!   connections) or open loop (`--rate`, latency from the intended send time), over many
-//!   merchants it creates itself, with a Zipf skew.
+//!   merchants it creates itself, with a Zipf skew; scenarios `create`, `lifecycle` and
+//!   `mixed` ([`scenario`]).
 //! - `payrail bench journal` ([`bench`]): the same `payment.created` records appended with
 //!   the node's producer and options, no HTTP and no actors; the ceiling the write path is
 //!   compared against.
@@ -15,6 +16,7 @@ pub mod lag;
 pub mod limits;
 pub mod report;
 pub mod run;
+pub mod scenario;
 pub mod schedule;
 pub mod zipf;
 

@@ -34,3 +34,9 @@ pub const LAG_DRAIN_POLL_MS: u64 = 100;
 /// Longest wait after the load for the pools to catch up, in ms; a pool still behind then
 /// is reported as not caught up.
 pub const LAG_DRAIN_TIMEOUT_MS: u64 = 30_000;
+/// Interval between the polls of a payment whose confirm answered `processing`, while the
+/// load test waits for the PSP webhook (the wait itself is bounded by `--timeout-ms`), in
+/// milliseconds.
+pub const WEBHOOK_POLL_INTERVAL_MS: u64 = 50;
+/// Payments a worker remembers for the `mixed` scenario's reads at most.
+pub const MIXED_RECENT_PAYMENTS: usize = 64;

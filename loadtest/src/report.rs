@@ -12,6 +12,9 @@ use std::time::Duration;
 pub enum ErrorKind {
     /// The server answered with an unexpected HTTP status.
     Http(u16),
+    /// The server answered as expected, but the payment (or refund) is in another status
+    /// than the step leads to, e.g. `failed` after a confirm.
+    UnexpectedStatus(&'static str),
     /// No connection could be opened.
     Connect,
     /// No complete answer within the request timeout.
@@ -31,6 +34,7 @@ impl ErrorKind {
     pub fn label(&self) -> String {
         match self {
             Self::Http(status) => format!("http_{status}"),
+            Self::UnexpectedStatus(status) => format!("status_{status}"),
             Self::Connect => "connect".into(),
             Self::Timeout => "timeout".into(),
             Self::Transport => "transport".into(),
@@ -212,7 +216,7 @@ pub struct MerchantCount {
 pub struct RunInfo {
     /// `loadtest` or `bench journal`.
     pub command: String,
-    /// `create`, … for `loadtest`; `journal_append` for the benchmark.
+    /// `create`, `lifecycle` or `mixed` for `loadtest`; `journal_append` for the benchmark.
     pub scenario: String,
     /// `closed` (N connections, each sends when its previous answer arrived) or `open`
     /// (fixed target rate, latency from the intended send time).
