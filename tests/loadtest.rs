@@ -107,16 +107,18 @@ async fn loadtest_creates_are_all_in_the_journal_and_the_report_counts_them() {
         total_ok,
         "the test's journal holds only the load test's creates"
     );
-    // The node's five consumers were sampled: each applied at least the measured phase's
-    // creates (their records are appended after the start snapshot) and at most the whole
-    // run's, and caught up after the load.
+    // The node's five consumers were sampled: each applied at most the whole run's creates
+    // and nearly all of the measured phase's (the start snapshot is taken over HTTP just
+    // after the measured phase begins, so records applied in that moment fall before it),
+    // and caught up after the load.
     let pools = report["pools"].as_array().expect("pools in the report");
     assert_eq!(pools.len(), 5, "{report}");
+    let measured_ok = report["ok"].as_u64().unwrap();
     for pool in pools {
         let applied = pool["applied"].as_u64().expect("applied");
         assert!(
-            applied >= report["ok"].as_u64().unwrap() && applied <= total_ok,
-            "{pool}"
+            applied * 10 >= measured_ok * 9 && applied <= total_ok,
+            "{pool}: measured {measured_ok}, whole run {total_ok}"
         );
         assert!(pool["caught_up_after_ms"].is_u64(), "{pool}");
         assert!(pool["p99_le_ms"].is_u64(), "{pool}");

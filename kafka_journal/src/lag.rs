@@ -17,6 +17,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -176,15 +177,31 @@ impl ConsumerMonitor {
         let consumers = self.consumers.clone();
         let timeout = self.timeout;
         tokio::task::spawn_blocking(move || {
+            // The histograms first, so the window a reader computes starts as close as
+            // possible to the moment it asked; the watermark look-ups take round trips.
+            let histograms: Vec<LagBuckets> = consumers
+                .iter()
+                .map(|c| c.progress.lag().snapshot())
+                .collect();
+            // Consumers share topics: each partition's watermarks are looked up once.
+            let mut watermarks: HashMap<(String, i32), (i64, i64)> = HashMap::new();
             let mut out = Vec::with_capacity(consumers.len());
-            for consumer in consumers.iter() {
+            for (consumer, lag_ms) in consumers.iter().zip(histograms) {
                 let mut partitions = Vec::new();
                 for (partition, next_offset) in consumer.progress.partitions() {
-                    let (low, high) = client.fetch_watermarks(
-                        &consumer.spec.topic,
-                        partition,
-                        Timeout::After(timeout),
-                    )?;
+                    let key = (consumer.spec.topic.clone(), partition);
+                    let (low, high) = match watermarks.get(&key) {
+                        Some(known) => *known,
+                        None => {
+                            let fetched = client.fetch_watermarks(
+                                &consumer.spec.topic,
+                                partition,
+                                Timeout::After(timeout),
+                            )?;
+                            watermarks.insert(key, fetched);
+                            fetched
+                        }
+                    };
                     let applied_to = if next_offset < 0 { low } else { next_offset };
                     partitions.push(PartitionLag {
                         partition,
@@ -199,7 +216,7 @@ impl ConsumerMonitor {
                     topic: consumer.spec.topic.clone(),
                     lag_records: partitions.iter().map(|p| p.lag_records).sum(),
                     partitions,
-                    lag_ms: consumer.progress.lag().snapshot(),
+                    lag_ms,
                     lag_bucket_bounds_ms: LAG_BUCKET_BOUNDS_MS.to_vec(),
                 });
             }
