@@ -99,19 +99,54 @@ done
 kill -0 "$node_pid" 2>/dev/null || { log "node exited; see $OUT/node.log"; exit 1; }
 echo "$node_pid" >"$OUT/node.pid"
 
+# CPU accounting: CPU ticks of the broker, the node and every postgres process, and of the
+# whole machine, before and after each run (so BENCHMARKS.md can say where the CPU goes
+# per request). The broker is whoever listens on the broker port.
+broker_pid="$(ss -ltnpH "sport = :$PAYRAIL_BROKER_PORT" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2 || true)"
+cpu_snapshot() { # file
+  python3 - "$broker_pid" "$node_pid" >"$1" <<'PY'
+import json, os, sys
+def ticks(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return 0
+postgres = 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() == "postgres":
+                postgres += ticks(pid)
+    except OSError:
+        pass
+with open("/proc/stat") as f:
+    cpu = [int(v) for v in f.readline().split()[1:]]
+busy = sum(cpu) - cpu[3] - cpu[4]  # minus idle and iowait
+print(json.dumps({"broker": ticks(sys.argv[1]) if sys.argv[1] else 0,
+                  "node": ticks(sys.argv[2]), "postgres": postgres, "machine": busy,
+                  "hz": os.sysconf("SC_CLK_TCK")}))
+PY
+}
+
 journal() { # connections run
   log "c=$1 run $2: bench journal"
+  cpu_snapshot "$OUT/journal-c$1-r$2.cpu0"
   "$BIN" bench journal --connections "$1" --duration "$DURATION_S" --warmup "$WARMUP_S" \
     --merchants "$MERCHANTS" --json --no-progress >"$OUT/journal-c$1-r$2.json" ||
     log "c=$1 run $2: bench journal failed"
+  cpu_snapshot "$OUT/journal-c$1-r$2.cpu1"
 }
 loadtest() { # connections run
   for scenario in $SCENARIOS; do
     log "c=$1 run $2: loadtest $scenario"
+    cpu_snapshot "$OUT/$scenario-c$1-r$2.cpu0"
     "$BIN" loadtest --target "http://127.0.0.1:$PORT" --admin-token "$ADMIN_TOKEN" \
       --scenario "$scenario" --connections "$1" --duration "$DURATION_S" --warmup "$WARMUP_S" \
       --merchants "$MERCHANTS" ${LOADTEST_FLAGS:-} --json --no-progress \
       >"$OUT/$scenario-c$1-r$2.json" || log "c=$1 run $2: loadtest $scenario failed"
+    cpu_snapshot "$OUT/$scenario-c$1-r$2.cpu1"
   done
 }
 for c in $CONNECTIONS; do
@@ -146,6 +181,21 @@ for p in sorted(glob.glob(os.path.join(out, "*-c*-r*.json"))):
     if r.get("scenario") in ("lifecycle", "mixed"):
         for kind, k in r["kinds"].items():
             row(f"  {kind}", k)
+print()
+print("CPU per successful request of the whole run (warm-up, measured phase and the pools' drain):")
+print(f"{'run':<22}{'broker us':>11}{'node us':>9}{'postgres us':>13}{'rest us':>9}{'machine us':>12}")
+for name, r in rows.items():
+    try:
+        a, b = load(os.path.join(out, name + ".cpu0")), load(os.path.join(out, name + ".cpu1"))
+    except (OSError, ValueError):
+        continue
+    ok = r["total"]["ok"]
+    if ok == 0:
+        continue
+    us = lambda k: (b[k] - a[k]) * 1e6 / a["hz"] / ok
+    rest = us("machine") - us("broker") - us("node") - us("postgres")
+    print(f"{name:<22}{us('broker'):>11.0f}{us('node'):>9.0f}{us('postgres'):>13.0f}{rest:>9.0f}{us('machine'):>12.0f}")
+print()
 for name, r in rows.items():
     if name.startswith("create-"):
         j = rows.get("journal-" + name[len("create-"):])

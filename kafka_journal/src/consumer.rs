@@ -647,8 +647,18 @@ impl WorkerState {
 
     async fn commit(&self, records: &[ConsumedRecord]) -> Result<(), HandlerError> {
         let mut tx = self.args.pool.begin().await?;
+        let ids: Vec<Uuid> = records.iter().filter_map(|r| r.event_id).collect();
+        let mut fresh = offsets::mark_processed_batch(&mut tx, &self.args.spec.name, &ids).await?;
         for record in records {
-            self.apply_one(&mut tx, record).await?;
+            if let Some(event_id) = record.event_id {
+                // Taken out of the set when applied, so a record delivered twice within one
+                // batch is applied once too.
+                if !fresh.remove(&event_id) {
+                    debug!(offset = record.offset, %event_id, "already applied; skipping");
+                    continue;
+                }
+            }
+            self.args.handler.apply(&mut tx, record).await?;
         }
         if let Some(last) = records.last() {
             offsets::store_next_offset(
@@ -662,20 +672,6 @@ impl WorkerState {
         }
         tx.commit().await?;
         Ok(())
-    }
-
-    async fn apply_one(
-        &self,
-        conn: &mut PgConnection,
-        record: &ConsumedRecord,
-    ) -> Result<(), HandlerError> {
-        if let Some(event_id) = record.event_id {
-            if !offsets::mark_processed(conn, &self.args.spec.name, event_id).await? {
-                debug!(offset = record.offset, %event_id, "already applied; skipping");
-                return Ok(());
-            }
-        }
-        self.args.handler.apply(conn, record).await
     }
 
     /// Applies one record with retries; parks it in the dead letters when every attempt fails.

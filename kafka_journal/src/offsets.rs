@@ -49,22 +49,28 @@ pub async fn store_next_offset(
     Ok(())
 }
 
-/// Marks `event_id` as applied by `consumer`. Returns false when it already was, in which
-/// case the caller must not apply it again.
-pub async fn mark_processed(
+/// Marks every id of `event_ids` as applied by `consumer` in one statement; returns the
+/// ids that were not marked before (the ones the caller must apply). One round trip per
+/// batch instead of one per record.
+pub async fn mark_processed_batch(
     conn: &mut PgConnection,
     consumer: &str,
-    event_id: Uuid,
-) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO journal_processed_events (consumer, event_id) VALUES ($1, $2)
-         ON CONFLICT DO NOTHING",
+    event_ids: &[Uuid],
+) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+    if event_ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let fresh: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO journal_processed_events (consumer, event_id)
+         SELECT $1, id FROM unnest($2::uuid[]) AS ids(id)
+         ON CONFLICT DO NOTHING
+         RETURNING event_id",
     )
     .bind(consumer)
-    .bind(event_id)
-    .execute(conn)
+    .bind(event_ids)
+    .fetch_all(conn)
     .await?;
-    Ok(inserted.rows_affected() == 1)
+    Ok(fresh.into_iter().collect())
 }
 
 /// Parks a record that failed every attempt, so the partition can move on.
