@@ -182,6 +182,49 @@ async fn idempotency_survives_a_node_restart() {
     assert_eq!(created.len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_evicted_from_the_merchant_cache_still_replay() {
+    let env = TestEnv::new("idempotency_evicted").await;
+    // A cache of two keys per merchant: the first keys are evicted by the later ones and
+    // must then be answered from their snapshots.
+    let node = NodeProcess::start(
+        &env,
+        &[("PAYRAIL__ACTORS__IDEMPOTENCY_CACHE_PER_MERCHANT", "2")],
+    )
+    .await;
+    let api = Api::new(&node);
+    let (merchant_id, key) = api.merchant("Evicted").await;
+    let body = r#"{"amount":700,"currency":"usd"}"#;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let r = api
+            .create_payment(&key, Some(&format!("evict-{i}")), body)
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        ids.push(r.body["id"].clone());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let replay = api
+            .create_payment(&key, Some(&format!("evict-{i}")), body)
+            .await;
+        assert_eq!(replay.status, 201, "{}", replay.body);
+        assert_eq!(&replay.body["id"], id, "key evict-{i} replays its payment");
+    }
+    let mismatch = api
+        .create_payment(&key, Some("evict-0"), r#"{"amount":701,"currency":"usd"}"#)
+        .await;
+    assert_eq!(mismatch.status, 422, "{}", mismatch.body);
+    let created = created_for(
+        &read_journal(&env.brokers, &env.topic(), PARTITIONS),
+        &merchant_id,
+    );
+    assert_eq!(
+        created.len(),
+        6,
+        "one payment per key, none for the replays"
+    );
+}
+
 fn assert_error_object(reply: &Reply, status: u16) {
     assert_eq!(reply.status, status, "{}", reply.body);
     let error = &reply.body["error"];

@@ -55,6 +55,11 @@ enum IdempotencyEntry {
     Done {
         fingerprint: String,
         response: Box<PaymentView>,
+        /// Everything this key's create journaled lies before this offset (the partition's
+        /// produced offset when the create settled). Evicting the entry raises
+        /// `memory_complete_from` to it, so a later snapshot read of the key waits for the
+        /// projector only as far as needed to see it; an old entry needs no wait at all.
+        journaled_before: i64,
     },
 }
 
@@ -239,6 +244,7 @@ impl MerchantState {
                     Some(IdempotencyEntry::Done {
                         fingerprint: first,
                         response,
+                        ..
                     }) => {
                         let _ = reply.send(if *first == fingerprint {
                             Ok(PaymentView::clone(response))
@@ -299,32 +305,48 @@ impl MerchantState {
         }
         match snapshots::load_idempotency(&runtime.pool, &self.args.merchant_id, key).await {
             Ok(Some((fingerprint, response))) => {
-                self.remember(key.to_string(), fingerprint, response);
+                // Read from a complete snapshot: evicting it again needs no wait.
+                let complete = self.memory_complete_from;
+                self.remember(key.to_string(), fingerprint, response, complete);
             }
             Ok(None) => {}
             Err(error) => warn!(%error, "idempotency lookup failed"),
         }
     }
 
-    fn remember(&mut self, key: String, fingerprint: String, response: PaymentView) {
+    /// Caches a settled key. `journaled_before`: an offset past every record of its create.
+    fn remember(
+        &mut self,
+        key: String,
+        fingerprint: String,
+        response: PaymentView,
+        journaled_before: i64,
+    ) {
         self.idempotency.insert(
             key.clone(),
             IdempotencyEntry::Done {
                 fingerprint,
                 response: Box::new(response),
+                journaled_before,
             },
         );
         self.settled_order.push_back(key);
         while self.settled_order.len() > self.args.runtime.options.idempotency_cache_per_merchant {
-            if let Some(old) = self.settled_order.pop_front() {
-                if matches!(
-                    self.idempotency.get(&old),
-                    Some(IdempotencyEntry::Done { .. })
-                ) {
-                    self.idempotency.remove(&old);
-                }
+            let Some(old) = self.settled_order.pop_front() else {
+                break;
+            };
+            if let Some(IdempotencyEntry::Done {
+                journaled_before, ..
+            }) = self.idempotency.get(&old)
+            {
+                // The key now lives only in PostgreSQL: reads must see its snapshot.
+                self.memory_complete_from = self.memory_complete_from.max(*journaled_before);
+                self.idempotency.remove(&old);
             }
         }
+        debug_assert!(
+            self.settled_order.len() <= self.args.runtime.options.idempotency_cache_per_merchant
+        );
     }
 
     fn settle(&mut self, key: String, result: Result<PaymentView, CommandError>) {
@@ -339,7 +361,10 @@ impl MerchantState {
             let _ = waiter.send(result.clone());
         }
         if let Ok(response) = result {
-            self.remember(key, fingerprint, response);
+            // The create's append was acknowledged before the payment actor answered, so
+            // the produced offset is past its record.
+            let journaled_before = self.args.runtime.produced_offset(self.args.partition);
+            self.remember(key, fingerprint, response, journaled_before);
         }
         // On failure the key is forgotten, so a retry with the same key may succeed.
     }

@@ -35,7 +35,7 @@ impl Default for ActorOptions {
             command_timeout_ms: 8_000,
             rebuild_timeout_ms: 5_000,
             startup_catch_up_timeout_ms: 120_000,
-            idempotency_cache_per_merchant: 10_000,
+            idempotency_cache_per_merchant: 1_000,
             passivate_after_ms: 60_000,
         }
     }
