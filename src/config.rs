@@ -55,6 +55,54 @@ impl Default for SupervisorOptions {
     }
 }
 
+/// A subscriber pool a node can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    Analytics,
+    Ledger,
+    Settlement,
+    Notification,
+}
+
+/// Which subscriber pools this node runs. Each pool is a consumer group, so a pool left out
+/// here is served by the nodes that run it (DESIGN: pools scale through their groups); a
+/// node with `run = []` only takes commands and keeps its snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolsOptions {
+    pub run: Vec<PoolKind>,
+}
+
+impl Default for PoolsOptions {
+    fn default() -> Self {
+        Self {
+            run: vec![
+                PoolKind::Analytics,
+                PoolKind::Ledger,
+                PoolKind::Settlement,
+                PoolKind::Notification,
+            ],
+        }
+    }
+}
+
+impl PoolsOptions {
+    pub fn runs(&self, pool: PoolKind) -> bool {
+        self.run.contains(&pool)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (i, pool) in self.run.iter().enumerate() {
+            if self.run[..i].contains(pool) {
+                let name = format!("{pool:?}").to_lowercase();
+                return Err(format!("pools.run: {name} is listed twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -65,6 +113,7 @@ pub struct Config {
     pub supervisor: SupervisorOptions,
     pub psp: PspOptions,
     pub notification: NotificationOptions,
+    pub pools: PoolsOptions,
 }
 
 impl Config {
@@ -105,6 +154,7 @@ impl Config {
         self.actors.validate()?;
         self.psp.validate()?;
         self.notification.validate()?;
+        self.pools.validate()?;
         if !(self.database.url.starts_with("postgres://")
             || self.database.url.starts_with("postgresql://"))
         {

@@ -1,6 +1,6 @@
 //! Start-up and shutdown of a node: database, topics, snapshot projector, actors, pools, HTTP.
 
-use crate::config::Config;
+use crate::config::{Config, PoolKind};
 use anyhow::{bail, Context};
 use kafka_journal::admin::{self, TopicSpec};
 use kafka_journal::consumer::{spawn_consumer, Assignment, ConsumerSpec};
@@ -146,39 +146,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "partitions ready"
     );
 
-    let analytics = spawn_consumer(
-        journal,
-        config.supervisor.restart,
-        ConsumerSpec {
-            name: journal.group(ANALYTICS_GROUP),
-            topic: topic.clone(),
-            assignment: Assignment::Group(journal.group(ANALYTICS_GROUP)),
-        },
-        pool.clone(),
-        Arc::new(AnalyticsProjector),
-    )
-    .await?;
-
-    let notifications = payrail_actors::pools::notification::start(
-        journal,
-        config.supervisor.restart,
-        &config.notification,
-        &topic,
-        pool.clone(),
-        producer.clone(),
-    )
-    .await?;
-
-    let sweeper =
-        payrail_actors::sweeper::spawn_sweeper(node.clone(), pool.clone(), config.psp.clone());
-    let mut pools = vec![analytics];
-    for (group, handler) in [
+    // The subscriber pools this node runs (`pools.run`), each its own consumer group.
+    let mut pools = Vec::new();
+    for (kind, group, handler) in [
         (
-            LEDGER_GROUP,
-            Arc::new(LedgerProjector) as Arc<dyn kafka_journal::consumer::PartitionHandler>,
+            PoolKind::Analytics,
+            ANALYTICS_GROUP,
+            Arc::new(AnalyticsProjector) as Arc<dyn kafka_journal::consumer::PartitionHandler>,
         ),
-        (SETTLEMENT_GROUP, Arc::new(SettlementProjector)),
+        (PoolKind::Ledger, LEDGER_GROUP, Arc::new(LedgerProjector)),
+        (
+            PoolKind::Settlement,
+            SETTLEMENT_GROUP,
+            Arc::new(SettlementProjector),
+        ),
     ] {
+        if !config.pools.runs(kind) {
+            info!(pool = group, "pool not run on this node (pools.run)");
+            continue;
+        }
         pools.push(
             spawn_consumer(
                 journal,
@@ -194,13 +180,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await?,
         );
     }
+    let notifications = if config.pools.runs(PoolKind::Notification) {
+        Some(
+            payrail_actors::pools::notification::start(
+                journal,
+                config.supervisor.restart,
+                &config.notification,
+                &topic,
+                pool.clone(),
+                producer.clone(),
+            )
+            .await?,
+        )
+    } else {
+        info!("notification pool not run on this node (pools.run)");
+        None
+    };
+
+    let sweeper =
+        payrail_actors::sweeper::spawn_sweeper(node.clone(), pool.clone(), config.psp.clone());
     let settlements = SettlementService {
         pool: pool.clone(),
         producer: producer.clone(),
         topic: journal.topic(SETTLEMENT_EVENTS),
         partitions: journal.partitions,
     };
-    let mut monitored = vec![snapshots.clone(), notifications.consumer.clone()];
+    let mut monitored = vec![snapshots.clone()];
+    monitored.extend(notifications.iter().map(|n| n.consumer.clone()));
     monitored.extend(pools.iter().cloned());
     let consumers = kafka_journal::lag::ConsumerMonitor::new(journal, monitored);
     let state = payrail_http::AppState {
@@ -226,7 +232,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for consumer in &pools {
         consumer.stop();
     }
-    notifications.stop();
+    if let Some(notifications) = &notifications {
+        notifications.stop();
+    }
     snapshots.stop();
     producer.flush(Duration::from_secs(5));
     Ok(())

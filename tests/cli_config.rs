@@ -61,6 +61,22 @@ fn bad_brokers_bind_and_database_url_are_refused_with_their_key() {
 }
 
 #[test]
+fn pools_run_refuses_unknown_and_repeated_pools() {
+    let (code, _, stderr) = payrail(&["node"], &[("PAYRAIL__POOLS__RUN", "[analytics,bogus]")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("pools.run") && stderr.contains("bogus"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = payrail(&["node"], &[("PAYRAIL__POOLS__RUN", "[ledger,ledger]")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("pools.run: ledger is listed twice"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn an_unknown_key_is_refused() {
     let dir = std::env::temp_dir().join(format!("payrail-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

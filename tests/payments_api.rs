@@ -225,6 +225,44 @@ async fn idempotency_keys_evicted_from_the_merchant_cache_still_replay() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_runs_only_the_pools_named_in_pools_run() {
+    let env = TestEnv::new("pools_run").await;
+    let node = NodeProcess::start(&env, &[("PAYRAIL__POOLS__RUN", "[analytics]")]).await;
+    let api = Api::new(&node);
+    let (_, key) = api.merchant("OnlyAnalytics").await;
+    let r = api
+        .create_payment(&key, Some("only-1"), r#"{"amount":250,"currency":"EUR"}"#)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let consumers = api
+        .send(
+            Method::GET,
+            "/v1/admin/consumers",
+            Some(ADMIN_TOKEN),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(consumers.status, 200, "{}", consumers.body);
+    let mut names: Vec<String> = consumers.body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .map(|n| n.rsplit('.').next().unwrap_or(n).to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["analytics", "snapshots"]);
+    // The pool it runs works: the create shows up in the merchant's metrics.
+    let counted = eventually(Duration::from_secs(20), || async {
+        let m = api.metrics(&key, &today()).await;
+        (m.body["data"][0]["created_count"] == 1).then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "analytics counted the payment");
+}
+
 fn assert_error_object(reply: &Reply, status: u16) {
     assert_eq!(reply.status, status, "{}", reply.body);
     let error = &reply.body["error"];
