@@ -235,19 +235,8 @@ async fn a_node_runs_only_the_pools_named_in_pools_run() {
         .create_payment(&key, Some("only-1"), r#"{"amount":250,"currency":"EUR"}"#)
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
-    let consumers = api
-        .send(
-            Method::GET,
-            "/v1/admin/consumers",
-            Some(ADMIN_TOKEN),
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(consumers.status, 200, "{}", consumers.body);
-    let mut names: Vec<String> = consumers.body["data"]
-        .as_array()
-        .expect("data")
+    let mut names: Vec<String> = consumer_list(&api)
+        .await
         .iter()
         .filter_map(|c| c["name"].as_str())
         .map(|n| n.rsplit('.').next().unwrap_or(n).to_string())
@@ -261,6 +250,21 @@ async fn a_node_runs_only_the_pools_named_in_pools_run() {
     })
     .await;
     assert!(counted.is_some(), "analytics counted the payment");
+}
+
+/// `GET /v1/admin/consumers` as the admin: the node's consumers.
+async fn consumer_list(api: &Api) -> Vec<Value> {
+    let r = api
+        .send(
+            Method::GET,
+            "/v1/admin/consumers",
+            Some(ADMIN_TOKEN),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["data"].as_array().cloned().unwrap_or_default()
 }
 
 fn assert_error_object(reply: &Reply, status: u16) {
@@ -423,17 +427,7 @@ async fn admin_consumers_shows_every_pool_catching_up_with_its_append_to_apply_d
         "notification",
     ];
     let consumers = eventually(Duration::from_secs(30), || async {
-        let r = api
-            .send(
-                Method::GET,
-                "/v1/admin/consumers",
-                Some(ADMIN_TOKEN),
-                None,
-                None,
-            )
-            .await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        let data = r.body["data"].as_array().cloned().unwrap_or_default();
+        let data = consumer_list(&api).await;
         let done = data.len() == names.len()
             && data.iter().all(|c| {
                 c["lag_records"] == 0
