@@ -620,3 +620,65 @@ async fn list_pages_through_the_merchants_payments_newest_first() {
         .await;
     assert_eq!(bad.status, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_past_the_in_flight_limit_is_refused_at_once_and_records_nothing() {
+    // One command at a time, and a confirm that holds its slot while the node retries the
+    // failing PSP (3 errors, 400 ms base backoff: about 2.8 s).
+    let w = world(
+        "overloaded",
+        &[
+            ("PAYRAIL__ACTORS__MAX_IN_FLIGHT_COMMANDS", "1"),
+            ("PAYRAIL__PSP__RETRY_BASE_MS", "400"),
+        ],
+        &["--error-count", "3"],
+    )
+    .await;
+    let id = w.create(r#"{"amount":700,"currency":"eur"}"#).await;
+    let confirm = {
+        let api = Api::new(&w.node);
+        let (key, id) = (w.key.clone(), id.clone());
+        tokio::spawn(async move {
+            api.send(
+                reqwest::Method::POST,
+                &format!("/v1/payments/{id}/confirm"),
+                Some(&key),
+                None,
+                Some(r#"{"payment_method":"pm_card_psp_error"}"#.to_string()),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let refused = w
+        .api
+        .create_payment(&w.key, Some("shed-1"), r#"{"amount":5,"currency":"eur"}"#)
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(
+        refused.body["error"]["code"], "node_overloaded",
+        "{}",
+        refused.body
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once, not after a wait"
+    );
+
+    let confirmed = confirm.await.expect("confirm task");
+    assert_eq!(confirmed.status, 200, "{}", confirmed.body);
+    assert_eq!(confirmed.body["status"], "succeeded");
+    // Nothing was recorded for the refused create: the same key now creates the payment.
+    let created = w
+        .api
+        .create_payment(&w.key, Some("shed-1"), r#"{"amount":5,"currency":"eur"}"#)
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let records = read_journal(&w.env.brokers, &w.env.topic(), PARTITIONS);
+    let creates = records
+        .iter()
+        .filter(|r| r.headers.get("event_type").map(String::as_str) == Some("payment.created"))
+        .count();
+    assert_eq!(creates, 2, "the first payment and the retried create only");
+}

@@ -20,6 +20,8 @@ pub enum CommandError {
     PspRefused { code: String, message: String },
     #[error("the command timed out")]
     Timeout,
+    #[error("the node is working on its maximum of {0} commands")]
+    Overloaded(usize),
     #[error("internal error: {0}")]
     Internal(String),
 }

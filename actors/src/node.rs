@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 #[derive(Clone)]
 pub struct NodeHandle {
@@ -21,6 +22,8 @@ pub struct NodeHandle {
     partitions: Arc<HashMap<i32, ActorRef<PartitionMsg>>>,
     ownership: PartitionOwnership,
     ready: Arc<AtomicBool>,
+    /// Permits for commands in flight (`actors.max_in_flight_commands`).
+    in_flight: Arc<Semaphore>,
 }
 
 impl NodeHandle {
@@ -41,11 +44,13 @@ impl NodeHandle {
                 .map_err(|e| CommandError::Internal(e.to_string()))?;
             partitions.insert(partition, actor);
         }
+        let in_flight = Arc::new(Semaphore::new(runtime.options.max_in_flight_commands));
         Ok(Self {
             runtime,
             partitions: Arc::new(partitions),
             ownership,
             ready: Arc::new(AtomicBool::new(false)),
+            in_flight,
         })
     }
 
@@ -145,6 +150,12 @@ impl NodeHandle {
         let actor = self.partitions.get(&partition).ok_or_else(|| {
             CommandError::Internal(format!("no supervisor for partition {partition}"))
         })?;
+        // Held until the answer (or the timeout): a bound on what callers have queued in
+        // the actors' mailboxes.
+        let _permit = self
+            .in_flight
+            .try_acquire()
+            .map_err(|_| CommandError::Overloaded(self.runtime.options.max_in_flight_commands))?;
         let timeout = Duration::from_millis(self.runtime.options.command_timeout_ms);
         let merchant_id = merchant_id.to_string();
         let result = actor

@@ -27,6 +27,10 @@ pub struct ActorOptions {
     /// A payment actor with no message for this long stops; it is rebuilt from its
     /// snapshot on demand (ms). Merchant actors stop when idle and childless.
     pub passivate_after_ms: u64,
+    /// Commands (creates, reads, confirms, …) this node works on at once at most; one more
+    /// is refused at once with 503 `node_overloaded` instead of queueing in the actors'
+    /// mailboxes (load shedding: the mailboxes themselves are unbounded).
+    pub max_in_flight_commands: usize,
 }
 
 impl Default for ActorOptions {
@@ -37,6 +41,7 @@ impl Default for ActorOptions {
             startup_catch_up_timeout_ms: 120_000,
             idempotency_cache_per_merchant: 1_000,
             passivate_after_ms: 60_000,
+            max_in_flight_commands: 10_000,
         }
     }
 }
@@ -54,6 +59,9 @@ impl ActorOptions {
         }
         if !(10..=86_400_000).contains(&self.passivate_after_ms) {
             return Err("actors.passivate_after_ms: allowed 10..=86400000".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_in_flight_commands) {
+            return Err("actors.max_in_flight_commands: allowed 1..=1000000".into());
         }
         Ok(())
     }

@@ -166,6 +166,10 @@ impl From<CommandError> for ApiError {
                 payment_status: None,
             },
             CommandError::NotReady(reason) => Self::unavailable("node_not_ready", reason),
+            CommandError::Overloaded(limit) => Self::unavailable(
+                "node_overloaded",
+                format!("The node is working on its maximum of {limit} commands; nothing was recorded. Retry with the same Idempotency-Key."),
+            ),
             CommandError::Timeout => Self::unavailable(
                 "timeout",
                 "The command did not complete in time. Retry with the same Idempotency-Key.",
