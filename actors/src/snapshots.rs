@@ -20,16 +20,22 @@ impl PartitionHandler for SnapshotProjector {
         record: &ConsumedRecord,
     ) -> Result<(), HandlerError> {
         let envelope = record.decode::<PaymentEvent>()?;
-        let current: Option<(i64, serde_json::Value)> = sqlx::query_as(
-            "SELECT sequence, state FROM payment_snapshots WHERE payment_id = $1 FOR UPDATE",
-        )
-        .bind(&envelope.payment_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let state: Option<Payment> = match current {
-            Some((sequence, _)) if sequence as u64 >= envelope.sequence => return Ok(()),
-            Some((_, state)) => Some(serde_json::from_value(state)?),
-            None => None,
+        // A payment's first event starts from nothing: no read (the insert below does not
+        // overwrite a snapshot that exists already).
+        let state: Option<Payment> = if envelope.sequence <= 1 {
+            None
+        } else {
+            let current: Option<(i64, serde_json::Value)> = sqlx::query_as(
+                "SELECT sequence, state FROM payment_snapshots WHERE payment_id = $1 FOR UPDATE",
+            )
+            .bind(&envelope.payment_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            match current {
+                Some((sequence, _)) if sequence as u64 >= envelope.sequence => return Ok(()),
+                Some((_, state)) => Some(serde_json::from_value(state)?),
+                None => None,
+            }
         };
         let ctx = EventContext {
             payment_id: &envelope.payment_id,
@@ -48,12 +54,13 @@ impl PartitionHandler for SnapshotProjector {
             .refunds
             .iter()
             .any(|r| r.status == crate::payment::RefundStatus::Pending);
-        sqlx::query(
+        let written = sqlx::query(
             "INSERT INTO payment_snapshots (payment_id, merchant_id, partition, sequence, state, created_at, status, has_pending_refund)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (payment_id) DO UPDATE
              SET sequence = EXCLUDED.sequence, state = EXCLUDED.state, updated_at = now(),
-                 status = EXCLUDED.status, has_pending_refund = EXCLUDED.has_pending_refund",
+                 status = EXCLUDED.status, has_pending_refund = EXCLUDED.has_pending_refund
+             WHERE payment_snapshots.sequence < EXCLUDED.sequence",
         )
         .bind(&next.id)
         .bind(&next.merchant_id)
@@ -65,6 +72,9 @@ impl PartitionHandler for SnapshotProjector {
         .bind(has_pending_refund)
         .execute(&mut *conn)
         .await?;
+        if written.rows_affected() == 0 {
+            return Ok(()); // the snapshot is already at or past this event
+        }
         if let PaymentEvent::Created(created) = &envelope.payload {
             if let (Some(key), Some(fingerprint)) =
                 (&created.idempotency_key, &created.request_fingerprint)

@@ -20,17 +20,17 @@ pub const DEFAULT_CHANNEL: &str = "default";
 
 pub struct AnalyticsProjector;
 
-/// Adds to the counters of the payment's merchant/day/currency and channel/day/currency.
-/// `amount` defaults to the payment's created amount.
-async fn bump(
-    conn: &mut PgConnection,
-    shard: i32,
-    payment_id: &str,
-    column: &str,
-    amount_column: &str,
-    amount: Option<i64>,
-    fee: i64,
-) -> Result<(), HandlerError> {
+/// What a rollup row of a payment is keyed by, with its created amount.
+struct Dims {
+    merchant_id: String,
+    currency: String,
+    channel: String,
+    day: chrono::NaiveDate,
+    created_amount: i64,
+}
+
+/// The dimensions recorded for `payment_id` by its `payment.created`.
+async fn dims(conn: &mut PgConnection, payment_id: &str) -> Result<Dims, HandlerError> {
     let dims: Option<(String, String, String, chrono::NaiveDate, i64)> = sqlx::query_as(
         "SELECT merchant_id, currency, channel, day, amount FROM analytics_payments WHERE payment_id = $1",
     )
@@ -40,6 +40,33 @@ async fn bump(
     let Some((merchant_id, currency, channel, day, created_amount)) = dims else {
         return Err(format!("analytics: payment {payment_id} has no payment.created").into());
     };
+    Ok(Dims {
+        merchant_id,
+        currency,
+        channel,
+        day,
+        created_amount,
+    })
+}
+
+/// Adds one event of a payment with `dims` to the merchant's and the channel's daily
+/// rollups; `amount` defaults to the payment's created amount.
+async fn bump(
+    conn: &mut PgConnection,
+    shard: i32,
+    dims: Dims,
+    column: &str,
+    amount_column: &str,
+    amount: Option<i64>,
+    fee: i64,
+) -> Result<(), HandlerError> {
+    let Dims {
+        merchant_id,
+        currency,
+        channel,
+        day,
+        created_amount,
+    } = dims;
     let amount = amount.unwrap_or(created_amount);
     // Column names come from this module's constants only, never from input.
     sqlx::query(&format!(
@@ -100,10 +127,21 @@ impl PartitionHandler for AnalyticsProjector {
                 .bind(created.amount)
                 .execute(&mut *conn)
                 .await?;
+                let known = Dims {
+                    merchant_id: envelope.merchant_id.clone(),
+                    currency: created.currency.code().to_string(),
+                    channel: created
+                        .channel
+                        .as_deref()
+                        .unwrap_or(DEFAULT_CHANNEL)
+                        .to_string(),
+                    day,
+                    created_amount: created.amount,
+                };
                 bump(
                     conn,
                     record.partition,
-                    &envelope.payment_id,
+                    known,
                     "created_count",
                     "created_amount",
                     None,
@@ -118,10 +156,11 @@ impl PartitionHandler for AnalyticsProjector {
                     *amount_captured,
                     pricing(conn, &envelope.merchant_id).await?,
                 );
+                let dims = dims(conn, &envelope.payment_id).await?;
                 bump(
                     conn,
                     record.partition,
-                    &envelope.payment_id,
+                    dims,
                     "succeeded_count",
                     "succeeded_amount",
                     Some(*amount_captured),
@@ -138,10 +177,11 @@ impl PartitionHandler for AnalyticsProjector {
                 .await?;
             }
             PaymentEvent::Failed { .. } => {
+                let dims = dims(conn, &envelope.payment_id).await?;
                 bump(
                     conn,
                     record.partition,
-                    &envelope.payment_id,
+                    dims,
                     "failed_count",
                     "failed_amount",
                     None,
@@ -165,10 +205,11 @@ impl PartitionHandler for AnalyticsProjector {
                         .bind(refund_id)
                         .fetch_one(&mut *conn)
                         .await?;
+                let dims = dims(conn, &envelope.payment_id).await?;
                 bump(
                     conn,
                     record.partition,
-                    &envelope.payment_id,
+                    dims,
                     "refunded_count",
                     "refunded_amount",
                     Some(amount),

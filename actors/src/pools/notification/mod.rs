@@ -139,16 +139,22 @@ impl PartitionHandler for NotificationProjector {
         record: &ConsumedRecord,
     ) -> Result<(), HandlerError> {
         let envelope = record.decode::<PaymentEvent>()?;
-        let current: Option<(i64, Value)> = sqlx::query_as(
-            "SELECT sequence, state FROM notification_payment_states WHERE payment_id = $1 FOR UPDATE",
-        )
-        .bind(&envelope.payment_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let state: Option<Payment> = match current {
-            Some((sequence, _)) if sequence as u64 >= envelope.sequence => return Ok(()),
-            Some((_, state)) => Some(serde_json::from_value(state)?),
-            None => None,
+        // A payment's first event starts from nothing: no read (the insert below does not
+        // overwrite a state that exists already).
+        let state: Option<Payment> = if envelope.sequence <= 1 {
+            None
+        } else {
+            let current: Option<(i64, Value)> = sqlx::query_as(
+                "SELECT sequence, state FROM notification_payment_states WHERE payment_id = $1 FOR UPDATE",
+            )
+            .bind(&envelope.payment_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            match current {
+                Some((sequence, _)) if sequence as u64 >= envelope.sequence => return Ok(()),
+                Some((_, state)) => Some(serde_json::from_value(state)?),
+                None => None,
+            }
         };
         let ctx = EventContext {
             payment_id: &envelope.payment_id,
@@ -161,11 +167,12 @@ impl PartitionHandler for NotificationProjector {
             return Ok(());
         };
         payment.sequence = envelope.sequence;
-        sqlx::query(
+        let written = sqlx::query(
             "INSERT INTO notification_payment_states (payment_id, merchant_id, sequence, state)
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (payment_id) DO UPDATE
-             SET sequence = EXCLUDED.sequence, state = EXCLUDED.state, updated_at = now()",
+             SET sequence = EXCLUDED.sequence, state = EXCLUDED.state, updated_at = now()
+             WHERE notification_payment_states.sequence < EXCLUDED.sequence",
         )
         .bind(&payment.id)
         .bind(&payment.merchant_id)
@@ -173,6 +180,9 @@ impl PartitionHandler for NotificationProjector {
         .bind(serde_json::to_value(&payment)?)
         .execute(&mut *conn)
         .await?;
+        if written.rows_affected() == 0 {
+            return Ok(()); // already notified up to this event
+        }
 
         let merchant: Option<(String, Option<String>)> =
             sqlx::query_as("SELECT name, webhook_url FROM merchants WHERE id = $1")
