@@ -94,6 +94,47 @@ impl PartitionHandler for SnapshotProjector {
         }
         Ok(())
     }
+
+    /// A partition's first events (creates) are written with two statements per batch (the
+    /// snapshots, then the idempotency keys of those actually written); any other event is
+    /// applied on its own, after the creates before it, so the outcome is that of applying
+    /// the records in order.
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        records: &[&ConsumedRecord],
+    ) -> Result<(), HandlerError> {
+        let mut creates = NewSnapshots::default();
+        for record in records {
+            let envelope = record.decode::<PaymentEvent>()?;
+            if envelope.sequence > 1 || creates.holds(&envelope.payment_id) {
+                creates.write(conn).await?;
+                if envelope.sequence > 1 {
+                    self.apply(conn, record).await?;
+                    continue;
+                }
+            }
+            let ctx = EventContext {
+                payment_id: &envelope.payment_id,
+                merchant_id: &envelope.merchant_id,
+                sequence: envelope.sequence,
+                occurred_at_micros: envelope.occurred_at_micros,
+            };
+            let Some(mut payment) = evolve(None, ctx, &envelope.payload) else {
+                continue; // not a first event after all: nothing to project (as `apply`)
+            };
+            payment.sequence = envelope.sequence;
+            let idempotency = match &envelope.payload {
+                PaymentEvent::Created(created) => created
+                    .idempotency_key
+                    .clone()
+                    .zip(created.request_fingerprint.clone()),
+                _ => None,
+            };
+            creates.push(payment, record.partition, idempotency)?;
+        }
+        creates.write(conn).await
+    }
 }
 
 /// The snapshot of `payment_id` if it belongs to `merchant_id`.
@@ -159,4 +200,117 @@ pub async fn list_payments(
         .map(serde_json::from_value)
         .collect::<Result<Vec<Payment>, _>>()?;
     Ok((payments, has_more))
+}
+
+/// First events of payments waiting to be written together by
+/// [`SnapshotProjector::apply_batch`].
+#[derive(Default)]
+struct NewSnapshots {
+    payment_ids: Vec<String>,
+    merchant_ids: Vec<String>,
+    partitions: Vec<i32>,
+    sequences: Vec<i64>,
+    states: Vec<serde_json::Value>,
+    created_at: Vec<chrono::DateTime<chrono::Utc>>,
+    statuses: Vec<String>,
+    /// (key, fingerprint, response) of creates made under an idempotency key, by payment.
+    idempotency: std::collections::HashMap<String, (String, String, serde_json::Value)>,
+    /// Position of each payment in the vectors above.
+    index: std::collections::HashMap<String, usize>,
+}
+
+impl NewSnapshots {
+    fn holds(&self, payment_id: &str) -> bool {
+        self.index.contains_key(payment_id)
+    }
+
+    fn push(
+        &mut self,
+        payment: Payment,
+        partition: i32,
+        idempotency: Option<(String, String)>,
+    ) -> Result<(), HandlerError> {
+        debug_assert!(
+            !self.holds(&payment.id),
+            "one row per payment and statement"
+        );
+        // The fallible parts first, so the vectors never get out of step.
+        let state = serde_json::to_value(&payment)?;
+        if let Some((key, fingerprint)) = idempotency {
+            let response = serde_json::to_value(PaymentView::from(&payment))?;
+            self.idempotency
+                .insert(payment.id.clone(), (key, fingerprint, response));
+        }
+        self.created_at.push(
+            chrono::DateTime::from_timestamp_micros(payment.created_at_micros).unwrap_or_default(),
+        );
+        self.statuses.push(payment.status.as_str().to_string());
+        self.sequences.push(payment.sequence as i64);
+        self.partitions.push(partition);
+        self.merchant_ids.push(payment.merchant_id.clone());
+        self.states.push(state);
+        self.index
+            .insert(payment.id.clone(), self.payment_ids.len());
+        self.payment_ids.push(payment.id);
+        Ok(())
+    }
+
+    /// Writes and forgets what is pending. A snapshot that exists already is left alone
+    /// (as in `apply`), and so is its idempotency key.
+    async fn write(&mut self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+        if self.payment_ids.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(self);
+        let written: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO payment_snapshots (payment_id, merchant_id, partition, sequence, state, created_at, status, has_pending_refund)
+             SELECT p, m, pa, sq, st, c, s, false
+             FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::jsonb[], $6::timestamptz[], $7::text[])
+                  AS t(p, m, pa, sq, st, c, s)
+             ON CONFLICT (payment_id) DO UPDATE
+             SET sequence = EXCLUDED.sequence, state = EXCLUDED.state, updated_at = now(),
+                 status = EXCLUDED.status, has_pending_refund = EXCLUDED.has_pending_refund
+             WHERE payment_snapshots.sequence < EXCLUDED.sequence
+             RETURNING payment_id",
+        )
+        .bind(&pending.payment_ids)
+        .bind(&pending.merchant_ids)
+        .bind(&pending.partitions)
+        .bind(&pending.sequences)
+        .bind(&pending.states)
+        .bind(&pending.created_at)
+        .bind(&pending.statuses)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut idempotency = pending.idempotency;
+        let (mut merchants, mut keys, mut fingerprints, mut payments, mut responses) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for payment_id in written {
+            let Some((key, fingerprint, response)) = idempotency.remove(&payment_id) else {
+                continue;
+            };
+            if let Some(&i) = pending.index.get(&payment_id) {
+                merchants.push(pending.merchant_ids[i].clone());
+                keys.push(key);
+                fingerprints.push(fingerprint);
+                payments.push(payment_id);
+                responses.push(response);
+            }
+        }
+        if !keys.is_empty() {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (merchant_id, idempotency_key, request_fingerprint, payment_id, response)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&merchants)
+            .bind(&keys)
+            .bind(&fingerprints)
+            .bind(&payments)
+            .bind(&responses)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
 }

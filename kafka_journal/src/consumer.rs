@@ -72,6 +72,21 @@ pub trait PartitionHandler: Send + Sync + 'static {
         conn: &mut PgConnection,
         record: &ConsumedRecord,
     ) -> Result<(), HandlerError>;
+
+    /// Applies `records` (one partition, offset order, each not applied before) in the
+    /// worker's transaction. The default applies them one by one; a handler may override it
+    /// to write several records per statement, as long as the outcome is the same as
+    /// applying them in order.
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        records: &[&ConsumedRecord],
+    ) -> Result<(), HandlerError> {
+        for record in records {
+            self.apply(conn, record).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Which partitions a consumer reads.
@@ -649,16 +664,20 @@ impl WorkerState {
         let mut tx = self.args.pool.begin().await?;
         let ids: Vec<Uuid> = records.iter().filter_map(|r| r.event_id).collect();
         let mut fresh = offsets::mark_processed_batch(&mut tx, &self.args.spec.name, &ids).await?;
+        let mut to_apply = Vec::with_capacity(records.len());
         for record in records {
             if let Some(event_id) = record.event_id {
-                // Taken out of the set when applied, so a record delivered twice within one
+                // Taken out of the set when kept, so a record delivered twice within one
                 // batch is applied once too.
                 if !fresh.remove(&event_id) {
                     debug!(offset = record.offset, %event_id, "already applied; skipping");
                     continue;
                 }
             }
-            self.args.handler.apply(&mut tx, record).await?;
+            to_apply.push(record);
+        }
+        if !to_apply.is_empty() {
+            self.args.handler.apply_batch(&mut tx, &to_apply).await?;
         }
         if let Some(last) = records.last() {
             offsets::store_next_offset(
