@@ -221,6 +221,45 @@ impl PartitionHandler for AnalyticsProjector {
         }
         Ok(())
     }
+
+    /// A batch's creates are written with three statements (the payments, then the
+    /// merchant and channel rollups summed per row); any other event is applied on its own,
+    /// after the creates before it, so the outcome is that of applying the records in order.
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        records: &[&ConsumedRecord],
+    ) -> Result<(), HandlerError> {
+        let mut creates = NewCreates::default();
+        for record in records {
+            let envelope = record.decode::<PaymentEvent>()?;
+            let PaymentEvent::Created(created) = &envelope.payload else {
+                creates.write(conn).await?;
+                self.apply(conn, record).await?;
+                continue;
+            };
+            let day = chrono::DateTime::from_timestamp_micros(envelope.occurred_at_micros)
+                .ok_or("occurred_at out of range")?
+                .date_naive();
+            creates.push(
+                record.partition,
+                &envelope.payment_id,
+                Dims {
+                    merchant_id: envelope.merchant_id.clone(),
+                    currency: created.currency.code().to_string(),
+                    channel: created
+                        .channel
+                        .as_deref()
+                        .unwrap_or(DEFAULT_CHANNEL)
+                        .to_string(),
+                    day,
+                    created_amount: created.amount,
+                },
+                created.order_no.clone(),
+            );
+        }
+        creates.write(conn).await
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
@@ -334,4 +373,124 @@ pub async fn channel_metrics(
             },
         )
         .collect())
+}
+
+/// Creates waiting to be written together by [`AnalyticsProjector::apply_batch`]: the
+/// payments' rows, and their counts and amounts summed per rollup row.
+#[derive(Default)]
+struct NewCreates {
+    payment_ids: Vec<String>,
+    merchant_ids: Vec<String>,
+    currencies: Vec<String>,
+    channels: Vec<String>,
+    order_nos: Vec<Option<String>>,
+    days: Vec<chrono::NaiveDate>,
+    amounts: Vec<i64>,
+    /// (merchant, day, currency) → (count, amount)
+    merchant_rows: std::collections::BTreeMap<(String, chrono::NaiveDate, String), (i64, i64)>,
+    /// (channel, day, currency, shard) → (count, amount)
+    channel_rows: std::collections::BTreeMap<(String, chrono::NaiveDate, String, i32), (i64, i64)>,
+}
+
+impl NewCreates {
+    fn push(&mut self, shard: i32, payment_id: &str, dims: Dims, order_no: Option<String>) {
+        let merchant = self
+            .merchant_rows
+            .entry((dims.merchant_id.clone(), dims.day, dims.currency.clone()))
+            .or_default();
+        merchant.0 += 1;
+        merchant.1 += dims.created_amount;
+        let channel = self
+            .channel_rows
+            .entry((dims.channel.clone(), dims.day, dims.currency.clone(), shard))
+            .or_default();
+        channel.0 += 1;
+        channel.1 += dims.created_amount;
+        self.payment_ids.push(payment_id.to_string());
+        self.merchant_ids.push(dims.merchant_id);
+        self.currencies.push(dims.currency);
+        self.channels.push(dims.channel);
+        self.order_nos.push(order_no);
+        self.days.push(dims.day);
+        self.amounts.push(dims.created_amount);
+    }
+
+    /// Writes and forgets what is pending (the same rows and sums as applying each create).
+    async fn write(&mut self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+        if self.payment_ids.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(self);
+        sqlx::query(
+            "INSERT INTO analytics_payments (payment_id, merchant_id, currency, channel, order_no, day, amount)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::date[], $7::bigint[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&pending.payment_ids)
+        .bind(&pending.merchant_ids)
+        .bind(&pending.currencies)
+        .bind(&pending.channels)
+        .bind(&pending.order_nos)
+        .bind(&pending.days)
+        .bind(&pending.amounts)
+        .execute(&mut *conn)
+        .await?;
+
+        let (mut m, mut d, mut c, mut n, mut a) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((merchant, day, currency), (count, amount)) in pending.merchant_rows {
+            m.push(merchant);
+            d.push(day);
+            c.push(currency);
+            n.push(count);
+            a.push(amount);
+        }
+        sqlx::query(
+            "INSERT INTO analytics_merchant_daily (merchant_id, day, currency, created_count, created_amount)
+             SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::bigint[], $5::bigint[])
+             ON CONFLICT (merchant_id, day, currency) DO UPDATE
+             SET created_count = analytics_merchant_daily.created_count + EXCLUDED.created_count,
+                 created_amount = analytics_merchant_daily.created_amount + EXCLUDED.created_amount",
+        )
+        .bind(&m)
+        .bind(&d)
+        .bind(&c)
+        .bind(&n)
+        .bind(&a)
+        .execute(&mut *conn)
+        .await?;
+
+        let (mut ch, mut d, mut c, mut sh, mut n, mut a) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for ((channel, day, currency, shard), (count, amount)) in pending.channel_rows {
+            ch.push(channel);
+            d.push(day);
+            c.push(currency);
+            sh.push(shard);
+            n.push(count);
+            a.push(amount);
+        }
+        sqlx::query(
+            "INSERT INTO analytics_channel_daily (channel, day, currency, shard, created_count, created_amount)
+             SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::int[], $5::bigint[], $6::bigint[])
+             ON CONFLICT (channel, day, currency, shard) DO UPDATE
+             SET created_count = analytics_channel_daily.created_count + EXCLUDED.created_count,
+                 created_amount = analytics_channel_daily.created_amount + EXCLUDED.created_amount",
+        )
+        .bind(&ch)
+        .bind(&d)
+        .bind(&c)
+        .bind(&sh)
+        .bind(&n)
+        .bind(&a)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
 }
