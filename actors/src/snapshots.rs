@@ -5,6 +5,7 @@
 use crate::payment::machine::{evolve, EventContext};
 use crate::payment::{Payment, PaymentEvent, PaymentView};
 use kafka_journal::consumer::{ConsumedRecord, HandlerError, PartitionHandler};
+use kafka_journal::Envelope;
 use sqlx::{PgConnection, PgPool};
 
 /// Name of the snapshot projector in `journal_offsets`.
@@ -12,14 +13,14 @@ pub const SNAPSHOT_CONSUMER: &str = "payrail.snapshots";
 
 pub struct SnapshotProjector;
 
-#[async_trait::async_trait]
-impl PartitionHandler for SnapshotProjector {
-    async fn apply(
+impl SnapshotProjector {
+    /// Applies one decoded event of `partition` (what `apply` does after decoding).
+    async fn apply_event(
         &self,
         conn: &mut PgConnection,
-        record: &ConsumedRecord,
+        partition: i32,
+        envelope: &Envelope<PaymentEvent>,
     ) -> Result<(), HandlerError> {
-        let envelope = record.decode::<PaymentEvent>()?;
         // A payment's first event starts from nothing: no read (the insert below does not
         // overwrite a snapshot that exists already).
         let state: Option<Payment> = if envelope.sequence <= 1 {
@@ -64,7 +65,7 @@ impl PartitionHandler for SnapshotProjector {
         )
         .bind(&next.id)
         .bind(&next.merchant_id)
-        .bind(record.partition)
+        .bind(partition)
         .bind(next.sequence as i64)
         .bind(serde_json::to_value(&next)?)
         .bind(created_at)
@@ -94,6 +95,18 @@ impl PartitionHandler for SnapshotProjector {
         }
         Ok(())
     }
+}
+
+#[async_trait::async_trait]
+impl PartitionHandler for SnapshotProjector {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        record: &ConsumedRecord,
+    ) -> Result<(), HandlerError> {
+        let envelope = record.decode::<PaymentEvent>()?;
+        self.apply_event(conn, record.partition, &envelope).await
+    }
 
     /// A partition's first events (creates) are written with two statements per batch (the
     /// snapshots, then the idempotency keys of those actually written); any other event is
@@ -110,7 +123,7 @@ impl PartitionHandler for SnapshotProjector {
             if envelope.sequence > 1 || creates.holds(&envelope.payment_id) {
                 creates.write(conn).await?;
                 if envelope.sequence > 1 {
-                    self.apply(conn, record).await?;
+                    self.apply_event(conn, record.partition, &envelope).await?;
                     continue;
                 }
             }

@@ -333,10 +333,6 @@ struct Dispatcher {
     manual: bool,
 }
 
-fn to_record(msg: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
-    ConsumedRecord::from_message(msg)
-}
-
 impl ConsumedRecord {
     /// Copies a fetched message and the payrail headers it carries.
     pub(crate) fn from_message<M: Message>(msg: &M) -> Self {
@@ -378,7 +374,7 @@ impl Dispatcher {
             };
             let mut batch = Vec::new();
             match first {
-                Ok(msg) => batch.push(to_record(&msg)),
+                Ok(msg) => batch.push(ConsumedRecord::from_message(&msg)),
                 Err(e) => {
                     warn!(error = %e, "consumer poll error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -388,7 +384,7 @@ impl Dispatcher {
             // Take whatever else is already fetched, up to the batch limit.
             while batch.len() < self.batch_max {
                 match futures::FutureExt::now_or_never(self.consumer.recv()) {
-                    Some(Ok(msg)) => batch.push(to_record(&msg)),
+                    Some(Ok(msg)) => batch.push(ConsumedRecord::from_message(&msg)),
                     _ => break,
                 }
             }

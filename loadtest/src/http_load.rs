@@ -467,11 +467,8 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
         skew: Some(args.skew),
     };
     let measured = finished.saturating_duration_since(timeline.measure_start());
-    match &pools {
-        Ok(_) => {}
-        Err(why) => {
-            details.insert("pool_lag".into(), format!("not measured: {why}"));
-        }
+    if let Err(why) = &pools {
+        details.insert("pool_lag".into(), format!("not measured: {why}"));
     }
     let mut report = Report::build(run, &recorder, measured, &ids, details);
     report.pools = pools.unwrap_or_default();

@@ -9,6 +9,7 @@
 use super::ledger::{platform_fee, pricing};
 use crate::payment::PaymentEvent;
 use kafka_journal::consumer::{ConsumedRecord, HandlerError, PartitionHandler};
+use kafka_journal::Envelope;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
@@ -101,14 +102,14 @@ async fn bump(
     Ok(())
 }
 
-#[async_trait::async_trait]
-impl PartitionHandler for AnalyticsProjector {
-    async fn apply(
+impl AnalyticsProjector {
+    /// Applies one decoded event of `partition` (what `apply` does after decoding).
+    async fn apply_event(
         &self,
         conn: &mut PgConnection,
-        record: &ConsumedRecord,
+        partition: i32,
+        envelope: &Envelope<PaymentEvent>,
     ) -> Result<(), HandlerError> {
-        let envelope = record.decode::<PaymentEvent>()?;
         match &envelope.payload {
             PaymentEvent::Created(created) => {
                 let day = chrono::DateTime::from_timestamp_micros(envelope.occurred_at_micros)
@@ -140,7 +141,7 @@ impl PartitionHandler for AnalyticsProjector {
                 };
                 bump(
                     conn,
-                    record.partition,
+                    partition,
                     known,
                     "created_count",
                     "created_amount",
@@ -159,7 +160,7 @@ impl PartitionHandler for AnalyticsProjector {
                 let dims = dims(conn, &envelope.payment_id).await?;
                 bump(
                     conn,
-                    record.partition,
+                    partition,
                     dims,
                     "succeeded_count",
                     "succeeded_amount",
@@ -180,7 +181,7 @@ impl PartitionHandler for AnalyticsProjector {
                 let dims = dims(conn, &envelope.payment_id).await?;
                 bump(
                     conn,
-                    record.partition,
+                    partition,
                     dims,
                     "failed_count",
                     "failed_amount",
@@ -208,7 +209,7 @@ impl PartitionHandler for AnalyticsProjector {
                 let dims = dims(conn, &envelope.payment_id).await?;
                 bump(
                     conn,
-                    record.partition,
+                    partition,
                     dims,
                     "refunded_count",
                     "refunded_amount",
@@ -220,6 +221,18 @@ impl PartitionHandler for AnalyticsProjector {
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl PartitionHandler for AnalyticsProjector {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        record: &ConsumedRecord,
+    ) -> Result<(), HandlerError> {
+        let envelope = record.decode::<PaymentEvent>()?;
+        self.apply_event(conn, record.partition, &envelope).await
     }
 
     /// A batch's creates are written with three statements (the payments, then the
@@ -235,7 +248,7 @@ impl PartitionHandler for AnalyticsProjector {
             let envelope = record.decode::<PaymentEvent>()?;
             let PaymentEvent::Created(created) = &envelope.payload else {
                 creates.write(conn).await?;
-                self.apply(conn, record).await?;
+                self.apply_event(conn, record.partition, &envelope).await?;
                 continue;
             };
             let day = chrono::DateTime::from_timestamp_micros(envelope.occurred_at_micros)
