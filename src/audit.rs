@@ -13,7 +13,7 @@ use anyhow::Context;
 use kafka_journal::consumer::{spawn_consumer, Assignment, ConsumerSpec, PartitionHandler};
 use payrail_actors::payment::machine::{evolve, EventContext};
 use payrail_actors::payment::{Payment, PaymentEvent, RefundStatus};
-use payrail_actors::pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP};
+use payrail_actors::pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP, DEFAULT_CHANNEL};
 use payrail_actors::pools::ledger::{self, platform_fee, LedgerProjector, Pricing, LEDGER_GROUP};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
@@ -155,41 +155,47 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
             .map(|d| d.date_naive())
             .unwrap_or_default()
     };
+    // Each payment adds to its merchant's row and to its channel's row (the channel rollup
+    // has no fees).
+    let mut channels: BTreeMap<Key, [i64; 9]> = BTreeMap::new();
+    let failed: std::collections::HashSet<&String> = failed.iter().collect();
     for p in payments.values() {
-        let row = analytics
-            .entry((
-                p.merchant_id.clone(),
-                day_of(p),
-                p.currency.code().to_string(),
-            ))
-            .or_default();
-        row[0] += 1;
-        row[1] += p.amount;
+        let mut row = [0i64; 9];
+        row[0] = 1;
+        row[1] = p.amount;
         if p.status == payrail_actors::payment::PaymentStatus::Succeeded {
-            row[2] += 1;
-            row[3] += p.amount_captured;
-            row[8] += fee_of(&p.merchant_id, p.amount_captured);
+            row[2] = 1;
+            row[3] = p.amount_captured;
+            row[8] = fee_of(&p.merchant_id, p.amount_captured);
         }
-        let succeeded_refunds: Vec<_> = p
+        if failed.contains(&p.id) {
+            row[4] = 1;
+            row[5] = p.amount;
+        }
+        for r in p
             .refunds
             .iter()
             .filter(|r| r.status == RefundStatus::Succeeded)
-            .collect();
-        row[6] += succeeded_refunds.len() as i64;
-        row[7] += succeeded_refunds.iter().map(|r| r.amount).sum::<i64>();
-    }
-    for id in &failed {
-        if let Some(p) = payments.get(id) {
-            let row = analytics
-                .entry((
-                    p.merchant_id.clone(),
-                    day_of(p),
-                    p.currency.code().to_string(),
-                ))
-                .or_default();
-            row[4] += 1;
-            row[5] += p.amount;
+        {
+            row[6] += 1;
+            row[7] += r.amount;
         }
+        let (day, currency) = (day_of(p), p.currency.code().to_string());
+        let add = |into: &mut [i64; 9], row: &[i64; 9]| {
+            into.iter_mut().zip(row).for_each(|(total, v)| *total += v)
+        };
+        add(
+            analytics
+                .entry((p.merchant_id.clone(), day, currency.clone()))
+                .or_default(),
+            &row,
+        );
+        row[8] = 0;
+        let channel = p
+            .channel
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CHANNEL.to_string());
+        add(channels.entry((channel, day, currency)).or_default(), &row);
     }
     let stored: Vec<(String, chrono::NaiveDate, String, i64, i64, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT merchant_id, day, currency, created_count, created_amount, succeeded_count, succeeded_amount,
@@ -207,6 +213,25 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
         .collect::<std::collections::BTreeSet<_>>()
     {
         diffs.check(&format!("analytics {key:?} [created, amount, succeeded, amount, failed, amount, refunded, amount, fees]"), analytics.get(key), stored.get(key));
+    }
+    let stored: Vec<(String, chrono::NaiveDate, String, i64, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT channel, day, currency, sum(created_count)::BIGINT, sum(created_amount)::BIGINT,
+                sum(succeeded_count)::BIGINT, sum(succeeded_amount)::BIGINT, sum(failed_count)::BIGINT,
+                sum(failed_amount)::BIGINT, sum(refunded_count)::BIGINT, sum(refunded_amount)::BIGINT
+         FROM analytics_channel_daily GROUP BY channel, day, currency",
+    )
+    .fetch_all(pool)
+    .await?;
+    let stored: BTreeMap<Key, [i64; 9]> = stored
+        .into_iter()
+        .map(|(ch, d, c, a, b, e, f, g, h, i, j)| ((ch, d, c), [a, b, e, f, g, h, i, j, 0]))
+        .collect();
+    for key in channels
+        .keys()
+        .chain(stored.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        diffs.check(&format!("analytics channel {key:?} [created, amount, succeeded, amount, failed, amount, refunded, amount, -]"), channels.get(key), stored.get(key));
     }
 
     // Ledger: expected balances per (account, merchant, currency).
