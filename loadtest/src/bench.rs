@@ -89,30 +89,8 @@ pub fn bench_options(
     node: &JournalOptions,
     args: &BenchJournalArgs,
 ) -> Result<JournalOptions, BenchError> {
-    if !(1..=MAX_CONNECTIONS).contains(&args.connections) {
-        return Err(invalid(
-            "--connections",
-            format!("allowed 1..={MAX_CONNECTIONS}"),
-        ));
-    }
-    if !(1..=MAX_DURATION_S).contains(&args.duration) {
-        return Err(invalid(
-            "--duration",
-            format!("allowed 1..={MAX_DURATION_S} seconds"),
-        ));
-    }
-    if args.warmup > MAX_WARMUP_S {
-        return Err(invalid(
-            "--warmup",
-            format!("allowed 0..={MAX_WARMUP_S} seconds"),
-        ));
-    }
-    if !(1..=MAX_MERCHANTS).contains(&args.merchants) {
-        return Err(invalid(
-            "--merchants",
-            format!("allowed 1..={MAX_MERCHANTS}"),
-        ));
-    }
+    check_run_flags(args.connections, args.duration, args.warmup, args.merchants)
+        .map_err(|e| invalid(e.flag, e.message))?;
     let mut options = node.clone();
     if let Some(brokers) = &args.brokers {
         options.brokers = brokers.clone();

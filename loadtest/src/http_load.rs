@@ -145,12 +145,8 @@ pub fn validate(args: &LoadtestArgs) -> Result<String, LoadtestError> {
     if args.admin_token.is_empty() {
         return Err(invalid("--admin-token", "must not be empty"));
     }
-    if !(1..=MAX_CONNECTIONS).contains(&args.connections) {
-        return Err(invalid(
-            "--connections",
-            format!("allowed 1..={MAX_CONNECTIONS}"),
-        ));
-    }
+    check_run_flags(args.connections, args.duration, args.warmup, args.merchants)
+        .map_err(|e| invalid(e.flag, e.message))?;
     if let Some(rate) = args.rate {
         if !(1..=MAX_RATE_PER_S).contains(&rate) {
             return Err(invalid(
@@ -159,26 +155,8 @@ pub fn validate(args: &LoadtestArgs) -> Result<String, LoadtestError> {
             ));
         }
     }
-    if !(1..=MAX_DURATION_S).contains(&args.duration) {
-        return Err(invalid(
-            "--duration",
-            format!("allowed 1..={MAX_DURATION_S} seconds"),
-        ));
-    }
-    if args.warmup > MAX_WARMUP_S {
-        return Err(invalid(
-            "--warmup",
-            format!("allowed 0..={MAX_WARMUP_S} seconds"),
-        ));
-    }
     if args.max_requests == Some(0) {
         return Err(invalid("--max-requests", "must be at least 1"));
-    }
-    if !(1..=MAX_MERCHANTS).contains(&args.merchants) {
-        return Err(invalid(
-            "--merchants",
-            format!("allowed 1..={MAX_MERCHANTS}"),
-        ));
     }
     if !(1..=MAX_REQUEST_TIMEOUT_MS).contains(&args.timeout_ms) {
         return Err(invalid(

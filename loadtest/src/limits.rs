@@ -40,3 +40,61 @@ pub const LAG_DRAIN_TIMEOUT_MS: u64 = 30_000;
 pub const WEBHOOK_POLL_INTERVAL_MS: u64 = 50;
 /// Payments a worker remembers for the `mixed` scenario's reads at most.
 pub const MIXED_RECENT_PAYMENTS: usize = 64;
+
+/// A flag outside its limit: the flag and what it allows.
+#[derive(Debug)]
+pub struct OutOfRange {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+/// The limits `payrail loadtest` and `payrail bench journal` share.
+pub fn check_run_flags(
+    connections: u32,
+    duration_s: u64,
+    warmup_s: u64,
+    merchants: u32,
+) -> Result<(), OutOfRange> {
+    let out = |flag, message: String| Err(OutOfRange { flag, message });
+    if !(1..=MAX_CONNECTIONS).contains(&connections) {
+        return out("--connections", format!("allowed 1..={MAX_CONNECTIONS}"));
+    }
+    if !(1..=MAX_DURATION_S).contains(&duration_s) {
+        return out(
+            "--duration",
+            format!("allowed 1..={MAX_DURATION_S} seconds"),
+        );
+    }
+    if warmup_s > MAX_WARMUP_S {
+        return out("--warmup", format!("allowed 0..={MAX_WARMUP_S} seconds"));
+    }
+    if !(1..=MAX_MERCHANTS).contains(&merchants) {
+        return out("--merchants", format!("allowed 1..={MAX_MERCHANTS}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_shared_flag_outside_its_limit_is_named() {
+        assert!(check_run_flags(1, 1, 0, 1).is_ok());
+        let cases = [
+            (check_run_flags(0, 1, 0, 1), "--connections"),
+            (
+                check_run_flags(MAX_CONNECTIONS + 1, 1, 0, 1),
+                "--connections",
+            ),
+            (check_run_flags(1, 0, 0, 1), "--duration"),
+            (check_run_flags(1, 1, MAX_WARMUP_S + 1, 1), "--warmup"),
+            (check_run_flags(1, 1, 0, 0), "--merchants"),
+        ];
+        for (result, flag) in cases {
+            let err = result.expect_err(flag);
+            assert_eq!(err.flag, flag);
+            assert!(err.message.starts_with("allowed"), "{}", err.message);
+        }
+    }
+}
