@@ -20,8 +20,8 @@ pub mod email;
 pub mod options;
 pub mod store;
 
-use crate::payment::machine::{evolve, EventContext};
 use crate::payment::{Payment, PaymentEvent, PaymentView, RefundView};
+use crate::snapshots::{next_state, NextState};
 use kafka_journal::consumer::{
     spawn_consumer, Assignment, ConsumedRecord, ConsumerHandle, ConsumerSpec, HandlerError,
     PartitionHandler,
@@ -139,34 +139,14 @@ impl PartitionHandler for NotificationProjector {
         record: &ConsumedRecord,
     ) -> Result<(), HandlerError> {
         let envelope = record.decode::<PaymentEvent>()?;
-        // A payment's first event starts from nothing: no read (the insert below does not
-        // overwrite a state that exists already).
-        let state: Option<Payment> = if envelope.sequence <= 1 {
-            None
-        } else {
-            let current: Option<(i64, Value)> = sqlx::query_as(
-                "SELECT sequence, state FROM notification_payment_states WHERE payment_id = $1 FOR UPDATE",
-            )
-            .bind(&envelope.payment_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-            match current {
-                Some((sequence, _)) if sequence as u64 >= envelope.sequence => return Ok(()),
-                Some((_, state)) => Some(serde_json::from_value(state)?),
-                None => None,
+        let payment = match next_state(conn, "notification_payment_states", &envelope).await? {
+            NextState::Store(payment) => *payment,
+            NextState::AlreadyApplied => return Ok(()),
+            NextState::NotApplicable => {
+                tracing::warn!(event_id = %envelope.event_id, event_type = %envelope.event_type, "event does not apply to the payment; no notification");
+                return Ok(());
             }
         };
-        let ctx = EventContext {
-            payment_id: &envelope.payment_id,
-            merchant_id: &envelope.merchant_id,
-            sequence: envelope.sequence,
-            occurred_at_micros: envelope.occurred_at_micros,
-        };
-        let Some(mut payment) = evolve(state, ctx, &envelope.payload) else {
-            tracing::warn!(event_id = %envelope.event_id, event_type = %envelope.event_type, "event does not apply to the payment; no notification");
-            return Ok(());
-        };
-        payment.sequence = envelope.sequence;
         let written = sqlx::query(
             "INSERT INTO notification_payment_states (payment_id, merchant_id, sequence, state)
              VALUES ($1, $2, $3, $4)
