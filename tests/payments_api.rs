@@ -186,10 +186,16 @@ async fn idempotency_survives_a_node_restart() {
 async fn idempotency_keys_evicted_from_the_merchant_cache_still_replay() {
     let env = TestEnv::new("idempotency_evicted").await;
     // A cache of two keys per merchant: the first keys are evicted by the later ones and
-    // must then be answered from their snapshots.
+    // must then be answered from their snapshots. The snapshot projector is made slow (it
+    // waits up to 1 s per fetch), so a replay right after the eviction finds the snapshot
+    // only if the node waits for the projector to reach the evicted create.
     let node = NodeProcess::start(
         &env,
-        &[("PAYRAIL__ACTORS__IDEMPOTENCY_CACHE_PER_MERCHANT", "2")],
+        &[
+            ("PAYRAIL__ACTORS__IDEMPOTENCY_CACHE_PER_MERCHANT", "2"),
+            ("PAYRAIL__JOURNAL__FETCH_WAIT_MAX_MS", "1000"),
+            ("PAYRAIL__JOURNAL__FETCH_MIN_BYTES", "1000000"),
+        ],
     )
     .await;
     let api = Api::new(&node);
