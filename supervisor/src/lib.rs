@@ -5,11 +5,14 @@
 //! - [`JournalHealth`]: the circuit breaker that watches the producer (fallback mode hangs
 //!   off it in a later issue).
 //! - [`PartitionOwnership`]: which journal partitions this node owns.
+//! - [`Escalations`]: where supervisors report that they gave up (readiness, exit policy).
 
+pub mod escalation;
 pub mod health;
 pub mod ownership;
 pub mod restart;
 
+pub use escalation::{Escalation, Escalations, GiveUpPolicy};
 pub use health::{BreakerState, JournalHealth};
 pub use ownership::PartitionOwnership;
 pub use restart::{RestartDecision, RestartPolicy, RestartTracker};
