@@ -1,8 +1,14 @@
-//! Journal health: a circuit breaker fed by producer outcomes and client errors.
+//! Journal health: a circuit breaker fed by append outcomes and client-wide errors.
 //!
-//! Closed: appends go to the journal. Open: the journal is considered unavailable (the
-//! fallback spool takes over in a later issue; until then commands answer 503 quickly
-//! instead of waiting for a timeout each). Half-open: one probe append is let through.
+//! - Closed: appends go to the journal. `failure_threshold` consecutive failed or timed-out
+//!   appends, or one client-wide error (all brokers down, via [`JournalHealth::trip`]),
+//!   open it.
+//! - Open: appends are refused at once (nothing is recorded) instead of each waiting for a
+//!   timeout. After `cool_down` the next append is admitted as the one probe and the
+//!   breaker is half-open.
+//! - Half-open: exactly one probe is in flight; every other append is refused. The probe's
+//!   success closes the breaker, its failure reopens it. A probe that never reports (its
+//!   caller vanished) is given up after `probe_timeout`, and the next append probes.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -15,13 +21,37 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// Whether an append may go to the journal now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Closed: go ahead.
+    Allowed,
+    /// Half-open: this append is the one probe; its outcome decides the breaker.
+    Probe,
+    /// Open (or a probe is in flight): do not append.
+    Refused,
+}
+
 #[derive(Debug)]
 struct Inner {
     state: AtomicU8,
     consecutive_failures: AtomicU32,
-    opened_at_ms: AtomicU64,
+    /// When the breaker opened (Open) or the probe was admitted (HalfOpen), unix ms.
+    since_ms: AtomicU64,
+    transitions: AtomicU64,
     failure_threshold: u32,
     cool_down: Duration,
+    probe_timeout: Duration,
 }
 
 /// Cheap, cloneable handle to the node's journal breaker.
@@ -41,59 +71,150 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+fn name(state: u8) -> &'static str {
+    match state {
+        OPEN => "open",
+        HALF_OPEN => "half_open",
+        _ => "closed",
+    }
+}
+
 impl JournalHealth {
-    pub fn new(failure_threshold: u32, cool_down: Duration) -> Self {
+    /// `probe_timeout` should exceed the longest an append can take (the produce timeout).
+    pub fn new(failure_threshold: u32, cool_down: Duration, probe_timeout: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 state: AtomicU8::new(CLOSED),
                 consecutive_failures: AtomicU32::new(0),
-                opened_at_ms: AtomicU64::new(0),
+                since_ms: AtomicU64::new(0),
+                transitions: AtomicU64::new(0),
                 failure_threshold: failure_threshold.max(1),
                 cool_down,
+                probe_timeout,
             }),
         }
     }
 
+    /// The stored state (an open breaker past its cool-down stays `Open` until the next
+    /// append is admitted as the probe).
     pub fn state(&self) -> BreakerState {
         match self.inner.state.load(Ordering::Acquire) {
-            OPEN => {
-                let opened = self.inner.opened_at_ms.load(Ordering::Acquire);
-                if now_ms().saturating_sub(opened) >= self.inner.cool_down.as_millis() as u64 {
-                    BreakerState::HalfOpen
-                } else {
-                    BreakerState::Open
-                }
-            }
+            OPEN => BreakerState::Open,
             HALF_OPEN => BreakerState::HalfOpen,
             _ => BreakerState::Closed,
         }
     }
 
-    /// Whether an append should be attempted now.
-    pub fn allows_append(&self) -> bool {
-        self.state() != BreakerState::Open
+    /// State changes since start.
+    pub fn transitions(&self) -> u64 {
+        self.inner.transitions.load(Ordering::Relaxed)
     }
 
+    fn elapsed_since(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.inner.since_ms.load(Ordering::Acquire)))
+    }
+
+    /// Moves `from` → `to`; false if another thread moved first.
+    fn transition(&self, from: u8, to: u8) -> bool {
+        if self
+            .inner
+            .state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        if to != CLOSED {
+            self.inner.since_ms.store(now_ms(), Ordering::Release);
+        }
+        self.inner.transitions.fetch_add(1, Ordering::Relaxed);
+        if to == OPEN {
+            tracing::warn!(from = name(from), to = name(to), "journal breaker");
+        } else {
+            tracing::info!(from = name(from), to = name(to), "journal breaker");
+        }
+        true
+    }
+
+    /// Decides whether one append may go to the journal now; see [`Admission`].
+    pub fn admit(&self) -> Admission {
+        match self.inner.state.load(Ordering::Acquire) {
+            CLOSED => Admission::Allowed,
+            OPEN if self.elapsed_since() >= self.inner.cool_down => {
+                if self.transition(OPEN, HALF_OPEN) {
+                    Admission::Probe
+                } else {
+                    Admission::Refused
+                }
+            }
+            HALF_OPEN => {
+                // A probe that never reported is replaced: the first caller past the probe
+                // timeout moves the probe's start and becomes the new probe.
+                let since = self.inner.since_ms.load(Ordering::Acquire);
+                let now = now_ms();
+                if Duration::from_millis(now.saturating_sub(since)) >= self.inner.probe_timeout
+                    && self
+                        .inner
+                        .since_ms
+                        .compare_exchange(since, now, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    Admission::Probe
+                } else {
+                    Admission::Refused
+                }
+            }
+            _ => Admission::Refused,
+        }
+    }
+
+    /// Whether an append would be admitted now (without taking the probe).
+    pub fn allows_append(&self) -> bool {
+        match self.inner.state.load(Ordering::Acquire) {
+            CLOSED => true,
+            OPEN => self.elapsed_since() >= self.inner.cool_down,
+            _ => false,
+        }
+    }
+
+    /// An append was acknowledged: the journal works.
     pub fn record_success(&self) {
         self.inner.consecutive_failures.store(0, Ordering::Release);
-        self.inner.state.store(CLOSED, Ordering::Release);
+        let state = self.inner.state.load(Ordering::Acquire);
+        if state != CLOSED {
+            self.transition(state, CLOSED);
+        }
     }
 
+    /// An append failed or timed out.
     pub fn record_failure(&self) {
         let failures = self
             .inner
             .consecutive_failures
             .fetch_add(1, Ordering::AcqRel)
-            + 1;
-        if failures >= self.inner.failure_threshold || self.state() == BreakerState::HalfOpen {
-            self.trip();
+            .saturating_add(1);
+        match self.inner.state.load(Ordering::Acquire) {
+            HALF_OPEN => {
+                self.transition(HALF_OPEN, OPEN);
+            }
+            CLOSED if failures >= self.inner.failure_threshold => {
+                self.transition(CLOSED, OPEN);
+            }
+            _ => {}
         }
     }
 
     /// Opens the breaker now (e.g. librdkafka reported all brokers down).
     pub fn trip(&self) {
-        self.inner.opened_at_ms.store(now_ms(), Ordering::Release);
-        self.inner.state.store(OPEN, Ordering::Release);
+        match self.inner.state.load(Ordering::Acquire) {
+            CLOSED => {
+                self.transition(CLOSED, OPEN);
+            }
+            HALF_OPEN => {
+                self.transition(HALF_OPEN, OPEN);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -101,23 +222,99 @@ impl JournalHealth {
 mod tests {
     use super::*;
 
+    fn breaker(threshold: u32, cool_down_ms: u64) -> JournalHealth {
+        JournalHealth::new(
+            threshold,
+            Duration::from_millis(cool_down_ms),
+            Duration::from_secs(60),
+        )
+    }
+
     #[test]
-    fn opens_after_threshold_failures_and_closes_on_success() {
-        let health = JournalHealth::new(2, Duration::from_secs(60));
+    fn opens_after_threshold_failures_and_refuses_appends() {
+        let health = breaker(2, 60_000);
         health.record_failure();
         assert_eq!(health.state(), BreakerState::Closed);
+        assert_eq!(health.admit(), Admission::Allowed);
         health.record_failure();
         assert_eq!(health.state(), BreakerState::Open);
+        assert_eq!(health.admit(), Admission::Refused);
         assert!(!health.allows_append());
+    }
+
+    #[test]
+    fn a_success_resets_the_count_of_consecutive_failures() {
+        let health = breaker(2, 60_000);
+        health.record_failure();
         health.record_success();
+        health.record_failure();
         assert_eq!(health.state(), BreakerState::Closed);
     }
 
     #[test]
-    fn half_opens_after_cool_down() {
-        let health = JournalHealth::new(1, Duration::from_millis(0));
-        health.trip();
+    fn after_the_cool_down_exactly_one_probe_is_let_through() {
+        let health = breaker(1, 0);
+        health.record_failure();
+        assert_eq!(health.state(), BreakerState::Open);
+        assert_eq!(health.admit(), Admission::Probe);
         assert_eq!(health.state(), BreakerState::HalfOpen);
-        assert!(health.allows_append());
+        for _ in 0..10 {
+            assert_eq!(health.admit(), Admission::Refused, "one probe at a time");
+        }
+    }
+
+    #[test]
+    fn the_probes_success_closes_the_breaker() {
+        let health = breaker(1, 0);
+        health.trip();
+        assert_eq!(health.admit(), Admission::Probe);
+        health.record_success();
+        assert_eq!(health.state(), BreakerState::Closed);
+        assert_eq!(health.admit(), Admission::Allowed);
+    }
+
+    #[test]
+    fn the_probes_failure_reopens_the_breaker() {
+        let health = JournalHealth::new(5, Duration::from_millis(200), Duration::from_secs(60));
+        health.trip();
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(health.admit(), Admission::Probe);
+        health.record_failure();
+        assert_eq!(health.state(), BreakerState::Open);
+        assert_eq!(health.admit(), Admission::Refused, "a new cool-down starts");
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_is_replaced_after_the_probe_timeout() {
+        let health = JournalHealth::new(1, Duration::ZERO, Duration::from_millis(50));
+        health.trip();
+        assert_eq!(health.admit(), Admission::Probe);
+        assert_eq!(health.admit(), Admission::Refused);
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(health.admit(), Admission::Probe);
+    }
+
+    #[test]
+    fn a_client_wide_error_opens_it_at_once() {
+        let health = breaker(100, 60_000);
+        health.trip();
+        assert_eq!(health.state(), BreakerState::Open);
+        assert_eq!(health.transitions(), 1);
+    }
+
+    #[test]
+    fn concurrent_appends_in_half_open_get_one_probe() {
+        let health = breaker(1, 0);
+        health.trip();
+        let probes: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let health = health.clone();
+                    s.spawn(move || (health.admit() == Admission::Probe) as usize)
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        });
+        assert_eq!(probes, 1);
     }
 }

@@ -9,10 +9,14 @@
 
 pub mod escalation;
 pub mod health;
+pub mod lazy;
 pub mod ownership;
 pub mod restart;
+pub mod task;
 
 pub use escalation::{Escalation, Escalations, GiveUpPolicy};
-pub use health::{BreakerState, JournalHealth};
+pub use health::{Admission, BreakerState, JournalHealth};
+pub use lazy::LazyRestarts;
 pub use ownership::PartitionOwnership;
 pub use restart::{RestartDecision, RestartPolicy, RestartTracker};
+pub use task::supervise_task;
