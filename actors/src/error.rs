@@ -10,8 +10,14 @@ pub enum CommandError {
     Refused(#[from] Refusal),
     #[error("the idempotency key was used with a different request")]
     IdempotencyMismatch,
+    /// The append was not attempted (breaker open): nothing was recorded.
     #[error("the journal is unavailable: {0}")]
     JournalUnavailable(String),
+    /// The append failed or timed out: its records may or may not be in the journal. The
+    /// payment is rebuilt from the journal before its next command; a retried create with
+    /// the same Idempotency-Key converges on the same payment id.
+    #[error("the journal append's outcome is unknown: {0}")]
+    JournalOutcomeUnknown(String),
     #[error("the node is not ready: {0}")]
     NotReady(String),
     #[error("the payment processor is unavailable: {0}")]

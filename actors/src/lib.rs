@@ -9,6 +9,7 @@
 //! - [`merchants`]: merchant registry and API-key authentication.
 
 pub mod error;
+pub mod idempotency;
 pub mod merchant_actor;
 pub mod merchants;
 pub mod money;
@@ -18,6 +19,7 @@ pub mod payment;
 pub mod payment_actor;
 pub mod pools;
 pub mod psp;
+pub mod root_supervisor;
 pub mod runtime;
 pub mod signature;
 pub mod snapshots;

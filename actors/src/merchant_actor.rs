@@ -1,15 +1,25 @@
 //! [`MerchantActor`]: one per merchant. Owns the merchant's idempotency keys and supervises
 //! its payment actors, spawning them on demand (new, or rebuilt from their snapshot).
+//!
+//! A payment actor that fails is restarted lazily (rebuilt on its next command) after the
+//! `[supervisor.restart]` backoff; past the restart intensity the merchant escalates and
+//! refuses that payment's commands until the window has passed.
 
 use crate::error::CommandError;
-use crate::payment::{Command, PaymentView};
+use crate::idempotency::IdempotencyCache;
+use crate::payment::{payment_id_for_key, Command, PaymentView};
 use crate::payment_actor::{CreateReply, PaymentActor, PaymentArgs, PaymentMsg, Reply};
 use crate::runtime::Runtime;
 use crate::snapshots;
+use payrail_supervisor::{LazyRestarts, RestartDecision};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tracing::{debug, warn};
+
+/// Payments with a restart record kept per merchant at most (oldest dropped first).
+const RESTART_RECORDS_MAX: usize = 1_024;
 
 pub enum MerchantMsg {
     Create {
@@ -43,46 +53,62 @@ pub enum MerchantMsg {
         payment_id: String,
         result: Result<PaymentView, CommandError>,
     },
+    /// A payment actor asks to be retired: idle (passivation), its create refused, or its
+    /// state unknown after an append whose outcome is unknown. The merchant stops routing
+    /// to it first and then tells it to stop, so no message is dropped on the way.
+    Retire {
+        payment_id: String,
+        actor: ActorId,
+        outcome_unknown: bool,
+    },
+    /// Asked by the partition supervisor before it stops this actor (passivation).
+    Stop,
 }
 
-enum IdempotencyEntry {
-    /// The create is being journaled; these callers wait for its outcome.
-    Pending {
-        fingerprint: String,
-        waiters: Vec<Reply>,
-    },
-    /// The first response, replayed to every later request with the same key and body.
-    Done {
-        fingerprint: String,
-        response: Box<PaymentView>,
-        /// Everything this key's create journaled lies before this offset (the partition's
-        /// produced offset when the create settled). Evicting the entry raises
-        /// `memory_complete_from` to it, so a later snapshot read of the key waits for the
-        /// projector only as far as needed to see it; an old entry needs no wait at all.
-        journaled_before: i64,
-    },
+impl MerchantMsg {
+    /// Answers the caller waiting on this message, if any, with `error`.
+    pub fn fail(self, error: CommandError) {
+        match self {
+            MerchantMsg::Create { reply, .. } | MerchantMsg::Get { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            MerchantMsg::Command {
+                reply: Some(reply), ..
+            }
+            | MerchantMsg::Poll {
+                reply: Some(reply), ..
+            } => {
+                let _ = reply.send(Err(error));
+            }
+            _ => {}
+        }
+    }
 }
 
 pub struct MerchantArgs {
     pub runtime: Arc<Runtime>,
     pub merchant_id: String,
     pub partition: i32,
+    /// To ask for passivation.
+    pub parent: ActorRef<crate::partition_actor::PartitionMsg>,
 }
 
 pub struct MerchantState {
     args: MerchantArgs,
     payments: HashMap<String, ActorRef<PaymentMsg>>,
     by_actor: HashMap<ActorId, String>,
-    idempotency: HashMap<String, IdempotencyEntry>,
-    /// Settled keys in insertion order, to bound the in-memory cache.
-    settled_order: VecDeque<String>,
+    idempotency: IdempotencyCache,
     /// Everything this actor does not hold in memory (payments, idempotency keys) was
     /// journaled before this offset, so a snapshot read is complete once the projector has
-    /// reached it. Set at start, raised on every eviction or child stop. This keeps reads of
-    /// cold data from waiting on records this actor produced itself (e.g. while the broker
-    /// is down and the projector cannot move).
+    /// reached it. Set at start, raised on every eviction or child stop.
     memory_complete_from: i64,
-    last_active: std::time::Instant,
+    /// Set when an append's outcome became unknown (or a payment actor failed): records
+    /// may be in the journal past what this node knows it produced, so the next read of
+    /// a key's or payment's history first waits for the journal's high watermark.
+    journal_end_needed: bool,
+    restarts: LazyRestarts,
+    last_active: Instant,
+    passivating: bool,
 }
 
 pub struct MerchantActor;
@@ -98,18 +124,20 @@ impl Actor for MerchantActor {
         args: MerchantArgs,
     ) -> Result<MerchantState, ActorProcessingErr> {
         myself.send_after(
-            std::time::Duration::from_millis(args.runtime.options.passivate_after_ms),
+            Duration::from_millis(args.runtime.options.passivate_after_ms),
             || MerchantMsg::IdleCheck,
         );
         let memory_complete_from = args.runtime.produced_offset(args.partition);
         Ok(MerchantState {
             memory_complete_from,
-            last_active: std::time::Instant::now(),
+            journal_end_needed: false,
+            last_active: Instant::now(),
+            restarts: LazyRestarts::new(args.runtime.restart, RESTART_RECORDS_MAX),
+            idempotency: IdempotencyCache::new(args.runtime.options.idempotency_cache_per_merchant),
             args,
             payments: HashMap::new(),
             by_actor: HashMap::new(),
-            idempotency: HashMap::new(),
-            settled_order: VecDeque::new(),
+            passivating: false,
         })
     }
 
@@ -120,21 +148,31 @@ impl Actor for MerchantActor {
         state: &mut MerchantState,
     ) -> Result<(), ActorProcessingErr> {
         if !matches!(message, MerchantMsg::IdleCheck) {
-            state.last_active = std::time::Instant::now();
+            state.last_active = Instant::now();
         }
         match message {
             MerchantMsg::IdleCheck => {
-                let idle =
-                    std::time::Duration::from_millis(state.args.runtime.options.passivate_after_ms);
-                let pending = state
-                    .idempotency
-                    .values()
-                    .any(|e| matches!(e, IdempotencyEntry::Pending { .. }));
-                if state.last_active.elapsed() >= idle && state.payments.is_empty() && !pending {
-                    myself.stop(Some("passivated".into()));
-                } else {
-                    myself.send_after(idle, || MerchantMsg::IdleCheck);
+                let idle = Duration::from_millis(state.args.runtime.options.passivate_after_ms);
+                if state.last_active.elapsed() >= idle
+                    && state.payments.is_empty()
+                    && !state.idempotency.has_pending()
+                {
+                    // The partition supervisor stops routing here, then sends `Stop`.
+                    if !state.passivating {
+                        state.passivating = true;
+                        let _ = state.args.parent.cast(
+                            crate::partition_actor::PartitionMsg::Passivate {
+                                merchant_id: state.args.merchant_id.clone(),
+                                actor: myself.get_id(),
+                            },
+                        );
+                    }
                 }
+                myself.send_after(idle, || MerchantMsg::IdleCheck);
+                Ok(())
+            }
+            MerchantMsg::Stop => {
+                myself.stop(Some("passivated".into()));
                 Ok(())
             }
             MerchantMsg::Command {
@@ -171,13 +209,53 @@ impl Actor for MerchantActor {
                     .create(myself, command, idempotency, correlation_id, reply)
                     .await
             }
-            MerchantMsg::Get { payment_id, reply } => state.get(myself, payment_id, reply).await,
+            MerchantMsg::Get { payment_id, reply } => {
+                state
+                    .route(
+                        &myself,
+                        payment_id,
+                        |reply| match reply {
+                            Some(reply) => PaymentMsg::Get(reply),
+                            None => PaymentMsg::IdleCheck,
+                        },
+                        Some(reply),
+                    )
+                    .await
+            }
             MerchantMsg::CreateSettled {
                 idempotency_key,
                 payment_id: _,
                 result,
             } => {
-                state.settle(idempotency_key, result);
+                if matches!(result, Err(CommandError::JournalOutcomeUnknown(_))) {
+                    state.journal_end_needed = true;
+                }
+                let journaled_before = state.args.runtime.produced_offset(state.args.partition);
+                if let Some(raised) =
+                    state
+                        .idempotency
+                        .settle(idempotency_key, result, journaled_before)
+                {
+                    state.memory_complete_from = state.memory_complete_from.max(raised);
+                }
+                Ok(())
+            }
+            MerchantMsg::Retire {
+                payment_id,
+                actor,
+                outcome_unknown,
+            } => {
+                if outcome_unknown {
+                    state.journal_end_needed = true;
+                }
+                if let Some(current) = state.payments.get(&payment_id) {
+                    if current.get_id() == actor {
+                        let current = current.clone();
+                        state.payments.remove(&payment_id);
+                        // Queued behind every message routed to it so far.
+                        let _ = current.cast(PaymentMsg::Stop);
+                    }
+                }
                 Ok(())
             }
         }
@@ -189,32 +267,102 @@ impl Actor for MerchantActor {
         event: SupervisionEvent,
         state: &mut MerchantState,
     ) -> Result<(), ActorProcessingErr> {
-        // A payment actor that stopped or failed is forgotten; its state is durable, so the
-        // next command rebuilds it (a lazy restart).
         let (cell, failure) = match event {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason),
-            SupervisionEvent::ActorFailed(cell, error) => {
-                warn!(merchant_id = %state.args.merchant_id, %error, "payment actor failed");
-                (cell, None)
-            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            SupervisionEvent::ActorFailed(cell, error) => (cell, Some(error.to_string())),
             _ => return Ok(()),
         };
-        state.memory_complete_from = state.args.runtime.produced_offset(state.args.partition);
-        if let Some(payment_id) = state.by_actor.remove(&cell.get_id()) {
-            debug!(%payment_id, ?failure, "payment actor stopped");
-            if state
-                .payments
-                .get(&payment_id)
-                .is_some_and(|a| a.get_id() == cell.get_id())
-            {
-                state.payments.remove(&payment_id);
-            }
+        state.memory_complete_from = state
+            .memory_complete_from
+            .max(state.args.runtime.produced_offset(state.args.partition));
+        let Some(payment_id) = state.by_actor.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        if state
+            .payments
+            .get(&payment_id)
+            .is_some_and(|a| a.get_id() == cell.get_id())
+        {
+            state.payments.remove(&payment_id);
         }
+        let Some(error) = failure else {
+            debug!(%payment_id, "payment actor stopped");
+            return Ok(());
+        };
+        warn!(merchant_id = %state.args.merchant_id, %payment_id, %error, "payment actor failed");
+        // It may have failed after its append: its records may be in the journal.
+        state.journal_end_needed = true;
+        // Callers waiting on a create it was working on get an answer now; their retry
+        // converges on the same payment id.
+        for key in state.idempotency.pending_for(&payment_id) {
+            state.idempotency.settle(
+                key,
+                Err(CommandError::JournalOutcomeUnknown(
+                    "the payment actor failed while creating".into(),
+                )),
+                0,
+            );
+        }
+        state.record_failure(&payment_id, &error);
         Ok(())
     }
 }
 
 impl MerchantState {
+    /// Restart intensity and backoff of a failed payment actor (rebuilt lazily).
+    fn record_failure(&mut self, payment_id: &str, error: &str) {
+        match self.restarts.on_failure(payment_id, Instant::now()) {
+            RestartDecision::RestartAfter(delay) => {
+                debug!(%payment_id, ?delay, "payment actor rebuilt after backoff");
+            }
+            RestartDecision::GiveUp => self.args.runtime.escalations.escalate(
+                format!("merchant {}", self.args.merchant_id),
+                format!("payment {payment_id}"),
+                format!("restart intensity exceeded; last failure: {error}"),
+            ),
+        }
+    }
+
+    /// Refuses a payment still in its restart backoff.
+    fn check_backoff(&self, payment_id: &str) -> Result<(), CommandError> {
+        self.restarts
+            .check(payment_id, Instant::now())
+            .map_err(|wait| {
+                CommandError::NotReady(format!(
+                    "the payment is restarting after a failure; retry in {} ms",
+                    wait.as_millis().max(1)
+                ))
+            })
+    }
+
+    /// Makes snapshot reads complete: waits until the projector has applied everything
+    /// this actor does not hold in memory (after an unknown outcome: everything up to the
+    /// journal's high watermark). `Err` when that cannot be known now (retryable).
+    async fn ensure_history_readable(&mut self) -> Result<(), CommandError> {
+        let runtime = self.args.runtime.clone();
+        let partition = self.args.partition;
+        let bound = if self.journal_end_needed {
+            let end = runtime.journal_end(partition).await.map_err(|error| {
+                CommandError::NotReady(format!(
+                    "the journal's end is unknown after a failed append ({error}); retry"
+                ))
+            })?;
+            end.max(self.memory_complete_from)
+        } else {
+            self.memory_complete_from
+        };
+        if !runtime.snapshots_reached(partition, bound).await {
+            return Err(CommandError::NotReady(
+                "payment snapshots are behind the journal; retry".into(),
+            ));
+        }
+        if self.journal_end_needed {
+            self.journal_end_needed = false;
+            self.memory_complete_from = bound;
+        }
+        Ok(())
+    }
+
     async fn create(
         &mut self,
         myself: ActorRef<MerchantMsg>,
@@ -223,53 +371,85 @@ impl MerchantState {
         correlation_id: Option<String>,
         reply: Reply,
     ) -> Result<(), ActorProcessingErr> {
-        let reply_to = match idempotency {
-            None => CreateReply::Caller(reply),
-            Some((key, fingerprint)) => {
-                if !self.idempotency.contains_key(&key) {
-                    self.load_idempotency(&key).await;
-                }
-                match self.idempotency.get_mut(&key) {
-                    Some(IdempotencyEntry::Pending {
-                        fingerprint: first,
-                        waiters,
-                    }) => {
-                        if *first == fingerprint {
-                            waiters.push(reply);
-                        } else {
-                            let _ = reply.send(Err(CommandError::IdempotencyMismatch));
-                        }
-                        return Ok(());
-                    }
-                    Some(IdempotencyEntry::Done {
-                        fingerprint: first,
-                        response,
-                        ..
-                    }) => {
-                        let _ = reply.send(if *first == fingerprint {
-                            Ok(PaymentView::clone(response))
-                        } else {
-                            Err(CommandError::IdempotencyMismatch)
-                        });
-                        return Ok(());
-                    }
-                    None => {
-                        self.idempotency.insert(
-                            key.clone(),
-                            IdempotencyEntry::Pending {
-                                fingerprint,
-                                waiters: vec![reply],
-                            },
-                        );
-                        CreateReply::Merchant {
-                            idempotency_key: key,
-                        }
-                    }
-                }
-            }
+        let Some((key, fingerprint)) = idempotency else {
+            let payment_id = crate::payment::new_payment_id();
+            return self
+                .start_create(
+                    &myself,
+                    payment_id,
+                    command,
+                    correlation_id,
+                    CreateReply::Caller(reply),
+                )
+                .await;
         };
-        let payment_id = format!("pay_{}", uuid::Uuid::now_v7().simple());
-        let actor = match self.spawn_payment(&myself, &payment_id, None).await {
+        let Some(reply) = self.idempotency.answer(&key, &fingerprint, reply) else {
+            return Ok(());
+        };
+        let payment_id = payment_id_for_key(&self.args.merchant_id, &key);
+        if let Err(error) = self.check_backoff(&payment_id) {
+            let _ = reply.send(Err(error));
+            return Ok(());
+        }
+        // Not in memory: its history must be known before anything is created.
+        if let Err(error) = self.ensure_history_readable().await {
+            let _ = reply.send(Err(error));
+            return Ok(());
+        }
+        match snapshots::load_idempotency(&self.args.runtime.pool, &self.args.merchant_id, &key)
+            .await
+        {
+            Ok(Some((first, response))) => {
+                let complete = self.memory_complete_from;
+                if let Some(raised) =
+                    self.idempotency
+                        .remember(key.clone(), first, response, complete)
+                {
+                    self.memory_complete_from = self.memory_complete_from.max(raised);
+                }
+                let unanswered = self.idempotency.answer(&key, &fingerprint, reply);
+                debug_assert!(unanswered.is_none(), "a remembered key answers");
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(error) => {
+                warn!(merchant_id = %self.args.merchant_id, %error, "idempotency lookup failed");
+                let _ = reply.send(Err(CommandError::NotReady(
+                    "the idempotency key's history cannot be read now; retry".into(),
+                )));
+                return Ok(());
+            }
+        }
+        if self.payments.contains_key(&payment_id) {
+            // Its actor lives, so it was created, yet the key's record is not readable.
+            let _ = reply.send(Err(CommandError::NotReady(
+                "the payment exists but its idempotency record is not readable yet; retry".into(),
+            )));
+            return Ok(());
+        }
+        self.idempotency
+            .begin(key.clone(), fingerprint, payment_id.clone(), reply);
+        self.start_create(
+            &myself,
+            payment_id,
+            command,
+            correlation_id,
+            CreateReply::Merchant {
+                idempotency_key: key,
+            },
+        )
+        .await
+    }
+
+    async fn start_create(
+        &mut self,
+        myself: &ActorRef<MerchantMsg>,
+        payment_id: String,
+        command: Command,
+        correlation_id: Option<String>,
+        reply_to: CreateReply,
+    ) -> Result<(), ActorProcessingErr> {
+        let actor = match self.spawn_payment(myself, &payment_id, None).await {
             Ok(actor) => actor,
             Err(error) => {
                 let result = Err(CommandError::Internal(error));
@@ -278,7 +458,7 @@ impl MerchantState {
                         let _ = port.send(result);
                     }
                     CreateReply::Merchant { idempotency_key } => {
-                        self.settle(idempotency_key, result)
+                        self.idempotency.settle(idempotency_key, result, 0);
                     }
                 }
                 return Ok(());
@@ -290,100 +470,6 @@ impl MerchantState {
             reply: reply_to,
         }) {
             warn!(error = %e, "payment actor gone before its create");
-        }
-        Ok(())
-    }
-
-    /// Reads a key this actor does not remember (after a restart or eviction).
-    async fn load_idempotency(&mut self, key: &str) {
-        let runtime = &self.args.runtime;
-        if !runtime
-            .snapshots_reached(self.args.partition, self.memory_complete_from)
-            .await
-        {
-            warn!(merchant_id = %self.args.merchant_id, "snapshots lag; idempotency read may miss a key");
-        }
-        match snapshots::load_idempotency(&runtime.pool, &self.args.merchant_id, key).await {
-            Ok(Some((fingerprint, response))) => {
-                // Read from a complete snapshot: evicting it again needs no wait.
-                let complete = self.memory_complete_from;
-                self.remember(key.to_string(), fingerprint, response, complete);
-            }
-            Ok(None) => {}
-            Err(error) => warn!(%error, "idempotency lookup failed"),
-        }
-    }
-
-    /// Caches a settled key. `journaled_before`: an offset past every record of its create.
-    fn remember(
-        &mut self,
-        key: String,
-        fingerprint: String,
-        response: PaymentView,
-        journaled_before: i64,
-    ) {
-        self.idempotency.insert(
-            key.clone(),
-            IdempotencyEntry::Done {
-                fingerprint,
-                response: Box::new(response),
-                journaled_before,
-            },
-        );
-        self.settled_order.push_back(key);
-        while self.settled_order.len() > self.args.runtime.options.idempotency_cache_per_merchant {
-            let Some(old) = self.settled_order.pop_front() else {
-                break;
-            };
-            if let Some(IdempotencyEntry::Done {
-                journaled_before, ..
-            }) = self.idempotency.get(&old)
-            {
-                // The key now lives only in PostgreSQL: reads must see its snapshot.
-                self.memory_complete_from = self.memory_complete_from.max(*journaled_before);
-                self.idempotency.remove(&old);
-            }
-        }
-        debug_assert!(
-            self.settled_order.len() <= self.args.runtime.options.idempotency_cache_per_merchant
-        );
-    }
-
-    fn settle(&mut self, key: String, result: Result<PaymentView, CommandError>) {
-        let Some(IdempotencyEntry::Pending {
-            fingerprint,
-            waiters,
-        }) = self.idempotency.remove(&key)
-        else {
-            return;
-        };
-        for waiter in waiters {
-            let _ = waiter.send(result.clone());
-        }
-        if let Ok(response) = result {
-            // The create's append was acknowledged before the payment actor answered, so
-            // the produced offset is past its record.
-            let journaled_before = self.args.runtime.produced_offset(self.args.partition);
-            self.remember(key, fingerprint, response, journaled_before);
-        }
-        // On failure the key is forgotten, so a retry with the same key may succeed.
-    }
-
-    async fn get(
-        &mut self,
-        myself: ActorRef<MerchantMsg>,
-        payment_id: String,
-        reply: Reply,
-    ) -> Result<(), ActorProcessingErr> {
-        let actor = match self.live_or_rebuilt(&myself, &payment_id).await {
-            Ok(actor) => actor,
-            Err(error) => {
-                let _ = reply.send(Err(error));
-                return Ok(());
-            }
-        };
-        if let Err(e) = actor.cast(PaymentMsg::Get(reply)) {
-            warn!(error = %e, "payment actor gone");
         }
         Ok(())
     }
@@ -420,22 +506,18 @@ impl MerchantState {
         if let Some(actor) = self.payments.get(payment_id) {
             return Ok(actor.clone());
         }
+        self.check_backoff(payment_id)?;
+        self.ensure_history_readable().await?;
         let runtime = self.args.runtime.clone();
-        if !runtime
-            .snapshots_reached(self.args.partition, self.memory_complete_from)
-            .await
-        {
-            return Err(CommandError::NotReady(
-                "payment snapshots are behind the journal".into(),
-            ));
-        }
         match snapshots::load_snapshot(&runtime.pool, &self.args.merchant_id, payment_id).await {
             Ok(Some(payment)) => self
                 .spawn_payment(myself, payment_id, Some(payment))
                 .await
                 .map_err(CommandError::Internal),
             Ok(None) => Err(CommandError::NotFound),
-            Err(e) => Err(CommandError::Internal(e.to_string())),
+            Err(e) => Err(CommandError::NotReady(format!(
+                "the payment's snapshot cannot be read now ({e}); retry"
+            ))),
         }
     }
 
@@ -445,6 +527,10 @@ impl MerchantState {
         payment_id: &str,
         state: Option<crate::payment::Payment>,
     ) -> Result<ActorRef<PaymentMsg>, String> {
+        debug_assert!(
+            !self.payments.contains_key(payment_id),
+            "one live actor per payment"
+        );
         let args = PaymentArgs {
             runtime: self.args.runtime.clone(),
             payment_id: payment_id.to_string(),

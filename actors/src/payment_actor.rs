@@ -44,6 +44,9 @@ pub enum PaymentMsg {
     Poll(Option<Reply>),
     /// Passivation timer.
     IdleCheck,
+    /// From the merchant, after it stopped routing here: every message before this one has
+    /// been handled, so stopping drops nothing.
+    Stop,
 }
 
 pub struct PaymentArgs {
@@ -59,6 +62,11 @@ pub struct PaymentArgs {
 pub struct PaymentState {
     args: PaymentArgs,
     last_active: Instant,
+    /// Asked the merchant to retire this actor (idle, or create refused).
+    retiring: bool,
+    /// This actor's state is unknown after an append whose outcome is unknown: commands
+    /// still queued here are refused (retryable) until the merchant rebuilds the payment.
+    stale: bool,
 }
 
 pub struct PaymentActor;
@@ -85,6 +93,8 @@ impl Actor for PaymentActor {
         Ok(PaymentState {
             args,
             last_active: Instant::now(),
+            retiring: false,
+            stale: false,
         })
     }
 
@@ -103,14 +113,27 @@ impl Actor for PaymentActor {
         if !matches!(message, PaymentMsg::IdleCheck) {
             state.last_active = Instant::now();
         }
+        if matches!(message, PaymentMsg::Stop) {
+            myself.stop(None);
+            return Ok(());
+        }
+        if state.stale {
+            message.refuse(CommandError::NotReady(
+                "the payment is being rebuilt from the journal; retry".into(),
+            ));
+            return Ok(());
+        }
         let args = &mut state.args;
-        let mut unknown_state = false;
-        match message {
+        let result = match message {
+            PaymentMsg::Stop => return Ok(()),
             PaymentMsg::IdleCheck => {
                 let idle = Duration::from_millis(args.runtime.options.passivate_after_ms);
                 let quiet = state.last_active.elapsed();
                 if quiet >= idle {
-                    myself.stop(Some("passivated".into()));
+                    if !state.retiring {
+                        state.retiring = true;
+                        args.retire(&myself, false);
+                    }
                 } else {
                     myself.send_after(idle - quiet, || PaymentMsg::IdleCheck);
                 }
@@ -123,6 +146,7 @@ impl Actor for PaymentActor {
                     .map(PaymentView::from)
                     .ok_or(CommandError::NotFound);
                 let _ = reply.send(result);
+                return Ok(());
             }
             PaymentMsg::Create {
                 command,
@@ -133,7 +157,7 @@ impl Actor for PaymentActor {
                     .run(vec![command], correlation_id)
                     .instrument(span)
                     .await;
-                unknown_state = matches!(result, Err(CommandError::JournalUnavailable(_)));
+                let outcome_unknown = matches!(result, Err(CommandError::JournalOutcomeUnknown(_)));
                 match reply {
                     CreateReply::Caller(port) => {
                         let _ = port.send(result);
@@ -147,39 +171,114 @@ impl Actor for PaymentActor {
                     }
                 }
                 if args.state.is_none() {
-                    myself.stop(Some("create refused or failed".into()));
-                    return Ok(());
+                    // Refused, or its outcome unknown: nothing of it is held here.
+                    state.retiring = true;
+                    state.stale = outcome_unknown;
+                    args.retire(&myself, outcome_unknown);
                 }
+                return Ok(());
             }
             PaymentMsg::Command {
                 command,
                 correlation_id,
                 reply,
             } => {
+                let kind = command.kind();
+                args.inject_fault("panic_on_", kind);
                 let result = args.execute(command, correlation_id).instrument(span).await;
-                unknown_state = matches!(result, Err(CommandError::JournalUnavailable(_)));
+                if result.is_ok() {
+                    args.inject_fault("panic_after_append_on_", kind);
+                }
+                let outcome = result.as_ref().err().cloned();
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
                 }
+                outcome
             }
             PaymentMsg::Poll(reply) => {
                 let result = args.poll().instrument(span).await;
-                unknown_state = matches!(result, Err(CommandError::JournalUnavailable(_)));
+                let outcome = result.as_ref().err().cloned();
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
                 }
+                outcome
             }
-        }
-        if unknown_state {
-            // After a failed append the journal may or may not hold the events: stop, and
-            // let the next command rebuild this payment from the journal.
-            myself.stop(Some("state unknown after a failed append".into()));
+        };
+        if matches!(result, Some(CommandError::JournalOutcomeUnknown(_))) {
+            // The journal may or may not hold the events: this actor's state is stale. The
+            // merchant rebuilds the payment from the journal for its next command.
+            state.stale = true;
+            state.args.retire(&myself, true);
         }
         Ok(())
     }
 }
 
+impl PaymentMsg {
+    /// Answers the caller waiting on this message, if any, with `error`.
+    fn refuse(self, error: CommandError) {
+        match self {
+            PaymentMsg::Get(reply)
+            | PaymentMsg::Command {
+                reply: Some(reply), ..
+            }
+            | PaymentMsg::Poll(Some(reply)) => {
+                let _ = reply.send(Err(error));
+            }
+            PaymentMsg::Create { reply, .. } => match reply {
+                CreateReply::Caller(reply) => {
+                    let _ = reply.send(Err(error));
+                }
+                CreateReply::Merchant { .. } => {
+                    debug_assert!(false, "a create is the first message of its actor")
+                }
+            },
+            _ => {}
+        }
+    }
+}
+
 impl PaymentArgs {
+    /// Asks the merchant to stop routing here and then stop this actor.
+    fn retire(&self, myself: &ActorRef<PaymentMsg>, outcome_unknown: bool) {
+        let _ = self.merchant.cast(MerchantMsg::Retire {
+            payment_id: self.payment_id.clone(),
+            actor: myself.get_id(),
+            outcome_unknown,
+        });
+    }
+
+    /// Fault injection (test only, `actors.fault_injection`): the payment's metadata
+    /// `payrail_fault = "panic_on_<command>"` panics before the command,
+    /// `"panic_after_append_on_<command>"` after its events were journaled (mid-command).
+    /// Either panics once per payment and process, so the retry after the restart works.
+    fn inject_fault(&self, stage: &str, command: &str) {
+        if !self.runtime.options.fault_injection {
+            return;
+        }
+        let Some(fault) = self
+            .state
+            .as_ref()
+            .and_then(|p| p.metadata.get("payrail_fault"))
+        else {
+            return;
+        };
+        if *fault != format!("{stage}{command}") {
+            return;
+        }
+        static FIRED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let mut fired = match FIRED.lock() {
+            Ok(fired) => fired,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if fired.contains(&self.payment_id) {
+            return;
+        }
+        fired.push(self.payment_id.clone());
+        drop(fired);
+        panic!("injected fault: {fault} in payment {}", self.payment_id);
+    }
+
     fn payment(&self) -> Result<&Payment, CommandError> {
         self.state.as_ref().ok_or(CommandError::NotFound)
     }
@@ -408,7 +507,7 @@ impl PaymentArgs {
         if events.is_empty() {
             return Ok(());
         }
-        if !self.runtime.health.allows_append() {
+        if self.runtime.health.admit() == payrail_supervisor::Admission::Refused {
             return Err(CommandError::JournalUnavailable(
                 "circuit breaker open".into(),
             ));
@@ -447,8 +546,8 @@ impl PaymentArgs {
             }
             Err(error) => {
                 self.runtime.health.record_failure();
-                warn!(%error, "append failed");
-                return Err(CommandError::JournalUnavailable(error.to_string()));
+                warn!(%error, "append failed; its outcome is unknown");
+                return Err(CommandError::JournalOutcomeUnknown(error.to_string()));
             }
         }
         let mut state = self.state.take();

@@ -3,7 +3,7 @@
 
 use kafka_journal::consumer::ConsumerProgress;
 use kafka_journal::JournalProducer;
-use payrail_supervisor::JournalHealth;
+use payrail_supervisor::{Escalations, JournalHealth, RestartPolicy};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -31,6 +31,9 @@ pub struct ActorOptions {
     /// is refused at once with 503 `node_overloaded` instead of queueing in the actors'
     /// mailboxes (load shedding: the mailboxes themselves are unbounded).
     pub max_in_flight_commands: usize,
+    /// Test only: lets a payment's metadata `payrail_fault = "panic_on_<command>"` make its
+    /// actor panic on that command (fault-injection suite). Off in production.
+    pub fault_injection: bool,
 }
 
 impl Default for ActorOptions {
@@ -42,6 +45,7 @@ impl Default for ActorOptions {
             idempotency_cache_per_merchant: 1_000,
             passivate_after_ms: 60_000,
             max_in_flight_commands: 10_000,
+            fault_injection: false,
         }
     }
 }
@@ -70,6 +74,10 @@ impl ActorOptions {
 /// What a [`Runtime`] is built from.
 pub struct RuntimeParts {
     pub producer: JournalProducer,
+    /// Restart intensity and backoff of every supervisor (`[supervisor.restart]`).
+    pub restart: RestartPolicy,
+    /// Where supervisors report give-ups (readiness, exit policy).
+    pub escalations: Escalations,
     pub pool: PgPool,
     pub topic: String,
     pub partitions: u32,
@@ -82,6 +90,10 @@ pub struct RuntimeParts {
 /// Shared by all actors of one node.
 pub struct Runtime {
     pub producer: JournalProducer,
+    /// Restart intensity and backoff of every supervisor (`[supervisor.restart]`).
+    pub restart: RestartPolicy,
+    /// Where supervisors report give-ups (readiness, exit policy).
+    pub escalations: Escalations,
     pub pool: PgPool,
     pub topic: String,
     pub partitions: u32,
@@ -98,6 +110,8 @@ impl Runtime {
         let partitions = parts.partitions;
         Arc::new(Self {
             producer: parts.producer,
+            restart: parts.restart,
+            escalations: parts.escalations,
             pool: parts.pool,
             topic: parts.topic,
             partitions,
@@ -125,6 +139,18 @@ impl Runtime {
             .get(partition as usize)
             .map(|s| s.load(Ordering::Acquire))
             .unwrap_or(0)
+    }
+
+    /// The partition's high watermark on the broker (one past its last record), bounded by
+    /// `actors.rebuild_timeout_ms`.
+    pub async fn journal_end(&self, partition: i32) -> Result<i64, kafka_journal::JournalError> {
+        self.producer
+            .high_watermark(
+                &self.topic,
+                partition,
+                Duration::from_millis(self.options.rebuild_timeout_ms),
+            )
+            .await
     }
 
     /// Waits (bounded by `actors.rebuild_timeout_ms`) until the snapshot projector has

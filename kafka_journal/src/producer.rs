@@ -55,6 +55,18 @@ impl JournalSignals for NoSignals {
     fn client_error(&self, _: &KafkaError, _: &str) {}
 }
 
+/// Opens the journal breaker on a client-wide error: every broker is down, so no append can
+/// succeed and waiting for each one's timeout would only hold callers.
+pub struct BreakerSignals(pub payrail_supervisor::JournalHealth);
+
+impl JournalSignals for BreakerSignals {
+    fn client_error(&self, error: &KafkaError, _reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.0.trip();
+        }
+    }
+}
+
 /// librdkafka context that forwards client errors to [`JournalSignals`].
 pub struct SignalingContext {
     signals: Arc<dyn JournalSignals>,
@@ -268,6 +280,27 @@ impl JournalProducer {
         })
         .await
         .unwrap_or(false)
+    }
+
+    /// The high watermark of `topic`/`partition` (one past its last record), asked of the
+    /// broker through this producer's connection.
+    pub async fn high_watermark(
+        &self,
+        topic: &str,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<i64, JournalError> {
+        let (_, producer) = self.producer();
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_watermarks(&topic, partition, Timeout::After(timeout))
+                .map(|(_, high)| high)
+                .map_err(JournalError::Kafka)
+        })
+        .await
+        .map_err(|e| JournalError::Config(format!("watermark task: {e}")))?
     }
 
     /// Client errors reported by librdkafka since start.

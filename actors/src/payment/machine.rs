@@ -206,6 +206,22 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The command's name, for logs and fault injection.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Create(_) => "create",
+            Command::Confirm { .. } => "confirm",
+            Command::RecordOutcome(_) => "record_outcome",
+            Command::Capture { .. } => "capture",
+            Command::Cancel { .. } => "cancel",
+            Command::Expire => "expire",
+            Command::CreateRefund { .. } => "refund",
+            Command::RecordRefundOutcome { .. } => "record_refund_outcome",
+        }
+    }
+}
+
 /// Why a command yields no event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
