@@ -48,6 +48,8 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
     let mut captures: Vec<(uuid::Uuid, String, String, i64)> = Vec::new(); // (event, merchant, payment, captured)
     let mut refunds_done: Vec<(uuid::Uuid, String, String, String)> = Vec::new(); // (event, merchant, payment, refund)
     let mut failed: Vec<String> = Vec::new();
+    // (payment, sequence) → type of the event applied there.
+    let mut applied_types: HashMap<(String, u64), String> = HashMap::new();
     for record in &records {
         let envelope = record.decode::<PaymentEvent>().with_context(|| {
             format!(
@@ -56,6 +58,29 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
             )
         })?;
         let state = payments.remove(&envelope.payment_id).flatten();
+        // A sequence already applied: the same event again (a redelivery, a replayed spool
+        // row, a retried keyed create) is ignored as every reader ignores it; another kind
+        // of event at that sequence is a fork.
+        if let Some(current) = state.as_ref().filter(|p| envelope.sequence <= p.sequence) {
+            let first = applied_types.get(&(envelope.payment_id.clone(), envelope.sequence));
+            if first != Some(&envelope.event_type) {
+                diffs.check(
+                    &format!(
+                        "payment {} event at sequence {} (fork)",
+                        envelope.payment_id, envelope.sequence
+                    ),
+                    first.cloned(),
+                    Some(envelope.event_type.clone()),
+                );
+            }
+            debug_assert!(current.sequence >= envelope.sequence);
+            payments.insert(envelope.payment_id.clone(), state);
+            continue;
+        }
+        applied_types.insert(
+            (envelope.payment_id.clone(), envelope.sequence),
+            envelope.event_type.clone(),
+        );
         let ctx = EventContext {
             payment_id: &envelope.payment_id,
             merchant_id: &envelope.merchant_id,

@@ -9,7 +9,7 @@ use payrail_actors::pools::notification::options::NotificationOptions;
 use payrail_actors::psp::PspOptions;
 use payrail_actors::ActorOptions;
 use payrail_http::HttpOptions;
-use payrail_supervisor::RestartPolicy;
+use payrail_supervisor::{GiveUpPolicy, RestartPolicy};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -43,6 +43,9 @@ pub struct SupervisorOptions {
     pub breaker_failure_threshold: u32,
     /// Time the breaker stays open before it lets a probe through (ms).
     pub breaker_cool_down_ms: u64,
+    /// What the node does when a supervisor exceeds its restart intensity: `not_ready`
+    /// (stay up, `/readyz` says why) or `exit` (exit non-zero for an orchestrator).
+    pub on_give_up: GiveUpPolicy,
 }
 
 impl Default for SupervisorOptions {
@@ -51,6 +54,7 @@ impl Default for SupervisorOptions {
             restart: RestartPolicy::default(),
             breaker_failure_threshold: 3,
             breaker_cool_down_ms: 2_000,
+            on_give_up: GiveUpPolicy::NotReady,
         }
     }
 }

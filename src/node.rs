@@ -13,7 +13,7 @@ use payrail_actors::pools::settlement::{
 };
 use payrail_actors::snapshots::{SnapshotProjector, SNAPSHOT_CONSUMER};
 use payrail_actors::{NodeHandle, Runtime, RuntimeParts};
-use payrail_supervisor::{JournalHealth, PartitionOwnership};
+use payrail_supervisor::{Escalations, GiveUpPolicy, JournalHealth, PartitionOwnership};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use std::net::SocketAddr;
@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 pub const PAYMENT_EVENTS: &str = "payment.events";
+
+/// Exit status when a supervisor gave up and `supervisor.on_give_up = "exit"` (EX_SOFTWARE).
+const EXIT_GAVE_UP: i32 = 70;
 
 /// Attempts at creating the topics at start-up.
 const TOPIC_CREATION_ATTEMPTS: u32 = 5;
@@ -94,8 +97,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let health = JournalHealth::new(
         config.supervisor.breaker_failure_threshold,
         Duration::from_millis(config.supervisor.breaker_cool_down_ms),
+        // A probe is an append: it reports within the produce timeout (+ the guard).
+        Duration::from_millis(journal.produce_timeout_ms) + Duration::from_secs(3),
     );
-    let producer = JournalProducer::new(journal, Arc::new(kafka_journal::producer::NoSignals))?;
+    let producer = JournalProducer::new(
+        journal,
+        Arc::new(kafka_journal::producer::BreakerSignals(health.clone())),
+    )?;
+    let escalations = Escalations::new();
+    if config.supervisor.on_give_up == GiveUpPolicy::Exit {
+        let escalations = escalations.clone();
+        tokio::spawn(async move {
+            let first = escalations.first().await;
+            tracing::error!(supervisor = %first.supervisor, child = %first.child, reason = %first.reason, "a supervisor gave up; exiting (supervisor.on_give_up = \"exit\")");
+            std::process::exit(EXIT_GAVE_UP);
+        });
+    }
     let ownership = PartitionOwnership::all(journal.partitions);
 
     let snapshots = spawn_consumer(
@@ -115,6 +132,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("psp client: {e}"))?;
     let runtime = Runtime::new(RuntimeParts {
         producer: producer.clone(),
+        restart: config.supervisor.restart,
+        escalations: escalations.clone(),
         pool: pool.clone(),
         topic: topic.clone(),
         partitions: journal.partitions,
@@ -185,6 +204,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             payrail_actors::pools::notification::start(
                 journal,
                 config.supervisor.restart,
+                escalations.clone(),
                 &config.notification,
                 &topic,
                 pool.clone(),
@@ -214,7 +234,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         settlements,
         psp_webhook_secret: config.psp.webhook_secret.clone(),
         psp_webhook_tolerance_s: config.psp.webhook_tolerance_s,
-        node,
+        node: node.clone(),
         merchants: MerchantRegistry::new(pool.clone()),
         admin_token: config.http.admin_token.clone(),
         pool: pool.clone(),
@@ -229,6 +249,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     server.await;
     info!("shutting down");
     sweeper.abort();
+    node.stop();
     for consumer in &pools {
         consumer.stop();
     }

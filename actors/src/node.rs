@@ -3,23 +3,26 @@
 
 use crate::error::CommandError;
 use crate::merchant_actor::MerchantMsg;
-use crate::partition_actor::{PartitionArgs, PartitionMsg, PartitionSupervisor};
+use crate::partition_actor::PartitionMsg;
 use crate::payment::{Command, PaymentView};
 use crate::payment_actor::Reply;
+use crate::root_supervisor::{PartitionRoutes, RootArgs, RootMsg, RootSupervisor};
 use crate::runtime::Runtime;
 use payrail_supervisor::PartitionOwnership;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
 #[derive(Clone)]
 pub struct NodeHandle {
     runtime: Arc<Runtime>,
-    partitions: Arc<HashMap<i32, ActorRef<PartitionMsg>>>,
+    /// Maintained by the root supervisor: a partition being restarted has no entry.
+    partitions: PartitionRoutes,
+    root: ActorRef<RootMsg>,
     ownership: PartitionOwnership,
     ready: Arc<AtomicBool>,
     /// Permits for commands in flight (`actors.max_in_flight_commands`).
@@ -27,31 +30,49 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Spawns a supervisor per owned partition. The node is not ready until
-    /// [`NodeHandle::mark_ready`] (after the snapshot projector caught up).
+    /// Starts the root supervisor, which spawns a supervisor per owned partition. The node
+    /// is not ready until [`NodeHandle::mark_ready`] (after the snapshot projector caught
+    /// up) and every partition has its supervisor.
     pub async fn start(
         runtime: Arc<Runtime>,
         ownership: PartitionOwnership,
     ) -> Result<Self, CommandError> {
-        let mut partitions = HashMap::new();
-        for partition in ownership.owned() {
-            let args = PartitionArgs {
-                runtime: runtime.clone(),
-                partition,
-            };
-            let (actor, _) = Actor::spawn(None, PartitionSupervisor, args)
-                .await
-                .map_err(|e| CommandError::Internal(e.to_string()))?;
-            partitions.insert(partition, actor);
-        }
+        let routes: PartitionRoutes = Arc::new(RwLock::new(HashMap::new()));
+        let args = RootArgs {
+            runtime: runtime.clone(),
+            partitions: ownership.owned(),
+            routes: routes.clone(),
+        };
+        let (root, _) = Actor::spawn(None, RootSupervisor, args)
+            .await
+            .map_err(|e| CommandError::Internal(e.to_string()))?;
         let in_flight = Arc::new(Semaphore::new(runtime.options.max_in_flight_commands));
         Ok(Self {
             runtime,
-            partitions: Arc::new(partitions),
+            partitions: routes,
+            root,
             ownership,
             ready: Arc::new(AtomicBool::new(false)),
             in_flight,
         })
+    }
+
+    /// Owned partitions without a running supervisor (restarting, or given up).
+    pub fn partitions_down(&self) -> Vec<i32> {
+        let routes = match self.partitions.read() {
+            Ok(routes) => routes,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        self.ownership
+            .owned()
+            .into_iter()
+            .filter(|p| !routes.contains_key(p))
+            .collect()
+    }
+
+    /// Stops the actor tree (shutdown).
+    pub fn stop(&self) {
+        self.root.stop(Some("node shutting down".into()));
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
@@ -147,9 +168,17 @@ impl NodeHandle {
                 "partition {partition} is not owned by this node"
             )));
         }
-        let actor = self.partitions.get(&partition).ok_or_else(|| {
-            CommandError::Internal(format!("no supervisor for partition {partition}"))
-        })?;
+        let actor = {
+            let routes = match self.partitions.read() {
+                Ok(routes) => routes,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            routes.get(&partition).cloned().ok_or_else(|| {
+                CommandError::NotReady(format!(
+                    "partition {partition} is restarting after a failure; retry"
+                ))
+            })?
+        };
         // Held until the answer (or the timeout): a bound on what callers have queued in
         // the actors' mailboxes.
         let _permit = self
@@ -167,11 +196,19 @@ impl NodeHandle {
                 Some(timeout),
             )
             .await
-            .map_err(|e| CommandError::Internal(e.to_string()))?;
+            .map_err(|e| {
+                CommandError::NotReady(format!(
+                    "partition {partition} is not taking commands ({e}); retry"
+                ))
+            })?;
         match result {
             CallResult::Success(result) => result,
             CallResult::Timeout => Err(CommandError::Timeout),
-            CallResult::SenderError => Err(CommandError::Internal("actor stopped".into())),
+            // The actor working on it stopped before answering: it may or may not have
+            // journaled it.
+            CallResult::SenderError => Err(CommandError::JournalOutcomeUnknown(
+                "the actor working on the command stopped before answering".into(),
+            )),
         }
     }
 }

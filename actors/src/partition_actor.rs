@@ -1,13 +1,24 @@
-//! [`PartitionSupervisor`]: one per owned journal partition. Spawns merchant actors on
-//! demand as its linked children and routes messages to them. A merchant actor that fails
-//! is dropped and rebuilt on the next message (its state is durable: snapshots, journal).
+//! [`PartitionSupervisor`]: one per owned journal partition, itself supervised by the
+//! node's [`RootSupervisor`](crate::root_supervisor::RootSupervisor). Spawns merchant actors
+//! on demand as its linked children and routes messages to them.
+//!
+//! A merchant actor that fails is restarted lazily (rebuilt on its next message; its state
+//! is durable) after the `[supervisor.restart]` backoff; past the restart intensity the
+//! supervisor escalates and refuses that merchant until the window has passed. Nothing in
+//! the handler may fail the supervisor itself: an error answers the caller instead.
 
+use crate::error::CommandError;
 use crate::merchant_actor::{MerchantActor, MerchantArgs, MerchantMsg};
 use crate::runtime::Runtime;
+use payrail_supervisor::{LazyRestarts, RestartDecision};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tracing::warn;
+use std::time::Instant;
+use tracing::{debug, warn};
+
+/// Merchants with a restart record kept per partition at most (oldest dropped first).
+const RESTART_RECORDS_MAX: usize = 1_024;
 
 pub enum PartitionMsg {
     /// Deliver `msg` to the merchant's actor, spawning it if needed.
@@ -15,6 +26,9 @@ pub enum PartitionMsg {
         merchant_id: String,
         msg: MerchantMsg,
     },
+    /// An idle merchant actor asks to stop: it is no longer routed to, then told to stop
+    /// behind every message already queued for it.
+    Passivate { merchant_id: String, actor: ActorId },
 }
 
 pub struct PartitionArgs {
@@ -26,6 +40,7 @@ pub struct PartitionState {
     args: PartitionArgs,
     merchants: HashMap<String, ActorRef<MerchantMsg>>,
     by_actor: HashMap<ActorId, String>,
+    restarts: LazyRestarts,
 }
 
 pub struct PartitionSupervisor;
@@ -41,6 +56,7 @@ impl Actor for PartitionSupervisor {
         args: PartitionArgs,
     ) -> Result<PartitionState, ActorProcessingErr> {
         Ok(PartitionState {
+            restarts: LazyRestarts::new(args.runtime.restart, RESTART_RECORDS_MAX),
             args,
             merchants: HashMap::new(),
             by_actor: HashMap::new(),
@@ -57,22 +73,30 @@ impl Actor for PartitionSupervisor {
             PartitionMsg::ToMerchant { merchant_id, msg } => {
                 let actor = match state.merchants.get(&merchant_id) {
                     Some(actor) => actor.clone(),
-                    None => {
-                        let args = MerchantArgs {
-                            runtime: state.args.runtime.clone(),
-                            merchant_id: merchant_id.clone(),
-                            partition: state.args.partition,
-                        };
-                        let (actor, _) =
-                            Actor::spawn_linked(None, MerchantActor, args, myself.get_cell())
-                                .await?;
-                        state.merchants.insert(merchant_id.clone(), actor.clone());
-                        state.by_actor.insert(actor.get_id(), merchant_id.clone());
-                        actor
-                    }
+                    None => match state.spawn_merchant(&myself, &merchant_id).await {
+                        Ok(actor) => actor,
+                        Err(error) => {
+                            msg.fail(error);
+                            return Ok(());
+                        }
+                    },
                 };
-                if actor.cast(msg).is_err() {
-                    warn!(%merchant_id, "merchant actor gone; message dropped (caller times out)");
+                if let Err(error) = actor.cast(msg) {
+                    warn!(%merchant_id, %error, "merchant actor gone; message dropped");
+                    if let ractor::MessagingErr::SendErr(msg) = error {
+                        msg.fail(CommandError::NotReady(
+                            "the merchant actor stopped; retry".into(),
+                        ));
+                    }
+                }
+            }
+            PartitionMsg::Passivate { merchant_id, actor } => {
+                if let Some(current) = state.merchants.get(&merchant_id) {
+                    if current.get_id() == actor {
+                        let current = current.clone();
+                        state.merchants.remove(&merchant_id);
+                        let _ = current.cast(MerchantMsg::Stop);
+                    }
                 }
             }
         }
@@ -85,17 +109,67 @@ impl Actor for PartitionSupervisor {
         event: SupervisionEvent,
         state: &mut PartitionState,
     ) -> Result<(), ActorProcessingErr> {
-        let cell = match event {
-            SupervisionEvent::ActorTerminated(cell, _, _) => cell,
-            SupervisionEvent::ActorFailed(cell, error) => {
-                warn!(partition = state.args.partition, %error, "merchant actor failed");
-                cell
-            }
+        let (cell, failure) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            SupervisionEvent::ActorFailed(cell, error) => (cell, Some(error.to_string())),
             _ => return Ok(()),
         };
-        if let Some(merchant_id) = state.by_actor.remove(&cell.get_id()) {
+        let Some(merchant_id) = state.by_actor.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        if state
+            .merchants
+            .get(&merchant_id)
+            .is_some_and(|a| a.get_id() == cell.get_id())
+        {
             state.merchants.remove(&merchant_id);
         }
+        if let Some(error) = failure {
+            warn!(partition = state.args.partition, %merchant_id, %error, "merchant actor failed");
+            state.record_failure(&merchant_id, &error);
+        }
         Ok(())
+    }
+}
+
+impl PartitionState {
+    async fn spawn_merchant(
+        &mut self,
+        myself: &ActorRef<PartitionMsg>,
+        merchant_id: &str,
+    ) -> Result<ActorRef<MerchantMsg>, CommandError> {
+        if let Err(wait) = self.restarts.check(merchant_id, Instant::now()) {
+            return Err(CommandError::NotReady(format!(
+                "the merchant is restarting after a failure; retry in {} ms",
+                wait.as_millis().max(1)
+            )));
+        }
+        let args = MerchantArgs {
+            runtime: self.args.runtime.clone(),
+            merchant_id: merchant_id.to_string(),
+            partition: self.args.partition,
+            parent: myself.clone(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, MerchantActor, args, myself.get_cell())
+            .await
+            .map_err(|e| CommandError::NotReady(format!("starting the merchant actor: {e}")))?;
+        self.merchants
+            .insert(merchant_id.to_string(), actor.clone());
+        self.by_actor
+            .insert(actor.get_id(), merchant_id.to_string());
+        Ok(actor)
+    }
+
+    fn record_failure(&mut self, merchant_id: &str, error: &str) {
+        match self.restarts.on_failure(merchant_id, Instant::now()) {
+            RestartDecision::RestartAfter(delay) => {
+                debug!(%merchant_id, ?delay, "merchant actor rebuilt after backoff");
+            }
+            RestartDecision::GiveUp => self.args.runtime.escalations.escalate(
+                format!("partition {}", self.args.partition),
+                format!("merchant {merchant_id}"),
+                format!("restart intensity exceeded; last failure: {error}"),
+            ),
+        }
     }
 }

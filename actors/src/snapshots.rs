@@ -164,8 +164,9 @@ pub async fn load_idempotency(
     })
 }
 
-/// One page of a merchant's payments, newest first (ids are UUIDv7, so id order is creation
-/// order). Returns up to `limit` payments and whether more exist.
+/// One page of a merchant's payments, newest first by creation time (then id, for ties).
+/// `starting_after` is the last payment of the previous page. Returns up to `limit`
+/// payments and whether more exist.
 pub async fn list_payments(
     pool: &PgPool,
     merchant_id: &str,
@@ -174,8 +175,11 @@ pub async fn list_payments(
 ) -> Result<(Vec<Payment>, bool), HandlerError> {
     let rows: Vec<serde_json::Value> = sqlx::query_scalar(
         "SELECT state FROM payment_snapshots
-         WHERE merchant_id = $1 AND ($2::TEXT IS NULL OR payment_id < $2)
-         ORDER BY payment_id DESC LIMIT $3",
+         WHERE merchant_id = $1
+           AND ($2::TEXT IS NULL OR (created_at, payment_id) <
+                (SELECT created_at, payment_id FROM payment_snapshots
+                 WHERE payment_id = $2 AND merchant_id = $1))
+         ORDER BY created_at DESC, payment_id DESC LIMIT $3",
     )
     .bind(merchant_id)
     .bind(starting_after)

@@ -31,32 +31,39 @@ pub async fn due_payments(
     .await
 }
 
-/// Runs the sweeper until the process ends.
+/// Runs the sweeper until the process ends, supervised (restarted after a panic under the
+/// runtime's restart policy).
 pub fn spawn_sweeper(
     node: NodeHandle,
     pool: PgPool,
     options: PspOptions,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(options.sweep_interval_ms));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if !node.is_ready() {
+    let restart = node.runtime().restart;
+    let escalations = node.runtime().escalations.clone();
+    payrail_supervisor::supervise_task("sweeper", restart, escalations, move || {
+        sweep_forever(node.clone(), pool.clone(), options.clone())
+    })
+}
+
+async fn sweep_forever(node: NodeHandle, pool: PgPool, options: PspOptions) {
+    let mut tick = tokio::time::interval(Duration::from_millis(options.sweep_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !node.is_ready() {
+            continue;
+        }
+        let due = match due_payments(&pool, &node.owned_partitions(), &options).await {
+            Ok(due) => due,
+            Err(error) => {
+                warn!(%error, "sweeper query failed");
                 continue;
             }
-            let due = match due_payments(&pool, &node.owned_partitions(), &options).await {
-                Ok(due) => due,
-                Err(error) => {
-                    warn!(%error, "sweeper query failed");
-                    continue;
-                }
-            };
-            for (merchant_id, payment_id) in due {
-                if let Err(error) = node.poll(&merchant_id, &payment_id).await {
-                    debug!(%payment_id, %error, "poll did not resolve the payment yet");
-                }
+        };
+        for (merchant_id, payment_id) in due {
+            if let Err(error) = node.poll(&merchant_id, &payment_id).await {
+                debug!(%payment_id, %error, "poll did not resolve the payment yet");
             }
         }
-    })
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod notifications;
+mod ops;
 pub mod validation;
 
 use bytes::Bytes;
@@ -16,7 +17,6 @@ use payrail_actors::NodeHandle;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
 use subtle::ConstantTimeEq;
 use validation::{parse_json, CreateMerchantBody, CreatePaymentBody};
 use warp::http::StatusCode;
@@ -195,7 +195,7 @@ fn authorize_admin(state: &AppState, header: &Option<String>) -> Result<(), ApiE
     }
 }
 
-fn json(status: StatusCode, value: &impl Serialize) -> Response {
+pub(crate) fn json(status: StatusCode, value: &impl Serialize) -> Response {
     warp::reply::with_status(warp::reply::json(value), status).into_response()
 }
 
@@ -801,14 +801,6 @@ async fn payment_metrics(
     )
 }
 
-#[derive(Serialize)]
-struct Readiness {
-    ready: bool,
-    journal: bool,
-    database: bool,
-    partitions: bool,
-}
-
 /// `GET /v1/admin/consumers`: each journal consumer of this node with its lag in records
 /// (broker high watermark − next offset to apply) and the histogram of its append-to-apply
 /// delays since start (see `kafka_journal::lag`).
@@ -831,38 +823,6 @@ async fn consumer_lag(state: AppState, auth: Option<String>) -> Result<Response,
     )
 }
 
-async fn readyz(state: AppState) -> Result<Response, Infallible> {
-    let journal = state
-        .node
-        .runtime()
-        .producer
-        .is_reachable(Duration::from_secs(2))
-        .await;
-    let database = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool),
-    )
-    .await
-    .map(|r| r.is_ok())
-    .unwrap_or(false);
-    let partitions = state.node.is_ready();
-    let ready = journal && database && partitions;
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    Ok(json(
-        status,
-        &Readiness {
-            ready,
-            journal,
-            database,
-            partitions,
-        },
-    ))
-}
-
 /// All routes, with error recovery.
 pub fn routes(
     state: AppState,
@@ -877,7 +837,7 @@ pub fn routes(
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(with(state.clone()))
-        .and_then(readyz);
+        .and_then(ops::readyz);
     let merchants = warp::path!("v1" / "merchants")
         .and(warp::post())
         .and(with(state.clone()))

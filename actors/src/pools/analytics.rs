@@ -115,7 +115,7 @@ impl AnalyticsProjector {
                 let day = chrono::DateTime::from_timestamp_micros(envelope.occurred_at_micros)
                     .ok_or("occurred_at out of range")?
                     .date_naive();
-                sqlx::query(
+                let inserted = sqlx::query(
                     "INSERT INTO analytics_payments (payment_id, merchant_id, currency, channel, order_no, day, amount)
                      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
                 )
@@ -128,6 +128,9 @@ impl AnalyticsProjector {
                 .bind(created.amount)
                 .execute(&mut *conn)
                 .await?;
+                if inserted.rows_affected() == 0 {
+                    return Ok(()); // the same payment, created again by a retry
+                }
                 let known = Dims {
                     merchant_id: envelope.merchant_id.clone(),
                     currency: created.currency.code().to_string(),
@@ -399,26 +402,18 @@ struct NewCreates {
     order_nos: Vec<Option<String>>,
     days: Vec<chrono::NaiveDate>,
     amounts: Vec<i64>,
-    /// (merchant, day, currency) → (count, amount)
-    merchant_rows: std::collections::BTreeMap<(String, chrono::NaiveDate, String), (i64, i64)>,
-    /// (channel, day, currency, shard) → (count, amount)
-    channel_rows: std::collections::BTreeMap<(String, chrono::NaiveDate, String, i32), (i64, i64)>,
+    shards: Vec<i32>,
+    /// Position of each payment in the vectors above (a repeated create is pushed once).
+    index: std::collections::HashMap<String, usize>,
 }
 
 impl NewCreates {
     fn push(&mut self, shard: i32, payment_id: &str, dims: Dims, order_no: Option<String>) {
-        let merchant = self
-            .merchant_rows
-            .entry((dims.merchant_id.clone(), dims.day, dims.currency.clone()))
-            .or_default();
-        merchant.0 += 1;
-        merchant.1 += dims.created_amount;
-        let channel = self
-            .channel_rows
-            .entry((dims.channel.clone(), dims.day, dims.currency.clone(), shard))
-            .or_default();
-        channel.0 += 1;
-        channel.1 += dims.created_amount;
+        if self.index.contains_key(payment_id) {
+            return; // a repeated create of the same payment (a retried, keyed create)
+        }
+        self.index
+            .insert(payment_id.to_string(), self.payment_ids.len());
         self.payment_ids.push(payment_id.to_string());
         self.merchant_ids.push(dims.merchant_id);
         self.currencies.push(dims.currency);
@@ -426,18 +421,21 @@ impl NewCreates {
         self.order_nos.push(order_no);
         self.days.push(dims.day);
         self.amounts.push(dims.created_amount);
+        self.shards.push(shard);
     }
 
     /// Writes and forgets what is pending (the same rows and sums as applying each create).
+    /// Only payments inserted now are counted: a create of a payment already known is the
+    /// same payment, created again by a retry.
     async fn write(&mut self, conn: &mut PgConnection) -> Result<(), HandlerError> {
         if self.payment_ids.is_empty() {
             return Ok(());
         }
         let pending = std::mem::take(self);
-        sqlx::query(
+        let inserted: Vec<String> = sqlx::query_scalar(
             "INSERT INTO analytics_payments (payment_id, merchant_id, currency, channel, order_no, day, amount)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::date[], $7::bigint[])
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT DO NOTHING RETURNING payment_id",
         )
         .bind(&pending.payment_ids)
         .bind(&pending.merchant_ids)
@@ -446,12 +444,46 @@ impl NewCreates {
         .bind(&pending.order_nos)
         .bind(&pending.days)
         .bind(&pending.amounts)
-        .execute(&mut *conn)
+        .fetch_all(&mut *conn)
         .await?;
+        // (merchant, day, currency) → (count, amount); (channel, day, currency, shard) → …
+        let mut merchant_rows: std::collections::BTreeMap<
+            (String, chrono::NaiveDate, String),
+            (i64, i64),
+        > = Default::default();
+        let mut channel_rows: std::collections::BTreeMap<
+            (String, chrono::NaiveDate, String, i32),
+            (i64, i64),
+        > = Default::default();
+        for payment_id in inserted {
+            let Some(&i) = pending.index.get(&payment_id) else {
+                continue;
+            };
+            let (day, amount) = (pending.days[i], pending.amounts[i]);
+            let merchant = merchant_rows
+                .entry((
+                    pending.merchant_ids[i].clone(),
+                    day,
+                    pending.currencies[i].clone(),
+                ))
+                .or_default();
+            merchant.0 += 1;
+            merchant.1 += amount;
+            let channel = channel_rows
+                .entry((
+                    pending.channels[i].clone(),
+                    day,
+                    pending.currencies[i].clone(),
+                    pending.shards[i],
+                ))
+                .or_default();
+            channel.0 += 1;
+            channel.1 += amount;
+        }
 
         let (mut m, mut d, mut c, mut n, mut a) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for ((merchant, day, currency), (count, amount)) in pending.merchant_rows {
+        for ((merchant, day, currency), (count, amount)) in merchant_rows {
             m.push(merchant);
             d.push(day);
             c.push(currency);
@@ -481,7 +513,7 @@ impl NewCreates {
             Vec::new(),
             Vec::new(),
         );
-        for ((channel, day, currency, shard), (count, amount)) in pending.channel_rows {
+        for ((channel, day, currency, shard), (count, amount)) in channel_rows {
             ch.push(channel);
             d.push(day);
             c.push(currency);

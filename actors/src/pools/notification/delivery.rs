@@ -14,6 +14,7 @@ use crate::signature;
 use futures::StreamExt;
 use kafka_journal::producer::OutgoingRecord;
 use kafka_journal::{EventHeaders, JournalProducer};
+use payrail_supervisor::{Escalations, RestartPolicy};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
@@ -62,6 +63,7 @@ enum Outcome {
     },
 }
 
+#[derive(Clone)]
 struct Delivery {
     pool: PgPool,
     options: NotificationOptions,
@@ -79,6 +81,7 @@ pub fn spawn(
     producer: JournalProducer,
     dlq_topic: String,
     dlq_partitions: u32,
+    supervision: (RestartPolicy, Escalations),
 ) -> Result<tokio::task::JoinHandle<()>, DeliveryError> {
     let timeout = Duration::from_millis(options.request_timeout_ms);
     let client = reqwest::Client::builder()
@@ -107,7 +110,13 @@ pub fn spawn(
         emails = delivery.mailer.is_some(),
         "notification delivery started"
     );
-    Ok(tokio::spawn(async move { delivery.run().await }))
+    let (restart, escalations) = supervision;
+    Ok(payrail_supervisor::supervise_task(
+        "notification delivery",
+        restart,
+        escalations,
+        move || delivery.clone().run(),
+    ))
 }
 
 impl Delivery {

@@ -243,6 +243,7 @@ pub enum StartError {
 pub async fn start(
     journal: &JournalOptions,
     restart: RestartPolicy,
+    escalations: payrail_supervisor::Escalations,
     options: &NotificationOptions,
     topic: &str,
     pool: PgPool,
@@ -277,6 +278,7 @@ pub async fn start(
         producer,
         dlq_topic,
         journal.partitions,
+        (restart, escalations),
     )?;
     Ok(NotificationPool { consumer, delivery })
 }

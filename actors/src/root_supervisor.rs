@@ -1,0 +1,143 @@
+//! [`RootSupervisor`]: the top of the node's actor tree. Spawns one linked
+//! [`PartitionSupervisor`] per owned partition and restarts a failed one under the
+//! `[supervisor.restart]` intensity and backoff (in the background: other partitions keep
+//! serving). Past the intensity it escalates (`/readyz` not ready, or exit) and leaves the
+//! partition down; its merchants get 503 until an operator acts.
+//!
+//! The routing table it maintains is shared with [`NodeHandle`](crate::NodeHandle): a
+//! partition being restarted has no entry, and its commands get a retryable 503.
+
+use crate::partition_actor::{PartitionArgs, PartitionMsg, PartitionSupervisor};
+use crate::runtime::Runtime;
+use payrail_supervisor::{RestartDecision, RestartTracker};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+use tracing::{info, warn};
+
+/// Partition → its supervisor, for routing. Written only by the root supervisor.
+pub type PartitionRoutes = Arc<RwLock<HashMap<i32, ActorRef<PartitionMsg>>>>;
+
+pub enum RootMsg {
+    /// Start (or restart, after its backoff) the supervisor of this partition.
+    Start(i32),
+}
+
+pub struct RootArgs {
+    pub runtime: Arc<Runtime>,
+    pub partitions: Vec<i32>,
+    pub routes: PartitionRoutes,
+}
+
+pub struct RootState {
+    args: RootArgs,
+    by_actor: HashMap<ActorId, i32>,
+    restarts: HashMap<i32, RestartTracker>,
+}
+
+pub struct RootSupervisor;
+
+impl Actor for RootSupervisor {
+    type Msg = RootMsg;
+    type State = RootState;
+    type Arguments = RootArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RootMsg>,
+        args: RootArgs,
+    ) -> Result<RootState, ActorProcessingErr> {
+        for &partition in &args.partitions {
+            myself.cast(RootMsg::Start(partition))?;
+        }
+        Ok(RootState {
+            args,
+            by_actor: HashMap::new(),
+            restarts: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RootMsg>,
+        message: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RootMsg::Start(partition) => {
+                let args = PartitionArgs {
+                    runtime: state.args.runtime.clone(),
+                    partition,
+                };
+                match Actor::spawn_linked(None, PartitionSupervisor, args, myself.get_cell()).await
+                {
+                    Ok((actor, _)) => {
+                        state.by_actor.insert(actor.get_id(), partition);
+                        state.set_route(partition, Some(actor));
+                        info!(partition, "partition supervisor started");
+                    }
+                    Err(error) => {
+                        state.restart_later(&myself, partition, &error.to_string());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RootMsg>,
+        event: SupervisionEvent,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            // A partition supervisor never stops by itself: treat it as a failure.
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let Some(partition) = state.by_actor.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        warn!(partition, %reason, "partition supervisor died");
+        state.set_route(partition, None);
+        state.restart_later(&myself, partition, &reason);
+        Ok(())
+    }
+}
+
+impl RootState {
+    fn set_route(&self, partition: i32, actor: Option<ActorRef<PartitionMsg>>) {
+        let mut routes = match self.args.routes.write() {
+            Ok(routes) => routes,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match actor {
+            Some(actor) => routes.insert(partition, actor),
+            None => routes.remove(&partition),
+        };
+    }
+
+    fn restart_later(&mut self, myself: &ActorRef<RootMsg>, partition: i32, reason: &str) {
+        let policy = self.args.runtime.restart;
+        let tracker = self
+            .restarts
+            .entry(partition)
+            .or_insert_with(|| RestartTracker::new(policy));
+        match tracker.on_failure(Instant::now()) {
+            RestartDecision::RestartAfter(delay) => {
+                warn!(partition, ?delay, "restarting partition supervisor");
+                myself.send_after(delay, move || RootMsg::Start(partition));
+            }
+            RestartDecision::GiveUp => self.args.runtime.escalations.escalate(
+                "root",
+                format!("partition {partition}"),
+                format!("restart intensity exceeded; last failure: {reason}"),
+            ),
+        }
+    }
+}
