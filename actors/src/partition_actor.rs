@@ -20,6 +20,8 @@ use tracing::{debug, warn};
 /// Merchants with a restart record kept per partition at most (oldest dropped first).
 const RESTART_RECORDS_MAX: usize = 1_024;
 
+// Nearly every message is `ToMerchant`: boxing it would add an allocation per command.
+#[allow(clippy::large_enum_variant)]
 pub enum PartitionMsg {
     /// Deliver `msg` to the merchant's actor, spawning it if needed.
     ToMerchant {

@@ -11,6 +11,7 @@ use crate::runtime::Runtime;
 use kafka_journal::envelope::now_micros;
 use kafka_journal::Envelope;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info_span, warn, Instrument};
@@ -153,6 +154,9 @@ impl Actor for PaymentActor {
                 correlation_id,
                 reply,
             } => {
+                if let Command::Create(create) = &command {
+                    args.inject_fault(Some(&create.metadata), "panic_on_", "create");
+                }
                 let result = args
                     .run(vec![command], correlation_id)
                     .instrument(span)
@@ -184,10 +188,10 @@ impl Actor for PaymentActor {
                 reply,
             } => {
                 let kind = command.kind();
-                args.inject_fault("panic_on_", kind);
+                args.inject_fault(None, "panic_on_", kind);
                 let result = args.execute(command, correlation_id).instrument(span).await;
                 if result.is_ok() {
-                    args.inject_fault("panic_after_append_on_", kind);
+                    args.inject_fault(None, "panic_after_append_on_", kind);
                 }
                 let outcome = result.as_ref().err().cloned();
                 if let Some(reply) = reply {
@@ -250,19 +254,25 @@ impl PaymentArgs {
 
     /// Fault injection (test only, `actors.fault_injection`): the payment's metadata
     /// `payrail_fault = "panic_on_<command>"` panics before the command,
-    /// `"panic_after_append_on_<command>"` after its events were journaled (mid-command).
-    /// Either panics once per payment and process, so the retry after the restart works.
-    fn inject_fault(&self, stage: &str, command: &str) {
+    /// `"panic_after_append_on_<command>"` after its events were journaled (mid-command);
+    /// each once per payment and process, so the retry after the restart works.
+    /// `"panic_always_on_<command>"` panics every time (restart intensity).
+    fn inject_fault(
+        &self,
+        metadata: Option<&BTreeMap<String, String>>,
+        stage: &str,
+        command: &str,
+    ) {
         if !self.runtime.options.fault_injection {
             return;
         }
-        let Some(fault) = self
-            .state
-            .as_ref()
-            .and_then(|p| p.metadata.get("payrail_fault"))
-        else {
+        let metadata = metadata.or(self.state.as_ref().map(|p| &p.metadata));
+        let Some(fault) = metadata.and_then(|m| m.get("payrail_fault")) else {
             return;
         };
+        if *fault == format!("panic_always_on_{command}") && stage == "panic_on_" {
+            panic!("injected fault: {fault} in payment {}", self.payment_id);
+        }
         if *fault != format!("{stage}{command}") {
             return;
         }

@@ -2,6 +2,8 @@
 //! namespace per test), and real `payrail node` processes that tests can SIGKILL.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};

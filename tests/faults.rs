@@ -1,0 +1,391 @@
+//! Faults on one node: a hung or dead broker, a payment actor that panics. Each test owns a
+//! private broker (tests/common/broker.rs) so it can pause or kill it, and asserts what a
+//! client sees and what the journal holds (read with an independent Kafka client).
+
+mod common;
+
+use common::broker::PrivateBroker;
+use common::*;
+use kafka_journal::codec::{Codec, CodecKind};
+use kafka_journal::Envelope;
+use payrail_actors::payment::PaymentEvent;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// Every payment event in the journal, decoded, in journal order per partition.
+fn journal_events(brokers: &str, topic: &str) -> Vec<Envelope<PaymentEvent>> {
+    read_journal(brokers, topic, PARTITIONS)
+        .into_iter()
+        .filter_map(|r| {
+            let codec = CodecKind::from_content_type(r.headers.get("content_type")?).ok()?;
+            codec.decode(&r.value).ok()
+        })
+        .collect()
+}
+
+async fn private_setup(
+    name: &str,
+    extra: &[(&str, &str)],
+) -> (TestEnv, PrivateBroker, NodeProcess) {
+    let mut env = TestEnv::new(name).await;
+    let broker_dir = env.dir.join("broker");
+    std::fs::create_dir_all(&broker_dir).expect("broker dir");
+    let broker = PrivateBroker::start(&broker_dir, free_port());
+    env.brokers = broker.brokers();
+    let node = NodeProcess::start(&env, extra).await;
+    (env, broker, node)
+}
+
+async fn readyz(api: &Api) -> Reply {
+    api.send(reqwest::Method::GET, "/readyz", None, None, None)
+        .await
+}
+
+/// The defect: an append that timed out (broker hung) was forgotten with its key, and the
+/// client's retry created a second payment. Now every try of a key is the same payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_timed_out_and_its_retries_are_one_payment() {
+    let (env, broker, node) = private_setup(
+        "faults_hung_create",
+        &[
+            ("PAYRAIL__JOURNAL__PRODUCE_TIMEOUT_MS", "1000"),
+            ("PAYRAIL__SUPERVISOR__BREAKER_COOL_DOWN_MS", "300"),
+        ],
+    )
+    .await;
+    let api = Api::new(&node);
+    let (merchant_id, key) = api.merchant("Hung").await;
+    let body = r#"{"amount":1500,"currency":"eur"}"#;
+    let warm = api.create_payment(&key, Some("warm-up"), body).await;
+    assert_eq!(warm.status, 201, "{}", warm.body);
+
+    broker.pause();
+    let during = api.create_payment(&key, Some("order-1"), body).await;
+    assert_eq!(during.status, 503, "{}", during.body);
+    assert!(
+        ["journal_outcome_unknown", "journal_unavailable"]
+            .contains(&during.body["error"]["code"].as_str().unwrap_or("")),
+        "{}",
+        during.body
+    );
+    // The broker holds the request in its socket; resuming it may still write it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.resume();
+
+    let mut ids = BTreeSet::new();
+    let acknowledged = eventually(Duration::from_secs(40), || {
+        let api = api.clone();
+        let key = key.clone();
+        async move {
+            let r = api.create_payment(&key, Some("order-1"), body).await;
+            (r.status == 201 || r.status == 200).then_some(r.body)
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("the retry is acknowledged: {}", node.log_tail()));
+    ids.insert(acknowledged["id"].as_str().unwrap_or_default().to_string());
+    // More retries of the same key answer the same payment.
+    for _ in 0..3 {
+        let again = api.create_payment(&key, Some("order-1"), body).await;
+        assert!(again.status < 300, "{}", again.body);
+        ids.insert(again.body["id"].as_str().unwrap_or_default().to_string());
+    }
+    assert_eq!(ids.len(), 1, "one payment id in the responses: {ids:?}");
+
+    let in_journal: BTreeSet<String> = journal_events(&env.brokers, &env.topic())
+        .into_iter()
+        .filter(|e| e.merchant_id == merchant_id)
+        .filter(|e| matches!(&e.payload, PaymentEvent::Created(c) if c.idempotency_key.as_deref() == Some("order-1")))
+        .map(|e| e.payment_id)
+        .collect();
+    assert_eq!(in_journal, ids, "one payment id for the key in the journal");
+
+    let listed = eventually(Duration::from_secs(10), || {
+        let api = api.clone();
+        let key = key.clone();
+        async move {
+            let r = api
+                .send(
+                    reqwest::Method::GET,
+                    "/v1/payments?limit=100",
+                    Some(&key),
+                    None,
+                    None,
+                )
+                .await;
+            let data = r.body["data"].as_array().cloned().unwrap_or_default();
+            (data.len() >= 2).then_some(data)
+        }
+    })
+    .await
+    .expect("the list shows the payments");
+    let listed_for_key: Vec<_> = listed
+        .iter()
+        .filter(|p| p["id"].as_str().is_some_and(|id| ids.contains(id)))
+        .collect();
+    assert_eq!(
+        listed_for_key.len(),
+        1,
+        "one payment for the key in the list: {listed:?}"
+    );
+    assert_eq!(
+        listed.len(),
+        2,
+        "warm-up + order-1, nothing else: {listed:?}"
+    );
+}
+
+/// Consecutive timed-out appends open the breaker at the threshold, and from then on
+/// commands are refused at once (nothing recorded) instead of each waiting for a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_appends_open_the_breaker_at_the_threshold() {
+    let (_env, broker, node) = private_setup(
+        "faults_breaker_threshold",
+        &[
+            ("PAYRAIL__JOURNAL__PRODUCE_TIMEOUT_MS", "800"),
+            ("PAYRAIL__SUPERVISOR__BREAKER_FAILURE_THRESHOLD", "2"),
+            ("PAYRAIL__SUPERVISOR__BREAKER_COOL_DOWN_MS", "60000"),
+        ],
+    )
+    .await;
+    let api = Api::new(&node);
+    let (_merchant_id, key) = api.merchant("Breaker").await;
+    let body = r#"{"amount":100,"currency":"usd"}"#;
+    assert_eq!(api.create_payment(&key, Some("ok"), body).await.status, 201);
+    assert_eq!(readyz(&api).await.body["breaker"], "closed");
+
+    broker.pause();
+    for i in 0..2 {
+        let r = api
+            .create_payment(&key, Some(&format!("hung-{i}")), body)
+            .await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(
+            r.body["error"]["code"], "journal_outcome_unknown",
+            "{}",
+            r.body
+        );
+    }
+    let started = Instant::now();
+    let refused = api.create_payment(&key, Some("refused"), body).await;
+    let took = started.elapsed();
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(
+        refused.body["error"]["code"], "journal_unavailable",
+        "{}",
+        refused.body
+    );
+    assert!(
+        took < Duration::from_millis(500),
+        "refused at once, took {took:?}"
+    );
+    broker.resume();
+    let ready = readyz(&api).await;
+    assert_eq!(ready.body["breaker"], "open", "{}", ready.body);
+}
+
+/// All brokers down is a client-wide error: it opens the breaker at once, before any append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_broker_opens_the_breaker_without_any_append() {
+    let (_env, mut broker, node) = private_setup(
+        "faults_breaker_dead",
+        &[("PAYRAIL__SUPERVISOR__BREAKER_FAILURE_THRESHOLD", "1000")],
+    )
+    .await;
+    let api = Api::new(&node);
+    let (_merchant_id, key) = api.merchant("Dead").await;
+    assert_eq!(
+        api.create_payment(&key, Some("ok"), r#"{"amount":100,"currency":"usd"}"#)
+            .await
+            .status,
+        201
+    );
+    broker.kill9();
+    let opened = eventually(Duration::from_secs(20), || {
+        let api = api.clone();
+        async move {
+            let r = readyz(&api).await;
+            (r.body["breaker"] == "open").then_some(r.body)
+        }
+    })
+    .await;
+    assert!(opened.is_some(), "breaker open: {}", node.log_tail());
+}
+
+/// The defect: a payment actor that failed while creating left its key pending, so the
+/// caller and every retry waited for the command timeout. Now the waiters are answered at
+/// once (retryable), and the retry after the backoff creates the payment, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_actor_that_panics_while_creating_answers_at_once_and_the_retry_succeeds() {
+    let env = TestEnv::new("faults_panic_create").await;
+    let node = NodeProcess::start(
+        &env,
+        &[
+            ("PAYRAIL__ACTORS__FAULT_INJECTION", "true"),
+            ("PAYRAIL__ACTORS__COMMAND_TIMEOUT_MS", "8000"),
+            ("PAYRAIL__SUPERVISOR__RESTART__BACKOFF_BASE_MS", "200"),
+        ],
+    )
+    .await;
+    let api = Api::new(&node);
+    let (merchant_id, key) = api.merchant("Panics").await;
+    let body = r#"{"amount":700,"currency":"eur","metadata":{"payrail_fault":"panic_on_create"}}"#;
+    let started = Instant::now();
+    let first = api.create_payment(&key, Some("boom"), body).await;
+    let took = started.elapsed();
+    assert_eq!(first.status, 503, "{}", first.body);
+    assert!(
+        took < Duration::from_secs(3),
+        "answered at once, took {took:?}"
+    );
+
+    let created = eventually(Duration::from_secs(10), || {
+        let api = api.clone();
+        let key = key.clone();
+        async move {
+            let r = api.create_payment(&key, Some("boom"), body).await;
+            (r.status == 201 || r.status == 200).then_some(r.body)
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("the retry succeeds: {}", node.log_tail()));
+    let payment_id = created["id"].as_str().expect("id").to_string();
+    let creates: Vec<_> = journal_events(&env.brokers, &env.topic())
+        .into_iter()
+        .filter(|e| e.merchant_id == merchant_id && matches!(e.payload, PaymentEvent::Created(_)))
+        .map(|e| e.payment_id)
+        .collect();
+    assert_eq!(creates, vec![payment_id], "created once");
+    assert_eq!(
+        readyz(&api).await.status,
+        200,
+        "one panic is within the intensity"
+    );
+}
+
+/// A panic after the append (mid-command): the caller hears "outcome unknown", the command
+/// took effect exactly once, and the payment is rebuilt from the journal with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_after_the_append_loses_nothing_and_forks_nothing() {
+    let env = TestEnv::new("faults_panic_after_append").await;
+    let node = NodeProcess::start(
+        &env,
+        &[
+            ("PAYRAIL__ACTORS__FAULT_INJECTION", "true"),
+            ("PAYRAIL__SUPERVISOR__RESTART__BACKOFF_BASE_MS", "200"),
+        ],
+    )
+    .await;
+    let api = Api::new(&node);
+    let (_merchant_id, key) = api.merchant("MidCommand").await;
+    let body = r#"{"amount":900,"currency":"eur","metadata":{"payrail_fault":"panic_after_append_on_cancel"}}"#;
+    let created = api.create_payment(&key, Some("mid"), body).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_string();
+
+    let cancel = api
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/payments/{id}/cancel"),
+            Some(&key),
+            None,
+            Some("{}".into()),
+        )
+        .await;
+    assert_eq!(cancel.status, 503, "{}", cancel.body);
+    assert_eq!(cancel.body["error"]["code"], "journal_outcome_unknown");
+
+    let canceled = eventually(Duration::from_secs(10), || {
+        let api = api.clone();
+        let key = key.clone();
+        let id = id.clone();
+        async move {
+            let r = api.get_payment(&key, &id).await;
+            (r.status == 200).then_some(r.body)
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("readable after the restart: {}", node.log_tail()));
+    assert_eq!(canceled["status"], "canceled", "{canceled}");
+    let again = api
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/payments/{id}/cancel"),
+            Some(&key),
+            None,
+            Some("{}".into()),
+        )
+        .await;
+    assert!(
+        (400..500).contains(&again.status),
+        "a second cancel is refused: {}",
+        again.body
+    );
+    let events = payment_events(&env, &id);
+    assert_eq!(
+        events,
+        vec![
+            (1, "payment.created".to_string()),
+            (2, "payment.canceled".to_string())
+        ]
+    );
+}
+
+/// A payment actor that fails on every try exceeds its restart intensity: the merchant
+/// escalates, `/readyz` turns not-ready and names it, and that payment's commands get 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_over_its_restart_intensity_makes_readyz_say_so() {
+    let env = TestEnv::new("faults_intensity").await;
+    let node = NodeProcess::start(
+        &env,
+        &[
+            ("PAYRAIL__ACTORS__FAULT_INJECTION", "true"),
+            ("PAYRAIL__SUPERVISOR__RESTART__MAX_RESTARTS", "2"),
+            ("PAYRAIL__SUPERVISOR__RESTART__BACKOFF_BASE_MS", "50"),
+            ("PAYRAIL__SUPERVISOR__RESTART__BACKOFF_MAX_MS", "50"),
+        ],
+    )
+    .await;
+    let api = Api::new(&node);
+    let (_merchant_id, key) = api.merchant("Poison").await;
+    let body =
+        r#"{"amount":900,"currency":"eur","metadata":{"payrail_fault":"panic_always_on_cancel"}}"#;
+    let created = api.create_payment(&key, Some("poison"), body).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_string();
+    let mut statuses = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = api
+            .send(
+                reqwest::Method::POST,
+                &format!("/v1/payments/{id}/cancel"),
+                Some(&key),
+                None,
+                Some("{}".into()),
+            )
+            .await;
+        *statuses.entry(r.status).or_insert(0) += 1;
+        let ready = readyz(&api).await;
+        if ready.status == 503 {
+            let reasons = ready.body["reasons"].to_string();
+            assert!(
+                reasons.contains(&id),
+                "the reason names the payment: {reasons}"
+            );
+            assert!(reasons.contains("restart intensity"), "{reasons}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no escalation: {statuses:?} {}",
+            node.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The payment stays down for the window; other payments are served.
+    let other = api
+        .create_payment(&key, Some("healthy"), r#"{"amount":1,"currency":"eur"}"#)
+        .await;
+    assert_eq!(other.status, 201, "{}", other.body);
+}
