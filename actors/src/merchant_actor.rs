@@ -21,6 +21,9 @@ use tracing::{debug, warn};
 /// Payments with a restart record kept per merchant at most (oldest dropped first).
 const RESTART_RECORDS_MAX: usize = 1_024;
 
+/// Messages held for one retiring payment actor at most; more are refused (retryable).
+const RETIRING_QUEUE_MAX: usize = 1_024;
+
 pub enum MerchantMsg {
     Create {
         command: Command,
@@ -97,6 +100,10 @@ pub struct MerchantState {
     args: MerchantArgs,
     payments: HashMap<String, ActorRef<PaymentMsg>>,
     by_actor: HashMap<ActorId, String>,
+    /// Payment actors told to stop, with the messages for their payment that arrived since:
+    /// they are routed to a rebuilt actor once the old one has stopped, so there is never
+    /// more than one live actor per payment.
+    retiring: HashMap<String, (ActorId, Vec<PaymentMsg>)>,
     idempotency: IdempotencyCache,
     /// Everything this actor does not hold in memory (payments, idempotency keys) was
     /// journaled before this offset, so a snapshot read is complete once the projector has
@@ -137,6 +144,7 @@ impl Actor for MerchantActor {
             args,
             payments: HashMap::new(),
             by_actor: HashMap::new(),
+            retiring: HashMap::new(),
             passivating: false,
         })
     }
@@ -155,6 +163,7 @@ impl Actor for MerchantActor {
                 let idle = Duration::from_millis(state.args.runtime.options.passivate_after_ms);
                 if state.last_active.elapsed() >= idle
                     && state.payments.is_empty()
+                    && state.retiring.is_empty()
                     && !state.idempotency.has_pending()
                 {
                     // The partition supervisor stops routing here, then sends `Stop`.
@@ -252,6 +261,7 @@ impl Actor for MerchantActor {
                     if current.get_id() == actor {
                         let current = current.clone();
                         state.payments.remove(&payment_id);
+                        state.retiring.insert(payment_id, (actor, Vec::new()));
                         // Queued behind every message routed to it so far.
                         let _ = current.cast(PaymentMsg::Stop);
                     }
@@ -263,7 +273,7 @@ impl Actor for MerchantActor {
 
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<MerchantMsg>,
+        myself: ActorRef<MerchantMsg>,
         event: SupervisionEvent,
         state: &mut MerchantState,
     ) -> Result<(), ActorProcessingErr> {
@@ -285,17 +295,46 @@ impl Actor for MerchantActor {
         {
             state.payments.remove(&payment_id);
         }
-        let Some(error) = failure else {
-            debug!(%payment_id, "payment actor stopped");
-            return Ok(());
+        let held = match state.retiring.remove(&payment_id) {
+            Some((actor, held)) if actor == cell.get_id() => held,
+            Some(other) => {
+                state.retiring.insert(payment_id.clone(), other);
+                Vec::new()
+            }
+            None => Vec::new(),
         };
-        warn!(merchant_id = %state.args.merchant_id, %payment_id, %error, "payment actor failed");
+        if let Some(error) = &failure {
+            state.on_child_failure(&payment_id, error);
+        } else {
+            debug!(%payment_id, "payment actor stopped");
+        }
+        // What arrived while it was stopping goes to a rebuilt actor (or gets the reason
+        // why there is none yet).
+        for message in held {
+            match state.live_or_rebuilt(&myself, &payment_id).await {
+                Ok(actor) => {
+                    if let Err(e) = actor.cast(message) {
+                        warn!(error = %e, "rebuilt payment actor gone");
+                    }
+                }
+                Err(error) => message.refuse(error),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MerchantState {
+    /// A payment actor failed: answer its pending create, note the unknown journal state,
+    /// and count the failure against the restart intensity.
+    fn on_child_failure(&mut self, payment_id: &str, error: &str) {
+        warn!(merchant_id = %self.args.merchant_id, %payment_id, %error, "payment actor failed");
         // It may have failed after its append: its records may be in the journal.
-        state.journal_end_needed = true;
+        self.journal_end_needed = true;
         // Callers waiting on a create it was working on get an answer now; their retry
         // converges on the same payment id.
-        for key in state.idempotency.pending_for(&payment_id) {
-            state.idempotency.settle(
+        for key in self.idempotency.pending_for(payment_id) {
+            self.idempotency.settle(
                 key,
                 Err(CommandError::JournalOutcomeUnknown(
                     "the payment actor failed while creating".into(),
@@ -303,12 +342,9 @@ impl Actor for MerchantActor {
                 0,
             );
         }
-        state.record_failure(&payment_id, &error);
-        Ok(())
+        self.record_failure(payment_id, error);
     }
-}
 
-impl MerchantState {
     /// Restart intensity and backoff of a failed payment actor (rebuilt lazily).
     fn record_failure(&mut self, payment_id: &str, error: &str) {
         match self.restarts.on_failure(payment_id, Instant::now()) {
@@ -420,7 +456,7 @@ impl MerchantState {
                 return Ok(());
             }
         }
-        if self.payments.contains_key(&payment_id) {
+        if self.payments.contains_key(&payment_id) || self.retiring.contains_key(&payment_id) {
             // Its actor lives, so it was created, yet the key's record is not readable.
             let _ = reply.send(Err(CommandError::NotReady(
                 "the payment exists but its idempotency record is not readable yet; retry".into(),
@@ -482,6 +518,16 @@ impl MerchantState {
         build: impl FnOnce(Option<Reply>) -> PaymentMsg,
         reply: Option<Reply>,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some((_, held)) = self.retiring.get_mut(&payment_id) {
+            if held.len() < RETIRING_QUEUE_MAX {
+                held.push(build(reply));
+            } else if let Some(reply) = reply {
+                let _ = reply.send(Err(CommandError::NotReady(
+                    "the payment's actor is restarting; retry".into(),
+                )));
+            }
+            return Ok(());
+        }
         match self.live_or_rebuilt(myself, &payment_id).await {
             Ok(actor) => {
                 if let Err(e) = actor.cast(build(reply)) {

@@ -20,6 +20,9 @@ use tracing::{debug, warn};
 /// Merchants with a restart record kept per partition at most (oldest dropped first).
 const RESTART_RECORDS_MAX: usize = 1_024;
 
+/// Messages held for one stopping merchant actor at most; more are refused (retryable).
+const RETIRING_QUEUE_MAX: usize = 1_024;
+
 // Nearly every message is `ToMerchant`: boxing it would add an allocation per command.
 #[allow(clippy::large_enum_variant)]
 pub enum PartitionMsg {
@@ -42,6 +45,10 @@ pub struct PartitionState {
     args: PartitionArgs,
     merchants: HashMap<String, ActorRef<MerchantMsg>>,
     by_actor: HashMap<ActorId, String>,
+    /// Merchant actors told to stop (passivation), with the messages for that merchant
+    /// that arrived since: delivered to a new actor once the old one has stopped, so there
+    /// is never more than one live actor per merchant.
+    retiring: HashMap<String, (ActorId, Vec<MerchantMsg>)>,
     restarts: LazyRestarts,
 }
 
@@ -62,6 +69,7 @@ impl Actor for PartitionSupervisor {
             args,
             merchants: HashMap::new(),
             by_actor: HashMap::new(),
+            retiring: HashMap::new(),
         })
     }
 
@@ -73,30 +81,14 @@ impl Actor for PartitionSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             PartitionMsg::ToMerchant { merchant_id, msg } => {
-                let actor = match state.merchants.get(&merchant_id) {
-                    Some(actor) => actor.clone(),
-                    None => match state.spawn_merchant(&myself, &merchant_id).await {
-                        Ok(actor) => actor,
-                        Err(error) => {
-                            msg.fail(error);
-                            return Ok(());
-                        }
-                    },
-                };
-                if let Err(error) = actor.cast(msg) {
-                    warn!(%merchant_id, %error, "merchant actor gone; message dropped");
-                    if let ractor::MessagingErr::SendErr(msg) = error {
-                        msg.fail(CommandError::NotReady(
-                            "the merchant actor stopped; retry".into(),
-                        ));
-                    }
-                }
+                state.deliver(&myself, merchant_id, msg).await;
             }
             PartitionMsg::Passivate { merchant_id, actor } => {
                 if let Some(current) = state.merchants.get(&merchant_id) {
                     if current.get_id() == actor {
                         let current = current.clone();
                         state.merchants.remove(&merchant_id);
+                        state.retiring.insert(merchant_id, (actor, Vec::new()));
                         let _ = current.cast(MerchantMsg::Stop);
                     }
                 }
@@ -107,7 +99,7 @@ impl Actor for PartitionSupervisor {
 
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<PartitionMsg>,
+        myself: ActorRef<PartitionMsg>,
         event: SupervisionEvent,
         state: &mut PartitionState,
     ) -> Result<(), ActorProcessingErr> {
@@ -130,11 +122,60 @@ impl Actor for PartitionSupervisor {
             warn!(partition = state.args.partition, %merchant_id, %error, "merchant actor failed");
             state.record_failure(&merchant_id, &error);
         }
+        let held = match state.retiring.remove(&merchant_id) {
+            Some((actor, held)) if actor == cell.get_id() => held,
+            Some(other) => {
+                state.retiring.insert(merchant_id.clone(), other);
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        for msg in held {
+            state.deliver(&myself, merchant_id.clone(), msg).await;
+        }
         Ok(())
     }
 }
 
 impl PartitionState {
+    /// Delivers `msg` to the merchant's actor, spawning it if needed; holds it while the
+    /// merchant's previous actor is stopping.
+    async fn deliver(
+        &mut self,
+        myself: &ActorRef<PartitionMsg>,
+        merchant_id: String,
+        msg: MerchantMsg,
+    ) {
+        if let Some((_, held)) = self.retiring.get_mut(&merchant_id) {
+            if held.len() < RETIRING_QUEUE_MAX {
+                held.push(msg);
+            } else {
+                msg.fail(CommandError::NotReady(
+                    "the merchant's actor is restarting; retry".into(),
+                ));
+            }
+            return;
+        }
+        let actor = match self.merchants.get(&merchant_id) {
+            Some(actor) => actor.clone(),
+            None => match self.spawn_merchant(myself, &merchant_id).await {
+                Ok(actor) => actor,
+                Err(error) => {
+                    msg.fail(error);
+                    return;
+                }
+            },
+        };
+        if let Err(error) = actor.cast(msg) {
+            warn!(%merchant_id, %error, "merchant actor gone; message dropped");
+            if let ractor::MessagingErr::SendErr(msg) = error {
+                msg.fail(CommandError::NotReady(
+                    "the merchant actor stopped; retry".into(),
+                ));
+            }
+        }
+    }
+
     async fn spawn_merchant(
         &mut self,
         myself: &ActorRef<PartitionMsg>,

@@ -220,7 +220,7 @@ impl Actor for PaymentActor {
 
 impl PaymentMsg {
     /// Answers the caller waiting on this message, if any, with `error`.
-    fn refuse(self, error: CommandError) {
+    pub(crate) fn refuse(self, error: CommandError) {
         match self {
             PaymentMsg::Get(reply)
             | PaymentMsg::Command {
