@@ -149,15 +149,22 @@ async fn timed_out_appends_open_the_breaker_at_the_threshold() {
     )
     .await;
     let api = Api::new(&node);
-    let (_merchant_id, key) = api.merchant("Breaker").await;
+    // One merchant per append: after an unknown outcome a merchant first needs the
+    // journal's end (503 while the broker hangs), which would not reach the breaker.
+    let mut keys = Vec::new();
+    for i in 0..3 {
+        keys.push(api.merchant(&format!("Breaker{i}")).await.1);
+    }
     let body = r#"{"amount":100,"currency":"usd"}"#;
-    assert_eq!(api.create_payment(&key, Some("ok"), body).await.status, 201);
+    for key in &keys {
+        assert_eq!(api.create_payment(key, Some("ok"), body).await.status, 201);
+    }
     assert_eq!(readyz(&api).await.body["breaker"], "closed");
 
     broker.pause();
-    for i in 0..2 {
+    for (i, key) in keys.iter().take(2).enumerate() {
         let r = api
-            .create_payment(&key, Some(&format!("hung-{i}")), body)
+            .create_payment(key, Some(&format!("hung-{i}")), body)
             .await;
         assert_eq!(r.status, 503, "{}", r.body);
         assert_eq!(
@@ -167,7 +174,7 @@ async fn timed_out_appends_open_the_breaker_at_the_threshold() {
         );
     }
     let started = Instant::now();
-    let refused = api.create_payment(&key, Some("refused"), body).await;
+    let refused = api.create_payment(&keys[2], Some("refused"), body).await;
     let took = started.elapsed();
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert_eq!(
@@ -316,11 +323,9 @@ async fn a_panic_after_the_append_loses_nothing_and_forks_nothing() {
             Some("{}".into()),
         )
         .await;
-    assert!(
-        (400..500).contains(&again.status),
-        "a second cancel is refused: {}",
-        again.body
-    );
+    // Cancel is idempotent on a canceled payment: answered, and nothing new journaled.
+    assert!(again.status < 500, "{}", again.body);
+    assert_eq!(again.body["status"], "canceled", "{}", again.body);
     let events = payment_events(&env, &id);
     assert_eq!(
         events,
