@@ -1,0 +1,668 @@
+//! The fault-injection suite (issue 9, "Must show"). Real tansu broker (private to each
+//! test, so it can be paused and killed), real PostgreSQL, real `payrail node` processes,
+//! all on loopback; everything started here is stopped by PID (the harness' Drop impls).
+//!
+//! `keyed_creates_survive_a_fault_schedule`: N keys over several merchants, C clients that
+//! retry the SAME Idempotency-Key and body on every non-2xx answer, timeout or refused
+//! connection, while the broker is paused past the produce timeout, killed and restarted,
+//! the node is SIGKILLed and restarted on the same port, PostgreSQL backends are
+//! terminated, and some bodies make their payment actor panic. Then: every key
+//! acknowledged, one payment id per key in the responses, the journal and the list API,
+//! every id readable, `payrail audit` clean; the latency to the first 2xx is printed.
+//!
+//! `pools_catch_up_after_node_and_broker_fault_cycles`: node SIGKILL + restart cycles and
+//! broker SIGSTOP + SIGCONT cycles under a light keyed load; after each fault's end, the
+//! time until every pool has all its partitions and lag 0 (≤ 15 s), and an audit after
+//! each cycle (load paused, pools caught up).
+//!
+//! Environment (defaults are the CI size, whole file ≤ 5 minutes on two cores):
+//! - `PAYRAIL_FAULT_KEYS` (1000), `PAYRAIL_FAULT_CLIENTS` (8), `PAYRAIL_FAULT_MERCHANTS` (5),
+//!   `PAYRAIL_FAULT_LOAD_MS` (25000: the keys are released evenly over this long, so the
+//!   load spans the fault schedule), `PAYRAIL_FAULT_SEED` (1: backoff jitter).
+//! - `PAYRAIL_FAULT_CYCLES` (2 per series), `PAYRAIL_FAULT_STOP_MS` (8000: SIGSTOP length),
+//!   `PAYRAIL_FAULT_CATCH_UP_MS` (15000: the required bound).
+//!
+//! Full size (issue 9): `PAYRAIL_FAULT_KEYS=1000 PAYRAIL_FAULT_CYCLES=10
+//! PAYRAIL_FAULT_STOP_MS=20000`.
+
+mod common;
+
+use common::broker::PrivateBroker;
+use common::chaos::*;
+use common::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PRODUCE_TIMEOUT_MS: u64 = 2000;
+const COMMAND_TIMEOUT_MS: u64 = 8000;
+/// Longer than the node's command timeout, so a client sees the node's answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(12);
+const PER_KEY_DEADLINE: Duration = Duration::from_secs(180);
+
+fn node_extra() -> Vec<(&'static str, String)> {
+    vec![
+        ("PAYRAIL__ACTORS__FAULT_INJECTION", "true".into()),
+        (
+            "PAYRAIL__JOURNAL__PRODUCE_TIMEOUT_MS",
+            PRODUCE_TIMEOUT_MS.to_string(),
+        ),
+        (
+            "PAYRAIL__ACTORS__COMMAND_TIMEOUT_MS",
+            COMMAND_TIMEOUT_MS.to_string(),
+        ),
+        ("PAYRAIL__SUPERVISOR__BREAKER_COOL_DOWN_MS", "500".into()),
+        (
+            "PAYRAIL__SUPERVISOR__RESTART__BACKOFF_BASE_MS",
+            "100".into(),
+        ),
+        // Injected panics are expected; do not let them add up to an escalation.
+        ("PAYRAIL__SUPERVISOR__RESTART__MAX_RESTARTS", "1000".into()),
+    ]
+}
+
+fn as_refs<'a>(extra: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    extra.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// A private broker and a node on it; the node's port stays the same across restarts.
+async fn setup(name: &str) -> (TestEnv, PrivateBroker, LoggedNode) {
+    let mut env = TestEnv::new(name).await;
+    let broker_dir = env.dir.join("broker");
+    std::fs::create_dir_all(&broker_dir).expect("broker dir");
+    let broker = PrivateBroker::start(&broker_dir, free_port());
+    env.brokers = broker.brokers();
+    let node = LoggedNode::start_on(&env, free_port(), &as_refs(&node_extra())).await;
+    println!(
+        "fault-suite: test dir {} (node and broker logs), database {}",
+        env.dir.display(),
+        database_name(&env.database_url)
+    );
+    (env, broker, node)
+}
+
+/// At least `n` merchants covering every partition, each with a warm-up payment.
+async fn merchants(base: &str, env: &TestEnv, n: usize, prefix: &str) -> Arc<Vec<Merchant>> {
+    let api = Api {
+        base: base.to_string(),
+        client: load_client(Duration::from_secs(30)),
+    };
+    Arc::new(merchants_covering_partitions(&api, env, n, prefix).await)
+}
+
+/// The consumers the node runs (see `caught_up` for what "caught up" means), once caught up
+/// at start.
+async fn expected_consumers(base: &str) -> BTreeMap<String, BTreeSet<i64>> {
+    let client = load_client(Duration::from_secs(10));
+    let sample = eventually(Duration::from_secs(60), || {
+        let client = client.clone();
+        async move {
+            let s = consumers(&client, base).await.ok()?;
+            (!s.is_empty()).then_some(s)
+        }
+    })
+    .await
+    .expect("GET /v1/admin/consumers lists the node's consumers");
+    let expected = partitions_by_consumer(&sample);
+    let took = wait_caught_up(&client, base, &expected, Duration::from_secs(90))
+        .await
+        .unwrap_or_else(|e| panic!("pools not caught up at start: {e}"));
+    println!(
+        "fault-suite: consumers {:?}, caught up at start in {} ms",
+        expected.keys().collect::<Vec<_>>(),
+        took.as_millis()
+    );
+    expected
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+/// The schedule of the main test: one fault after another, each followed by recovery
+/// (node ready again, then `settle`). Returns each fault's window.
+async fn fault_schedule(
+    env: &TestEnv,
+    broker: &mut PrivateBroker,
+    node: &mut LoggedNode,
+    settle: Duration,
+) -> Vec<FaultWindow> {
+    let client = load_client(Duration::from_secs(5));
+    let base = node.base.clone();
+    let extra = node_extra();
+    let broker_dir = env.dir.join("broker");
+    let recover = |what: &'static str| {
+        let client = client.clone();
+        let base = base.clone();
+        let broker_dir = broker_dir.clone();
+        async move {
+            let ready = wait_ready(&client, &base, Duration::from_secs(120)).await;
+            if let Some(panic) = broker_panic(&broker_dir) {
+                panic!("the broker panicked after {what} (ready={ready}): {panic}");
+            }
+            assert!(ready, "node not ready 120 s after {what}");
+            tokio::time::sleep(settle).await;
+        }
+    };
+    let mut windows = Vec::new();
+    tokio::time::sleep(settle).await; // load before the first fault
+
+    // 1. Broker hung (SIGSTOP) for longer than the produce timeout, then SIGCONT.
+    let stop = Duration::from_millis(PRODUCE_TIMEOUT_MS * 5 / 2);
+    let start = Instant::now();
+    broker.pause();
+    tokio::time::sleep(stop).await;
+    broker.resume();
+    windows.push(FaultWindow {
+        name: "broker_sigstop".into(),
+        start,
+        end: Instant::now(),
+        note: format!(
+            "stopped {} ms (produce timeout {PRODUCE_TIMEOUT_MS} ms)",
+            ms(stop)
+        ),
+    });
+    recover("broker SIGCONT").await;
+
+    // 2. Broker SIGKILL, down for a while, restarted on the same port and store.
+    let start = Instant::now();
+    broker.kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.restart();
+    windows.push(FaultWindow {
+        name: "broker_sigkill".into(),
+        start,
+        end: Instant::now(),
+        note: "down 3 s, restarted on the same port and store".into(),
+    });
+    recover("broker restart").await;
+
+    // 3. Node SIGKILL mid-load, restarted at once on the same port.
+    let start = Instant::now();
+    let port = node.port;
+    node.kill9();
+    if let Some(panic) = broker_panic(&broker_dir) {
+        panic!("the broker panicked before the node restart: {panic}");
+    }
+    let restarted = Instant::now();
+    *node = LoggedNode::start_on(env, port, &as_refs(&extra)).await;
+    windows.push(FaultWindow {
+        name: "node_sigkill".into(),
+        start,
+        end: Instant::now(),
+        note: format!(
+            "restarted on port {port}, ready after {} ms",
+            ms(restarted.elapsed())
+        ),
+    });
+    recover("node restart").await;
+
+    // 4. PostgreSQL backends of the test database terminated, three times.
+    let start = Instant::now();
+    let db = database_name(&env.database_url);
+    let mut killed = Vec::new();
+    for _ in 0..3 {
+        killed.push(terminate_backends(&database_url(), &db).await);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert!(
+        killed.iter().sum::<u64>() > 0,
+        "pg_terminate_backend found no backend of {db} to kill"
+    );
+    windows.push(FaultWindow {
+        name: "pg_terminate_backend".into(),
+        start,
+        end: Instant::now(),
+        note: format!("backends killed per round: {killed:?}"),
+    });
+    recover("pg_terminate_backend").await;
+
+    // 5. Payment actor panics: every key with `panics` carries panic_on_create, all along
+    //    the run (see KeySpec::new); reported separately.
+
+    // 6. TODO(issue 9, pool worker panic): a pool worker that panics on one specific event
+    //    is being built by the actors engineer (an injection point in the pools). When it
+    //    lands, inject it here (e.g. a payment whose metadata names the pool to panic in),
+    //    then assert the record is applied once after the restart backoff. Not faked here.
+    windows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_creates_survive_a_fault_schedule() {
+    let keys = env_u64("PAYRAIL_FAULT_KEYS", 1000) as usize;
+    let clients = env_u64("PAYRAIL_FAULT_CLIENTS", 8) as usize;
+    let merchant_count = env_u64("PAYRAIL_FAULT_MERCHANTS", 5) as usize;
+    let load_ms = env_u64("PAYRAIL_FAULT_LOAD_MS", 25_000);
+    let seed = env_u64("PAYRAIL_FAULT_SEED", 1);
+    let panic_every = 50;
+    assert!(keys > 0 && clients > 0 && merchant_count > 0);
+
+    let (env, mut broker, mut node) = setup("fault_suite").await;
+    let base = node.base.clone();
+    let merchants = merchants(&base, &env, merchant_count, "Chaos").await;
+    let merchant_count = merchants.len();
+    let expected = expected_consumers(&base).await;
+
+    let run = format!("s{seed}");
+    let make_key: Arc<dyn Fn(usize) -> KeySpec + Send + Sync> = {
+        let run = run.clone();
+        Arc::new(move |i| KeySpec::new(i, merchant_count, &run, panic_every))
+    };
+    let control = LoadControl::new(Duration::from_micros(load_ms * 1000 / keys as u64));
+    let load = tokio::spawn(run_keyed_load(
+        base.clone(),
+        merchants.clone(),
+        clients,
+        Some(keys),
+        make_key.clone(),
+        control.clone(),
+        PER_KEY_DEADLINE,
+        REQUEST_TIMEOUT,
+        seed,
+    ));
+    let started = Instant::now();
+    let windows = fault_schedule(&env, &mut broker, &mut node, Duration::from_secs(3)).await;
+    let faults_took = started.elapsed();
+    let released_during_faults = control.started_keys().min(keys);
+    control.unpace();
+    let outcomes = load.await.expect("load task");
+    let load_took = started.elapsed();
+    println!(
+        "fault-suite: faults took {} ms; {released_during_faults} of {keys} keys started during them; load took {} ms",
+        ms(faults_took),
+        ms(load_took)
+    );
+
+    let client = load_client(Duration::from_secs(30));
+    let caught = wait_caught_up(&client, &base, &expected, Duration::from_secs(60)).await;
+    println!("fault-suite: pools caught up after the load: {caught:?}");
+
+    // Faults and what they hit.
+    for w in &windows {
+        let hit = w.keys_in_flight(outcomes.values().map(|(_, o)| o));
+        println!(
+            "fault-suite: fault {} {} ms, {hit} keys in flight; {}",
+            w.name,
+            ms(w.end - w.start),
+            w.note
+        );
+    }
+    let mut failures_by_kind: BTreeMap<String, u32> = BTreeMap::new();
+    for (_, o) in outcomes.values() {
+        for (k, n) in &o.failures {
+            *failures_by_kind.entry(k.clone()).or_insert(0) += n;
+        }
+    }
+    println!("fault-suite: non-2xx tries by kind: {failures_by_kind:?}");
+
+    // Acknowledged: every key got a 2xx.
+    assert_eq!(outcomes.len(), keys, "every key was tried");
+    let unacknowledged: Vec<_> = outcomes
+        .values()
+        .filter(|(_, o)| o.payment_id.is_none())
+        .map(|(s, o)| (s.idempotency_key.clone(), o.failures.clone()))
+        .collect();
+    let acknowledged = keys - unacknowledged.len();
+    let panicking = outcomes.values().filter(|(s, _)| s.panics).count();
+    let panicked_503 = outcomes
+        .values()
+        .filter(|(s, o)| s.panics && o.attempts > 1)
+        .count();
+
+    // Responses: a replay of every key answers the same id.
+    let mut replay_mismatch = Vec::new();
+    let replay_client = load_client(REQUEST_TIMEOUT);
+    let mut rng = Rng::new(seed);
+    for (spec, outcome) in outcomes.values() {
+        let Some(id) = &outcome.payment_id else {
+            continue;
+        };
+        let again = create_until_acknowledged(
+            &replay_client,
+            &base,
+            &merchants[spec.merchant].api_key,
+            spec,
+            Duration::from_secs(30),
+            &mut rng,
+        )
+        .await;
+        if again.payment_id.as_ref() != Some(id) {
+            replay_mismatch.push((spec.idempotency_key.clone(), id.clone(), again.payment_id));
+        }
+    }
+
+    // Journal: `payment.created` grouped by (merchant, key), independent reader.
+    let (events, journal_records) = journal_events(&env.brokers, &env.topic());
+    let (by_key, created_records) = journal_creates(&events);
+    let mut journal_dups = Vec::new();
+    let mut journal_missing = Vec::new();
+    let mut ours = BTreeSet::new();
+    for (spec, outcome) in outcomes.values() {
+        let merchant = &merchants[spec.merchant];
+        let k = (merchant.id.clone(), spec.idempotency_key.clone());
+        ours.insert(k.clone());
+        let ids = by_key.get(&k).cloned().unwrap_or_default();
+        match (&outcome.payment_id, ids.len()) {
+            (_, n) if n > 1 => journal_dups.push((spec.idempotency_key.clone(), ids)),
+            (Some(id), 1) if !ids.contains(id) => {
+                journal_dups.push((spec.idempotency_key.clone(), ids))
+            }
+            (Some(_), 0) => journal_missing.push(spec.idempotency_key.clone()),
+            _ => {}
+        }
+    }
+    let strangers: Vec<_> = by_key
+        .keys()
+        .filter(|k| !ours.contains(*k) && k.1 != "warm-up")
+        .collect();
+    let distinct_payments: usize = by_key.values().map(BTreeSet::len).sum();
+
+    // List API: per merchant, paging with starting_after.
+    let mut list_dups = 0usize;
+    let mut list_missing = 0usize;
+    let mut list_extra = 0usize;
+    let mut listed_total = 0usize;
+    for (m, merchant) in merchants.iter().enumerate() {
+        let want: BTreeSet<String> = outcomes
+            .values()
+            .filter(|(s, _)| s.merchant == m)
+            .filter_map(|(_, o)| o.payment_id.clone())
+            .chain([merchant.warm_up.clone()])
+            .collect();
+        let listed = list_all(&client, &base, &merchant.api_key).await;
+        listed_total += listed.len();
+        let set: BTreeSet<String> = listed.iter().cloned().collect();
+        list_dups += listed.len() - set.len();
+        list_missing += want.difference(&set).count();
+        list_extra += set.difference(&want).count();
+    }
+
+    // Lost: every acknowledged id readable, with the key's amount.
+    let mut lost = Vec::new();
+    for (spec, outcome) in outcomes.values() {
+        let Some(id) = &outcome.payment_id else {
+            continue;
+        };
+        let r = client
+            .get(format!("{base}/v1/payments/{id}"))
+            .bearer_auth(&merchants[spec.merchant].api_key)
+            .send()
+            .await;
+        let ok = match r {
+            Ok(r) if r.status().as_u16() == 200 => r
+                .json::<serde_json::Value>()
+                .await
+                .is_ok_and(|b| b["id"] == id.as_str() && b["amount"] == spec.amount),
+            _ => false,
+        };
+        if !ok {
+            lost.push((spec.idempotency_key.clone(), id.clone()));
+        }
+    }
+
+    // Latency: first try → first 2xx.
+    let mut latencies: Vec<Duration> = outcomes
+        .values()
+        .filter_map(|(_, o)| o.time_to_2xx())
+        .collect();
+    latencies.sort();
+    let attempts: u64 = outcomes.values().map(|(_, o)| o.attempts as u64).sum();
+
+    let (audit_clean, audit_diffs, audit_out) = audit(&env);
+    let duplicated = journal_dups.len() + replay_mismatch.len() + list_dups;
+    println!(
+        "fault-suite: journal {journal_records} records, {created_records} payment.created records, {distinct_payments} distinct payments; list {listed_total} entries; {panicking} keys with panic_on_create ({panicked_503} needed a retry); {attempts} tries in all"
+    );
+    println!(
+        "fault-suite: keys={keys} acknowledged={acknowledged} duplicated={duplicated} lost={} p50_first_2xx_ms={} p99_first_2xx_ms={} max_first_2xx_ms={} audit_differences={} clients={clients} merchants={merchant_count} faults={}",
+        lost.len() + journal_missing.len() + list_missing,
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 99.0)),
+        ms(latencies.last().copied().unwrap_or_default()),
+        audit_diffs.map(|d| d.to_string()).unwrap_or_else(|| "?".into()),
+        windows.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join(",") + ",payment_actor_panic",
+    );
+
+    assert!(
+        unacknowledged.is_empty(),
+        "{} keys never acknowledged: {:?}\n{}",
+        unacknowledged.len(),
+        &unacknowledged[..unacknowledged.len().min(10)],
+        node.log_tail(40)
+    );
+    for w in &windows {
+        assert!(
+            w.keys_in_flight(outcomes.values().map(|(_, o)| o)) > 0,
+            "fault {} hit no key in flight (raise PAYRAIL_FAULT_LOAD_MS)",
+            w.name
+        );
+    }
+    assert!(
+        panicking > 0 && panicked_503 > 0,
+        "payment actor panics were injected ({panicking} keys, {panicked_503} retried)"
+    );
+    assert!(
+        replay_mismatch.is_empty(),
+        "a replayed key answered another id: {:?}",
+        &replay_mismatch[..replay_mismatch.len().min(10)]
+    );
+    assert!(
+        journal_dups.is_empty(),
+        "keys with more than one payment id in the journal: {:?}",
+        &journal_dups[..journal_dups.len().min(10)]
+    );
+    assert!(
+        journal_missing.is_empty(),
+        "acknowledged keys without payment.created in the journal: {:?}",
+        &journal_missing[..journal_missing.len().min(10)]
+    );
+    assert!(
+        strangers.is_empty(),
+        "payment.created for keys no client sent: {strangers:?}"
+    );
+    assert_eq!(
+        (list_dups, list_missing, list_extra),
+        (0, 0, 0),
+        "list API: (duplicate entries, acknowledged ids missing, ids nobody acknowledged)"
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged payments not readable: {:?}",
+        &lost[..lost.len().min(10)]
+    );
+    assert!(
+        caught.is_ok(),
+        "pools not caught up 60 s after the load (issue 9 item 6?): {caught:?}"
+    );
+    assert!(audit_clean, "payrail audit found differences:\n{audit_out}");
+}
+
+fn median(sorted: &[Duration]) -> Duration {
+    percentile(sorted, 50.0)
+}
+
+struct CycleResult {
+    series: &'static str,
+    cycle: u64,
+    catch_up: Result<Duration, String>,
+    audit: (bool, Option<u64>),
+    note: String,
+}
+
+/// Pauses the load, waits for the keys in flight and the pools, audits, resumes.
+async fn audit_between_cycles(
+    env: &TestEnv,
+    control: &LoadControl,
+    client: &reqwest::Client,
+    base: &str,
+    expected: &BTreeMap<String, BTreeSet<i64>>,
+) -> (bool, Option<u64>, String) {
+    control.pause();
+    let drained = control.drained(Duration::from_secs(120)).await;
+    let caught = wait_caught_up(client, base, expected, Duration::from_secs(60)).await;
+    let result = if drained && caught.is_ok() {
+        audit(env)
+    } else {
+        (
+            false,
+            None,
+            format!("not audited: drained={drained} caught_up={caught:?}"),
+        )
+    };
+    control.resume();
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_catch_up_after_node_and_broker_fault_cycles() {
+    let cycles = env_u64("PAYRAIL_FAULT_CYCLES", 2);
+    let stop_ms = env_u64("PAYRAIL_FAULT_STOP_MS", 8000);
+    let bound = Duration::from_millis(env_u64("PAYRAIL_FAULT_CATCH_UP_MS", 15_000));
+    let seed = env_u64("PAYRAIL_FAULT_SEED", 1);
+    let clients = 2;
+
+    let (env, broker, mut node) = setup("fault_cycles").await;
+    let base = node.base.clone();
+    let port = node.port;
+    let merchants = merchants(&base, &env, 2, "Cycle").await;
+    let merchant_count = merchants.len();
+    let expected = expected_consumers(&base).await;
+
+    // Light load: about 10 keyed creates a second, endless until stopped.
+    let run = format!("c{seed}");
+    let make_key: Arc<dyn Fn(usize) -> KeySpec + Send + Sync> =
+        Arc::new(move |i| KeySpec::new(i, merchant_count, &run, 0));
+    let control = LoadControl::new(Duration::from_millis(100));
+    let load = tokio::spawn(run_keyed_load(
+        base.clone(),
+        merchants.clone(),
+        clients,
+        None,
+        make_key,
+        control.clone(),
+        PER_KEY_DEADLINE,
+        REQUEST_TIMEOUT,
+        seed,
+    ));
+    let client = load_client(Duration::from_secs(10));
+    let extra = node_extra();
+    let mut results = Vec::new();
+
+    for cycle in 1..=cycles {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        node.kill9();
+        let end = Instant::now(); // the restart starts at once: the fault ends here
+        node = LoggedNode::start_on(&env, port, &as_refs(&extra)).await;
+        let ready = end.elapsed();
+        let catch_up = wait_caught_up(&client, &base, &expected, Duration::from_secs(120))
+            .await
+            .map(|d| d + ready);
+        let (clean, diffs, out) =
+            audit_between_cycles(&env, &control, &client, &base, &expected).await;
+        println!(
+            "fault-cycles: node_sigkill {cycle}: ready {} ms, caught up {:?}, audit clean={clean} differences={diffs:?}",
+            ms(ready),
+            catch_up.as_ref().map(|d| ms(*d))
+        );
+        if !clean {
+            println!("{out}");
+        }
+        results.push(CycleResult {
+            series: "node_sigkill",
+            cycle,
+            catch_up,
+            audit: (clean, diffs),
+            note: format!("ready after {} ms", ms(ready)),
+        });
+    }
+
+    for cycle in 1..=cycles {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        broker.pause();
+        tokio::time::sleep(Duration::from_millis(stop_ms)).await;
+        broker.resume();
+        let catch_up = wait_caught_up(&client, &base, &expected, Duration::from_secs(120)).await;
+        let (clean, diffs, out) =
+            audit_between_cycles(&env, &control, &client, &base, &expected).await;
+        println!(
+            "fault-cycles: broker_sigstop {cycle} ({stop_ms} ms): caught up {:?}, audit clean={clean} differences={diffs:?}",
+            catch_up.as_ref().map(|d| ms(*d))
+        );
+        if !clean {
+            println!("{out}");
+        }
+        results.push(CycleResult {
+            series: "broker_sigstop",
+            cycle,
+            catch_up,
+            audit: (clean, diffs),
+            note: format!("stopped {stop_ms} ms"),
+        });
+    }
+
+    control.stop();
+    let outcomes = load.await.expect("load task");
+    let unacknowledged = outcomes
+        .values()
+        .filter(|(_, o)| o.payment_id.is_none())
+        .count();
+    let (events, _) = journal_events(&env.brokers, &env.topic());
+    let (by_key, _) = journal_creates(&events);
+    let forked = by_key.values().filter(|ids| ids.len() > 1).count();
+
+    let mut problems = Vec::new();
+    for series in ["node_sigkill", "broker_sigstop"] {
+        let mut times: Vec<Duration> = results
+            .iter()
+            .filter(|r| r.series == series)
+            .filter_map(|r| r.catch_up.as_ref().ok().copied())
+            .collect();
+        times.sort();
+        let stalled = results
+            .iter()
+            .filter(|r| r.series == series && r.catch_up.is_err())
+            .count();
+        let audits_clean = results
+            .iter()
+            .filter(|r| r.series == series && r.audit.0)
+            .count();
+        println!(
+            "fault-cycles: {series} cycles={cycles} caught_up_max_ms={} caught_up_median_ms={} not_caught_up_in_120s={stalled} over_{}ms={} audits_clean={audits_clean}/{cycles} (audit after every cycle, load paused)",
+            ms(times.last().copied().unwrap_or_default()),
+            ms(median(&times)),
+            ms(bound),
+            times.iter().filter(|t| **t > bound).count(),
+        );
+        for r in results.iter().filter(|r| r.series == series) {
+            match &r.catch_up {
+                Ok(t) if *t <= bound => {}
+                other => problems.push(format!(
+                    "{} {} ({}): catch-up {other:?} > {bound:?}",
+                    r.series, r.cycle, r.note
+                )),
+            }
+            if !r.audit.0 {
+                problems.push(format!(
+                    "{} {}: audit not clean ({:?} differences)",
+                    r.series, r.cycle, r.audit.1
+                ));
+            }
+        }
+    }
+    println!(
+        "fault-cycles: keys={} unacknowledged={unacknowledged} keys_with_two_ids_in_journal={forked}",
+        outcomes.len()
+    );
+    assert_eq!(
+        unacknowledged, 0,
+        "every key of the light load acknowledged"
+    );
+    assert_eq!(forked, 0, "one payment id per key in the journal");
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}\nnode log tail:\n{}",
+        problems.len(),
+        problems.join("\n"),
+        node.log_tail(40)
+    );
+}
