@@ -5,6 +5,7 @@
 mod common;
 
 use common::broker::PrivateBroker;
+use common::proxy::LossyProxy;
 use common::*;
 use kafka_journal::codec::{Codec, CodecKind};
 use kafka_journal::Envelope;
@@ -133,6 +134,88 @@ async fn a_create_that_timed_out_and_its_retries_are_one_payment() {
         2,
         "warm-up + order-1, nothing else: {listed:?}"
     );
+}
+
+/// The same defect made deterministic: a proxy loses the broker's answers, so the create is
+/// written but never acknowledged. The producer's connection heals first while the node's
+/// snapshot projector stays behind (its answers are still lost), and the client retries at
+/// once: the retry must not create a second payment while the first record is unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_whose_acknowledgement_was_lost_and_its_retry_are_one_payment() {
+    let mut env = TestEnv::new("faults_lost_ack").await;
+    let broker_dir = env.dir.join("broker");
+    std::fs::create_dir_all(&broker_dir).expect("broker dir");
+    let broker_port = free_port();
+    let proxy = LossyProxy::start(broker_port).await;
+    let _broker = PrivateBroker::start_advertising(&broker_dir, broker_port, proxy.port);
+    env.brokers = format!("127.0.0.1:{}", proxy.port);
+    let node = NodeProcess::start(
+        &env,
+        &[
+            ("PAYRAIL__JOURNAL__PRODUCE_TIMEOUT_MS", "1000"),
+            ("PAYRAIL__SUPERVISOR__BREAKER_COOL_DOWN_MS", "100"),
+            ("PAYRAIL__ACTORS__REBUILD_TIMEOUT_MS", "500"),
+        ],
+    )
+    .await;
+    let api = Api::new(&node);
+    let (merchant_id, key) = api.merchant("LostAck").await;
+    let body = r#"{"amount":2500,"currency":"eur"}"#;
+    assert_eq!(
+        api.create_payment(&key, Some("warm-up"), body).await.status,
+        201
+    );
+
+    proxy.lose_answers();
+    let lost = api.create_payment(&key, Some("lost-ack"), body).await;
+    assert_eq!(lost.status, 503, "{}", lost.body);
+    assert_eq!(
+        lost.body["error"]["code"], "journal_outcome_unknown",
+        "{}",
+        lost.body
+    );
+    assert!(proxy.dropped_bytes() > 0, "the broker's answers were lost");
+    proxy.heal_producers();
+
+    // Retries while the projector is still behind: none may create a second payment.
+    let mut answered = BTreeSet::new();
+    let retry_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < retry_until {
+        let r = api.create_payment(&key, Some("lost-ack"), body).await;
+        if r.status < 300 {
+            answered.insert(r.body["id"].as_str().unwrap_or_default().to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.heal();
+    let settled = eventually(Duration::from_secs(30), || {
+        let api = api.clone();
+        let key = key.clone();
+        async move {
+            let r = api.create_payment(&key, Some("lost-ack"), body).await;
+            (r.status < 300).then_some(r.body)
+        }
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "acknowledged once the journal is readable: {}",
+            node.log_tail()
+        )
+    });
+    answered.insert(settled["id"].as_str().unwrap_or_default().to_string());
+    assert_eq!(
+        answered.len(),
+        1,
+        "one payment id in the responses: {answered:?}"
+    );
+    let ids: BTreeSet<String> = journal_events(&env.brokers, &env.topic())
+        .into_iter()
+        .filter(|e| e.merchant_id == merchant_id)
+        .filter(|e| matches!(&e.payload, PaymentEvent::Created(c) if c.idempotency_key.as_deref() == Some("lost-ack")))
+        .map(|e| e.payment_id)
+        .collect();
+    assert_eq!(ids, answered, "one payment id for the key in the journal");
 }
 
 /// Consecutive timed-out appends open the breaker at the threshold, and from then on

@@ -14,6 +14,12 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     /// Starts tansu on `port` with its sqlite store in `dir` (kept across restarts).
     pub fn start(dir: &Path, port: u16) -> Self {
+        Self::start_advertising(dir, port, port)
+    }
+
+    /// Like [`PrivateBroker::start`], but clients are told to connect to `advertised`
+    /// (e.g. a proxy in front of the broker).
+    pub fn start_advertising(dir: &Path, port: u16, advertised: u16) -> Self {
         let tansu = std::env::var("PAYRAIL_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
         let log =
             std::fs::File::create(dir.join(format!("tansu-{}.log", uuid::Uuid::now_v7().simple())))
@@ -25,7 +31,7 @@ impl PrivateBroker {
                 "--listener-url",
                 &format!("tcp://127.0.0.1:{port}"),
                 "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
+                &format!("tcp://127.0.0.1:{advertised}"),
                 "--storage-engine",
                 "sqlite://tansu.db",
             ])
