@@ -91,12 +91,24 @@ pub async fn merchants_covering_partitions(
         if out.len() < min {
             continue;
         }
-        let covered: BTreeSet<i32> = read_journal(&env.brokers, &env.topic(), PARTITIONS)
-            .iter()
-            .map(|r| r.partition)
-            .collect();
-        if covered.len() == PARTITIONS as usize {
-            return out;
+        // The partitions holding records, from the node's consumers (the snapshot projector
+        // reports every partition's high watermark); polled briefly, as it lags a little.
+        let client = load_client(Duration::from_secs(10));
+        let mut covered = BTreeSet::new();
+        for _ in 0..25 {
+            if let Ok(sample) = consumers(&client, &api.base).await {
+                covered = sample
+                    .iter()
+                    .filter(|c| c["topic"].as_str() == Some(env.topic().as_str()))
+                    .flat_map(|c| c["partitions"].as_array().cloned().unwrap_or_default())
+                    .filter(|p| p["high_watermark"].as_i64().unwrap_or(0) > 0)
+                    .filter_map(|p| p["partition"].as_i64())
+                    .collect();
+            }
+            if covered.len() == PARTITIONS as usize {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert!(out.len() < 32, "32 merchants do not cover every partition");
     }
