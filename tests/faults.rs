@@ -477,3 +477,42 @@ async fn a_payment_over_its_restart_intensity_makes_readyz_say_so() {
         .await;
     assert_eq!(other.status, 201, "{}", other.body);
 }
+
+/// The defect: a payment actor that passivated with `stop()` dropped a message queued
+/// behind its idle check, and its caller got 500 "actor stopped". Now an idle actor is
+/// retired through its merchant, which holds new messages until it has stopped. With a
+/// passivation time as short as the gaps between commands, every command is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passivation_drops_no_command() {
+    let env = TestEnv::new("faults_passivation").await;
+    let node = NodeProcess::start(&env, &[("PAYRAIL__ACTORS__PASSIVATE_AFTER_MS", "10")]).await;
+    let api = Api::new(&node);
+    let (_merchant_id, key) = api.merchant("Passivating").await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let r = api
+            .create_payment(
+                &key,
+                Some(&format!("p-{i}")),
+                r#"{"amount":300,"currency":"eur"}"#,
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        ids.push(r.body["id"].as_str().expect("id").to_string());
+    }
+    let mut failures = Vec::new();
+    for round in 0..100u64 {
+        let id = &ids[(round % 4) as usize];
+        let r = api.get_payment(&key, id).await;
+        if r.status != 200 {
+            failures.push((r.status, r.body.to_string()));
+        }
+        // Gaps around the passivation time, so idle checks and commands interleave.
+        tokio::time::sleep(Duration::from_millis(5 + (round * 7) % 15)).await;
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 100 reads failed: {failures:?}",
+        failures.len()
+    );
+}
