@@ -3,7 +3,7 @@
 use crate::config::{Config, PoolKind};
 use anyhow::{bail, Context};
 use kafka_journal::admin::{self, TopicSpec};
-use kafka_journal::consumer::{spawn_consumer, Assignment, ConsumerSpec};
+use kafka_journal::consumer::{spawn_consumer, Assignment, ConsumerSpec, Supervision};
 use kafka_journal::JournalProducer;
 use payrail_actors::merchants::MerchantRegistry;
 use payrail_actors::pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP};
@@ -13,7 +13,7 @@ use payrail_actors::pools::settlement::{
 };
 use payrail_actors::snapshots::{SnapshotProjector, SNAPSHOT_CONSUMER};
 use payrail_actors::{NodeHandle, Runtime, RuntimeParts};
-use payrail_supervisor::{JournalHealth, PartitionOwnership};
+use payrail_supervisor::{Escalations, JournalHealth, PartitionOwnership};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use std::net::SocketAddr;
@@ -97,10 +97,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let producer = JournalProducer::new(journal, Arc::new(kafka_journal::producer::NoSignals))?;
     let ownership = PartitionOwnership::all(journal.partitions);
+    // Every supervisor of this node reports its give-ups here.
+    let escalations = Escalations::new();
+    let supervision = Supervision {
+        restart: config.supervisor.restart,
+        escalations: escalations.clone(),
+    };
 
     let snapshots = spawn_consumer(
         journal,
-        config.supervisor.restart,
+        supervision.clone(),
         ConsumerSpec {
             name: journal.group(SNAPSHOT_CONSUMER),
             topic: topic.clone(),
@@ -168,7 +174,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pools.push(
             spawn_consumer(
                 journal,
-                config.supervisor.restart,
+                supervision.clone(),
                 ConsumerSpec {
                     name: journal.group(group),
                     topic: topic.clone(),
@@ -184,7 +190,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(
             payrail_actors::pools::notification::start(
                 journal,
-                config.supervisor.restart,
+                supervision.clone(),
                 &config.notification,
                 &topic,
                 pool.clone(),

@@ -24,11 +24,10 @@ use crate::payment::{Payment, PaymentEvent, PaymentView, RefundView};
 use crate::snapshots::{next_state, NextState};
 use kafka_journal::consumer::{
     spawn_consumer, Assignment, ConsumedRecord, ConsumerHandle, ConsumerSpec, HandlerError,
-    PartitionHandler,
+    PartitionHandler, Supervision,
 };
 use kafka_journal::{Envelope, JournalOptions, JournalProducer};
 use options::NotificationOptions;
-use payrail_supervisor::RestartPolicy;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 use std::sync::Arc;
@@ -242,7 +241,7 @@ pub enum StartError {
 /// this node's delivery task.
 pub async fn start(
     journal: &JournalOptions,
-    restart: RestartPolicy,
+    supervision: Supervision,
     options: &NotificationOptions,
     topic: &str,
     pool: PgPool,
@@ -261,7 +260,7 @@ pub async fn start(
     let group = journal.group(NOTIFICATION_GROUP);
     let consumer = spawn_consumer(
         journal,
-        restart,
+        supervision,
         ConsumerSpec {
             name: group.clone(),
             topic: topic.to_string(),
