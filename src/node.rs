@@ -152,7 +152,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "partitions ready"
     );
 
-    // The subscriber pools this node runs (`pools.run`), each its own consumer group.
+    // The subscriber pools this node runs (`pools.run`). Each reads the partitions this node
+    // owns, assigned by hand from PostgreSQL offsets rather than through a broker consumer
+    // group: tansu's group coordinator left pools without partitions for minutes after a
+    // restart (see docs/DECISIONS.md, "Subscriber pools").
     let mut pools = Vec::new();
     for (kind, group, handler) in [
         (
@@ -178,7 +181,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 ConsumerSpec {
                     name: journal.group(group),
                     topic: topic.clone(),
-                    assignment: Assignment::Group(journal.group(group)),
+                    assignment: Assignment::Manual(ownership.owned()),
                 },
                 pool.clone(),
                 handler,
@@ -193,6 +196,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 supervision.clone(),
                 &config.notification,
                 &topic,
+                ownership.owned(),
                 pool.clone(),
                 producer.clone(),
             )

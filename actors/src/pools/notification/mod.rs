@@ -237,13 +237,14 @@ pub enum StartError {
     Delivery(#[from] delivery::DeliveryError),
 }
 
-/// Creates `<namespace>notification.dlq`, starts the pool's consumer group on `topic` and
-/// this node's delivery task.
+/// Creates `<namespace>notification.dlq`, starts the pool's consumer on `partitions` of
+/// `topic` (the node's own; offsets from PostgreSQL) and this node's delivery task.
 pub async fn start(
     journal: &JournalOptions,
     supervision: Supervision,
     options: &NotificationOptions,
     topic: &str,
+    partitions: Vec<i32>,
     pool: PgPool,
     producer: JournalProducer,
 ) -> Result<NotificationPool, StartError> {
@@ -264,7 +265,7 @@ pub async fn start(
         ConsumerSpec {
             name: group.clone(),
             topic: topic.to_string(),
-            assignment: Assignment::Group(group),
+            assignment: Assignment::Manual(partitions),
         },
         pool.clone(),
         Arc::new(NotificationProjector::new(options)),
