@@ -425,6 +425,7 @@ pub async fn rebuild(config: &Config, pool: &PgPool, pool_name: &str) -> anyhow:
             name: name.clone(),
             topic: topic.clone(),
             assignment: Assignment::Manual(partitions.clone()),
+            dead_letter_topic: Some(journal.dead_letter_topic(group)),
         },
         pool.clone(),
         handler,

@@ -18,6 +18,7 @@
 //! partition stays stopped and the give-up is reported to [`Escalations`].
 
 use crate::codec::{Codec, CodecError, CodecKind};
+use crate::dead_letters::DeadLetterPublisher;
 use crate::envelope::{Envelope, EventHeaders};
 use crate::lag::LagHistogram;
 use crate::offsets;
@@ -111,6 +112,10 @@ pub struct ConsumerSpec {
     pub name: String,
     pub topic: String,
     pub assignment: Assignment,
+    /// Where records that fail every attempt are published besides `journal_dead_letters`
+    /// (a pool's `<namespace><pool>.dlq`, see [`JournalOptions::dead_letter_topic`]); created
+    /// at start. `None`: the table only.
+    pub dead_letter_topic: Option<String>,
 }
 
 /// How far each partition has been applied (next offset), for readiness and tests.
@@ -317,6 +322,12 @@ pub async fn spawn_consumer(
         }
     }
 
+    let dead_letters = match &spec.dead_letter_topic {
+        Some(topic) => Some(Arc::new(
+            DeadLetterPublisher::new(options, topic.clone()).await?,
+        )),
+        None => None,
+    };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         consumer,
@@ -332,6 +343,7 @@ pub async fn spawn_consumer(
         manual,
         generations: AtomicU64::new(0),
         shutdown: shutdown_rx.clone(),
+        dead_letters,
     });
     let dispatcher = Dispatcher {
         shared,
@@ -388,6 +400,7 @@ struct Shared {
     manual: bool,
     generations: AtomicU64,
     shutdown: watch::Receiver<bool>,
+    dead_letters: Option<Arc<DeadLetterPublisher>>,
 }
 
 struct Dispatcher {
@@ -563,6 +576,7 @@ impl Shared {
             store_kafka_offsets: !self.manual,
             stale_batches_max: self.mailbox,
             seek_on_start: restarted,
+            dead_letters: self.dead_letters.clone(),
         };
         Actor::spawn(None, PartitionWorker, args).await
     }
@@ -701,6 +715,7 @@ pub struct WorkerArgs {
     stale_batches_max: usize,
     /// Seek to the stored offset on start: a restarted worker's records were dropped.
     seek_on_start: bool,
+    dead_letters: Option<Arc<DeadLetterPublisher>>,
 }
 
 /// What to do with a batch, given the next offset to apply.
@@ -964,7 +979,11 @@ impl WorkerState {
         Ok(())
     }
 
-    /// Applies one record with retries; parks it in the dead letters when every attempt fails.
+    /// Applies one record with retries. When every attempt fails, publishes it to the
+    /// dead-letter topic, then parks it in `journal_dead_letters` with the next offset, so
+    /// the partition moves on. The topic comes first: a crash in between publishes it again
+    /// (same original offset and event id) rather than never. If the topic cannot be written
+    /// the worker fails and is restarted under the restart policy.
     async fn apply_alone(&self, record: &ConsumedRecord) -> Result<(), ActorProcessingErr> {
         let mut last_error = String::new();
         for attempt in 1..=self.args.max_attempts {
@@ -977,18 +996,13 @@ impl WorkerState {
             }
         }
         error!(offset = record.offset, error = %last_error, "record dead-lettered");
+        if let Some(dead_letters) = &self.args.dead_letters {
+            dead_letters
+                .publish(&self.args.spec.name, record, &last_error)
+                .await?;
+        }
         let mut tx = self.args.pool.begin().await?;
-        offsets::dead_letter(
-            &mut tx,
-            &self.args.spec.name,
-            &self.args.spec.topic,
-            self.args.partition,
-            record.offset,
-            record.event_id,
-            &last_error,
-            &record.value,
-        )
-        .await?;
+        offsets::dead_letter(&mut tx, &self.args.spec.name, record, &last_error).await?;
         offsets::store_next_offset(
             &mut tx,
             &self.args.spec.name,

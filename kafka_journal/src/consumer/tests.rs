@@ -232,6 +232,7 @@ async fn a_batch_queued_behind_a_seek_back_is_not_applied_past_the_gap() {
             name: name.clone(),
             topic: world.topic.clone(),
             assignment: Assignment::Manual(vec![0]),
+            dead_letter_topic: None,
         },
         pool: pool.clone(),
         handler: Arc::new(Recorder::default()),
@@ -244,6 +245,7 @@ async fn a_batch_queued_behind_a_seek_back_is_not_applied_past_the_gap() {
         manual: true,
         generations: AtomicU64::new(0),
         shutdown: shutdown_rx.clone(),
+        dead_letters: None,
     });
     // Two batches fetched from offset 10 before any seek: the first makes the worker seek
     // back to 5, the second waits in its mailbox behind it.
@@ -299,6 +301,7 @@ async fn a_restarting_partition_does_not_hold_back_the_others() {
             name: world.options.group("stall"),
             topic: world.topic.clone(),
             assignment: Assignment::Manual(vec![0, 1]),
+            dead_letter_topic: None,
         },
         pool.clone(),
         recorder.clone(),
@@ -350,6 +353,7 @@ async fn a_worker_that_cannot_start_is_retried_with_backoff() {
             name: world.options.group("spawn"),
             topic: world.topic.clone(),
             assignment: Assignment::Manual(vec![0]),
+            dead_letter_topic: None,
         },
         pool.clone(),
         Arc::new(Recorder::default()),
@@ -390,6 +394,7 @@ async fn a_worker_over_its_intensity_escalates_and_the_others_go_on() {
             name: name.clone(),
             topic: world.topic.clone(),
             assignment: Assignment::Manual(vec![0, 1]),
+            dead_letter_topic: None,
         },
         pool.clone(),
         Arc::new(Recorder::panicking_on(0, 1, u32::MAX)),
@@ -445,4 +450,140 @@ fn a_failed_seek_is_retried_by_the_next_batch() {
     assert_eq!(guard.check(5, 10, 4), GapVerdict::SeekBack);
     guard.seek_failed();
     assert_eq!(guard.check(5, 12, 4), GapVerdict::SeekBack);
+}
+
+/// Fails (an error, not a panic) on chosen offsets until healed; records the rest like
+/// [`Recorder`].
+#[derive(Default)]
+struct Poisoned {
+    poison: Vec<(i32, i64)>,
+    healed: AtomicBool,
+    recorder: Recorder,
+}
+
+#[async_trait::async_trait]
+impl PartitionHandler for Poisoned {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        record: &ConsumedRecord,
+    ) -> Result<(), HandlerError> {
+        if !self.healed.load(Ordering::SeqCst)
+            && self.poison.contains(&(record.partition, record.offset))
+        {
+            return Err(format!("test: cannot apply offset {}", record.offset).into());
+        }
+        self.recorder.apply(conn, record).await
+    }
+}
+
+/// Reads every record of `topic`'s partition 0 with an independent client.
+fn read_all(options: &JournalOptions, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::BaseConsumer;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &options.brokers)
+        .set("group.id", format!("dlq-reader-{}", Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let (low, high) = consumer
+        .fetch_watermarks(topic, 0, Timeout::After(WAIT))
+        .expect("watermarks");
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, 0, Offset::Offset(low))
+        .expect("partition");
+    consumer.assign(&list).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while (out.len() as i64) < high - low {
+        assert!(Instant::now() < deadline, "reading {topic} timed out");
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            out.push(message.expect("record").detach());
+        }
+    }
+    out
+}
+
+fn header(message: &rdkafka::message::OwnedMessage, key: &str) -> Option<String> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A record that fails every attempt lands in `journal_dead_letters` and in the pool's DLQ
+/// topic, the partition moves on, and a replay applies it exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_is_dead_lettered_to_table_and_topic_and_replayed_once() {
+    let mut world = World::new("dlq", 1).await;
+    world.options.worker_max_attempts = 2;
+    world.options.worker_retry_base_ms = 10;
+    let pool = world.pool(4).await;
+    let name = world.options.group("payrail.test");
+    let dlq_topic = world.options.dead_letter_topic("payrail.test");
+    let handler = Arc::new(Poisoned {
+        poison: vec![(0, 2)],
+        ..Poisoned::default()
+    });
+    let consumer = spawn_consumer(
+        &world.options,
+        supervision(3, 50),
+        ConsumerSpec {
+            name: name.clone(),
+            topic: world.topic.clone(),
+            assignment: Assignment::Manual(vec![0]),
+            dead_letter_topic: Some(dlq_topic.clone()),
+        },
+        pool.clone(),
+        handler.clone(),
+    )
+    .await
+    .expect("consumer");
+    let offsets = world.produce(0, 5).await;
+    assert!(
+        consumer.progress.wait_for(0, 5, WAIT).await,
+        "the partition moved on past the poison record"
+    );
+    let mut expected = once_each(0..5);
+    expected.remove(&2);
+    assert_eq!(applied(&pool, 0).await, expected);
+
+    let letters = crate::dead_letters::list(&pool, &name).await.expect("list");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].record_offset, offsets[2]);
+    assert!(letters[0].error.contains("cannot apply offset 2"));
+    assert_eq!(letters[0].replayed_at, None);
+
+    let published = read_all(&world.options, &dlq_topic);
+    assert_eq!(published.len(), 1, "one record on {dlq_topic}");
+    let dead = &published[0];
+    assert_eq!(
+        header(dead, "dlq_original_topic").as_deref(),
+        Some(world.topic.as_str())
+    );
+    assert_eq!(header(dead, "dlq_original_partition").as_deref(), Some("0"));
+    assert_eq!(header(dead, "dlq_original_offset").as_deref(), Some("2"));
+    assert!(header(dead, "dlq_error").is_some_and(|e| e.contains("cannot apply offset 2")));
+    assert_eq!(
+        header(dead, EventHeaders::EVENT_ID),
+        letters[0].event_id.map(|id| id.to_string())
+    );
+    assert_eq!(dead.payload(), Some(&b"{\"n\":2}"[..]));
+
+    // The handler is fixed; the replay applies the dead letter once, a second one nothing.
+    handler.healed.store(true, Ordering::SeqCst);
+    let first = crate::dead_letters::replay(&pool, &name, handler.as_ref(), None)
+        .await
+        .expect("replay");
+    assert_eq!(first.applied, 1, "{first:?}");
+    let second = crate::dead_letters::replay(&pool, &name, handler.as_ref(), None)
+        .await
+        .expect("second replay");
+    assert_eq!(second, Default::default(), "nothing left to replay");
+    assert_eq!(applied(&pool, 0).await, once_each(0..5));
+    let letters = crate::dead_letters::list(&pool, &name).await.expect("list");
+    assert!(letters[0].replayed_at.is_some());
+    consumer.stop();
 }

@@ -266,6 +266,7 @@ pub async fn start(
             name: group.clone(),
             topic: topic.to_string(),
             assignment: Assignment::Manual(partitions),
+            dead_letter_topic: Some(journal.dead_letter_topic(NOTIFICATION_GROUP)),
         },
         pool.clone(),
         Arc::new(NotificationProjector::new(options)),
