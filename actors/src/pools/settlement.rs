@@ -395,44 +395,31 @@ impl SettlementService {
             let Some(row) = claimed else {
                 return Ok(appended);
             };
-            let (
-                id,
-                merchant_id,
-                currency,
-                captured,
-                refunded,
-                fees,
-                net,
-                status,
-                emitted,
-                paid_emitted,
-                created_at,
-                paid_at,
-            ) = row;
             let mut events = Vec::new();
-            if !emitted {
+            if !row.emitted {
                 let event = SettlementEvent::Created {
-                    currency: currency.clone(),
-                    captured,
-                    refunded,
-                    fees,
-                    net,
+                    currency: row.currency.clone(),
+                    captured: row.captured,
+                    refunded: row.refunded,
+                    fees: row.fees,
+                    net: row.net,
                 };
-                events.push((1, created_at, event));
+                events.push((1, row.created_at, event));
             }
-            let pays = status == "paid" && !paid_emitted;
+            let pays = row.status == "paid" && !row.paid_emitted;
             if pays {
                 let event = SettlementEvent::Paid {
-                    currency: currency.clone(),
-                    net,
+                    currency: row.currency.clone(),
+                    net: row.net,
                 };
-                events.push((2, paid_at.unwrap_or(created_at), event));
+                events.push((2, row.paid_at.unwrap_or(row.created_at), event));
             }
+            let (id, merchant_id) = (&row.id, &row.merchant_id);
             let partition = kafka_journal::partition_for(merchant_id.as_bytes(), self.partitions);
             let mut records = Vec::new();
             for (sequence, at, event) in &events {
                 let envelope = Envelope {
-                    event_id: settlement_event_id(&id, event.kind()),
+                    event_id: settlement_event_id(id, event.kind()),
                     event_type: event.kind().to_string(),
                     schema_version: 1,
                     payment_id: String::new(),
@@ -448,7 +435,7 @@ impl SettlementService {
             sqlx::query(
                 "UPDATE settlements SET emitted = true, paid_emitted = paid_emitted OR $2 WHERE id = $1",
             )
-            .bind(&id)
+            .bind(id)
             .bind(pays)
             .execute(&mut *tx)
             .await?;
@@ -458,20 +445,22 @@ impl SettlementService {
     }
 }
 
-type PendingSettlement = (
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    i64,
-    i64,
-    String,
-    bool,
-    bool,
-    chrono::DateTime<chrono::Utc>,
-    Option<chrono::DateTime<chrono::Utc>>,
-);
+/// A settlement with events not journaled yet, as the outbox claims it.
+#[derive(sqlx::FromRow)]
+struct PendingSettlement {
+    id: String,
+    merchant_id: String,
+    currency: String,
+    captured: i64,
+    refunded: i64,
+    fees: i64,
+    net: i64,
+    status: String,
+    emitted: bool,
+    paid_emitted: bool,
+    created_at: chrono::DateTime<chrono::Utc>,
+    paid_at: Option<chrono::DateTime<chrono::Utc>>,
+}
 
 /// Namespace of settlement event ids (UUIDv5 of `<settlement id>/<event type>`).
 const SETTLEMENT_EVENT_IDS: Uuid = Uuid::from_u128(0x5e77_1e3e_0000_4000_8000_7061_7972_6169);
