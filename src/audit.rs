@@ -10,7 +10,9 @@
 use crate::config::Config;
 use crate::node::PAYMENT_EVENTS;
 use anyhow::Context;
-use kafka_journal::consumer::{spawn_consumer, Assignment, ConsumerSpec, PartitionHandler};
+use kafka_journal::consumer::{
+    spawn_consumer, Assignment, ConsumerSpec, PartitionHandler, Supervision,
+};
 use payrail_actors::payment::machine::{evolve, EventContext};
 use payrail_actors::payment::{Payment, PaymentEvent, RefundStatus};
 use payrail_actors::pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP, DEFAULT_CHANNEL};
@@ -436,13 +438,19 @@ pub async fn rebuild(config: &Config, pool: &PgPool, pool_name: &str) -> anyhow:
     kafka_journal::offsets::reset_consumer(&mut tx, &name).await?;
     tx.commit().await?;
     let partitions: Vec<i32> = (0..journal.partitions as i32).collect();
+    // A rebuild runs in the foreground: a give-up shows as the partition not reaching its
+    // offset below, with the reason in the log.
     let consumer = spawn_consumer(
         journal,
-        config.supervisor.restart,
+        Supervision {
+            restart: config.supervisor.restart,
+            escalations: Default::default(),
+        },
         ConsumerSpec {
             name: name.clone(),
             topic: topic.clone(),
             assignment: Assignment::Manual(partitions.clone()),
+            dead_letter_topic: Some(journal.dead_letter_topic(group)),
         },
         pool.clone(),
         handler,

@@ -69,9 +69,8 @@ pub enum PoolKind {
     Notification,
 }
 
-/// Which subscriber pools this node runs. Each pool is a consumer group, so a pool left out
-/// here is served by the nodes that run it (DESIGN: pools scale through their groups); a
-/// node with `run = []` only takes commands and keeps its snapshots.
+/// Which subscriber pools this node runs, each on the partitions this node owns; a node
+/// with `run = []` only takes commands and keeps its snapshots.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolsOptions {

@@ -2,6 +2,7 @@
 
 mod audit;
 mod config;
+mod dlq;
 mod node;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,9 @@ enum Command {
         /// analytics | ledger
         pool: String,
     },
+    /// A pool's dead letters: records it gave up on after every attempt.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Run the PSP sandbox: a stand-in card processor that calls the node back with signed
     /// webhooks (see psp_sandbox/src/lib.rs for the test payment methods).
     PspSandbox(SandboxArgs),
@@ -51,6 +55,23 @@ enum Command {
     /// Reference benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List a pool's dead letters, oldest first.
+    List {
+        /// analytics | ledger | settlement | notification
+        pool: String,
+    },
+    /// Apply a pool's dead letters (not replayed yet) through its handler, each exactly once.
+    Replay {
+        /// analytics | ledger | settlement | notification
+        pool: String,
+        /// Replay only the dead letter of this event.
+        #[arg(long)]
+        event_id: Option<uuid::Uuid>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -141,6 +162,16 @@ fn main() -> ExitCode {
                     Ok(())
                 } else {
                     Err(anyhow::anyhow!("the audit found differences"))
+                }
+            }
+            (Command::Dlq(command), Some(config)) => {
+                let db = node::connect(&config).await?;
+                node::migrate(&db).await?;
+                match command {
+                    DlqCommand::List { pool } => dlq::list(&config, &db, &pool).await,
+                    DlqCommand::Replay { pool, event_id } => {
+                        dlq::replay(&config, &db, &pool, event_id).await
+                    }
                 }
             }
             (Command::Rebuild { pool }, Some(config)) => {

@@ -3,7 +3,7 @@
 use crate::config::{Config, PoolKind};
 use anyhow::{bail, Context};
 use kafka_journal::admin::{self, TopicSpec};
-use kafka_journal::consumer::{spawn_consumer, Assignment, ConsumerSpec};
+use kafka_journal::consumer::{spawn_consumer, Assignment, ConsumerSpec, Supervision};
 use kafka_journal::JournalProducer;
 use payrail_actors::merchants::MerchantRegistry;
 use payrail_actors::pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP};
@@ -104,6 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         journal,
         Arc::new(kafka_journal::producer::BreakerSignals(health.clone())),
     )?;
+    // Every supervisor of this node reports its give-ups here.
     let escalations = Escalations::new();
     if config.supervisor.on_give_up == GiveUpPolicy::Exit {
         let escalations = escalations.clone();
@@ -114,14 +115,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
     let ownership = PartitionOwnership::all(journal.partitions);
+    let supervision = Supervision {
+        restart: config.supervisor.restart,
+        escalations: escalations.clone(),
+    };
 
     let snapshots = spawn_consumer(
         journal,
-        config.supervisor.restart,
+        supervision.clone(),
         ConsumerSpec {
             name: journal.group(SNAPSHOT_CONSUMER),
             topic: topic.clone(),
             assignment: Assignment::Manual(ownership.owned()),
+            dead_letter_topic: None,
         },
         pool.clone(),
         Arc::new(SnapshotProjector),
@@ -165,7 +171,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "partitions ready"
     );
 
-    // The subscriber pools this node runs (`pools.run`), each its own consumer group.
+    // The subscriber pools this node runs (`pools.run`). Each reads the partitions this node
+    // owns, assigned by hand from PostgreSQL offsets rather than through a broker consumer
+    // group: tansu's group coordinator left pools without partitions for minutes after a
+    // restart (see docs/DECISIONS.md, "Subscriber pools").
     let mut pools = Vec::new();
     for (kind, group, handler) in [
         (
@@ -187,11 +196,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pools.push(
             spawn_consumer(
                 journal,
-                config.supervisor.restart,
+                supervision.clone(),
                 ConsumerSpec {
                     name: journal.group(group),
                     topic: topic.clone(),
-                    assignment: Assignment::Group(journal.group(group)),
+                    assignment: Assignment::Manual(ownership.owned()),
+                    dead_letter_topic: Some(journal.dead_letter_topic(group)),
                 },
                 pool.clone(),
                 handler,
@@ -203,10 +213,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(
             payrail_actors::pools::notification::start(
                 journal,
-                config.supervisor.restart,
-                escalations.clone(),
+                supervision.clone(),
                 &config.notification,
                 &topic,
+                ownership.owned(),
                 pool.clone(),
                 producer.clone(),
             )

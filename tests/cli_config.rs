@@ -22,6 +22,8 @@ fn help_is_available_for_every_command() {
         vec!["--help"],
         vec!["node", "--help"],
         vec!["migrate", "--help"],
+        vec!["dlq", "list", "--help"],
+        vec!["dlq", "replay", "--help"],
     ] {
         let (code, stdout, _) = payrail(&args, &[]);
         assert_eq!(code, 0, "{args:?}");

@@ -7,18 +7,24 @@
 //! each event takes effect exactly once; see [`crate::offsets`].
 //!
 //! PostgreSQL is the truth about positions. The group's Kafka offsets are only a hint for
-//! where to start fetching: a worker drops records below its stored offset and seeks back
-//! when the broker starts it past its stored offset (e.g. after a reset to "latest"). A
-//! worker that panics is restarted with backoff under a [`RestartTracker`]; the records it
-//! lost are fetched again by the same seek-back rule.
+//! where to start fetching: a worker drops records below its stored offset, and never
+//! applies a batch that starts past it (see [`GapGuard`]): it seeks back instead.
+//!
+//! Each partition's worker has a supervisor task. A worker that fails (panics, or cannot
+//! start, e.g. PostgreSQL is away in `pre_start`) is restarted after the backoff of a
+//! [`RestartTracker`], in that task: the dispatcher never waits for it, so the other
+//! partitions keep flowing. Meanwhile the partition is paused and its records are dropped;
+//! the restarted worker seeks back to its stored offset. Past the restart intensity the
+//! partition stays stopped and the give-up is reported to [`Escalations`].
 
 use crate::codec::{Codec, CodecError, CodecKind};
+use crate::dead_letters::DeadLetterPublisher;
 use crate::envelope::{Envelope, EventHeaders};
 use crate::lag::LagHistogram;
 use crate::offsets;
 use crate::options::JournalOptions;
 use crate::producer::JournalError;
-use payrail_supervisor::{RestartDecision, RestartPolicy, RestartTracker};
+use payrail_supervisor::{Escalations, RestartDecision, RestartPolicy, RestartTracker};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -29,6 +35,7 @@ use rdkafka::ClientContext;
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -105,6 +112,10 @@ pub struct ConsumerSpec {
     pub name: String,
     pub topic: String,
     pub assignment: Assignment,
+    /// Where records that fail every attempt are published besides `journal_dead_letters`
+    /// (a pool's `<namespace><pool>.dlq`, see [`JournalOptions::dead_letter_topic`]); created
+    /// at start. `None`: the table only.
+    pub dead_letter_topic: Option<String>,
 }
 
 /// How far each partition has been applied (next offset), for readiness and tests.
@@ -193,13 +204,43 @@ impl ConsumerHandle {
 
 type SharedConsumer = Arc<StreamConsumer<PoolContext>>;
 
+/// How a consumer supervises its partition workers.
+#[derive(Debug, Clone, Default)]
+pub struct Supervision {
+    /// Restart intensity and backoff for failed workers (`[supervisor.restart]`).
+    pub restart: RestartPolicy,
+    /// Where a give-up is reported, so that `/readyz` shows it instead of a silent stall.
+    pub escalations: Escalations,
+}
+
+/// What the consumer knows about one partition's worker.
+enum SlotState {
+    /// Applying records.
+    Running {
+        actor: ActorRef<WorkerMsg>,
+        mailbox: Arc<Semaphore>,
+    },
+    /// Failed; a restart is scheduled. The partition is paused and records that still
+    /// arrive are dropped: the restarted worker seeks back to its stored offset.
+    Restarting,
+    /// Given up on (escalated): the partition stays paused, the other partitions go on.
+    Stopped,
+}
+
 struct WorkerSlot {
-    actor: ActorRef<WorkerMsg>,
-    mailbox: Arc<Semaphore>,
-    restarts: RestartTracker,
+    state: SlotState,
+    /// Tells the slot's own supervisor task from that of a later assignment.
+    generation: u64,
 }
 
 type Workers = Arc<Mutex<HashMap<i32, WorkerSlot>>>;
+
+fn lock_workers(workers: &Workers) -> std::sync::MutexGuard<'_, HashMap<i32, WorkerSlot>> {
+    match workers.lock() {
+        Ok(w) => w,
+        Err(p) => p.into_inner(),
+    }
+}
 
 /// librdkafka context: on revocation, drains and stops the revoked partitions' workers
 /// before the partitions are handed to another member.
@@ -214,19 +255,23 @@ impl ConsumerContext for PoolContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let revoked: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
-            let slots: Vec<WorkerSlot> = {
-                let mut workers = match self.workers.lock() {
-                    Ok(w) => w,
-                    Err(p) => p.into_inner(),
-                };
-                revoked.iter().filter_map(|p| workers.remove(p)).collect()
+            let actors: Vec<ActorRef<WorkerMsg>> = {
+                let mut workers = lock_workers(&self.workers);
+                revoked
+                    .iter()
+                    .filter_map(|p| workers.remove(p))
+                    .filter_map(|slot| match slot.state {
+                        SlotState::Running { actor, .. } => Some(actor),
+                        _ => None,
+                    })
+                    .collect()
             };
             info!(?revoked, "partitions revoked; draining workers");
             let timeout = self.drain_timeout;
             let drain = async move {
-                for slot in slots {
-                    let _ = slot.actor.call(WorkerMsg::Drain, Some(timeout)).await;
-                    slot.actor.stop(None);
+                for actor in actors {
+                    let _ = actor.call(WorkerMsg::Drain, Some(timeout)).await;
+                    actor.stop(None);
                 }
             };
             match tokio::runtime::Handle::try_current() {
@@ -247,35 +292,18 @@ impl ConsumerContext for PoolContext {
 /// Starts a consumer for `spec` whose workers call `handler`.
 pub async fn spawn_consumer(
     options: &JournalOptions,
-    restart: RestartPolicy,
+    supervision: Supervision,
     spec: ConsumerSpec,
     pool: PgPool,
     handler: Arc<dyn PartitionHandler>,
 ) -> Result<ConsumerHandle, JournalError> {
     let workers: Workers = Arc::new(Mutex::new(HashMap::new()));
-    let context = PoolContext {
-        workers: workers.clone(),
-        drain_timeout: Duration::from_millis(options.session_timeout_ms),
-    };
     let group_id = match &spec.assignment {
         Assignment::Group(group) => group.clone(),
         Assignment::Manual(_) => format!("{}.manual.{}", spec.name, Uuid::now_v7()),
     };
     let manual = matches!(spec.assignment, Assignment::Manual(_));
-    let consumer: StreamConsumer<PoolContext> = ClientConfig::new()
-        .set("bootstrap.servers", &options.brokers)
-        .set("group.id", &group_id)
-        .set("enable.auto.commit", if manual { "false" } else { "true" })
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", options.session_timeout_ms.to_string())
-        .set("partition.assignment.strategy", "range")
-        .set("fetch.min.bytes", options.fetch_min_bytes.to_string())
-        .set("fetch.wait.max.ms", options.fetch_wait_max_ms.to_string())
-        .set("client.id", format!("payrail-{}", spec.name))
-        .create_with_context(context)
-        .map_err(|e| JournalError::Config(e.to_string()))?;
-    let consumer: SharedConsumer = Arc::new(consumer);
+    let consumer = new_consumer(options, &spec.name, &group_id, manual, workers.clone())?;
     let progress = ConsumerProgress::default();
 
     match &spec.assignment {
@@ -294,20 +322,32 @@ pub async fn spawn_consumer(
         }
     }
 
+    let dead_letters = match &spec.dead_letter_topic {
+        Some(topic) => Some(Arc::new(
+            DeadLetterPublisher::new(options, topic.clone()).await?,
+        )),
+        None => None,
+    };
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let dispatcher = Dispatcher {
+    let shared = Arc::new(Shared {
         consumer,
         spec: spec.clone(),
         pool,
         handler,
         workers,
         progress: progress.clone(),
-        batch_max: options.worker_batch_max,
         mailbox: options.worker_mailbox,
         max_attempts: options.worker_max_attempts,
         retry_base: Duration::from_millis(options.worker_retry_base_ms),
-        restart,
+        supervision,
         manual,
+        generations: AtomicU64::new(0),
+        shutdown: shutdown_rx.clone(),
+        dead_letters,
+    });
+    let dispatcher = Dispatcher {
+        shared,
+        batch_max: options.worker_batch_max,
     };
     let span = tracing::info_span!("consumer", consumer = %spec.name, topic = %spec.topic);
     tokio::spawn(dispatcher.run(shutdown_rx).instrument(span));
@@ -318,19 +358,54 @@ pub async fn spawn_consumer(
     })
 }
 
-struct Dispatcher {
+fn new_consumer(
+    options: &JournalOptions,
+    name: &str,
+    group_id: &str,
+    manual: bool,
+    workers: Workers,
+) -> Result<SharedConsumer, JournalError> {
+    let context = PoolContext {
+        workers,
+        drain_timeout: Duration::from_millis(options.session_timeout_ms),
+    };
+    let consumer: StreamConsumer<PoolContext> = ClientConfig::new()
+        .set("bootstrap.servers", &options.brokers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", if manual { "false" } else { "true" })
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", options.session_timeout_ms.to_string())
+        .set("partition.assignment.strategy", "range")
+        .set("fetch.min.bytes", options.fetch_min_bytes.to_string())
+        .set("fetch.wait.max.ms", options.fetch_wait_max_ms.to_string())
+        .set("client.id", format!("payrail-{name}"))
+        .create_with_context(context)
+        .map_err(|e| JournalError::Config(e.to_string()))?;
+    Ok(Arc::new(consumer))
+}
+
+/// What the dispatcher and every partition's supervisor task share.
+struct Shared {
     consumer: SharedConsumer,
     spec: ConsumerSpec,
     pool: PgPool,
     handler: Arc<dyn PartitionHandler>,
     workers: Workers,
     progress: ConsumerProgress,
-    batch_max: usize,
     mailbox: usize,
     max_attempts: u32,
     retry_base: Duration,
-    restart: RestartPolicy,
+    supervision: Supervision,
     manual: bool,
+    generations: AtomicU64,
+    shutdown: watch::Receiver<bool>,
+    dead_letters: Option<Arc<DeadLetterPublisher>>,
+}
+
+struct Dispatcher {
+    shared: Arc<Shared>,
+    batch_max: usize,
 }
 
 impl ConsumedRecord {
@@ -366,11 +441,11 @@ impl ConsumedRecord {
 
 impl Dispatcher {
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        info!(manual = self.manual, "consumer started");
+        info!(manual = self.shared.manual, "consumer started");
         loop {
             let first = tokio::select! {
                 _ = shutdown.changed() => break,
-                msg = self.consumer.recv() => msg,
+                msg = self.shared.consumer.recv() => msg,
             };
             let mut batch = Vec::new();
             match first {
@@ -383,7 +458,7 @@ impl Dispatcher {
             }
             // Take whatever else is already fetched, up to the batch limit.
             while batch.len() < self.batch_max {
-                match futures::FutureExt::now_or_never(self.consumer.recv()) {
+                match futures::FutureExt::now_or_never(self.shared.consumer.recv()) {
                     Some(Ok(msg)) => batch.push(ConsumedRecord::from_message(&msg)),
                     _ => break,
                 }
@@ -396,73 +471,99 @@ impl Dispatcher {
                     .push(record);
             }
             for (partition, records) in by_partition {
-                if let Err(e) = self.dispatch(partition, records).await {
-                    error!(partition, error = %e, "worker cannot be restarted; stopping consumer");
-                    return;
-                }
+                self.shared.dispatch(partition, records).await;
             }
         }
+        self.shared.stop_workers();
         info!("consumer stopped");
     }
+}
 
-    async fn dispatch(&self, partition: i32, records: Vec<ConsumedRecord>) -> Result<(), String> {
-        let (actor, mailbox) = self.worker(partition).await?;
-        let permit = mailbox
-            .acquire_owned()
-            .await
-            .map_err(|e| format!("mailbox closed: {e}"))?;
-        if actor.cast(WorkerMsg::Batch(records, permit)).is_err() {
-            // The worker died; its records will be fetched again (seek-back on restart).
-            self.mark_dead(partition);
-        }
-        Ok(())
-    }
-
-    fn mark_dead(&self, partition: i32) {
-        if let Ok(mut workers) = self.workers.lock() {
-            if let Some(slot) = workers.get_mut(&partition) {
-                slot.actor.stop(None);
-            }
-        }
-    }
-
-    async fn worker(
-        &self,
-        partition: i32,
-    ) -> Result<(ActorRef<WorkerMsg>, Arc<Semaphore>), String> {
-        // A slot whose actor is no longer running is a failed worker: restart it under the
-        // restart policy. No slot means a first start (e.g. a new assignment).
-        let failed = {
-            let mut workers = self.workers.lock().map_err(|e| e.to_string())?;
-            match workers.get(&partition) {
-                Some(slot)
-                    if matches!(
-                        slot.actor.get_status(),
-                        ractor::ActorStatus::Running | ractor::ActorStatus::Starting
-                    ) =>
-                {
-                    return Ok((slot.actor.clone(), slot.mailbox.clone()));
+impl Shared {
+    /// Hands `records` to the partition's worker, starting it on first use. Never waits for
+    /// a restart: records of a partition whose worker is restarting or given up are dropped
+    /// (the restarted worker fetches them again from its stored offset), so one failing
+    /// partition cannot hold the others back.
+    async fn dispatch(self: &Arc<Self>, partition: i32, records: Vec<ConsumedRecord>) {
+        let running = {
+            let workers = lock_workers(&self.workers);
+            match workers.get(&partition).map(|slot| &slot.state) {
+                Some(SlotState::Running { actor, mailbox }) => {
+                    Some(Some((actor.clone(), mailbox.clone())))
                 }
-                Some(_) => workers.remove(&partition),
+                Some(SlotState::Restarting | SlotState::Stopped) => Some(None),
                 None => None,
             }
         };
-        let restarts = match failed {
-            Some(old) => {
-                let mut restarts = old.restarts;
-                match restarts.on_failure(Instant::now()) {
-                    RestartDecision::RestartAfter(delay) => {
-                        warn!(partition, ?delay, "restarting failed partition worker");
-                        tokio::time::sleep(delay).await;
-                    }
-                    RestartDecision::GiveUp => {
-                        return Err(format!("partition {partition}: restart intensity exceeded"))
-                    }
-                }
-                restarts
+        let (actor, mailbox) = match running {
+            Some(Some(running)) => running,
+            Some(None) => {
+                debug!(
+                    partition,
+                    records = records.len(),
+                    "worker not running; dropping records"
+                );
+                return;
             }
-            None => RestartTracker::new(self.restart),
+            None => match self.start(partition).await {
+                Some(running) => running,
+                None => return,
+            },
         };
+        // Only a dying worker closes nothing; the semaphore itself is never closed.
+        let Ok(permit) = mailbox.acquire_owned().await else {
+            return;
+        };
+        if actor.cast(WorkerMsg::Batch(records, permit)).is_err() {
+            // The worker died; its supervisor task restarts it and the restarted worker
+            // fetches these records again from its stored offset.
+            debug!(partition, "worker gone; records dropped");
+        }
+    }
+
+    /// First start of a partition's worker (a new assignment), under a supervisor task
+    /// that restarts it on failure. A spawn error is a failure like any other.
+    async fn start(
+        self: &Arc<Self>,
+        partition: i32,
+    ) -> Option<(ActorRef<WorkerMsg>, Arc<Semaphore>)> {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let spawned = self.spawn_worker(partition, false).await;
+        let (running, join) = match spawned {
+            Ok((actor, join)) => {
+                let mailbox = Arc::new(Semaphore::new(self.mailbox));
+                let state = SlotState::Running {
+                    actor: actor.clone(),
+                    mailbox: mailbox.clone(),
+                };
+                lock_workers(&self.workers).insert(partition, WorkerSlot { state, generation });
+                (Some((actor, mailbox)), Some(join))
+            }
+            Err(e) => {
+                warn!(partition, error = %e, "partition worker failed to start");
+                lock_workers(&self.workers).insert(
+                    partition,
+                    WorkerSlot {
+                        state: SlotState::Restarting,
+                        generation,
+                    },
+                );
+                (None, None)
+            }
+        };
+        tokio::spawn(
+            self.clone()
+                .supervise(partition, generation, join)
+                .in_current_span(),
+        );
+        running
+    }
+
+    async fn spawn_worker(
+        &self,
+        partition: i32,
+        restarted: bool,
+    ) -> Result<(ActorRef<WorkerMsg>, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
         let args = WorkerArgs {
             consumer: self.consumer.clone(),
             spec: self.spec.clone(),
@@ -473,21 +574,120 @@ impl Dispatcher {
             max_attempts: self.max_attempts,
             retry_base: self.retry_base,
             store_kafka_offsets: !self.manual,
+            stale_batches_max: self.mailbox,
+            seek_on_start: restarted,
+            dead_letters: self.dead_letters.clone(),
         };
-        let (actor, _join) = Actor::spawn(None, PartitionWorker, args)
-            .await
-            .map_err(|e| format!("spawning worker for partition {partition}: {e}"))?;
-        let mailbox = Arc::new(Semaphore::new(self.mailbox));
-        let mut workers = self.workers.lock().map_err(|e| e.to_string())?;
-        workers.insert(
-            partition,
-            WorkerSlot {
-                actor: actor.clone(),
-                mailbox: mailbox.clone(),
-                restarts,
-            },
-        );
-        Ok((actor, mailbox))
+        Actor::spawn(None, PartitionWorker, args).await
+    }
+
+    /// One partition's supervisor: waits for its worker to end; a worker that ended while
+    /// still the partition's current one failed, and is restarted after the policy's
+    /// backoff (in this task, so the dispatcher never waits), or given up on and escalated.
+    async fn supervise(
+        self: Arc<Self>,
+        partition: i32,
+        generation: u64,
+        mut running: Option<tokio::task::JoinHandle<()>>,
+    ) {
+        let mut restarts = RestartTracker::new(self.supervision.restart);
+        loop {
+            if let Some(join) = running.take() {
+                let _ = join.await;
+                if !self.is_current(partition, generation) {
+                    // Stopped on purpose (revoked, or the consumer stopped).
+                    return;
+                }
+            }
+            self.set_state(partition, generation, SlotState::Restarting);
+            self.set_paused(partition, true);
+            match restarts.on_failure(Instant::now()) {
+                RestartDecision::RestartAfter(delay) => {
+                    warn!(
+                        partition,
+                        ?delay,
+                        "partition worker failed; restarting after backoff"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                RestartDecision::GiveUp => {
+                    self.set_state(partition, generation, SlotState::Stopped);
+                    self.supervision.escalations.escalate(
+                        format!("consumer {}", self.spec.name),
+                        format!("partition worker {partition}"),
+                        format!(
+                            "more than {} restarts within {} ms; partition {partition} of {} stopped",
+                            self.supervision.restart.max_restarts,
+                            self.supervision.restart.window_ms,
+                            self.spec.topic
+                        ),
+                    );
+                    return;
+                }
+            }
+            if !self.is_current(partition, generation) || *self.shutdown.borrow() {
+                return;
+            }
+            match self.spawn_worker(partition, true).await {
+                Ok((actor, join)) => {
+                    let mailbox = Arc::new(Semaphore::new(self.mailbox));
+                    self.set_state(partition, generation, SlotState::Running { actor, mailbox });
+                    self.set_paused(partition, false);
+                    info!(partition, "partition worker restarted");
+                    running = Some(join);
+                }
+                Err(e) => warn!(partition, error = %e, "partition worker failed to restart"),
+            }
+        }
+    }
+
+    fn is_current(&self, partition: i32, generation: u64) -> bool {
+        lock_workers(&self.workers)
+            .get(&partition)
+            .is_some_and(|slot| slot.generation == generation)
+    }
+
+    /// Sets the state of the partition's slot, unless another assignment took it over.
+    fn set_state(&self, partition: i32, generation: u64, state: SlotState) {
+        let mut workers = lock_workers(&self.workers);
+        if let Some(slot) = workers.get_mut(&partition) {
+            if slot.generation == generation {
+                if let SlotState::Running { actor, .. } = &slot.state {
+                    if !matches!(state, SlotState::Running { .. }) {
+                        actor.stop(None);
+                    }
+                }
+                slot.state = state;
+            }
+        }
+    }
+
+    /// Stops fetching a partition while its worker is down (so the dispatcher does not
+    /// fetch and drop its backlog in a loop), and fetches again once it is back.
+    fn set_paused(&self, partition: i32, paused: bool) {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.spec.topic, partition);
+        let result = if paused {
+            self.consumer.pause(&list)
+        } else {
+            self.consumer.resume(&list)
+        };
+        if let Err(e) = result {
+            warn!(partition, paused, error = %e, "pausing or resuming the partition failed");
+        }
+    }
+
+    /// Stops every worker when the consumer stops; their supervisor tasks then end too.
+    fn stop_workers(&self) {
+        let slots: Vec<WorkerSlot> = lock_workers(&self.workers)
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for slot in slots {
+            if let SlotState::Running { actor, .. } = slot.state {
+                actor.stop(None);
+            }
+        }
     }
 }
 
@@ -509,14 +709,90 @@ pub struct WorkerArgs {
     max_attempts: u32,
     retry_base: Duration,
     store_kafka_offsets: bool,
+    /// Batches fetched before a seek that can still reach the worker after it (see
+    /// [`GapGuard`]): the mailbox plus the one the dispatcher holds, less the one that
+    /// caused the seek.
+    stale_batches_max: usize,
+    /// Seek to the stored offset on start: a restarted worker's records were dropped.
+    seek_on_start: bool,
+    dead_letters: Option<Arc<DeadLetterPublisher>>,
+}
+
+/// What to do with a batch, given the next offset to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GapVerdict {
+    Apply,
+    /// Drop the batch and seek back to the next offset.
+    SeekBack,
+    /// Drop the batch: it was fetched before the seek back.
+    Drop,
+}
+
+/// A seek back that has not been answered yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PendingSeek {
+    /// The offset sought to (the next offset to apply).
+    to: i64,
+    /// The first offset of the batch that caused the seek.
+    trigger: i64,
+    /// Batches dropped since the seek as fetched before it.
+    stale_dropped: usize,
+}
+
+/// Never lets a batch that starts past the next offset be applied, unless the offsets in
+/// between do not exist.
+///
+/// A batch starting past `next` either was fetched before a seek back (stale: queued in the
+/// mailbox behind the batch that caused the seek, or after a restart) or the offsets in
+/// between really are absent (compaction, transaction markers, retention). Batches arrive
+/// in fetch order and a fetch after the seek starts at the first existing offset at or
+/// after `next`, which is at most the offset that caused the seek; stale batches come after
+/// that batch and start past it. So after one seek back, a batch starting in
+/// `next..=trigger` proves a real gap and is applied; a later-starting one is dropped. At
+/// most `stale_batches_max` batches can be stale, so one more past the trigger means the
+/// log itself moved (e.g. retention removed the trigger): seek again from there.
+#[derive(Debug, Default)]
+struct GapGuard {
+    pending: Option<PendingSeek>,
+}
+
+impl GapGuard {
+    fn check(&mut self, next: i64, first: i64, stale_batches_max: usize) -> GapVerdict {
+        if first <= next {
+            self.pending = None;
+            return GapVerdict::Apply;
+        }
+        match &mut self.pending {
+            Some(p) if p.to == next && first <= p.trigger => {
+                self.pending = None;
+                GapVerdict::Apply
+            }
+            Some(p) if p.to == next && p.stale_dropped < stale_batches_max => {
+                p.stale_dropped += 1;
+                GapVerdict::Drop
+            }
+            _ => {
+                self.pending = Some(PendingSeek {
+                    to: next,
+                    trigger: first,
+                    stale_dropped: 0,
+                });
+                GapVerdict::SeekBack
+            }
+        }
+    }
+
+    /// The seek failed: the next batch past the gap seeks again.
+    fn seek_failed(&mut self) {
+        self.pending = None;
+    }
 }
 
 pub struct WorkerState {
     args: WorkerArgs,
     /// Next offset to apply, from PostgreSQL; `None` before this consumer applied anything.
     next_offset: Option<i64>,
-    /// The offset we last sought back to, so a real gap in offsets cannot loop.
-    sought: Option<i64>,
+    gap: GapGuard,
 }
 
 /// Applies one partition's records in order, exactly once, in PostgreSQL transactions.
@@ -542,16 +818,21 @@ impl Actor for PartitionWorker {
         if let Some(next) = next_offset {
             args.progress.publish(args.partition, next);
         }
+        let state = WorkerState {
+            args,
+            next_offset,
+            gap: GapGuard::default(),
+        };
+        if state.args.seek_on_start {
+            let to = next_offset.map_or(Offset::Beginning, Offset::Offset);
+            state.seek(to).await?;
+        }
         debug!(
-            partition = args.partition,
+            partition = state.args.partition,
             ?next_offset,
             "partition worker started"
         );
-        Ok(WorkerState {
-            args,
-            next_offset,
-            sought: None,
-        })
+        Ok(state)
     }
 
     async fn handle(
@@ -585,17 +866,28 @@ impl WorkerState {
     ) -> Result<(), ActorProcessingErr> {
         if let Some(next) = self.next_offset {
             records.retain(|r| r.offset >= next);
-            if let Some(first) = records.first() {
-                if first.offset > next && self.sought != Some(next) {
-                    // The broker started us past what PostgreSQL says we applied.
-                    warn!(
-                        from = first.offset,
-                        to = next,
-                        "seeking back to the stored offset"
-                    );
-                    self.sought = Some(next);
-                    self.seek(next).await;
-                    return Ok(());
+            if let Some(first) = records.first().map(|r| r.offset) {
+                match self.gap.check(next, first, self.args.stale_batches_max) {
+                    GapVerdict::Apply if first > next => {
+                        warn!(
+                            from = next,
+                            to = first,
+                            "offsets absent from the log; skipping the gap"
+                        );
+                    }
+                    GapVerdict::Apply => {}
+                    GapVerdict::Drop => {
+                        debug!(first, next, "batch fetched before the seek back; dropped");
+                        return Ok(());
+                    }
+                    GapVerdict::SeekBack => {
+                        warn!(from = first, to = next, "seeking back to the stored offset");
+                        if let Err(e) = self.seek(Offset::Offset(next)).await {
+                            warn!(error = %e, "seek failed");
+                            self.gap.seek_failed();
+                        }
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -626,22 +918,20 @@ impl WorkerState {
         Ok(())
     }
 
-    async fn seek(&self, offset: i64) {
+    async fn seek(&self, offset: Offset) -> Result<(), ActorProcessingErr> {
         let consumer = self.args.consumer.clone();
         let topic = self.args.spec.topic.clone();
         let partition = self.args.partition;
-        let result = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             consumer.seek(
                 &topic,
                 partition,
-                Offset::Offset(offset),
+                offset,
                 Timeout::After(Duration::from_secs(5)),
             )
         })
-        .await;
-        if let Ok(Err(e)) = result {
-            warn!(error = %e, "seek failed");
-        }
+        .await??;
+        Ok(())
     }
 
     fn advance(&mut self, next: i64) {
@@ -689,7 +979,11 @@ impl WorkerState {
         Ok(())
     }
 
-    /// Applies one record with retries; parks it in the dead letters when every attempt fails.
+    /// Applies one record with retries. When every attempt fails, publishes it to the
+    /// dead-letter topic, then parks it in `journal_dead_letters` with the next offset, so
+    /// the partition moves on. The topic comes first: a crash in between publishes it again
+    /// (same original offset and event id) rather than never. If the topic cannot be written
+    /// the worker fails and is restarted under the restart policy.
     async fn apply_alone(&self, record: &ConsumedRecord) -> Result<(), ActorProcessingErr> {
         let mut last_error = String::new();
         for attempt in 1..=self.args.max_attempts {
@@ -702,18 +996,13 @@ impl WorkerState {
             }
         }
         error!(offset = record.offset, error = %last_error, "record dead-lettered");
+        if let Some(dead_letters) = &self.args.dead_letters {
+            dead_letters
+                .publish(&self.args.spec.name, record, &last_error)
+                .await?;
+        }
         let mut tx = self.args.pool.begin().await?;
-        offsets::dead_letter(
-            &mut tx,
-            &self.args.spec.name,
-            &self.args.spec.topic,
-            self.args.partition,
-            record.offset,
-            record.event_id,
-            &last_error,
-            &record.value,
-        )
-        .await?;
+        offsets::dead_letter(&mut tx, &self.args.spec.name, record, &last_error).await?;
         offsets::store_next_offset(
             &mut tx,
             &self.args.spec.name,
@@ -726,3 +1015,6 @@ impl WorkerState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,6 +4,7 @@
 //! - [`partition_for`]: a stable key → partition mapping every node agrees on;
 //! - [`Envelope`] and the [`Codec`]s (bincode 2, JSON) that put it on the wire;
 //! - [`JournalProducer`]: idempotent, `acks=all`, explicit-partition appends;
+//! - [`dead_letters`]: poison records to a pool's DLQ topic, listed and replayed;
 //! - [`admin::ensure_topics`]: explicit topic creation (no broker auto-creation needed);
 //! - [`consumer::PartitionedConsumer`]: one worker actor per assigned partition, each
 //!   committing its consumed offset in the same PostgreSQL transaction as its writes.
@@ -11,6 +12,7 @@
 pub mod admin;
 pub mod codec;
 pub mod consumer;
+pub mod dead_letters;
 pub mod envelope;
 pub mod lag;
 pub mod offsets;

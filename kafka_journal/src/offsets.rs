@@ -5,6 +5,7 @@
 //! about what a consumer has applied: a crash, a rebalance, a redelivery or a reset of the
 //! group's Kafka offsets cannot make an event take effect twice.
 
+use crate::consumer::ConsumedRecord;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -73,30 +74,30 @@ pub async fn mark_processed_batch(
     Ok(fresh.into_iter().collect())
 }
 
-/// Parks a record that failed every attempt, so the partition can move on.
-#[allow(clippy::too_many_arguments)]
+/// Parks a record that failed every attempt, so the partition can move on; keeps what a
+/// replay needs to decode it again (see [`crate::dead_letters`]).
 pub async fn dead_letter(
     conn: &mut PgConnection,
     consumer: &str,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-    event_id: Option<Uuid>,
+    record: &ConsumedRecord,
     error: &str,
-    value: &[u8],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO journal_dead_letters (consumer, topic, partition, record_offset, event_id, error, value)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+        "INSERT INTO journal_dead_letters
+             (consumer, topic, partition, record_offset, event_id, error, value, event_type, content_type, record_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (consumer, topic, partition, record_offset) DO NOTHING",
     )
     .bind(consumer)
-    .bind(topic)
-    .bind(partition)
-    .bind(offset)
-    .bind(event_id)
+    .bind(&record.topic)
+    .bind(record.partition)
+    .bind(record.offset)
+    .bind(record.event_id)
     .bind(error)
-    .bind(value)
+    .bind(&record.value)
+    .bind(&record.event_type)
+    .bind(&record.content_type)
+    .bind(&record.key)
     .execute(conn)
     .await?;
     Ok(())

@@ -76,6 +76,11 @@ impl JournalOptions {
         format!("{}{}", self.namespace, name)
     }
 
+    /// The dead-letter topic of pool `pool` (e.g. `payrail.ledger` → `<namespace>payrail.ledger.dlq`).
+    pub fn dead_letter_topic(&self, pool: &str) -> String {
+        self.topic(&format!("{pool}.dlq"))
+    }
+
     /// Checks every value; the error names the key and what is allowed.
     pub fn validate(&self) -> Result<(), String> {
         if self.brokers.trim().is_empty() {

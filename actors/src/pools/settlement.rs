@@ -14,7 +14,6 @@
 use super::ledger::{self, platform_fee};
 use crate::payment::PaymentEvent;
 use kafka_journal::consumer::{ConsumedRecord, HandlerError, PartitionHandler};
-use kafka_journal::envelope::now_micros;
 use kafka_journal::{Envelope, JournalProducer};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
@@ -150,6 +149,16 @@ pub enum SettlementEvent {
     Paid { currency: String, net: i64 },
 }
 
+impl SettlementEvent {
+    /// The journal's event type.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Created { .. } => "settlement.created",
+            Self::Paid { .. } => "settlement.paid",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SettlementView {
     pub id: String,
@@ -227,6 +236,8 @@ pub enum SettlementError {
     NotFound,
     #[error("the settlement is already paid")]
     AlreadyPaid,
+    #[error("journal: {0}")]
+    Journal(#[from] kafka_journal::JournalError),
 }
 
 /// Settlement runs and payouts; cheap to clone.
@@ -356,81 +367,108 @@ impl SettlementService {
     /// Journals the settlement events not journaled yet (outbox). Failures are logged and
     /// retried on the next call.
     pub async fn emit_pending(&self) {
-        let pending: Result<Vec<(String, String, String, i64, i64, i64, i64, String, bool, bool)>, _> = sqlx::query_as(
-            "SELECT id, merchant_id, currency, captured, refunded, fees, net, status, emitted, paid_emitted FROM settlements
-             WHERE NOT emitted OR (status = 'paid' AND NOT paid_emitted) ORDER BY created_at",
-        )
-        .fetch_all(&self.pool)
-        .await;
-        let Ok(pending) = pending else { return };
-        for (
-            id,
-            merchant_id,
-            currency,
-            captured,
-            refunded,
-            fees,
-            net,
-            status,
-            emitted,
-            paid_emitted,
-        ) in pending
-        {
+        if let Err(error) = self.try_emit_pending().await {
+            tracing::warn!(%error, "settlement events not journaled yet; will retry");
+        }
+    }
+
+    /// Journals every pending settlement event; returns how many records it appended.
+    ///
+    /// Each settlement is claimed with `FOR UPDATE SKIP LOCKED` in a transaction held
+    /// across its append, so two callers never journal the same settlement at once and a
+    /// payout (which locks the row) cannot slip in between reading the status and marking
+    /// what was sent: the flags set are exactly the events appended. Event ids are derived
+    /// from the settlement id and the event kind, so an append that succeeded before a crash
+    /// and is repeated carries the same ids and is a no-op for every reader.
+    pub async fn try_emit_pending(&self) -> Result<usize, SettlementError> {
+        let mut appended = 0;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let claimed: Option<PendingSettlement> = sqlx::query_as(
+                "SELECT id, merchant_id, currency, captured, refunded, fees, net, status, emitted, paid_emitted, created_at, paid_at
+                 FROM settlements
+                 WHERE NOT emitted OR (status = 'paid' AND NOT paid_emitted)
+                 ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = claimed else {
+                return Ok(appended);
+            };
             let mut events = Vec::new();
-            if !emitted {
-                events.push((
-                    1,
-                    SettlementEvent::Created {
-                        currency: currency.clone(),
-                        captured,
-                        refunded,
-                        fees,
-                        net,
-                    },
-                ));
+            if !row.emitted {
+                let event = SettlementEvent::Created {
+                    currency: row.currency.clone(),
+                    captured: row.captured,
+                    refunded: row.refunded,
+                    fees: row.fees,
+                    net: row.net,
+                };
+                events.push((1, row.created_at, event));
             }
-            if status == "paid" && !paid_emitted {
-                events.push((
-                    2,
-                    SettlementEvent::Paid {
-                        currency: currency.clone(),
-                        net,
-                    },
-                ));
+            let pays = row.status == "paid" && !row.paid_emitted;
+            if pays {
+                let event = SettlementEvent::Paid {
+                    currency: row.currency.clone(),
+                    net: row.net,
+                };
+                events.push((2, row.paid_at.unwrap_or(row.created_at), event));
             }
+            let (id, merchant_id) = (&row.id, &row.merchant_id);
             let partition = kafka_journal::partition_for(merchant_id.as_bytes(), self.partitions);
             let mut records = Vec::new();
-            for (sequence, event) in &events {
+            for (sequence, at, event) in &events {
                 let envelope = Envelope {
-                    event_id: Uuid::now_v7(),
-                    event_type: match event {
-                        SettlementEvent::Created { .. } => "settlement.created".to_string(),
-                        SettlementEvent::Paid { .. } => "settlement.paid".to_string(),
-                    },
+                    event_id: settlement_event_id(id, event.kind()),
+                    event_type: event.kind().to_string(),
                     schema_version: 1,
                     payment_id: String::new(),
                     merchant_id: merchant_id.clone(),
                     sequence: *sequence,
-                    occurred_at_micros: now_micros(),
+                    occurred_at_micros: at.timestamp_micros(),
                     correlation_id: Some(id.clone()),
                     payload: event.clone(),
                 };
-                match self.producer.record(&self.topic, partition, &envelope) {
-                    Ok(record) => records.push(record),
-                    Err(error) => {
-                        tracing::error!(%error, settlement_id = %id, "encoding settlement event");
-                        return;
-                    }
-                }
+                records.push(self.producer.record(&self.topic, partition, &envelope)?);
             }
-            if let Err(error) = self.producer.append(&records).await {
-                tracing::warn!(%error, settlement_id = %id, "settlement events not journaled yet; will retry");
-                return;
-            }
-            let _ = sqlx::query("UPDATE settlements SET emitted = true, paid_emitted = (status = 'paid') WHERE id = $1")
-                .bind(&id)
-                .execute(&self.pool)
-                .await;
+            self.producer.append(&records).await?;
+            sqlx::query(
+                "UPDATE settlements SET emitted = true, paid_emitted = paid_emitted OR $2 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(pays)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            appended += records.len();
         }
     }
+}
+
+/// A settlement with events not journaled yet, as the outbox claims it.
+#[derive(sqlx::FromRow)]
+struct PendingSettlement {
+    id: String,
+    merchant_id: String,
+    currency: String,
+    captured: i64,
+    refunded: i64,
+    fees: i64,
+    net: i64,
+    status: String,
+    emitted: bool,
+    paid_emitted: bool,
+    created_at: chrono::DateTime<chrono::Utc>,
+    paid_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Namespace of settlement event ids (UUIDv5 of `<settlement id>/<event type>`).
+const SETTLEMENT_EVENT_IDS: Uuid = Uuid::from_u128(0x5e77_1e3e_0000_4000_8000_7061_7972_6169);
+
+/// The one event id a settlement event ever has, whatever the number of attempts.
+pub fn settlement_event_id(settlement_id: &str, event_type: &str) -> Uuid {
+    Uuid::new_v5(
+        &SETTLEMENT_EVENT_IDS,
+        format!("{settlement_id}/{event_type}").as_bytes(),
+    )
 }

@@ -24,11 +24,10 @@ use crate::payment::{Payment, PaymentEvent, PaymentView, RefundView};
 use crate::snapshots::{next_state, NextState};
 use kafka_journal::consumer::{
     spawn_consumer, Assignment, ConsumedRecord, ConsumerHandle, ConsumerSpec, HandlerError,
-    PartitionHandler,
+    PartitionHandler, Supervision,
 };
 use kafka_journal::{Envelope, JournalOptions, JournalProducer};
 use options::NotificationOptions;
-use payrail_supervisor::RestartPolicy;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 use std::sync::Arc;
@@ -238,14 +237,14 @@ pub enum StartError {
     Delivery(#[from] delivery::DeliveryError),
 }
 
-/// Creates `<namespace>notification.dlq`, starts the pool's consumer group on `topic` and
-/// this node's delivery task.
+/// Creates `<namespace>notification.dlq`, starts the pool's consumer on `partitions` of
+/// `topic` (the node's own; offsets from PostgreSQL) and this node's delivery task.
 pub async fn start(
     journal: &JournalOptions,
-    restart: RestartPolicy,
-    escalations: payrail_supervisor::Escalations,
+    supervision: Supervision,
     options: &NotificationOptions,
     topic: &str,
+    partitions: Vec<i32>,
     pool: PgPool,
     producer: JournalProducer,
 ) -> Result<NotificationPool, StartError> {
@@ -262,11 +261,12 @@ pub async fn start(
     let group = journal.group(NOTIFICATION_GROUP);
     let consumer = spawn_consumer(
         journal,
-        restart,
+        supervision.clone(),
         ConsumerSpec {
             name: group.clone(),
             topic: topic.to_string(),
-            assignment: Assignment::Group(group),
+            assignment: Assignment::Manual(partitions),
+            dead_letter_topic: Some(journal.dead_letter_topic(NOTIFICATION_GROUP)),
         },
         pool.clone(),
         Arc::new(NotificationProjector::new(options)),
@@ -278,7 +278,7 @@ pub async fn start(
         producer,
         dlq_topic,
         journal.partitions,
-        (restart, escalations),
+        (supervision.restart, supervision.escalations),
     )?;
     Ok(NotificationPool { consumer, delivery })
 }

@@ -1,0 +1,251 @@
+//! Poison records: the pool's dead-letter topic, and listing and replaying dead letters.
+//!
+//! A record that fails every attempt is published to the pool's `<namespace><pool>.dlq`
+//! topic (original key, value and event headers, plus where it came from and why it failed)
+//! and parked in `journal_dead_letters`; then the partition moves on. The topic is for
+//! other systems and operators; the table is what `payrail dlq replay` works from.
+
+use crate::consumer::{ConsumedRecord, PartitionHandler};
+use crate::envelope::EventHeaders;
+use crate::offsets;
+use crate::options::JournalOptions;
+use crate::producer::JournalError;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::PgPool;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Headers a dead-letter record carries besides the original event headers.
+pub struct DeadLetterHeaders;
+
+impl DeadLetterHeaders {
+    pub const ORIGINAL_TOPIC: &'static str = "dlq_original_topic";
+    pub const ORIGINAL_PARTITION: &'static str = "dlq_original_partition";
+    pub const ORIGINAL_OFFSET: &'static str = "dlq_original_offset";
+    pub const ERROR: &'static str = "dlq_error";
+    /// The consumer (pool) that gave up on the record.
+    pub const CONSUMER: &'static str = "dlq_consumer";
+}
+
+/// Publishes a pool's poison records to its dead-letter topic.
+pub struct DeadLetterPublisher {
+    producer: FutureProducer,
+    topic: String,
+    partitions: u32,
+    timeout: Duration,
+}
+
+impl DeadLetterPublisher {
+    /// Creates `topic` (with the journal's partition count) if it is missing, and a producer
+    /// for it.
+    pub async fn new(options: &JournalOptions, topic: String) -> Result<Self, JournalError> {
+        crate::admin::ensure_topics(
+            options,
+            &[crate::admin::TopicSpec {
+                name: topic.clone(),
+                partitions: options.partitions,
+            }],
+        )
+        .await?;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &options.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", options.produce_timeout_ms.to_string())
+            .set("client.id", "payrail-dead-letters")
+            .create()
+            .map_err(|e| JournalError::Config(e.to_string()))?;
+        Ok(Self {
+            producer,
+            topic,
+            partitions: options.partitions,
+            timeout: Duration::from_millis(options.produce_timeout_ms),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Appends `record` to the dead-letter topic and waits for the broker's acknowledgement.
+    /// It lands in the partition it came from, so dead letters keep their partition's order.
+    pub async fn publish(
+        &self,
+        consumer: &str,
+        record: &ConsumedRecord,
+        error: &str,
+    ) -> Result<(), JournalError> {
+        let partition = record.partition.to_string();
+        let offset = record.offset.to_string();
+        let event_id = record.event_id.map(|id| id.to_string());
+        let mut headers = OwnedHeaders::new_with_capacity(8);
+        for (key, value) in [
+            (
+                DeadLetterHeaders::ORIGINAL_TOPIC,
+                Some(record.topic.as_str()),
+            ),
+            (
+                DeadLetterHeaders::ORIGINAL_PARTITION,
+                Some(partition.as_str()),
+            ),
+            (DeadLetterHeaders::ORIGINAL_OFFSET, Some(offset.as_str())),
+            (DeadLetterHeaders::ERROR, Some(error)),
+            (DeadLetterHeaders::CONSUMER, Some(consumer)),
+            (EventHeaders::EVENT_TYPE, record.event_type.as_deref()),
+            (EventHeaders::EVENT_ID, event_id.as_deref()),
+            (EventHeaders::CONTENT_TYPE, record.content_type.as_deref()),
+        ] {
+            if let Some(value) = value {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+        }
+        let mut out = FutureRecord::to(&self.topic)
+            .payload(&record.value)
+            .headers(headers);
+        if let Some(key) = &record.key {
+            out = out.key(key);
+        }
+        if (0..self.partitions as i32).contains(&record.partition) {
+            out = out.partition(record.partition);
+        }
+        self.producer
+            .send(out, self.timeout)
+            .await
+            .map_err(|(error, _)| JournalError::Kafka(error))?;
+        Ok(())
+    }
+}
+
+/// One row of `journal_dead_letters`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub record_offset: i64,
+    pub event_id: Option<Uuid>,
+    pub event_type: Option<String>,
+    pub error: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub replayed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The dead letters of `consumer`, oldest first.
+pub async fn list(pool: &PgPool, consumer: &str) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT topic, partition, record_offset, event_id, event_type, error, created_at, replayed_at
+         FROM journal_dead_letters WHERE consumer = $1
+         ORDER BY created_at, topic, partition, record_offset",
+    )
+    .bind(consumer)
+    .fetch_all(pool)
+    .await
+}
+
+/// A dead letter's record: event id, event type, content type, key, value.
+type StoredRecord = (
+    Option<Uuid>,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Vec<u8>,
+);
+
+/// What one replay run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Dead letters applied through the handler now.
+    pub applied: usize,
+    /// Dead letters whose event had been applied some other way; marked replayed only.
+    pub already_applied: usize,
+    /// Dead letters that failed again: (topic, partition, offset, error). Left for later.
+    pub failed: Vec<(String, i32, i64, String)>,
+}
+
+/// Replays `consumer`'s dead letters not replayed yet (or only those of `event_id`) through
+/// `handler`, each in one transaction that also marks its event id processed and the dead
+/// letter replayed: a dead letter takes effect once however often this runs, and never on
+/// top of a normal delivery of the same event.
+pub async fn replay(
+    pool: &PgPool,
+    consumer: &str,
+    handler: &dyn PartitionHandler,
+    event_id: Option<Uuid>,
+) -> Result<ReplayReport, sqlx::Error> {
+    let keys: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT topic, partition, record_offset FROM journal_dead_letters
+         WHERE consumer = $1 AND replayed_at IS NULL AND ($2::uuid IS NULL OR event_id = $2)
+         ORDER BY topic, partition, record_offset",
+    )
+    .bind(consumer)
+    .bind(event_id)
+    .fetch_all(pool)
+    .await?;
+    let mut report = ReplayReport::default();
+    for (topic, partition, offset) in keys {
+        let mut tx = pool.begin().await?;
+        // Locked and checked again: a concurrent replay may have taken it meanwhile.
+        let row: Option<StoredRecord> = sqlx::query_as(
+            "SELECT event_id, event_type, content_type, record_key, value FROM journal_dead_letters
+                 WHERE consumer = $1 AND topic = $2 AND partition = $3 AND record_offset = $4
+                   AND replayed_at IS NULL
+                 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(consumer)
+        .bind(&topic)
+        .bind(partition)
+        .bind(offset)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((event_id, event_type, content_type, key, value)) = row else {
+            continue;
+        };
+        let record = ConsumedRecord {
+            topic: topic.clone(),
+            partition,
+            offset,
+            key,
+            event_type,
+            event_id,
+            content_type,
+            value,
+            timestamp_ms: None,
+        };
+        let fresh = match event_id {
+            Some(id) => offsets::mark_processed_batch(&mut tx, consumer, &[id])
+                .await?
+                .contains(&id),
+            None => true,
+        };
+        if fresh {
+            if let Err(error) = handler.apply(&mut tx, &record).await {
+                tx.rollback().await?;
+                report
+                    .failed
+                    .push((topic, partition, offset, error.to_string()));
+                continue;
+            }
+        }
+        sqlx::query(
+            "UPDATE journal_dead_letters SET replayed_at = now()
+             WHERE consumer = $1 AND topic = $2 AND partition = $3 AND record_offset = $4",
+        )
+        .bind(consumer)
+        .bind(&topic)
+        .bind(partition)
+        .bind(offset)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if fresh {
+            report.applied += 1;
+        } else {
+            report.already_applied += 1;
+        }
+    }
+    Ok(report)
+}
