@@ -500,19 +500,34 @@ async fn passivation_drops_no_command() {
         assert_eq!(r.status, 201, "{}", r.body);
         ids.push(r.body["id"].as_str().expect("id").to_string());
     }
-    let mut failures = Vec::new();
-    for round in 0..100u64 {
-        let id = &ids[(round % 4) as usize];
-        let r = api.get_payment(&key, id).await;
-        if r.status != 200 {
-            failures.push((r.status, r.body.to_string()));
+    // Gaps around the passivation time, so idle checks, passivation requests and reads
+    // interleave.
+    let readers = (0..1u64).map(|reader| {
+        let api = api.clone();
+        let key = key.clone();
+        let ids = ids.clone();
+        async move {
+            let mut failures = Vec::new();
+            for round in 0..300u64 {
+                let id = &ids[((round + reader) % 4) as usize];
+                let r = api.get_payment(&key, id).await;
+                if r.status != 200 {
+                    failures.push((r.status, r.body.to_string()));
+                }
+                // Gaps around the passivation time.
+                tokio::time::sleep(Duration::from_millis(5 + (round * 7 + reader * 5) % 15)).await;
+            }
+            failures
         }
-        // Gaps around the passivation time, so idle checks and commands interleave.
-        tokio::time::sleep(Duration::from_millis(5 + (round * 7) % 15)).await;
-    }
+    });
+    let failures: Vec<_> = futures::future::join_all(readers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     assert!(
         failures.is_empty(),
-        "{} of 100 reads failed: {failures:?}",
+        "{} of 300 reads failed: {failures:?}",
         failures.len()
     );
 }

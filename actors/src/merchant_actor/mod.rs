@@ -118,6 +118,10 @@ pub struct MerchantState {
     restarts: LazyRestarts,
     last_active: Instant,
     passivating: bool,
+    /// Told to stop by the partition supervisor (which routes nothing here any more):
+    /// stops once every payment child has stopped and no create is pending, so no message
+    /// already routed here or to a child is dropped.
+    stopping: bool,
 }
 
 pub struct MerchantActor;
@@ -148,6 +152,7 @@ impl Actor for MerchantActor {
             by_actor: HashMap::new(),
             retiring: HashMap::new(),
             passivating: false,
+            stopping: false,
         })
     }
 
@@ -183,7 +188,17 @@ impl Actor for MerchantActor {
                 Ok(())
             }
             MerchantMsg::Stop => {
-                myself.stop(Some("passivated".into()));
+                state.stopping = true;
+                // Children that became live after the passivation request finish what was
+                // routed to them first.
+                let live: Vec<(String, ActorRef<PaymentMsg>)> = state.payments.drain().collect();
+                for (payment_id, actor) in live {
+                    state
+                        .retiring
+                        .insert(payment_id, (actor.get_id(), Vec::new()));
+                    let _ = actor.cast(PaymentMsg::Stop);
+                }
+                state.finish_stopping(&myself);
                 Ok(())
             }
             MerchantMsg::Command {
@@ -249,6 +264,7 @@ impl Actor for MerchantActor {
                 {
                     state.memory_complete_from = state.memory_complete_from.max(raised);
                 }
+                state.finish_stopping(&myself);
                 Ok(())
             }
             MerchantMsg::Retire {
@@ -322,11 +338,23 @@ impl Actor for MerchantActor {
                 Err(error) => message.refuse(error),
             }
         }
+        state.finish_stopping(&myself);
         Ok(())
     }
 }
 
 impl MerchantState {
+    /// Stops this actor if it was told to and nothing is left in flight.
+    fn finish_stopping(&self, myself: &ActorRef<MerchantMsg>) {
+        if self.stopping
+            && self.payments.is_empty()
+            && self.retiring.is_empty()
+            && !self.idempotency.has_pending()
+        {
+            myself.stop(Some("passivated".into()));
+        }
+    }
+
     /// A payment actor failed: answer its pending create, note the unknown journal state,
     /// and count the failure against the restart intensity.
     fn on_child_failure(&mut self, payment_id: &str, error: &str) {
