@@ -37,6 +37,26 @@ async fn private_setup(
     (env, broker, node)
 }
 
+async fn cancel(api: &Api, key: &str, id: &str) -> Reply {
+    api.send(
+        reqwest::Method::POST,
+        &format!("/v1/payments/{id}/cancel"),
+        Some(key),
+        None,
+        Some("{}".into()),
+    )
+    .await
+}
+
+/// A node on the shared broker with fault injection on and the given settings.
+async fn fault_injecting_node(name: &str, extra: &[(&str, &str)]) -> (TestEnv, NodeProcess) {
+    let env = TestEnv::new(name).await;
+    let mut settings = vec![("PAYRAIL__ACTORS__FAULT_INJECTION", "true")];
+    settings.extend_from_slice(extra);
+    let node = NodeProcess::start(&env, &settings).await;
+    (env, node)
+}
+
 async fn readyz(api: &Api) -> Reply {
     api.send(reqwest::Method::GET, "/readyz", None, None, None)
         .await
@@ -307,11 +327,9 @@ async fn a_dead_broker_opens_the_breaker_without_any_append() {
 /// once (retryable), and the retry after the backoff creates the payment, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_actor_that_panics_while_creating_answers_at_once_and_the_retry_succeeds() {
-    let env = TestEnv::new("faults_panic_create").await;
-    let node = NodeProcess::start(
-        &env,
+    let (env, node) = fault_injecting_node(
+        "faults_panic_create",
         &[
-            ("PAYRAIL__ACTORS__FAULT_INJECTION", "true"),
             ("PAYRAIL__ACTORS__COMMAND_TIMEOUT_MS", "8000"),
             ("PAYRAIL__SUPERVISOR__RESTART__BACKOFF_BASE_MS", "200"),
         ],
@@ -357,13 +375,9 @@ async fn a_payment_actor_that_panics_while_creating_answers_at_once_and_the_retr
 /// took effect exactly once, and the payment is rebuilt from the journal with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_after_the_append_loses_nothing_and_forks_nothing() {
-    let env = TestEnv::new("faults_panic_after_append").await;
-    let node = NodeProcess::start(
-        &env,
-        &[
-            ("PAYRAIL__ACTORS__FAULT_INJECTION", "true"),
-            ("PAYRAIL__SUPERVISOR__RESTART__BACKOFF_BASE_MS", "200"),
-        ],
+    let (env, node) = fault_injecting_node(
+        "faults_panic_after_append",
+        &[("PAYRAIL__SUPERVISOR__RESTART__BACKOFF_BASE_MS", "200")],
     )
     .await;
     let api = Api::new(&node);
@@ -373,17 +387,9 @@ async fn a_panic_after_the_append_loses_nothing_and_forks_nothing() {
     assert_eq!(created.status, 201, "{}", created.body);
     let id = created.body["id"].as_str().expect("id").to_string();
 
-    let cancel = api
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/payments/{id}/cancel"),
-            Some(&key),
-            None,
-            Some("{}".into()),
-        )
-        .await;
-    assert_eq!(cancel.status, 503, "{}", cancel.body);
-    assert_eq!(cancel.body["error"]["code"], "journal_outcome_unknown");
+    let first = cancel(&api, &key, &id).await;
+    assert_eq!(first.status, 503, "{}", first.body);
+    assert_eq!(first.body["error"]["code"], "journal_outcome_unknown");
 
     let canceled = eventually(Duration::from_secs(10), || {
         let api = api.clone();
@@ -397,15 +403,7 @@ async fn a_panic_after_the_append_loses_nothing_and_forks_nothing() {
     .await
     .unwrap_or_else(|| panic!("readable after the restart: {}", node.log_tail()));
     assert_eq!(canceled["status"], "canceled", "{canceled}");
-    let again = api
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/payments/{id}/cancel"),
-            Some(&key),
-            None,
-            Some("{}".into()),
-        )
-        .await;
+    let again = cancel(&api, &key, &id).await;
     // Cancel is idempotent on a canceled payment: answered, and nothing new journaled.
     assert!(again.status < 500, "{}", again.body);
     assert_eq!(again.body["status"], "canceled", "{}", again.body);
@@ -423,11 +421,9 @@ async fn a_panic_after_the_append_loses_nothing_and_forks_nothing() {
 /// escalates, `/readyz` turns not-ready and names it, and that payment's commands get 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_over_its_restart_intensity_makes_readyz_say_so() {
-    let env = TestEnv::new("faults_intensity").await;
-    let node = NodeProcess::start(
-        &env,
+    let (_env, node) = fault_injecting_node(
+        "faults_intensity",
         &[
-            ("PAYRAIL__ACTORS__FAULT_INJECTION", "true"),
             ("PAYRAIL__SUPERVISOR__RESTART__MAX_RESTARTS", "2"),
             ("PAYRAIL__SUPERVISOR__RESTART__BACKOFF_BASE_MS", "50"),
             ("PAYRAIL__SUPERVISOR__RESTART__BACKOFF_MAX_MS", "50"),
@@ -444,15 +440,7 @@ async fn a_payment_over_its_restart_intensity_makes_readyz_say_so() {
     let mut statuses = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let r = api
-            .send(
-                reqwest::Method::POST,
-                &format!("/v1/payments/{id}/cancel"),
-                Some(&key),
-                None,
-                Some("{}".into()),
-            )
-            .await;
+        let r = cancel(&api, &key, &id).await;
         *statuses.entry(r.status).or_insert(0) += 1;
         let ready = readyz(&api).await;
         if ready.status == 503 {
