@@ -193,6 +193,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             info!(pool = group, "pool not run on this node (pools.run)");
             continue;
         }
+        let handler = if config.actors.fault_injection {
+            let name = group.strip_prefix("payrail.").unwrap_or(group);
+            payrail_actors::pools::fault::PanickingPool::wrap(name, handler)
+        } else {
+            handler
+        };
         pools.push(
             spawn_consumer(
                 journal,

@@ -519,3 +519,54 @@ async fn passivation_drops_no_command() {
         failures.len()
     );
 }
+
+/// A pool worker that panics on one specific record is restarted after its backoff and
+/// applies that record, once: the analytics pool counts every payment exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_worker_that_panics_on_one_record_applies_it_once_after_the_backoff() {
+    let (_env, node) = fault_injecting_node(
+        "faults_pool_panic",
+        &[("PAYRAIL__SUPERVISOR__RESTART__BACKOFF_BASE_MS", "300")],
+    )
+    .await;
+    let api = Api::new(&node);
+    let (_merchant_id, key) = api.merchant("PoolPanic").await;
+    for (i, metadata) in [
+        r#"{"k":"1"}"#,
+        r#"{"payrail_fault":"panic_in_pool_analytics"}"#,
+        r#"{"k":"3"}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let body = format!(r#"{{"amount":1000,"currency":"eur","metadata":{metadata}}}"#);
+        let r = api
+            .create_payment(&key, Some(&format!("pool-{i}")), &body)
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let counted = eventually(Duration::from_secs(20), || {
+        let api = api.clone();
+        let key = key.clone();
+        async move {
+            let m = api.metrics(&key, &today()).await;
+            (m.body["data"][0]["created_count"] == 3).then_some(m.body)
+        }
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "analytics counted all three after the worker's restart: {}",
+        node.log_tail()
+    );
+    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+    assert!(
+        log.contains("injected fault: panic_in_pool_analytics"),
+        "the worker did panic"
+    );
+    // Still exactly three a moment later: the panicking record was not applied twice.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let m = api.metrics(&key, &today()).await;
+    assert_eq!(m.body["data"][0]["created_count"], 3, "{}", m.body);
+    assert_eq!(m.body["data"][0]["created_amount"], 3000, "{}", m.body);
+}
