@@ -220,11 +220,25 @@ async fn fault_schedule(
     // 5. Payment actor panics: every key with `panics` carries panic_on_create, all along
     //    the run (see KeySpec::new); reported separately.
 
-    // 6. TODO(issue 9, pool worker panic): a pool worker that panics on one specific event
-    //    is being built by the actors engineer (an injection point in the pools). When it
-    //    lands, inject it here (e.g. a payment whose metadata names the pool to panic in),
-    //    then assert the record is applied once after the restart backoff. Not faked here.
+    // 6. Pool worker panics: every key with `pool_panics` carries panic_in_pool_analytics,
+    //    all along the run: the analytics worker panics once on its create record and is
+    //    restarted after its backoff; the audit (analytics rollups against the journal)
+    //    and the catch-up check prove each such record was applied exactly once.
     windows
+}
+
+/// Occurrences of `needle` in every node log of the test directory.
+fn node_log_count(dir: &std::path::Path, needle: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("node-"))
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .map(|text| text.matches(needle).count())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,6 +457,15 @@ async fn keyed_creates_survive_a_fault_schedule() {
     assert!(
         panicking > 0 && panicked_503 > 0,
         "payment actor panics were injected ({panicking} keys, {panicked_503} retried)"
+    );
+    let pool_panicking = outcomes.values().filter(|(s, _)| s.pool_panics).count();
+    let pool_panics_seen = node_log_count(&env.dir, "injected fault: panic_in_pool_analytics");
+    println!(
+        "fault-suite: pool worker panics: {pool_panicking} keys with panic_in_pool_analytics, {pool_panics_seen} worker panics in the node logs"
+    );
+    assert!(
+        pool_panicking > 0 && pool_panics_seen > 0,
+        "pool worker panics were injected ({pool_panicking} keys, {pool_panics_seen} seen)"
     );
     assert!(
         replay_mismatch.is_empty(),

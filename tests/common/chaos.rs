@@ -199,14 +199,21 @@ pub struct KeySpec {
     pub amount: i64,
     /// The body carries `payrail_fault = panic_on_create`.
     pub panics: bool,
+    /// The body carries `payrail_fault = panic_in_pool_analytics`.
+    pub pool_panics: bool,
 }
 
 impl KeySpec {
     pub fn new(index: usize, merchants: usize, run: &str, panic_every: usize) -> Self {
         let panics = panic_every > 0 && index % panic_every == panic_every / 2;
+        let pool_panics = panic_every > 0 && index > 0 && index.is_multiple_of(panic_every * 5);
         let amount = 100 + index as i64;
         let metadata = if panics {
             r#","metadata":{"payrail_fault":"panic_on_create"}"#.to_string()
+        } else if pool_panics {
+            // The analytics pool's worker panics once on this payment's create record (a few
+            // per run: each restart backs off longer within the restart window).
+            r#","metadata":{"payrail_fault":"panic_in_pool_analytics"}"#.to_string()
         } else {
             format!(r#","metadata":{{"k":"{index}"}}"#)
         };
@@ -219,6 +226,7 @@ impl KeySpec {
             ),
             amount,
             panics,
+            pool_panics,
         }
     }
 }
