@@ -437,7 +437,7 @@ async fn keyed_creates_survive_a_fault_schedule() {
         ms(percentile(&latencies, 99.0)),
         ms(latencies.last().copied().unwrap_or_default()),
         audit_diffs.map(|d| d.to_string()).unwrap_or_else(|| "?".into()),
-        windows.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join(",") + ",payment_actor_panic",
+        windows.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join(",") + ",payment_actor_panic,pool_worker_panic",
     );
 
     assert!(
