@@ -570,3 +570,88 @@ async fn a_pool_worker_that_panics_on_one_record_applies_it_once_after_the_backo
     assert_eq!(m.body["data"][0]["created_count"], 3, "{}", m.body);
     assert_eq!(m.body["data"][0]["created_amount"], 3000, "{}", m.body);
 }
+
+/// A partition supervisor that dies is restarted by the root supervisor after its backoff:
+/// meanwhile its merchants get a retryable 503, then they are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_partition_supervisor_is_restarted_by_the_root() {
+    let (_env, node) = fault_injecting_node(
+        "faults_partition_restart",
+        &[("PAYRAIL__SUPERVISOR__RESTART__BACKOFF_BASE_MS", "500")],
+    )
+    .await;
+    let api = Api::new(&node);
+    let (_merchant_id, key) = api.merchant("PartitionDies").await;
+    let body = r#"{"amount":500,"currency":"eur","metadata":{"payrail_fault":"panic_partition_supervisor"}}"#;
+    let first = api.create_payment(&key, Some("p-1"), body).await;
+    assert_eq!(first.status, 503, "{}", first.body);
+    let down = eventually(Duration::from_secs(2), || {
+        let api = api.clone();
+        async move {
+            let r = readyz(&api).await;
+            (r.status == 503 && r.body["partitions_down"].as_array().map(Vec::len) == Some(1))
+                .then_some(r.body)
+        }
+    })
+    .await;
+    assert!(down.is_some(), "not ready while the partition restarts");
+    let created = eventually(Duration::from_secs(10), || {
+        let api = api.clone();
+        let key = key.clone();
+        async move {
+            let r = api.create_payment(&key, Some("p-1"), body).await;
+            (r.status == 201 || r.status == 200).then_some(r.body)
+        }
+    })
+    .await;
+    assert!(
+        created.is_some(),
+        "served again after the restart: {}",
+        node.log_tail()
+    );
+    let ready = readyz(&api).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+    assert!(
+        log.contains("injected fault: panic_partition_supervisor"),
+        "it did panic"
+    );
+}
+
+/// With `supervisor.on_give_up = "exit"`, a supervisor past its restart intensity makes the
+/// node exit with status 70, so that an orchestrator restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_up_exits_the_node_when_configured() {
+    let (_env, mut node) = fault_injecting_node(
+        "faults_give_up_exit",
+        &[
+            ("PAYRAIL__SUPERVISOR__ON_GIVE_UP", "exit"),
+            ("PAYRAIL__SUPERVISOR__RESTART__MAX_RESTARTS", "1"),
+            ("PAYRAIL__SUPERVISOR__RESTART__BACKOFF_BASE_MS", "20"),
+        ],
+    )
+    .await;
+    let api = Api::new(&node);
+    let (_merchant_id, key) = api.merchant("Exit").await;
+    let body =
+        r#"{"amount":900,"currency":"eur","metadata":{"payrail_fault":"panic_always_on_cancel"}}"#;
+    let created = api.create_payment(&key, Some("exit"), body).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_string();
+    let mut exited = None;
+    for _ in 0..20 {
+        let _ = api
+            .client
+            .post(format!("{}/v1/payments/{id}/cancel", api.base))
+            .bearer_auth(&key)
+            .body("{}")
+            .send()
+            .await;
+        exited = node.exited_within(Duration::from_millis(200)).await;
+        if exited.is_some() {
+            break;
+        }
+    }
+    let status = exited.unwrap_or_else(|| panic!("the node did not exit: {}", node.log_tail()));
+    assert_eq!(status.code(), Some(70), "{}", node.log_tail());
+}

@@ -81,6 +81,7 @@ impl Actor for PartitionSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             PartitionMsg::ToMerchant { merchant_id, msg } => {
+                inject_fault(&state.args.runtime, &msg);
                 state.deliver(&myself, merchant_id, msg).await;
             }
             PartitionMsg::Passivate { merchant_id, actor } => {
@@ -134,6 +135,31 @@ impl Actor for PartitionSupervisor {
             state.deliver(&myself, merchant_id.clone(), msg).await;
         }
         Ok(())
+    }
+}
+
+/// Fault injection (test only, `actors.fault_injection`): a create whose metadata has
+/// `payrail_fault = "panic_partition_supervisor"` panics this partition's supervisor, once
+/// per process, so that the root supervisor's restart can be seen.
+fn inject_fault(runtime: &Runtime, msg: &MerchantMsg) {
+    if !runtime.options.fault_injection {
+        return;
+    }
+    let MerchantMsg::Create {
+        command: crate::payment::Command::Create(create),
+        ..
+    } = msg
+    else {
+        return;
+    };
+    if create.metadata.get("payrail_fault").map(String::as_str)
+        != Some("panic_partition_supervisor")
+    {
+        return;
+    }
+    static FIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !FIRED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        panic!("injected fault: panic_partition_supervisor");
     }
 }
 

@@ -167,6 +167,18 @@ impl NodeProcess {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// The node's exit status if it exits within `timeout`.
+    pub async fn exited_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
     /// SIGKILL: no shutdown hooks, no flush.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
