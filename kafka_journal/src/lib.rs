@@ -5,6 +5,7 @@
 //! - [`Envelope`] and the [`Codec`]s (bincode 2, JSON) that put it on the wire;
 //! - [`JournalProducer`]: idempotent, `acks=all`, explicit-partition appends;
 //! - [`dead_letters`]: poison records to a pool's DLQ topic, listed and replayed;
+//! - [`spool::Spool`]: the durable fallback spool in PostgreSQL and its ordered replay;
 //! - [`admin::ensure_topics`]: explicit topic creation (no broker auto-creation needed);
 //! - [`consumer::PartitionedConsumer`]: one worker actor per assigned partition, each
 //!   committing its consumed offset in the same PostgreSQL transaction as its writes.
@@ -20,6 +21,9 @@ pub mod options;
 pub mod partition;
 pub mod producer;
 pub mod reader;
+pub mod spool;
+#[cfg(test)]
+mod test_support;
 
 pub use codec::{Codec, CodecError, CodecKind};
 pub use envelope::{Envelope, EventHeaders};

@@ -1,0 +1,279 @@
+//! The fallback spool: a durable, ordered, per-partition queue of journal records in
+//! PostgreSQL, for while the broker is unavailable (DESIGN "Journal unavailable").
+//!
+//! A partition enters fallback with its first spooled record (the journal's high watermark
+//! at that moment is recorded when known) and leaves it only when its spool is empty, so
+//! no new record overtakes a spooled one. Records keep their headers (event id, type,
+//! version, content type) and key, so replaying one twice (a crash between the broker's
+//! acknowledgement and the row's removal) is a no-op for every reader, which de-duplicates
+//! by event id. This module knows nothing about payments.
+
+use crate::envelope::EventHeaders;
+use crate::producer::{JournalProducer, OutgoingRecord};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("the spool holds its maximum of {0} rows")]
+    Full(u64),
+    #[error("a spooled record has no valid event id header")]
+    MissingEventId,
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("journal: {0}")]
+    Journal(#[from] crate::producer::JournalError),
+}
+
+/// One spooled record, as replay reads it back.
+#[derive(Debug, Clone)]
+pub struct SpooledRecord {
+    pub sequence: i64,
+    pub record: OutgoingRecord,
+}
+
+/// A partition in fallback, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SpoolDepth {
+    pub partition: i32,
+    pub rows: i64,
+    /// Age of the oldest spooled row (ms), 0 when empty.
+    pub oldest_age_ms: i64,
+    /// The journal's high watermark when the fallback began, if it was known.
+    pub high_watermark_at_start: Option<i64>,
+}
+
+/// Cheap, cloneable handle to the spool of one topic.
+#[derive(Clone)]
+pub struct Spool {
+    pool: PgPool,
+    topic: String,
+    max_rows: u64,
+}
+
+type SpoolRow = (i64, String, Uuid, String, String, String, Vec<u8>);
+
+impl Spool {
+    /// `max_rows` bounds the whole spool of `topic` (`spool.max_rows`).
+    pub fn new(pool: PgPool, topic: impl Into<String>, max_rows: u64) -> Self {
+        assert!(max_rows > 0, "spool.max_rows must be positive");
+        Self {
+            pool,
+            topic: topic.into(),
+            max_rows,
+        }
+    }
+
+    /// Writes `records` (all of `partition`, in order) durably, after every record spooled
+    /// before them. Returns their spool sequences. Refused with [`SpoolError::Full`] —
+    /// nothing written — when the spool would exceed its bound.
+    pub async fn append(
+        &self,
+        partition: i32,
+        records: &[OutgoingRecord],
+        high_watermark: Option<i64>,
+    ) -> Result<Vec<i64>, SpoolError> {
+        let mut tx = self.pool.begin().await?;
+        // The partition's fallback row serialises writers of one partition.
+        sqlx::query(
+            "INSERT INTO journal_fallback (topic, partition, high_watermark_at_start)
+             VALUES ($1, $2, $3) ON CONFLICT (topic, partition) DO NOTHING",
+        )
+        .bind(&self.topic)
+        .bind(partition)
+        .bind(high_watermark)
+        .execute(&mut *tx)
+        .await?;
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_spool WHERE topic = $1")
+            .bind(&self.topic)
+            .fetch_one(&mut *tx)
+            .await?;
+        if rows as u64 + records.len() as u64 > self.max_rows {
+            return Err(SpoolError::Full(self.max_rows));
+        }
+        let first: i64 = sqlx::query_scalar(
+            "UPDATE journal_fallback SET next_sequence = next_sequence + $3
+             WHERE topic = $1 AND partition = $2 RETURNING next_sequence - $3",
+        )
+        .bind(&self.topic)
+        .bind(partition)
+        .bind(records.len() as i64)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut sequences = Vec::with_capacity(records.len());
+        for (i, record) in records.iter().enumerate() {
+            debug_assert_eq!(record.partition, partition, "one partition per append");
+            let event_id = Uuid::parse_str(&record.headers.event_id)
+                .map_err(|_| SpoolError::MissingEventId)?;
+            let sequence = first + i as i64;
+            sqlx::query(
+                "INSERT INTO journal_spool (topic, partition, sequence, record_key, event_id, event_type, schema_version, content_type, value)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(&self.topic)
+            .bind(partition)
+            .bind(sequence)
+            .bind(&record.key)
+            .bind(event_id)
+            .bind(&record.headers.event_type)
+            .bind(&record.headers.schema_version)
+            .bind(&record.headers.content_type)
+            .bind(&record.value)
+            .execute(&mut *tx)
+            .await?;
+            sequences.push(sequence);
+        }
+        tx.commit().await?;
+        Ok(sequences)
+    }
+
+    /// The oldest `limit` spooled records of `partition`, in spool order.
+    pub async fn pending(
+        &self,
+        partition: i32,
+        limit: i64,
+    ) -> Result<Vec<SpooledRecord>, SpoolError> {
+        let rows: Vec<SpoolRow> = sqlx::query_as(
+            "SELECT sequence, record_key, event_id, event_type, schema_version, content_type, value
+             FROM journal_spool WHERE topic = $1 AND partition = $2 ORDER BY sequence LIMIT $3",
+        )
+        .bind(&self.topic)
+        .bind(partition)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(sequence, key, event_id, event_type, schema_version, content_type, value)| {
+                    SpooledRecord {
+                        sequence,
+                        record: OutgoingRecord {
+                            topic: self.topic.clone(),
+                            partition,
+                            key,
+                            headers: EventHeaders {
+                                event_type,
+                                event_id: event_id.to_string(),
+                                schema_version,
+                                content_type,
+                            },
+                            value,
+                        },
+                    }
+                },
+            )
+            .collect())
+    }
+
+    /// Removes `partition`'s rows up to `sequence` (after the broker acknowledged them).
+    pub async fn remove_through(&self, partition: i32, sequence: i64) -> Result<(), SpoolError> {
+        sqlx::query(
+            "DELETE FROM journal_spool WHERE topic = $1 AND partition = $2 AND sequence <= $3",
+        )
+        .bind(&self.topic)
+        .bind(partition)
+        .bind(sequence)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether `partition` is in fallback (its fallback row exists).
+    pub async fn in_fallback(&self, partition: i32) -> Result<bool, SpoolError> {
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT partition FROM journal_fallback WHERE topic = $1 AND partition = $2",
+        )
+        .bind(&self.topic)
+        .bind(partition)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    /// Ends `partition`'s fallback if its spool is empty; returns whether it ended. Locks
+    /// the fallback row, so a concurrent append either lands before (and keeps the
+    /// partition in fallback) or starts a new fallback after.
+    pub async fn finish_if_empty(&self, partition: i32) -> Result<bool, SpoolError> {
+        let mut tx = self.pool.begin().await?;
+        let locked: Option<i32> = sqlx::query_scalar(
+            "SELECT partition FROM journal_fallback WHERE topic = $1 AND partition = $2 FOR UPDATE",
+        )
+        .bind(&self.topic)
+        .bind(partition)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if locked.is_none() {
+            return Ok(true);
+        }
+        let rows: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM journal_spool WHERE topic = $1 AND partition = $2",
+        )
+        .bind(&self.topic)
+        .bind(partition)
+        .fetch_one(&mut *tx)
+        .await?;
+        if rows > 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM journal_fallback WHERE topic = $1 AND partition = $2")
+            .bind(&self.topic)
+            .bind(partition)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Every partition in fallback with its spool depth.
+    pub async fn depths(&self) -> Result<Vec<SpoolDepth>, SpoolError> {
+        let rows: Vec<(i32, i64, Option<f64>, Option<i64>)> = sqlx::query_as(
+            "SELECT f.partition, count(s.sequence),
+                    EXTRACT(EPOCH FROM (now() - min(s.spooled_at)))::float8 * 1000,
+                    f.high_watermark_at_start
+             FROM journal_fallback f
+             LEFT JOIN journal_spool s ON s.topic = f.topic AND s.partition = f.partition
+             WHERE f.topic = $1
+             GROUP BY f.partition, f.high_watermark_at_start ORDER BY f.partition",
+        )
+        .bind(&self.topic)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(partition, rows, age, high)| SpoolDepth {
+                partition,
+                rows,
+                oldest_age_ms: age.map(|a| a.max(0.0) as i64).unwrap_or(0),
+                high_watermark_at_start: high,
+            })
+            .collect())
+    }
+
+    /// Appends `partition`'s spool to the journal in spool order, `batch` rows at a time,
+    /// removing rows only after the broker acknowledged them, and ends the partition's
+    /// fallback when the spool is empty. Returns the rows replayed. Stops at the first
+    /// failed append (the rows stay for the next try).
+    pub async fn replay(
+        &self,
+        producer: &JournalProducer,
+        partition: i32,
+        batch: i64,
+    ) -> Result<u64, SpoolError> {
+        let mut replayed = 0u64;
+        loop {
+            let pending = self.pending(partition, batch.max(1)).await?;
+            let Some(last) = pending.last().map(|r| r.sequence) else {
+                self.finish_if_empty(partition).await?;
+                return Ok(replayed);
+            };
+            let records: Vec<OutgoingRecord> = pending.iter().map(|r| r.record.clone()).collect();
+            producer.append(&records).await?;
+            self.remove_through(partition, last).await?;
+            replayed += records.len() as u64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
