@@ -227,6 +227,10 @@ async fn fault_schedule(
     windows
 }
 
+/// The two tests measure latencies and catch-up times on two cores: run them one at a time
+/// (the test harness would run them side by side), so neither measures the other's load.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Occurrences of `needle` in every node log of the test directory.
 fn node_log_count(dir: &std::path::Path, needle: &str) -> usize {
     std::fs::read_dir(dir)
@@ -243,6 +247,7 @@ fn node_log_count(dir: &std::path::Path, needle: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_creates_survive_a_fault_schedule() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let keys = env_u64("PAYRAIL_FAULT_KEYS", 1000) as usize;
     let clients = env_u64("PAYRAIL_FAULT_CLIENTS", 8) as usize;
     let merchant_count = env_u64("PAYRAIL_FAULT_MERCHANTS", 5) as usize;
@@ -541,6 +546,7 @@ async fn audit_between_cycles(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_catch_up_after_node_and_broker_fault_cycles() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let cycles = env_u64("PAYRAIL_FAULT_CYCLES", 2);
     let stop_ms = env_u64("PAYRAIL_FAULT_STOP_MS", 8000);
     let bound = Duration::from_millis(env_u64("PAYRAIL_FAULT_CATCH_UP_MS", 15_000));
