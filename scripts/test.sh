@@ -22,7 +22,7 @@ fi
 # Databases left by earlier integration-test runs (each test makes its own). Without FORCE,
 # so databases of test runs still going (e.g. another checkout's) are left alone.
 if command -v psql >/dev/null; then
-  psql "$PAYRAIL_DATABASE_URL" -qtAX -c "SELECT datname FROM pg_database WHERE datname LIKE 'payrail_it_%'" |
+  psql "$PAYRAIL_DATABASE_URL" -qtAX -c "SELECT datname FROM pg_database WHERE datname LIKE 'payrail_it_%' OR datname LIKE 'payrail_kj_%'" |
     while read -r db; do
       [ -n "$db" ] && psql "$PAYRAIL_DATABASE_URL" -qtAX -c "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true
     done
