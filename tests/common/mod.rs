@@ -129,7 +129,8 @@ impl NodeProcess {
             .envs(env.node_env(port))
             .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
-            .stdout(Stdio::null())
+            // The node logs to stdout and panics to stderr: keep both in the log file.
+            .stdout(file.try_clone().expect("node log"))
             .stderr(file);
         let child = command.spawn().expect("spawn payrail node");
         let mut node = Self {
