@@ -292,6 +292,7 @@ async fn timed_out_appends_open_the_breaker_at_the_threshold() {
     broker.resume();
     let ready = readyz(&api).await;
     assert_eq!(ready.body["breaker"], "open", "{}", ready.body);
+    assert_eq!(ready.body["breaker_transitions"], 1, "{}", ready.body);
 }
 
 /// All brokers down is a client-wide error: it opens the breaker at once, before any append.

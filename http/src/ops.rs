@@ -15,6 +15,8 @@ struct Readiness {
     journal: bool,
     /// The journal breaker: `closed`, `open` or `half_open`.
     breaker: &'static str,
+    /// The breaker's state changes since the node started.
+    breaker_transitions: u64,
     database: bool,
     /// Every owned partition has caught up and has a running supervisor.
     partitions: bool,
@@ -74,6 +76,7 @@ pub async fn readyz(state: AppState) -> Result<Response, Infallible> {
             ready,
             journal,
             breaker: breaker.as_str(),
+            breaker_transitions: runtime.health.transitions(),
             database,
             partitions: caught_up && partitions_down.is_empty(),
             partitions_down,

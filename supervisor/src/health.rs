@@ -168,15 +168,6 @@ impl JournalHealth {
         }
     }
 
-    /// Whether an append would be admitted now (without taking the probe).
-    pub fn allows_append(&self) -> bool {
-        match self.inner.state.load(Ordering::Acquire) {
-            CLOSED => true,
-            OPEN => self.elapsed_since() >= self.inner.cool_down,
-            _ => false,
-        }
-    }
-
     /// An append was acknowledged: the journal works.
     pub fn record_success(&self) {
         self.inner.consecutive_failures.store(0, Ordering::Release);
@@ -239,7 +230,6 @@ mod tests {
         health.record_failure();
         assert_eq!(health.state(), BreakerState::Open);
         assert_eq!(health.admit(), Admission::Refused);
-        assert!(!health.allows_append());
     }
 
     #[test]

@@ -237,15 +237,7 @@ impl Actor for MerchantActor {
             }
             MerchantMsg::Get { payment_id, reply } => {
                 state
-                    .route(
-                        &myself,
-                        payment_id,
-                        |reply| match reply {
-                            Some(reply) => PaymentMsg::Get(reply),
-                            None => PaymentMsg::IdleCheck,
-                        },
-                        Some(reply),
-                    )
+                    .route(&myself, payment_id, PaymentMsg::Get, Some(reply))
                     .await
             }
             MerchantMsg::CreateSettled {

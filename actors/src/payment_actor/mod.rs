@@ -32,7 +32,7 @@ pub enum PaymentMsg {
         correlation_id: Option<String>,
         reply: CreateReply,
     },
-    Get(Reply),
+    Get(Option<Reply>),
     /// Any other command (confirm, capture, cancel, refund, recorded outcomes).
     Command {
         command: Command,
@@ -140,12 +140,14 @@ impl Actor for PaymentActor {
                 return Ok(());
             }
             PaymentMsg::Get(reply) => {
-                let result = args
-                    .state
-                    .as_ref()
-                    .map(PaymentView::from)
-                    .ok_or(CommandError::NotFound);
-                let _ = reply.send(result);
+                if let Some(reply) = reply {
+                    let result = args
+                        .state
+                        .as_ref()
+                        .map(PaymentView::from)
+                        .ok_or(CommandError::NotFound);
+                    let _ = reply.send(result);
+                }
                 return Ok(());
             }
             PaymentMsg::Create {
@@ -221,7 +223,7 @@ impl PaymentMsg {
     /// Answers the caller waiting on this message, if any, with `error`.
     pub(crate) fn refuse(self, error: CommandError) {
         match self {
-            PaymentMsg::Get(reply)
+            PaymentMsg::Get(Some(reply))
             | PaymentMsg::Command {
                 reply: Some(reply), ..
             }
