@@ -5,6 +5,7 @@
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use kafka_journal::JournalOptions;
+use payrail_actors::fallback::SpoolOptions;
 use payrail_actors::pools::notification::options::NotificationOptions;
 use payrail_actors::psp::PspOptions;
 use payrail_actors::ActorOptions;
@@ -117,6 +118,7 @@ pub struct Config {
     pub psp: PspOptions,
     pub notification: NotificationOptions,
     pub pools: PoolsOptions,
+    pub spool: SpoolOptions,
 }
 
 impl Config {
@@ -158,6 +160,7 @@ impl Config {
         self.psp.validate()?;
         self.notification.validate()?;
         self.pools.validate()?;
+        self.spool.validate()?;
         if !(self.database.url.starts_with("postgres://")
             || self.database.url.starts_with("postgresql://"))
         {

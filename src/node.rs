@@ -4,7 +4,9 @@ use crate::config::{Config, PoolKind};
 use anyhow::{bail, Context};
 use kafka_journal::admin::{self, TopicSpec};
 use kafka_journal::consumer::{spawn_consumer, Assignment, ConsumerSpec, Supervision};
+use kafka_journal::spool::Spool;
 use kafka_journal::JournalProducer;
+use payrail_actors::fallback::JournalFallback;
 use payrail_actors::merchants::MerchantRegistry;
 use payrail_actors::pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP};
 use payrail_actors::pools::ledger::{LedgerProjector, LEDGER_GROUP};
@@ -59,41 +61,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     migrate(&pool).await?;
 
     let topic = journal.topic(PAYMENT_EVENTS);
-    let topics = [
-        TopicSpec {
-            name: topic.clone(),
-            partitions: journal.partitions,
-        },
-        TopicSpec {
-            name: journal.topic(SETTLEMENT_EVENTS),
-            partitions: journal.partitions,
-        },
-    ];
-    // A busy broker may time out an admin request; try a bounded number of times.
-    let mut attempt = 0;
-    let created = loop {
-        attempt += 1;
-        match admin::ensure_topics(journal, &topics).await {
-            Ok(created) => break created,
-            Err(error) if attempt < TOPIC_CREATION_ATTEMPTS => {
-                tracing::warn!(%error, attempt, "creating topics failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(error) => return Err(error).context("creating topics (journal.brokers)"),
-        }
-    };
-    if !created.is_empty() {
-        info!(?created, "created topics");
-    }
-    match admin::partition_count(journal, &topic).await? {
-        Some(n) if n as u32 == journal.partitions => {}
-        Some(n) => bail!(
-            "journal.partitions: topic {topic} has {n} partitions but the config says {}; they must agree",
-            journal.partitions
-        ),
-        None => bail!("topic {topic} is not visible after creation"),
-    }
-
     let health = JournalHealth::new(
         config.supervisor.breaker_failure_threshold,
         Duration::from_millis(config.supervisor.breaker_cool_down_ms),
@@ -104,6 +71,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         journal,
         Arc::new(kafka_journal::producer::BreakerSignals(health.clone())),
     )?;
+    let reachable = producer
+        .is_reachable(Duration::from_millis(journal.admin_timeout_ms))
+        .await;
+    if reachable {
+        ensure_topics(&config, &topic).await?;
+    } else {
+        // A node restarted during an outage serves the partitions it left in fallback
+        // (their spool and snapshots are complete); the others wait for the journal.
+        tracing::warn!(brokers = %journal.brokers, "the journal is unreachable at start: serving in fallback where the spool allows it");
+        health.trip();
+    }
+
     // Every supervisor of this node reports its give-ups here.
     let escalations = Escalations::new();
     if config.supervisor.on_give_up == GiveUpPolicy::Exit {
@@ -147,15 +126,47 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         health,
         snapshots: snapshots.progress.clone(),
         psp,
+        fallback: JournalFallback::new(
+            Spool::new(pool.clone(), topic.clone(), config.spool.max_rows),
+            journal.group(SNAPSHOT_CONSUMER),
+            config.spool.clone(),
+            journal.partitions,
+        ),
     });
-    let node = NodeHandle::start(runtime, ownership.clone()).await?;
+    let node = NodeHandle::start(runtime.clone(), ownership.clone()).await?;
 
     // Rebuild: the snapshot projector must have applied the whole journal tail before this
-    // node serves its partitions, so every payment is rebuilt with its latest state.
+    // node serves its partitions, so every payment is rebuilt with its latest state. A
+    // partition left in fallback is complete already (its snapshots were written with its
+    // spool); one whose journal is unreachable now waits for it (the replayer retries).
+    let in_fallback: std::collections::HashMap<i32, Option<i64>> = runtime
+        .fallback
+        .spool()
+        .partitions_in_fallback()
+        .await
+        .context("reading the fallback spool")?
+        .into_iter()
+        .collect();
     let started = Instant::now();
     let catch_up = Duration::from_millis(config.actors.startup_catch_up_timeout_ms);
     for partition in ownership.owned() {
+        if let Some(high_at_start) = in_fallback.get(&partition) {
+            runtime.fallback.resume_active(partition);
+            if let Some(high) = high_at_start.filter(|h| *h > 0) {
+                runtime.record_produced(partition, high - 1);
+            }
+            info!(partition, "partition resumes in journal fallback");
+        }
+        if !reachable {
+            continue;
+        }
         let (_, high) = admin::watermarks(journal, &topic, partition).await?;
+        if in_fallback.contains_key(&partition) {
+            if high > 0 {
+                runtime.record_produced(partition, high - 1);
+            }
+            continue;
+        }
         let remaining = catch_up.saturating_sub(started.elapsed());
         if !snapshots
             .progress
@@ -164,7 +175,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         {
             bail!("partition {partition}: snapshots did not catch up to offset {high} within {catch_up:?}");
         }
+        if high > 0 {
+            runtime.record_produced(partition, high - 1);
+        }
+        runtime.fallback.mark_end_known(partition);
     }
+    let replayer = payrail_actors::fallback::spawn_replayer(runtime.clone(), ownership.owned());
     node.mark_ready();
     info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -265,6 +281,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     server.await;
     info!("shutting down");
     sweeper.abort();
+    replayer.abort();
     node.stop();
     for consumer in &pools {
         consumer.stop();
@@ -274,6 +291,48 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     snapshots.stop();
     producer.flush(Duration::from_secs(5));
+    Ok(())
+}
+
+/// Creates the journal's topics when missing (bounded retries) and checks the partition
+/// count of `topic` against the config.
+async fn ensure_topics(config: &Config, topic: &str) -> anyhow::Result<()> {
+    let journal = &config.journal;
+    let topic = topic.to_string();
+    let topics = [
+        TopicSpec {
+            name: topic.clone(),
+            partitions: journal.partitions,
+        },
+        TopicSpec {
+            name: journal.topic(SETTLEMENT_EVENTS),
+            partitions: journal.partitions,
+        },
+    ];
+    // A busy broker may time out an admin request; try a bounded number of times.
+    let mut attempt = 0;
+    let created = loop {
+        attempt += 1;
+        match admin::ensure_topics(journal, &topics).await {
+            Ok(created) => break created,
+            Err(error) if attempt < TOPIC_CREATION_ATTEMPTS => {
+                tracing::warn!(%error, attempt, "creating topics failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(error) => return Err(error).context("creating topics (journal.brokers)"),
+        }
+    };
+    if !created.is_empty() {
+        info!(?created, "created topics");
+    }
+    match admin::partition_count(journal, &topic).await? {
+        Some(n) if n as u32 == journal.partitions => {}
+        Some(n) => bail!(
+            "journal.partitions: topic {topic} has {n} partitions but the config says {}; they must agree",
+            journal.partitions
+        ),
+        None => bail!("topic {topic} is not visible after creation"),
+    }
     Ok(())
 }
 

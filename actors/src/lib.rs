@@ -5,10 +5,12 @@
 //!   and [`PartitionSupervisor`](partition_actor::PartitionSupervisor): the actors that host
 //!   it (persist, then reply);
 //! - [`snapshots`]: the projection payment actors are rebuilt from;
+//! - [`fallback`]: the spool that keeps commands durable while the journal is down;
 //! - [`pools`]: the subscriber pools' read models;
 //! - [`merchants`]: merchant registry and API-key authentication.
 
 pub mod error;
+pub mod fallback;
 pub mod idempotency;
 pub mod merchant_actor;
 pub mod merchants;

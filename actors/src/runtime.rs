@@ -85,6 +85,8 @@ pub struct RuntimeParts {
     pub health: JournalHealth,
     pub snapshots: ConsumerProgress,
     pub psp: crate::psp::PspClient,
+    /// The fallback spool and its state per partition (DESIGN "Journal unavailable").
+    pub fallback: crate::fallback::JournalFallback,
 }
 
 /// Shared by all actors of one node.
@@ -101,6 +103,7 @@ pub struct Runtime {
     pub health: JournalHealth,
     pub snapshots: ConsumerProgress,
     pub psp: crate::psp::PspClient,
+    pub fallback: crate::fallback::JournalFallback,
     /// Per partition: one past the highest offset this node has journaled.
     produced: Vec<AtomicI64>,
 }
@@ -119,6 +122,7 @@ impl Runtime {
             health: parts.health,
             snapshots: parts.snapshots,
             psp: parts.psp,
+            fallback: parts.fallback,
             produced: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
         })
     }
@@ -139,6 +143,21 @@ impl Runtime {
             .get(partition as usize)
             .map(|s| s.load(Ordering::Acquire))
             .unwrap_or(0)
+    }
+
+    /// Puts `partition` in fallback (see [`crate::fallback`]); no-op when it is.
+    pub async fn enter_fallback(
+        &self,
+        partition: i32,
+    ) -> Result<(), crate::fallback::FallbackError> {
+        self.fallback
+            .enter(
+                partition,
+                || self.produced_offset(partition),
+                || self.snapshots.next_offset(partition),
+                &self.pool,
+            )
+            .await
     }
 
     /// The partition's high watermark on the broker (one past its last record), bounded by

@@ -919,6 +919,11 @@ pub fn routes(
         .and(with(state.clone()))
         .and(auth)
         .and_then(consumer_lag);
+    let journal_admin = warp::path!("v1" / "admin" / "journal")
+        .and(warp::get())
+        .and(with(state.clone()))
+        .and(auth)
+        .and_then(ops::journal_status);
     let money = balance_route
         .or(entries)
         .unify()
@@ -931,6 +936,8 @@ pub fn routes(
         .or(channels)
         .unify()
         .or(consumers)
+        .unify()
+        .or(journal_admin)
         .unify();
     let metrics = warp::path!("v1" / "analytics" / "payment-metrics")
         .and(warp::get())

@@ -1,4 +1,4 @@
-//! Operations endpoints: readiness.
+//! Operations endpoints: readiness, and the journal's fallback state for operators.
 
 use crate::{json, AppState};
 use payrail_supervisor::Escalation;
@@ -11,8 +11,14 @@ use warp::reply::Response;
 #[derive(Serialize)]
 struct Readiness {
     ready: bool,
-    /// The broker answers a metadata request.
-    journal: bool,
+    /// `ok` (the broker answers and no partition is in fallback), `fallback` (commands of
+    /// some partitions are spooled: serving, durably) or `unavailable`.
+    journal: &'static str,
+    /// Owned partitions in journal fallback.
+    partitions_in_fallback: Vec<i32>,
+    /// Owned partitions that can neither use the journal nor enter fallback: the node
+    /// started while the journal was unavailable and has no spool for them.
+    partitions_waiting_for_journal: Vec<i32>,
     /// The journal breaker: `closed`, `open` or `half_open`.
     breaker: &'static str,
     /// The breaker's state changes since the node started.
@@ -43,9 +49,32 @@ pub async fn readyz(state: AppState) -> Result<Response, Infallible> {
     let caught_up = state.node.is_ready();
     let gave_up = runtime.escalations.recent();
     let breaker = runtime.health.state();
+    let owned = state.node.owned_partitions();
+    let in_fallback: Vec<i32> = owned
+        .iter()
+        .copied()
+        .filter(|p| runtime.fallback.is_active(*p))
+        .collect();
+    let waiting: Vec<i32> = owned
+        .iter()
+        .copied()
+        .filter(|p| !runtime.fallback.is_end_known(*p) && !runtime.fallback.is_active(*p))
+        .collect();
     let mut reasons = Vec::new();
-    if !journal {
-        reasons.push("the journal (broker) does not answer".to_string());
+    let journal_state = match (journal, in_fallback.is_empty()) {
+        (_, false) => "fallback",
+        (true, true) => "ok",
+        (false, true) => "unavailable",
+    };
+    if journal_state == "unavailable" {
+        reasons.push(
+            "the journal (broker) does not answer and no partition is in fallback".to_string(),
+        );
+    }
+    if !waiting.is_empty() {
+        reasons.push(format!(
+            "partitions waiting for the journal (unavailable at start, no spool): {waiting:?}"
+        ));
     }
     if !database {
         reasons.push("PostgreSQL does not answer".to_string());
@@ -74,7 +103,9 @@ pub async fn readyz(state: AppState) -> Result<Response, Infallible> {
         status,
         &Readiness {
             ready,
-            journal,
+            journal: journal_state,
+            partitions_in_fallback: in_fallback,
+            partitions_waiting_for_journal: waiting,
             breaker: breaker.as_str(),
             breaker_transitions: runtime.health.transitions(),
             database,
@@ -84,4 +115,51 @@ pub async fn readyz(state: AppState) -> Result<Response, Infallible> {
             reasons,
         },
     ))
+}
+
+#[derive(Serialize)]
+struct JournalStatus {
+    object: &'static str,
+    /// The breaker: `closed`, `open` or `half_open`.
+    breaker: &'static str,
+    breaker_transitions: u64,
+    /// Partitions in fallback with their spool depth, oldest spooled age (ms) and the
+    /// journal's high watermark when the fallback began.
+    partitions_in_fallback: Vec<kafka_journal::spool::SpoolDepth>,
+    /// Rows in the spool now, and its bound (`spool.max_rows`).
+    spool_rows: i64,
+    spool_max_rows: u64,
+    /// Events spooled and replayed into the journal by this node since it started.
+    spooled_since_start: u64,
+    replayed_since_start: u64,
+}
+
+/// `GET /v1/admin/journal`: the breaker, the partitions in fallback and the spool.
+pub async fn journal_status(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
+    crate::respond(
+        async {
+            crate::authorize_admin(&state, &auth)?;
+            let runtime = state.node.runtime();
+            let depths = runtime.fallback.depths().await.map_err(|e| {
+                crate::error::ApiError::unavailable(
+                    "database_unavailable",
+                    format!("cannot read the spool: {e}"),
+                )
+            })?;
+            Ok(json(
+                StatusCode::OK,
+                &JournalStatus {
+                    object: "journal_status",
+                    breaker: runtime.health.state().as_str(),
+                    breaker_transitions: runtime.health.transitions(),
+                    spool_rows: depths.iter().map(|d| d.rows).sum(),
+                    spool_max_rows: runtime.fallback.options().max_rows,
+                    partitions_in_fallback: depths,
+                    spooled_since_start: runtime.fallback.spooled_total(),
+                    replayed_since_start: runtime.fallback.replayed_total(),
+                },
+            ))
+        }
+        .await,
+    )
 }

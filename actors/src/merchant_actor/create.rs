@@ -16,6 +16,16 @@ impl MerchantState {
     pub(super) async fn ensure_history_readable(&mut self) -> Result<(), CommandError> {
         let runtime = self.args.runtime.clone();
         let partition = self.args.partition;
+        if !runtime.fallback.is_end_known(partition) {
+            return Err(CommandError::NotReady(
+                "the journal's end is not known yet (it was unavailable at start); retry".into(),
+            ));
+        }
+        if runtime.fallback.is_active(partition) && !self.journal_end_needed {
+            // In fallback the snapshots are complete: everything below the journal's end
+            // when the fallback began, and every spooled event, was projected with it.
+            return Ok(());
+        }
         let bound = if self.journal_end_needed {
             let end = runtime.journal_end(partition).await.map_err(|error| {
                 CommandError::NotReady(format!(

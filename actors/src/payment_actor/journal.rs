@@ -6,10 +6,14 @@ use crate::error::CommandError;
 use crate::payment::machine::{evolve, EventContext};
 use crate::payment::PaymentEvent;
 use kafka_journal::envelope::now_micros;
+use kafka_journal::producer::OutgoingRecord;
 use kafka_journal::Envelope;
 use std::collections::BTreeMap;
 use tracing::warn;
 use uuid::Uuid;
+
+/// Rounds of entering fallback and taking the gate before a persist gives up.
+const FALLBACK_ENTRY_ATTEMPTS: usize = 3;
 
 impl PaymentArgs {
     /// Fault injection (test only, `actors.fault_injection`): the payment's metadata
@@ -49,8 +53,9 @@ impl PaymentArgs {
         panic!("injected fault: {fault} in payment {}", self.payment_id);
     }
 
-    /// Appends `events` to the journal; only after the broker acknowledged them are they
-    /// applied to the state.
+    /// Persists `events` — to the journal, or to the fallback spool while the partition is
+    /// in fallback (breaker open, an append that failed, or a spool not yet replayed) —
+    /// and only then applies them to the state.
     pub(super) async fn persist(
         &mut self,
         events: Vec<PaymentEvent>,
@@ -58,11 +63,6 @@ impl PaymentArgs {
     ) -> Result<(), CommandError> {
         if events.is_empty() {
             return Ok(());
-        }
-        if self.runtime.health.admit() == payrail_supervisor::Admission::Refused {
-            return Err(CommandError::JournalUnavailable(
-                "circuit breaker open".into(),
-            ));
         }
         let base_sequence = self.state.as_ref().map(|p| p.sequence).unwrap_or(0);
         let occurred_at = now_micros();
@@ -87,21 +87,7 @@ impl PaymentArgs {
             .map(|e| producer.record(&self.runtime.topic, self.partition, e))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| CommandError::Internal(e.to_string()))?;
-        match producer.append(&records).await {
-            Ok(receipts) => {
-                self.runtime.health.record_success();
-                for receipt in &receipts {
-                    debug_assert_eq!(receipt.partition, self.partition);
-                    self.runtime
-                        .record_produced(receipt.partition, receipt.offset);
-                }
-            }
-            Err(error) => {
-                self.runtime.health.record_failure();
-                warn!(%error, "append failed; its outcome is unknown");
-                return Err(CommandError::JournalOutcomeUnknown(error.to_string()));
-            }
-        }
+        self.write(records).await?;
         let mut state = self.state.take();
         for envelope in &envelopes {
             let ctx = EventContext {
@@ -121,5 +107,88 @@ impl PaymentArgs {
         );
         self.state = state;
         Ok(())
+    }
+
+    /// The journal append, or the spool; see [`crate::fallback`]. An append that failed
+    /// has an unknown outcome: its records are spooled with the same event ids (readers
+    /// ignore the second copy), so the command is still acknowledged.
+    async fn write(&self, records: Vec<OutgoingRecord>) -> Result<(), CommandError> {
+        let runtime = &self.runtime;
+        let partition = self.partition;
+        let mut attempted = None;
+        {
+            let gate = runtime.fallback.gate(partition).await;
+            if gate.spooling {
+                return self.spool(&gate, &records, None).await;
+            }
+            if runtime.health.admit() != payrail_supervisor::Admission::Refused {
+                match runtime.producer.append(&records).await {
+                    Ok(receipts) => {
+                        runtime.health.record_success();
+                        let offsets: Vec<i64> = receipts.iter().map(|r| r.offset).collect();
+                        for receipt in &receipts {
+                            debug_assert_eq!(receipt.partition, partition);
+                            runtime.record_produced(receipt.partition, receipt.offset);
+                        }
+                        runtime.fallback.journaled(
+                            partition,
+                            records,
+                            &offsets,
+                            runtime.snapshots.next_offset(partition),
+                        );
+                        return Ok(());
+                    }
+                    Err(error) => {
+                        runtime.health.record_failure();
+                        warn!(%error, "append failed; its outcome is unknown, spooling it");
+                        attempted = Some(error.to_string());
+                    }
+                }
+            }
+        }
+        // The replayer may end a fallback whose spool is empty before this takes the gate
+        // again; then it is entered again (bounded: each round needs that race).
+        for _ in 0..FALLBACK_ENTRY_ATTEMPTS {
+            if let Err(error) = runtime.enter_fallback(partition).await {
+                warn!(partition, %error, "cannot enter journal fallback");
+                return Err(match attempted {
+                    Some(append) => CommandError::JournalOutcomeUnknown(append),
+                    None => CommandError::JournalUnavailable(error.to_string()),
+                });
+            }
+            let gate = runtime.fallback.gate(partition).await;
+            if gate.spooling {
+                return self.spool(&gate, &records, attempted).await;
+            }
+        }
+        Err(match attempted {
+            Some(append) => CommandError::JournalOutcomeUnknown(append),
+            None => {
+                CommandError::JournalUnavailable("the partition's fallback keeps ending".into())
+            }
+        })
+    }
+
+    async fn spool(
+        &self,
+        gate: &crate::fallback::PersistGate<'_>,
+        records: &[OutgoingRecord],
+        attempted: Option<String>,
+    ) -> Result<(), CommandError> {
+        let runtime = &self.runtime;
+        match runtime
+            .fallback
+            .append(gate, self.partition, records, &runtime.pool)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                warn!(partition = self.partition, %error, "spooling failed");
+                Err(match (attempted, error) {
+                    (Some(append), _) => CommandError::JournalOutcomeUnknown(append),
+                    (None, error) => CommandError::JournalUnavailable(error.to_string()),
+                })
+            }
+        }
     }
 }

@@ -10,7 +10,7 @@
 
 use crate::envelope::EventHeaders;
 use crate::producer::{JournalProducer, OutgoingRecord};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -74,57 +74,103 @@ impl Spool {
         high_watermark: Option<i64>,
     ) -> Result<Vec<i64>, SpoolError> {
         let mut tx = self.pool.begin().await?;
-        // The partition's fallback row serialises writers of one partition.
-        sqlx::query(
-            "INSERT INTO journal_fallback (topic, partition, high_watermark_at_start)
-             VALUES ($1, $2, $3) ON CONFLICT (topic, partition) DO NOTHING",
-        )
-        .bind(&self.topic)
-        .bind(partition)
-        .bind(high_watermark)
-        .execute(&mut *tx)
-        .await?;
+        let sequences = self
+            .append_in(&mut tx, partition, records, high_watermark)
+            .await?;
+        tx.commit().await?;
+        Ok(sequences)
+    }
+
+    /// [`Spool::append`] inside the caller's transaction, so the caller can write what
+    /// must commit together with the spooled records (e.g. a projection of them).
+    /// `high_watermark` is recorded only when this append starts the partition's fallback.
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        partition: i32,
+        records: &[OutgoingRecord],
+        high_watermark: Option<i64>,
+    ) -> Result<Vec<i64>, SpoolError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
         let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_spool WHERE topic = $1")
             .bind(&self.topic)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *conn)
             .await?;
         if rows as u64 + records.len() as u64 > self.max_rows {
             return Err(SpoolError::Full(self.max_rows));
         }
+        // One statement creates or locks the partition's fallback row, so writers of one
+        // partition are serialised and an append never races the end of a fallback
+        // (`finish_if_empty` locks the same row).
+        let n = records.len() as i64;
         let first: i64 = sqlx::query_scalar(
-            "UPDATE journal_fallback SET next_sequence = next_sequence + $3
-             WHERE topic = $1 AND partition = $2 RETURNING next_sequence - $3",
+            "INSERT INTO journal_fallback (topic, partition, high_watermark_at_start, next_sequence)
+             VALUES ($1, $2, $3, 1 + $4)
+             ON CONFLICT (topic, partition)
+             DO UPDATE SET next_sequence = journal_fallback.next_sequence + $4
+             RETURNING next_sequence - $4",
         )
         .bind(&self.topic)
         .bind(partition)
-        .bind(records.len() as i64)
-        .fetch_one(&mut *tx)
+        .bind(high_watermark)
+        .bind(n)
+        .fetch_one(&mut *conn)
         .await?;
         let mut sequences = Vec::with_capacity(records.len());
+        let (mut keys, mut ids, mut types, mut versions, mut content_types, mut values) = (
+            Vec::with_capacity(records.len()),
+            Vec::with_capacity(records.len()),
+            Vec::with_capacity(records.len()),
+            Vec::with_capacity(records.len()),
+            Vec::with_capacity(records.len()),
+            Vec::with_capacity(records.len()),
+        );
         for (i, record) in records.iter().enumerate() {
             debug_assert_eq!(record.partition, partition, "one partition per append");
             let event_id = Uuid::parse_str(&record.headers.event_id)
                 .map_err(|_| SpoolError::MissingEventId)?;
-            let sequence = first + i as i64;
-            sqlx::query(
-                "INSERT INTO journal_spool (topic, partition, sequence, record_key, event_id, event_type, schema_version, content_type, value)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(&self.topic)
-            .bind(partition)
-            .bind(sequence)
-            .bind(&record.key)
-            .bind(event_id)
-            .bind(&record.headers.event_type)
-            .bind(&record.headers.schema_version)
-            .bind(&record.headers.content_type)
-            .bind(&record.value)
-            .execute(&mut *tx)
-            .await?;
-            sequences.push(sequence);
+            sequences.push(first + i as i64);
+            keys.push(record.key.as_str());
+            ids.push(event_id);
+            types.push(record.headers.event_type.as_str());
+            versions.push(record.headers.schema_version.as_str());
+            content_types.push(record.headers.content_type.as_str());
+            values.push(record.value.as_slice());
         }
-        tx.commit().await?;
+        sqlx::query(
+            "INSERT INTO journal_spool (topic, partition, sequence, record_key, event_id, event_type, schema_version, content_type, value)
+             SELECT $1, $2, s, k, e, t, v, c, b
+             FROM unnest($3::bigint[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[], $9::bytea[])
+                  AS r(s, k, e, t, v, c, b)",
+        )
+        .bind(&self.topic)
+        .bind(partition)
+        .bind(&sequences)
+        .bind(&keys)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&content_types)
+        .bind(&values)
+        .execute(&mut *conn)
+        .await?;
         Ok(sequences)
+    }
+
+    /// Partitions in fallback with the journal's high watermark recorded when each began.
+    pub async fn partitions_in_fallback(&self) -> Result<Vec<(i32, Option<i64>)>, SpoolError> {
+        Ok(sqlx::query_as(
+            "SELECT partition, high_watermark_at_start FROM journal_fallback WHERE topic = $1 ORDER BY partition",
+        )
+        .bind(&self.topic)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// The oldest `limit` spooled records of `partition`, in spool order.

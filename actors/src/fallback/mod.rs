@@ -1,0 +1,399 @@
+//! Journal fallback (DESIGN "Journal unavailable: fallback"): while the journal cannot take
+//! a partition's events, its payment actors write them to the PostgreSQL spool before they
+//! reply, and a replayer appends the spool to the journal in order when it returns.
+//!
+//! Per partition, a gate orders the two ways of persisting: a direct append holds the
+//! gate shared; entering or leaving fallback holds it exclusively. So when a partition
+//! enters fallback no direct append of it is in flight, the journal's end for it is
+//! exactly what this node knows it produced, and no record of it reaches the journal
+//! directly until its spool is empty again.
+//!
+//! Snapshots stay complete in fallback: the spool transaction also projects the spooled
+//! events into `payment_snapshots` (and marks them applied for the snapshot projector,
+//! which skips them when they come back through the journal). Entering fallback first
+//! copies the records this node journaled that the projector has not applied yet (kept in
+//! memory, bounded) into the spool and projects them too. A payment actor rebuilt in
+//! fallback — after a passivation or a crash of the node — reads a complete snapshot.
+
+mod replay;
+
+pub use replay::spawn_replayer;
+
+use crate::snapshots::SnapshotProjector;
+use kafka_journal::consumer::{ConsumedRecord, PartitionHandler};
+use kafka_journal::producer::OutgoingRecord;
+use kafka_journal::spool::{Spool, SpoolDepth, SpoolError};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use tokio::sync::{RwLock, RwLockReadGuard};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+/// `[spool]` in config.toml.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolOptions {
+    /// Rows the whole spool holds at most; past it commands get 503 `journal_unavailable`
+    /// and nothing is recorded.
+    pub max_rows: u64,
+    /// Spooled records appended to the journal per replay append.
+    pub replay_batch: u32,
+    /// How often the replayer looks at the breaker and the spool (ms).
+    pub replay_interval_ms: u64,
+    /// Records journaled but not yet applied by the snapshot projector, kept in memory per
+    /// partition so a partition entering fallback can complete its snapshots. A partition
+    /// whose projector lagged by more cannot enter fallback (503 until the journal returns).
+    pub unprojected_tail_max: usize,
+}
+
+impl Default for SpoolOptions {
+    fn default() -> Self {
+        Self {
+            max_rows: 1_000_000,
+            replay_batch: 500,
+            replay_interval_ms: 200,
+            unprojected_tail_max: 50_000,
+        }
+    }
+}
+
+impl SpoolOptions {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=100_000_000).contains(&self.max_rows) {
+            return Err("spool.max_rows: allowed 1..=100000000".into());
+        }
+        if !(1..=10_000).contains(&self.replay_batch) {
+            return Err("spool.replay_batch: allowed 1..=10000".into());
+        }
+        if !(10..=60_000).contains(&self.replay_interval_ms) {
+            return Err("spool.replay_interval_ms: allowed 10..=60000".into());
+        }
+        if !(1..=10_000_000).contains(&self.unprojected_tail_max) {
+            return Err("spool.unprojected_tail_max: allowed 1..=10000000".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a partition cannot take events in fallback now.
+#[derive(Debug, thiserror::Error)]
+pub enum FallbackError {
+    #[error("the journal's end for partition {0} is not known yet (the node started while the journal was unavailable)")]
+    EndUnknown(i32),
+    #[error("partition {0}: the snapshot projector lagged by more than spool.unprojected_tail_max records when the journal failed")]
+    TailLost(i32),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("projecting spooled events: {0}")]
+    Projection(String),
+}
+
+/// Journaled records of one partition not yet applied by the snapshot projector.
+#[derive(Default)]
+struct UnprojectedTail {
+    records: VecDeque<(i64, OutgoingRecord)>,
+    /// The highest offset dropped from `records` before the projector applied it (-1).
+    lost_through: i64,
+}
+
+struct PartitionFallback {
+    gate: RwLock<()>,
+    active: AtomicBool,
+    /// The journal's end is known to this node (read at start, or the partition was in
+    /// fallback then), so its produced offset bounds the journal.
+    end_known: AtomicBool,
+    tail: Mutex<UnprojectedTail>,
+}
+
+/// The node's fallback state: one entry per partition, the spool, and counters for
+/// operators. Shared through the [`crate::runtime::Runtime`].
+pub struct JournalFallback {
+    spool: Spool,
+    /// The snapshot projector's consumer name (namespaced), under which spooled events
+    /// are marked applied.
+    snapshot_consumer: String,
+    options: SpoolOptions,
+    partitions: Vec<PartitionFallback>,
+    spooled_total: AtomicU64,
+    replayed_total: AtomicU64,
+}
+
+/// Held while persisting to a partition; see the module docs.
+pub struct PersistGate<'a> {
+    _guard: RwLockReadGuard<'a, ()>,
+    /// The partition was in fallback when the gate was taken (events go to the spool).
+    pub spooling: bool,
+}
+
+impl JournalFallback {
+    pub fn new(
+        spool: Spool,
+        snapshot_consumer: String,
+        options: SpoolOptions,
+        partitions: u32,
+    ) -> Self {
+        Self {
+            spool,
+            snapshot_consumer,
+            options,
+            partitions: (0..partitions)
+                .map(|_| PartitionFallback {
+                    gate: RwLock::new(()),
+                    active: AtomicBool::new(false),
+                    end_known: AtomicBool::new(false),
+                    tail: Mutex::new(UnprojectedTail {
+                        records: VecDeque::new(),
+                        lost_through: -1,
+                    }),
+                })
+                .collect(),
+            spooled_total: AtomicU64::new(0),
+            replayed_total: AtomicU64::new(0),
+        }
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    pub fn options(&self) -> &SpoolOptions {
+        &self.options
+    }
+
+    fn partition(&self, partition: i32) -> &PartitionFallback {
+        let slot = self.partitions.get(partition as usize);
+        assert!(slot.is_some(), "partition {partition} out of range");
+        match slot {
+            Some(slot) => slot,
+            None => unreachable!(),
+        }
+    }
+
+    /// Whether `partition`'s events currently go to the spool.
+    pub fn is_active(&self, partition: i32) -> bool {
+        self.partition(partition).active.load(Ordering::Acquire)
+    }
+
+    /// Partitions in fallback now.
+    pub fn active_partitions(&self) -> Vec<i32> {
+        (0..self.partitions.len() as i32)
+            .filter(|p| self.is_active(*p))
+            .collect()
+    }
+
+    pub fn is_end_known(&self, partition: i32) -> bool {
+        self.partition(partition).end_known.load(Ordering::Acquire)
+    }
+
+    /// The journal's end of `partition` is known (read at start, or it was in fallback).
+    pub fn mark_end_known(&self, partition: i32) {
+        self.partition(partition)
+            .end_known
+            .store(true, Ordering::Release);
+    }
+
+    /// At start: `partition` was left in fallback (its spool is authoritative).
+    pub fn resume_active(&self, partition: i32) {
+        let slot = self.partition(partition);
+        slot.end_known.store(true, Ordering::Release);
+        slot.active.store(true, Ordering::Release);
+    }
+
+    pub fn spooled_total(&self) -> u64 {
+        self.spooled_total.load(Ordering::Relaxed)
+    }
+
+    pub fn replayed_total(&self) -> u64 {
+        self.replayed_total.load(Ordering::Relaxed)
+    }
+
+    /// Takes `partition`'s gate for one persist.
+    pub async fn gate(&self, partition: i32) -> PersistGate<'_> {
+        let slot = self.partition(partition);
+        let guard = slot.gate.read().await;
+        PersistGate {
+            spooling: slot.active.load(Ordering::Acquire),
+            _guard: guard,
+        }
+    }
+
+    /// Remembers records the journal acknowledged at `offsets`, until the snapshot
+    /// projector has applied them (`projected_next`: its next offset for the partition).
+    pub fn journaled(
+        &self,
+        partition: i32,
+        records: Vec<OutgoingRecord>,
+        offsets: &[i64],
+        projected_next: i64,
+    ) {
+        debug_assert_eq!(records.len(), offsets.len());
+        let mut tail = match self.partition(partition).tail.lock() {
+            Ok(tail) => tail,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        while tail
+            .records
+            .front()
+            .is_some_and(|(offset, _)| *offset < projected_next)
+        {
+            tail.records.pop_front();
+        }
+        for (record, offset) in records.into_iter().zip(offsets) {
+            tail.records.push_back((*offset, record));
+        }
+        while tail.records.len() > self.options.unprojected_tail_max {
+            if let Some((offset, _)) = tail.records.pop_front() {
+                if offset >= projected_next {
+                    tail.lost_through = tail.lost_through.max(offset);
+                }
+            }
+        }
+    }
+
+    /// Puts `partition` in fallback (no-op when it is): waits for its direct appends in
+    /// flight, records the journal's end (`journal_end`, read under the gate), copies the
+    /// unprojected tail into the spool and projects it.
+    pub async fn enter(
+        &self,
+        partition: i32,
+        journal_end: impl FnOnce() -> i64,
+        projected_next: impl FnOnce() -> i64,
+        pool: &sqlx::PgPool,
+    ) -> Result<(), FallbackError> {
+        let slot = self.partition(partition);
+        let _exclusive = slot.gate.write().await;
+        if slot.active.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if !slot.end_known.load(Ordering::Acquire) {
+            return Err(FallbackError::EndUnknown(partition));
+        }
+        let end = journal_end();
+        let projected = projected_next();
+        let tail: Vec<OutgoingRecord> = {
+            let tail = match slot.tail.lock() {
+                Ok(tail) => tail,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if tail.lost_through >= projected || projected < 0 {
+                return Err(FallbackError::TailLost(partition));
+            }
+            tail.records
+                .iter()
+                .filter(|(offset, _)| *offset >= projected)
+                .map(|(_, record)| record.clone())
+                .collect()
+        };
+        let mut tx = pool.begin().await.map_err(SpoolError::from)?;
+        self.spool
+            .append_in(&mut tx, partition, &tail, Some(end))
+            .await?;
+        project(&mut tx, &self.snapshot_consumer, &tail).await?;
+        tx.commit().await.map_err(SpoolError::from)?;
+        slot.active.store(true, Ordering::Release);
+        info!(
+            partition,
+            journal_end = end,
+            unprojected_copied = tail.len(),
+            "partition entered journal fallback"
+        );
+        Ok(())
+    }
+
+    /// Spools `records` of `partition` (in fallback, under its gate) and projects them into
+    /// the snapshots, in one transaction.
+    pub async fn append(
+        &self,
+        gate: &PersistGate<'_>,
+        partition: i32,
+        records: &[OutgoingRecord],
+        pool: &sqlx::PgPool,
+    ) -> Result<(), FallbackError> {
+        debug_assert!(gate.spooling, "spooled only in fallback, under the gate");
+        let mut tx = pool.begin().await.map_err(SpoolError::from)?;
+        self.spool
+            .append_in(&mut tx, partition, records, None)
+            .await?;
+        project(&mut tx, &self.snapshot_consumer, records).await?;
+        tx.commit().await.map_err(SpoolError::from)?;
+        self.spooled_total
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Ends `partition`'s fallback if its spool is empty (under the gate, so no persist
+    /// is in flight); returns whether it is out of fallback.
+    pub async fn leave_if_empty(&self, partition: i32) -> Result<bool, SpoolError> {
+        let slot = self.partition(partition);
+        let _exclusive = slot.gate.write().await;
+        if !slot.active.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        if self.spool.finish_if_empty(partition).await? {
+            slot.active.store(false, Ordering::Release);
+            info!(
+                partition,
+                "partition left journal fallback (spool replayed)"
+            );
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    pub(crate) fn count_replayed(&self, n: u64) {
+        self.replayed_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Partitions in fallback with their spool depth (operators' view).
+    pub async fn depths(&self) -> Result<Vec<SpoolDepth>, SpoolError> {
+        self.spool.depths().await
+    }
+}
+
+/// The consumed form of an outgoing record (no offset yet), for projecting it.
+pub fn as_consumed(record: &OutgoingRecord) -> ConsumedRecord {
+    ConsumedRecord {
+        topic: record.topic.clone(),
+        partition: record.partition,
+        offset: -1,
+        key: Some(record.key.as_bytes().to_vec()),
+        event_type: Some(record.headers.event_type.clone()),
+        event_id: Uuid::parse_str(&record.headers.event_id).ok(),
+        content_type: Some(record.headers.content_type.clone()),
+        value: record.value.clone(),
+        timestamp_ms: None,
+    }
+}
+
+/// Applies `records` to the snapshots in the caller's transaction, each once (marked
+/// applied for the snapshot projector, which then skips its journal copy).
+async fn project(
+    conn: &mut sqlx::PgConnection,
+    consumer: &str,
+    records: &[OutgoingRecord],
+) -> Result<(), FallbackError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let consumed: Vec<ConsumedRecord> = records.iter().map(as_consumed).collect();
+    let ids: Vec<Uuid> = consumed.iter().filter_map(|r| r.event_id).collect();
+    let mut fresh = kafka_journal::offsets::mark_processed_batch(conn, consumer, &ids)
+        .await
+        .map_err(SpoolError::from)?;
+    let to_apply: Vec<&ConsumedRecord> = consumed
+        .iter()
+        .filter(|r| r.event_id.is_some_and(|id| fresh.remove(&id)))
+        .collect();
+    if to_apply.is_empty() {
+        return Ok(());
+    }
+    SnapshotProjector
+        .apply_batch(conn, &to_apply)
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "projecting spooled events failed");
+            FallbackError::Projection(e.to_string())
+        })
+}

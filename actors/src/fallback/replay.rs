@@ -1,0 +1,125 @@
+//! The replayer: one supervised task per node that
+//! - puts every owned partition in fallback while the breaker is not closed, so a node
+//!   killed during an outage restarts with every partition's journal end on record;
+//! - appends each partition's spool to the journal in spool order when the breaker lets
+//!   it (its appends are the half-open probes), removing rows only after the broker
+//!   acknowledged them, and takes the partition out of fallback when its spool is empty;
+//! - learns the journal's end of partitions the node started without (journal down at
+//!   start) once the journal answers again.
+
+use crate::runtime::Runtime;
+use kafka_journal::producer::OutgoingRecord;
+use payrail_supervisor::{Admission, BreakerState};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// Starts the replayer for `partitions` under the node's restart policy.
+pub fn spawn_replayer(runtime: Arc<Runtime>, partitions: Vec<i32>) -> JoinHandle<()> {
+    let restart = runtime.restart;
+    let escalations = runtime.escalations.clone();
+    payrail_supervisor::supervise_task("spool_replayer", restart, escalations, move || {
+        replay_forever(runtime.clone(), partitions.clone())
+    })
+}
+
+async fn replay_forever(runtime: Arc<Runtime>, partitions: Vec<i32>) {
+    let interval = Duration::from_millis(runtime.fallback.options().replay_interval_ms);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if runtime.health.state() != BreakerState::Closed {
+            for &partition in &partitions {
+                if !runtime.fallback.is_active(partition) {
+                    if let Err(error) = runtime.enter_fallback(partition).await {
+                        warn!(partition, %error, "cannot put the partition in fallback");
+                    }
+                }
+            }
+        }
+        for &partition in &partitions {
+            if !runtime.fallback.is_end_known(partition) {
+                learn_journal_end(&runtime, partition).await;
+            }
+            if runtime.fallback.is_active(partition) {
+                replay_partition(&runtime, partition).await;
+            }
+        }
+    }
+}
+
+/// Appends `partition`'s spool while the breaker admits appends; leaves fallback when the
+/// spool is empty.
+async fn replay_partition(runtime: &Runtime, partition: i32) {
+    let fallback = &runtime.fallback;
+    let batch = i64::from(fallback.options().replay_batch);
+    loop {
+        let pending = match fallback.spool().pending(partition, batch).await {
+            Ok(pending) => pending,
+            Err(error) => {
+                warn!(partition, %error, "reading the spool failed");
+                return;
+            }
+        };
+        let Some(last) = pending.last().map(|r| r.sequence) else {
+            if runtime.health.state() == BreakerState::Closed {
+                match fallback.leave_if_empty(partition).await {
+                    Ok(_) => {}
+                    Err(error) => warn!(partition, %error, "ending the fallback failed"),
+                }
+            }
+            return;
+        };
+        if runtime.health.admit() == Admission::Refused {
+            return;
+        }
+        let records: Vec<OutgoingRecord> = pending.into_iter().map(|r| r.record).collect();
+        match runtime.producer.append(&records).await {
+            Ok(receipts) => {
+                runtime.health.record_success();
+                for receipt in &receipts {
+                    runtime.record_produced(receipt.partition, receipt.offset);
+                }
+                // Removed only now: a crash before this appends them again, with the same
+                // event ids, which every reader ignores.
+                if let Err(error) = fallback.spool().remove_through(partition, last).await {
+                    warn!(partition, %error, "removing replayed rows failed; they will be appended again");
+                    return;
+                }
+                fallback.count_replayed(records.len() as u64);
+                info!(
+                    partition,
+                    records = records.len(),
+                    through = last,
+                    "spool replayed into the journal"
+                );
+            }
+            Err(error) => {
+                runtime.health.record_failure();
+                warn!(partition, %error, "replaying the spool failed; retrying later");
+                return;
+            }
+        }
+    }
+}
+
+/// For a partition whose journal end was unknown at start: reads it and waits for the
+/// snapshot projector to reach it, then records it as produced.
+async fn learn_journal_end(runtime: &Runtime, partition: i32) {
+    let Ok(end) = runtime.journal_end(partition).await else {
+        return;
+    };
+    if runtime.snapshots_reached(partition, end).await {
+        if end > 0 {
+            runtime.record_produced(partition, end - 1);
+        }
+        runtime.fallback.mark_end_known(partition);
+        info!(
+            partition,
+            journal_end = end,
+            "journal end learnt; partition serves"
+        );
+    }
+}
