@@ -31,12 +31,16 @@ pub async fn ensure_topics(
         .iter()
         .map(|t| NewTopic::new(&t.name, t.partitions as i32, TopicReplication::Fixed(1)))
         .collect();
-    let results = admin
-        .create_topics(
+    // librdkafka waits for an unreachable broker far past the operation timeout; bound it.
+    let results = tokio::time::timeout(
+        timeout + Duration::from_secs(1),
+        admin.create_topics(
             new_topics.iter(),
             &AdminOptions::new().operation_timeout(Some(Timeout::After(timeout))),
-        )
-        .await?;
+        ),
+    )
+    .await
+    .map_err(|_| JournalError::Config(format!("creating topics timed out after {timeout:?}")))??;
     let mut created = Vec::new();
     for result in results {
         match result {

@@ -33,22 +33,30 @@ impl DeadLetterHeaders {
 pub struct DeadLetterPublisher {
     producer: FutureProducer,
     topic: String,
+    /// Set once the topic is known to exist.
+    created: tokio::sync::OnceCell<()>,
+    options: JournalOptions,
     partitions: u32,
     timeout: Duration,
 }
 
 impl DeadLetterPublisher {
     /// Creates `topic` (with the journal's partition count) if it is missing, and a producer
-    /// for it.
+    /// for it. When the journal is unreachable (a node started during an outage) the topic
+    /// is created on the first publish instead, so the pool still starts.
     pub async fn new(options: &JournalOptions, topic: String) -> Result<Self, JournalError> {
-        crate::admin::ensure_topics(
-            options,
-            &[crate::admin::TopicSpec {
-                name: topic.clone(),
-                partitions: options.partitions,
-            }],
-        )
-        .await?;
+        let spec = crate::admin::TopicSpec {
+            name: topic.clone(),
+            partitions: options.partitions,
+        };
+        let created = match crate::admin::ensure_topics(options, std::slice::from_ref(&spec)).await
+        {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(%topic, %error, "cannot create the dead-letter topic now; it is created on first use");
+                false
+            }
+        };
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &options.brokers)
             .set("enable.idempotence", "true")
@@ -60,6 +68,8 @@ impl DeadLetterPublisher {
         Ok(Self {
             producer,
             topic,
+            created: tokio::sync::OnceCell::new_with(created.then_some(())),
+            options: options.clone(),
             partitions: options.partitions,
             timeout: Duration::from_millis(options.produce_timeout_ms),
         })
@@ -77,6 +87,19 @@ impl DeadLetterPublisher {
         record: &ConsumedRecord,
         error: &str,
     ) -> Result<(), JournalError> {
+        self.created
+            .get_or_try_init(|| async {
+                crate::admin::ensure_topics(
+                    &self.options,
+                    &[crate::admin::TopicSpec {
+                        name: self.topic.clone(),
+                        partitions: self.partitions,
+                    }],
+                )
+                .await
+                .map(|_| ())
+            })
+            .await?;
         let partition = record.partition.to_string();
         let offset = record.offset.to_string();
         let event_id = record.event_id.map(|id| id.to_string());

@@ -83,7 +83,8 @@ impl Spool {
 
     /// [`Spool::append`] inside the caller's transaction, so the caller can write what
     /// must commit together with the spooled records (e.g. a projection of them).
-    /// `high_watermark` is recorded only when this append starts the partition's fallback.
+    /// `high_watermark` is recorded only when this append starts the partition's fallback;
+    /// with no records it only starts the fallback.
     pub async fn append_in(
         &self,
         conn: &mut PgConnection,
@@ -91,9 +92,8 @@ impl Spool {
         records: &[OutgoingRecord],
         high_watermark: Option<i64>,
     ) -> Result<Vec<i64>, SpoolError> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
+        // No early return on no records: the fallback row is still written (a partition
+        // enters fallback with nothing to copy).
         let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_spool WHERE topic = $1")
             .bind(&self.topic)
             .fetch_one(&mut *conn)

@@ -249,7 +249,9 @@ pub async fn start(
     producer: JournalProducer,
 ) -> Result<NotificationPool, StartError> {
     let dlq_topic = journal.topic(DLQ_TOPIC);
-    kafka_journal::admin::ensure_topics(
+    // Created again on the first dead letter when the journal is unreachable now (a node
+    // started during an outage), so the pool still starts.
+    if let Err(error) = kafka_journal::admin::ensure_topics(
         journal,
         &[kafka_journal::admin::TopicSpec {
             name: dlq_topic.clone(),
@@ -257,7 +259,9 @@ pub async fn start(
         }],
     )
     .await
-    .map_err(|e| StartError::Topics(e.to_string()))?;
+    {
+        tracing::warn!(topic = %dlq_topic, %error, "cannot create the notification dead-letter topic now");
+    }
     let group = journal.group(NOTIFICATION_GROUP);
     let consumer = spawn_consumer(
         journal,

@@ -1,0 +1,412 @@
+//! Journal fallback (DESIGN "Journal unavailable: fallback") against a private tansu broker
+//! that the tests kill, pause and restart, and the real PostgreSQL: commands keep being
+//! acknowledged while the journal is down (spooled before the reply), a node killed during
+//! the outage serves again from its spool, a full spool refuses and records nothing, and
+//! when the broker returns the spool is replayed so every acknowledged event is in the
+//! journal in sequence order.
+
+mod common;
+
+use common::broker::PrivateBroker;
+use common::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+struct Outage {
+    env: TestEnv,
+    broker: PrivateBroker,
+    _sandbox: SandboxProcess,
+    node: NodeProcess,
+    api: Api,
+    merchant_id: String,
+    key: String,
+    node_extra: Vec<(String, String)>,
+}
+
+/// A node on a private broker with the PSP sandbox; `extra` adds node settings.
+async fn outage_world(name: &str, extra: &[(&str, &str)]) -> Outage {
+    let mut env = TestEnv::new(name).await;
+    let broker_dir = env.dir.join("broker");
+    std::fs::create_dir_all(&broker_dir).expect("broker dir");
+    let broker = PrivateBroker::start(&broker_dir, free_port());
+    env.brokers = broker.brokers();
+    let port = free_port();
+    let sandbox = SandboxProcess::start(&env, port, &[]);
+    let mut node_extra: Vec<(String, String)> = sandbox.node_env();
+    for (k, v) in [
+        ("PAYRAIL__JOURNAL__PRODUCE_TIMEOUT_MS", "2000"),
+        ("PAYRAIL__JOURNAL__ADMIN_TIMEOUT_MS", "2000"),
+        ("PAYRAIL__SUPERVISOR__BREAKER_COOL_DOWN_MS", "500"),
+        ("PAYRAIL__SPOOL__REPLAY_INTERVAL_MS", "100"),
+    ]
+    .iter()
+    .chain(extra.iter())
+    {
+        node_extra.push((k.to_string(), v.to_string()));
+    }
+    let node = start_node(&env, port, &node_extra).await;
+    let api = Api::new(&node);
+    let (merchant_id, key) = api.merchant(name).await;
+    Outage {
+        env,
+        broker,
+        _sandbox: sandbox,
+        node,
+        api,
+        merchant_id,
+        key,
+        node_extra,
+    }
+}
+
+async fn start_node(env: &TestEnv, port: u16, extra: &[(String, String)]) -> NodeProcess {
+    let extra: Vec<(&str, &str)> = extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    NodeProcess::start_on(env, port, &extra).await
+}
+
+impl Outage {
+    async fn post(&self, path: &str, idem: Option<&str>, body: &str) -> Reply {
+        self.api
+            .send(
+                reqwest::Method::POST,
+                path,
+                Some(&self.key),
+                idem,
+                Some(body.to_string()),
+            )
+            .await
+    }
+
+    async fn create(&self, idem: &str, body: &str) -> String {
+        let r = self.post("/v1/payments", Some(idem), body).await;
+        assert!(
+            r.status == 201 || r.status == 200,
+            "create: {}\n{}",
+            r.body,
+            self.node.log_tail()
+        );
+        r.body["id"].as_str().expect("id").to_string()
+    }
+
+    async fn admin_journal(&self) -> Value {
+        let r = self
+            .api
+            .send(
+                reqwest::Method::GET,
+                "/v1/admin/journal",
+                Some(ADMIN_TOKEN),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+    }
+
+    async fn readyz(&self) -> Reply {
+        self.api
+            .send(reqwest::Method::GET, "/readyz", None, None, None)
+            .await
+    }
+
+    /// Waits until the spool is empty and no partition is in fallback.
+    async fn wait_replayed(&self, timeout: Duration) {
+        let done = eventually(timeout, || async {
+            let status = self.admin_journal().await;
+            (status["spool_rows"] == 0
+                && status["partitions_in_fallback"]
+                    .as_array()
+                    .is_some_and(|a| a.is_empty()))
+            .then_some(())
+        })
+        .await;
+        assert!(
+            done.is_some(),
+            "the spool was not replayed: {}\n{}",
+            self.admin_journal().await,
+            self.node.log_tail()
+        );
+    }
+}
+
+/// Per payment: its journaled events (sequence → event ids seen), read with an independent
+/// client. A record appended twice (timed out, then spooled; or replayed again after a
+/// crash) carries the same event id.
+fn journaled_events(env: &TestEnv) -> HashMap<String, BTreeMap<u64, Vec<(String, String)>>> {
+    use kafka_journal::codec::{Codec, CodecKind};
+    let mut by_payment: HashMap<String, BTreeMap<u64, Vec<(String, String)>>> = HashMap::new();
+    for record in read_journal(&env.brokers, &env.topic(), PARTITIONS) {
+        let Some(content_type) = record.headers.get("content_type") else {
+            continue;
+        };
+        let codec = CodecKind::from_content_type(content_type).expect("codec");
+        let envelope: kafka_journal::Envelope<payrail_actors::payment::PaymentEvent> =
+            codec.decode(&record.value).expect("envelope");
+        let ids = by_payment
+            .entry(envelope.payment_id.clone())
+            .or_default()
+            .entry(envelope.sequence)
+            .or_default();
+        let id = envelope.event_id.to_string();
+        if !ids.iter().any(|(seen, _)| *seen == id) {
+            ids.push((id, envelope.event_type.clone()));
+        }
+    }
+    by_payment
+}
+
+/// Asserts `payment_id`'s journaled events are 1..n, one event per sequence, and returns
+/// their types in order.
+fn assert_in_sequence(
+    journal: &HashMap<String, BTreeMap<u64, Vec<(String, String)>>>,
+    payment_id: &str,
+) -> Vec<String> {
+    let events = journal
+        .get(payment_id)
+        .unwrap_or_else(|| panic!("{payment_id} is not in the journal"));
+    let sequences: Vec<u64> = events.keys().copied().collect();
+    let expected: Vec<u64> = (1..=events.len() as u64).collect();
+    assert_eq!(sequences, expected, "{payment_id}: sequences 1..n, no gap");
+    events
+        .iter()
+        .map(|(sequence, ids)| {
+            assert_eq!(
+                ids.len(),
+                1,
+                "{payment_id}: one event for sequence {sequence}: {ids:?}"
+            );
+            ids[0].1.clone()
+        })
+        .collect()
+}
+
+const BODY: &str = r#"{"amount":2500,"currency":"eur"}"#;
+const MANUAL: &str = r#"{"amount":1000,"currency":"eur","capture_method":"manual"}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_acknowledged_while_the_broker_is_down_and_replayed_in_order() {
+    let mut w = outage_world("fallback_order", &[]).await;
+    let before = w.create("before", MANUAL).await;
+    let r = w
+        .post(
+            &format!("/v1/payments/{before}/confirm"),
+            None,
+            r#"{"payment_method":"pm_card_visa"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "requires_capture");
+
+    w.broker.kill9();
+    let died = Instant::now();
+    // Every command is acknowledged: creates, a capture of a payment from before the
+    // outage, a refund, and a lifecycle run entirely inside the outage.
+    let during = w.create("during", MANUAL).await;
+    let again = w.create("during", MANUAL).await;
+    assert_eq!(during, again, "one key, one payment, in fallback too");
+    let captured = w
+        .post(
+            &format!("/v1/payments/{before}/capture"),
+            None,
+            r#"{"amount":600}"#,
+        )
+        .await;
+    assert_eq!(captured.status, 200, "{}", captured.body);
+    assert_eq!(captured.body["amount_captured"], 600);
+    let refunded = w
+        .post(
+            &format!("/v1/payments/{before}/refunds"),
+            Some("refund-1"),
+            r#"{"amount":100}"#,
+        )
+        .await;
+    assert!(
+        refunded.status == 200 || refunded.status == 201,
+        "{}",
+        refunded.body
+    );
+    let confirmed = w
+        .post(
+            &format!("/v1/payments/{during}/confirm"),
+            None,
+            r#"{"payment_method":"pm_card_visa"}"#,
+        )
+        .await;
+    assert_eq!(confirmed.status, 200, "{}", confirmed.body);
+    let cancelled_id = w.create("to-cancel", BODY).await;
+    let cancelled = w
+        .post(&format!("/v1/payments/{cancelled_id}/cancel"), None, "")
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    let acknowledged_in = died.elapsed();
+
+    let ready = w.readyz().await;
+    assert_eq!(
+        ready.status, 200,
+        "ready while serving in fallback: {}",
+        ready.body
+    );
+    assert_eq!(ready.body["journal"], "fallback", "{}", ready.body);
+    let status = w.admin_journal().await;
+    assert_ne!(status["breaker"], "closed", "{status}");
+    assert!(
+        status["spool_rows"].as_i64().unwrap_or(0) >= 5,
+        "the outage's events are spooled: {status}"
+    );
+    let read = w.api.get_payment(&w.key, &before).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.body["amount_refunded"], 100, "{}", read.body);
+
+    w.broker.restart();
+    w.wait_replayed(Duration::from_secs(60)).await;
+    let ready = w.readyz().await;
+    assert_eq!(ready.body["journal"], "ok", "{}", ready.body);
+
+    let journal = journaled_events(&w.env);
+    let types = assert_in_sequence(&journal, &before);
+    assert_eq!(
+        types.first().map(String::as_str),
+        Some("payment.created"),
+        "{types:?}"
+    );
+    assert!(types.iter().any(|t| t == "payment.succeeded"), "{types:?}");
+    assert!(types.iter().any(|t| t.starts_with("refund.")), "{types:?}");
+    let types = assert_in_sequence(&journal, &during);
+    assert!(types.len() >= 2, "{types:?}");
+    let types = assert_in_sequence(&journal, &cancelled_id);
+    assert_eq!(
+        types.last().map(String::as_str),
+        Some("payment.canceled"),
+        "{types:?}"
+    );
+    eprintln!(
+        "acknowledged the outage's commands within {acknowledged_in:?} of the broker's death"
+    );
+    let _ = &w.merchant_id;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_during_the_outage_restarts_and_serves_from_its_spool() {
+    let mut w = outage_world("fallback_crash", &[]).await;
+    let before = w.create("before", MANUAL).await;
+    w.broker.kill9();
+    let during = w.create("during", MANUAL).await;
+    let r = w
+        .post(
+            &format!("/v1/payments/{before}/confirm"),
+            None,
+            r#"{"payment_method":"pm_card_visa"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Every partition enters fallback while the breaker is open (so a restart knows where
+    // each partition's journal ended).
+    let all_in = eventually(Duration::from_secs(20), || async {
+        let ready = w.readyz().await;
+        (ready.body["partitions_in_fallback"]
+            .as_array()
+            .map(|a| a.len() as u32)
+            == Some(PARTITIONS))
+        .then_some(())
+    })
+    .await;
+    assert!(all_in.is_some(), "{}", w.readyz().await.body);
+
+    w.node.kill9();
+    let port = w.node.port;
+    w.node = start_node(&w.env, port, &w.node_extra).await;
+    let ready = w.readyz().await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(ready.body["journal"], "fallback", "{}", ready.body);
+
+    let read = w.api.get_payment(&w.key, &before).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(
+        read.body["status"], "requires_capture",
+        "latest state: {}",
+        read.body
+    );
+    let read = w.api.get_payment(&w.key, &during).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(
+        read.body["status"], "requires_payment_method",
+        "{}",
+        read.body
+    );
+    // The same key still names the same payment after the crash.
+    assert_eq!(w.create("during", MANUAL).await, during);
+    let captured = w
+        .post(&format!("/v1/payments/{before}/capture"), None, "")
+        .await;
+    assert_eq!(captured.status, 200, "{}", captured.body);
+    let after_crash = w.create("after-crash", BODY).await;
+
+    w.broker.restart();
+    w.wait_replayed(Duration::from_secs(60)).await;
+    let journal = journaled_events(&w.env);
+    let types = assert_in_sequence(&journal, &before);
+    assert_eq!(
+        types.last().map(String::as_str),
+        Some("payment.succeeded"),
+        "{types:?}"
+    );
+    assert_in_sequence(&journal, &during);
+    assert_in_sequence(&journal, &after_crash);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_refuses_with_journal_unavailable_and_records_nothing() {
+    let mut w = outage_world("fallback_full", &[("PAYRAIL__SPOOL__MAX_ROWS", "2")]).await;
+    w.broker.kill9();
+    let first = w.create("one", BODY).await;
+    let second = w.create("two", BODY).await;
+    let refused = w.post("/v1/payments", Some("three"), BODY).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(
+        refused.body["error"]["code"], "journal_unavailable",
+        "{}",
+        refused.body
+    );
+    let status = w.admin_journal().await;
+    assert_eq!(status["spool_rows"], 2, "{status}");
+
+    w.broker.restart();
+    w.wait_replayed(Duration::from_secs(60)).await;
+    let journal = journaled_events(&w.env);
+    assert_in_sequence(&journal, &first);
+    assert_in_sequence(&journal, &second);
+    let refused_id = payrail_actors::payment::payment_id_for_key(&w.merchant_id, "three");
+    assert!(
+        !journal.contains_key(&refused_id),
+        "a refused create records nothing"
+    );
+    // The refused key is free: the retry after the outage creates it.
+    let retried = w.create("three", BODY).await;
+    assert_eq!(retried, refused_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_to_a_hung_broker_is_spooled_with_the_same_event_ids_and_acknowledged() {
+    let w = outage_world("fallback_hung", &[]).await;
+    let before = w.create("before", BODY).await;
+    w.broker.pause();
+    let started = Instant::now();
+    let during = w.create("during", BODY).await;
+    let took = started.elapsed();
+    // Acknowledged after the append timed out (2 s here), never with a 5xx.
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    let status = w.admin_journal().await;
+    assert!(status["spool_rows"].as_i64().unwrap_or(0) >= 1, "{status}");
+    w.broker.resume();
+    w.wait_replayed(Duration::from_secs(60)).await;
+    let journal = journaled_events(&w.env);
+    assert_in_sequence(&journal, &before);
+    assert_eq!(
+        assert_in_sequence(&journal, &during),
+        vec!["payment.created"]
+    );
+}
