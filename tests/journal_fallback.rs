@@ -13,6 +13,9 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+/// Per payment: sequence → the distinct (event id, event type) journaled for it.
+type JournalByPayment = HashMap<String, BTreeMap<u64, Vec<(String, String)>>>;
+
 struct Outage {
     env: TestEnv,
     broker: PrivateBroker,
@@ -136,9 +139,9 @@ impl Outage {
 /// Per payment: its journaled events (sequence → event ids seen), read with an independent
 /// client. A record appended twice (timed out, then spooled; or replayed again after a
 /// crash) carries the same event id.
-fn journaled_events(env: &TestEnv) -> HashMap<String, BTreeMap<u64, Vec<(String, String)>>> {
+fn journaled_events(env: &TestEnv) -> JournalByPayment {
     use kafka_journal::codec::{Codec, CodecKind};
-    let mut by_payment: HashMap<String, BTreeMap<u64, Vec<(String, String)>>> = HashMap::new();
+    let mut by_payment: JournalByPayment = HashMap::new();
     for record in read_journal(&env.brokers, &env.topic(), PARTITIONS) {
         let Some(content_type) = record.headers.get("content_type") else {
             continue;
@@ -161,10 +164,7 @@ fn journaled_events(env: &TestEnv) -> HashMap<String, BTreeMap<u64, Vec<(String,
 
 /// Asserts `payment_id`'s journaled events are 1..n, one event per sequence, and returns
 /// their types in order.
-fn assert_in_sequence(
-    journal: &HashMap<String, BTreeMap<u64, Vec<(String, String)>>>,
-    payment_id: &str,
-) -> Vec<String> {
+fn assert_in_sequence(journal: &JournalByPayment, payment_id: &str) -> Vec<String> {
     let events = journal
         .get(payment_id)
         .unwrap_or_else(|| panic!("{payment_id} is not in the journal"));
