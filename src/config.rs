@@ -5,7 +5,7 @@
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use kafka_journal::JournalOptions;
-use payrail_actors::fallback::SpoolOptions;
+use payrail_actors::fallback::{DeliveryOptions, SpoolOptions};
 use payrail_actors::pools::notification::options::NotificationOptions;
 use payrail_actors::psp::PspOptions;
 use payrail_actors::ActorOptions;
@@ -57,6 +57,40 @@ impl Default for SupervisorOptions {
             breaker_cool_down_ms: 2_000,
             on_give_up: GiveUpPolicy::NotReady,
         }
+    }
+}
+
+/// `[cluster]`: what nodes share.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterOptions {
+    /// Authenticates node-to-node requests (`/internal/...`, e.g. fallback delivery).
+    /// Set PAYRAIL__CLUSTER__SECRET in production; the same on every node.
+    pub secret: String,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            secret: "cluster_dev_secret_change_me_0123456789".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ClusterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterOptions")
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ClusterOptions {
+    fn validate(&self) -> Result<(), String> {
+        if self.secret.len() < 16 || !self.secret.chars().all(|c| c.is_ascii_graphic()) {
+            return Err("cluster.secret: must be at least 16 visible ASCII characters (set PAYRAIL__CLUSTER__SECRET)".into());
+        }
+        Ok(())
     }
 }
 
@@ -119,6 +153,8 @@ pub struct Config {
     pub notification: NotificationOptions,
     pub pools: PoolsOptions,
     pub spool: SpoolOptions,
+    pub fallback: DeliveryOptions,
+    pub cluster: ClusterOptions,
 }
 
 impl Config {
@@ -161,6 +197,8 @@ impl Config {
         self.notification.validate()?;
         self.pools.validate()?;
         self.spool.validate()?;
+        self.fallback.validate()?;
+        self.cluster.validate()?;
         if !(self.database.url.starts_with("postgres://")
             || self.database.url.starts_with("postgresql://"))
         {

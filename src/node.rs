@@ -6,7 +6,7 @@ use kafka_journal::admin::{self, TopicSpec};
 use kafka_journal::consumer::{spawn_consumer, Assignment, ConsumerSpec, Supervision};
 use kafka_journal::spool::Spool;
 use kafka_journal::JournalProducer;
-use payrail_actors::fallback::JournalFallback;
+use payrail_actors::fallback::{JournalFallback, PoolSink, SinkPool};
 use payrail_actors::merchants::MerchantRegistry;
 use payrail_actors::pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP};
 use payrail_actors::pools::ledger::{LedgerProjector, LEDGER_GROUP};
@@ -192,6 +192,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // group: tansu's group coordinator left pools without partitions for minutes after a
     // restart (see docs/DECISIONS.md, "Subscriber pools").
     let mut pools = Vec::new();
+    let mut sink_pools = Vec::new();
     for (kind, group, handler) in [
         (
             PoolKind::Analytics,
@@ -215,21 +216,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         } else {
             handler
         };
-        pools.push(
-            spawn_consumer(
-                journal,
-                supervision.clone(),
-                ConsumerSpec {
-                    name: journal.group(group),
-                    topic: topic.clone(),
-                    assignment: Assignment::Manual(ownership.owned()),
-                    dead_letter_topic: Some(journal.dead_letter_topic(group)),
-                },
-                pool.clone(),
-                handler,
-            )
-            .await?,
-        );
+        let consumer = spawn_consumer(
+            journal,
+            supervision.clone(),
+            ConsumerSpec {
+                name: journal.group(group),
+                topic: topic.clone(),
+                assignment: Assignment::Manual(ownership.owned()),
+                dead_letter_topic: Some(journal.dead_letter_topic(group)),
+            },
+            pool.clone(),
+            handler.clone(),
+        )
+        .await?;
+        sink_pools.push(SinkPool {
+            consumer: consumer.spec.name.clone(),
+            handler,
+            progress: consumer.progress.clone(),
+        });
+        pools.push(consumer);
     }
     let notifications = if config.pools.runs(PoolKind::Notification) {
         Some(
@@ -248,6 +253,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         info!("notification pool not run on this node (pools.run)");
         None
     };
+
+    if let Some(notifications) = &notifications {
+        sink_pools.push(SinkPool {
+            consumer: notifications.consumer.spec.name.clone(),
+            handler: notifications.handler.clone(),
+            progress: notifications.consumer.progress.clone(),
+        });
+    }
+    for sink_pool in &sink_pools {
+        runtime.register_pool(sink_pool.progress.clone());
+    }
+    let pool_sink = PoolSink::new(pool.clone(), topic.clone(), journal.partitions, sink_pools);
 
     let sweeper =
         payrail_actors::sweeper::spawn_sweeper(node.clone(), pool.clone(), config.psp.clone());
@@ -270,6 +287,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         merchants: MerchantRegistry::new(pool.clone()),
         admin_token: config.http.admin_token.clone(),
         pool: pool.clone(),
+        cluster_secret: config.cluster.secret.clone(),
+        pool_sink,
     };
     let addr: SocketAddr = config.http.bind.parse().context("http.bind")?;
     let routes = payrail_http::routes(state, config.http.max_body_bytes);
@@ -277,11 +296,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .try_bind_with_graceful_shutdown(addr, shutdown_signal())
         .with_context(|| format!("binding http.bind {addr}"))?;
     info!(%bound, "listening");
+    // Spooled events reach the pools over HTTP during an outage: this node's own
+    // endpoint unless `fallback.targets` names the nodes that run pools.
+    let targets = if config.fallback.targets.is_empty() {
+        vec![format!("http://{bound}")]
+    } else {
+        config.fallback.targets.clone()
+    };
+    let delivery = payrail_actors::fallback::spawn_delivery(
+        runtime.clone(),
+        ownership.owned(),
+        targets,
+        config.cluster.secret.clone(),
+        config.fallback.clone(),
+    );
     println!("payrail node listening on http://{bound}");
     server.await;
     info!("shutting down");
     sweeper.abort();
     replayer.abort();
+    delivery.abort();
     node.stop();
     for consumer in &pools {
         consumer.stop();

@@ -106,6 +106,9 @@ pub struct Runtime {
     pub fallback: crate::fallback::JournalFallback,
     /// Per partition: one past the highest offset this node has journaled.
     produced: Vec<AtomicI64>,
+    /// The pools of this node (besides the snapshot projector), whose progress bounds the
+    /// journaled records kept for a fallback (see [`crate::fallback`]).
+    pools: std::sync::RwLock<Vec<ConsumerProgress>>,
 }
 
 impl Runtime {
@@ -124,6 +127,7 @@ impl Runtime {
             psp: parts.psp,
             fallback: parts.fallback,
             produced: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
+            pools: std::sync::RwLock::new(Vec::new()),
         })
     }
 
@@ -135,6 +139,27 @@ impl Runtime {
         if let Some(slot) = self.produced.get(partition as usize) {
             slot.fetch_max(offset + 1, Ordering::AcqRel);
         }
+    }
+
+    /// Registers a pool of this node (see the `pools` field).
+    pub fn register_pool(&self, progress: ConsumerProgress) {
+        match self.pools.write() {
+            Ok(mut pools) => pools.push(progress),
+            Err(poisoned) => poisoned.into_inner().push(progress),
+        }
+    }
+
+    /// The lowest next offset of `partition` among the snapshot projector and this node's
+    /// pools (an unknown one, -1, counts as 0).
+    pub fn applied_floor(&self, partition: i32) -> i64 {
+        let pools = match self.pools.read() {
+            Ok(pools) => pools,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        pools
+            .iter()
+            .map(|p| p.next_offset(partition).max(0))
+            .fold(self.snapshots.next_offset(partition).max(0), i64::min)
     }
 
     /// One past the highest offset this node has journaled to `partition`.
@@ -155,6 +180,7 @@ impl Runtime {
                 partition,
                 || self.produced_offset(partition),
                 || self.snapshots.next_offset(partition),
+                || self.applied_floor(partition),
                 &self.pool,
             )
             .await

@@ -4,6 +4,7 @@
 //! [`error::ApiError`]. Every body is size-limited (`http.max_body_bytes`).
 
 pub mod error;
+mod internal;
 pub mod notifications;
 mod ops;
 pub mod validation;
@@ -63,6 +64,9 @@ impl HttpOptions {
     }
 }
 
+/// Largest body of an internal request (a batch of spooled events, hex-encoded).
+const INTERNAL_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+
 /// What the handlers need.
 #[derive(Clone)]
 pub struct AppState {
@@ -77,6 +81,10 @@ pub struct AppState {
     pub settlements: payrail_actors::pools::settlement::SettlementService,
     /// The node's journal consumers (snapshots and the four pools), for their lag.
     pub consumers: kafka_journal::lag::ConsumerMonitor,
+    /// `cluster.secret`: authenticates node-to-node requests (`/internal/...`).
+    pub cluster_secret: String,
+    /// This node's pools, fed spooled events during a journal outage.
+    pub pool_sink: payrail_actors::fallback::PoolSink,
 }
 
 /// A request body read up to `limit` bytes, whether or not the client sent Content-Length
@@ -830,6 +838,8 @@ pub fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let auth = warp::header::optional::<String>("authorization");
     let body = limited_body(max_body_bytes);
+    // A delivered batch is bounded by its event count, not the API's body limit.
+    let internal_body = limited_body(INTERNAL_MAX_BODY_BYTES);
 
     let healthz = warp::path!("healthz")
         .and(warp::get())
@@ -924,6 +934,14 @@ pub fn routes(
         .and(with(state.clone()))
         .and(auth)
         .and_then(ops::journal_status);
+    let internal_events = warp::path!("internal" / "v1" / "events")
+        .and(warp::post())
+        .and(with(state.clone()))
+        .and(warp::header::optional::<String>(
+            payrail_actors::fallback::CLUSTER_SECRET_HEADER,
+        ))
+        .and(internal_body)
+        .and_then(internal::receive_events);
     let money = balance_route
         .or(entries)
         .unify()
@@ -938,6 +956,8 @@ pub fn routes(
         .or(consumers)
         .unify()
         .or(journal_admin)
+        .unify()
+        .or(internal_events)
         .unify();
     let metrics = warp::path!("v1" / "analytics" / "payment-metrics")
         .and(warp::get())

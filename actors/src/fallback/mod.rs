@@ -14,10 +14,16 @@
 //! copies the records this node journaled that the projector has not applied yet (kept in
 //! memory, bounded) into the spool and projects them too. A payment actor rebuilt in
 //! fallback — after a passivation or a crash of the node — reads a complete snapshot.
+//!
+//! The pools are fed during the outage over HTTP ([`delivery`] sends, [`sink`] applies).
 
+pub mod delivery;
 mod replay;
+pub mod sink;
 
+pub use delivery::{spawn_delivery, DeliveryOptions, CLUSTER_SECRET_HEADER};
 pub use replay::spawn_replayer;
+pub use sink::{PoolSink, SinkPool};
 
 use crate::snapshots::SnapshotProjector;
 use kafka_journal::consumer::{ConsumedRecord, PartitionHandler};
@@ -219,14 +225,15 @@ impl JournalFallback {
         }
     }
 
-    /// Remembers records the journal acknowledged at `offsets`, until the snapshot
-    /// projector has applied them (`projected_next`: its next offset for the partition).
+    /// Remembers records the journal acknowledged at `offsets`, until every local consumer
+    /// has applied them (`applied_floor`: the lowest next offset among the snapshot
+    /// projector and the pools of this node, for the partition).
     pub fn journaled(
         &self,
         partition: i32,
         records: Vec<OutgoingRecord>,
         offsets: &[i64],
-        projected_next: i64,
+        applied_floor: i64,
     ) {
         debug_assert_eq!(records.len(), offsets.len());
         let mut tail = match self.partition(partition).tail.lock() {
@@ -236,7 +243,7 @@ impl JournalFallback {
         while tail
             .records
             .front()
-            .is_some_and(|(offset, _)| *offset < projected_next)
+            .is_some_and(|(offset, _)| *offset < applied_floor)
         {
             tail.records.pop_front();
         }
@@ -245,21 +252,24 @@ impl JournalFallback {
         }
         while tail.records.len() > self.options.unprojected_tail_max {
             if let Some((offset, _)) = tail.records.pop_front() {
-                if offset >= projected_next {
-                    tail.lost_through = tail.lost_through.max(offset);
-                }
+                // Lost for whoever has not applied it; only the snapshot projector's loss
+                // stops a fallback (checked on entry), a pool's only delays it.
+                tail.lost_through = tail.lost_through.max(offset);
             }
         }
     }
 
     /// Puts `partition` in fallback (no-op when it is): waits for its direct appends in
     /// flight, records the journal's end (`journal_end`, read under the gate), copies the
-    /// unprojected tail into the spool and projects it.
+    /// records not yet applied by every local consumer into the spool (with their journal
+    /// offsets) and projects them into the snapshots. Refused when the snapshot projector
+    /// lagged by more than the tail kept in memory.
     pub async fn enter(
         &self,
         partition: i32,
         journal_end: impl FnOnce() -> i64,
         projected_next: impl FnOnce() -> i64,
+        applied_floor: impl FnOnce() -> i64,
         pool: &sqlx::PgPool,
     ) -> Result<(), FallbackError> {
         let slot = self.partition(partition);
@@ -272,7 +282,8 @@ impl JournalFallback {
         }
         let end = journal_end();
         let projected = projected_next();
-        let tail: Vec<OutgoingRecord> = {
+        let floor = applied_floor().min(projected);
+        let (offsets, tail): (Vec<i64>, Vec<OutgoingRecord>) = {
             let tail = match slot.tail.lock() {
                 Ok(tail) => tail,
                 Err(poisoned) => poisoned.into_inner(),
@@ -282,13 +293,13 @@ impl JournalFallback {
             }
             tail.records
                 .iter()
-                .filter(|(offset, _)| *offset >= projected)
-                .map(|(_, record)| record.clone())
-                .collect()
+                .filter(|(offset, _)| *offset >= floor && *offset < end)
+                .map(|(offset, record)| (*offset, record.clone()))
+                .unzip()
         };
         let mut tx = pool.begin().await.map_err(SpoolError::from)?;
         self.spool
-            .append_in(&mut tx, partition, &tail, Some(end))
+            .append_journaled_in(&mut tx, partition, &tail, &offsets, Some(end))
             .await?;
         project(&mut tx, &self.snapshot_consumer, &tail).await?;
         tx.commit().await.map_err(SpoolError::from)?;
@@ -296,7 +307,7 @@ impl JournalFallback {
         info!(
             partition,
             journal_end = end,
-            unprojected_copied = tail.len(),
+            journaled_copied = tail.len(),
             "partition entered journal fallback"
         );
         Ok(())

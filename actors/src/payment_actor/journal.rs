@@ -134,7 +134,7 @@ impl PaymentArgs {
                             partition,
                             records,
                             &offsets,
-                            runtime.snapshots.next_offset(partition),
+                            runtime.applied_floor(partition),
                         );
                         return Ok(());
                     }

@@ -29,6 +29,8 @@ pub enum SpoolError {
 #[derive(Debug, Clone)]
 pub struct SpooledRecord {
     pub sequence: i64,
+    /// Set for a record copied from the journal when the fallback began (it is there).
+    pub journal_offset: Option<i64>,
     pub record: OutgoingRecord,
 }
 
@@ -51,7 +53,16 @@ pub struct Spool {
     max_rows: u64,
 }
 
-type SpoolRow = (i64, String, Uuid, String, String, String, Vec<u8>);
+type SpoolRow = (
+    i64,
+    String,
+    Uuid,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    Option<i64>,
+);
 
 impl Spool {
     /// `max_rows` bounds the whole spool of `topic` (`spool.max_rows`).
@@ -90,6 +101,39 @@ impl Spool {
         conn: &mut PgConnection,
         partition: i32,
         records: &[OutgoingRecord],
+        high_watermark: Option<i64>,
+    ) -> Result<Vec<i64>, SpoolError> {
+        let offsets = vec![None; records.len()];
+        self.insert_in(conn, partition, records, &offsets, high_watermark)
+            .await
+    }
+
+    /// Like [`Spool::append_in`] for records already in the journal at `journal_offsets`
+    /// (copied when the partition enters fallback; see the migration 0022).
+    pub async fn append_journaled_in(
+        &self,
+        conn: &mut PgConnection,
+        partition: i32,
+        records: &[OutgoingRecord],
+        journal_offsets: &[i64],
+        high_watermark: Option<i64>,
+    ) -> Result<Vec<i64>, SpoolError> {
+        assert_eq!(
+            records.len(),
+            journal_offsets.len(),
+            "one offset per record"
+        );
+        let offsets: Vec<Option<i64>> = journal_offsets.iter().copied().map(Some).collect();
+        self.insert_in(conn, partition, records, &offsets, high_watermark)
+            .await
+    }
+
+    async fn insert_in(
+        &self,
+        conn: &mut PgConnection,
+        partition: i32,
+        records: &[OutgoingRecord],
+        journal_offsets: &[Option<i64>],
         high_watermark: Option<i64>,
     ) -> Result<Vec<i64>, SpoolError> {
         // No early return on no records: the fallback row is still written (a partition
@@ -140,10 +184,10 @@ impl Spool {
             values.push(record.value.as_slice());
         }
         sqlx::query(
-            "INSERT INTO journal_spool (topic, partition, sequence, record_key, event_id, event_type, schema_version, content_type, value)
-             SELECT $1, $2, s, k, e, t, v, c, b
-             FROM unnest($3::bigint[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[], $9::bytea[])
-                  AS r(s, k, e, t, v, c, b)",
+            "INSERT INTO journal_spool (topic, partition, sequence, record_key, event_id, event_type, schema_version, content_type, value, journal_offset)
+             SELECT $1, $2, s, k, e, t, v, c, b, o
+             FROM unnest($3::bigint[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::bigint[])
+                  AS r(s, k, e, t, v, c, b, o)",
         )
         .bind(&self.topic)
         .bind(partition)
@@ -154,6 +198,7 @@ impl Spool {
         .bind(&versions)
         .bind(&content_types)
         .bind(&values)
+        .bind(journal_offsets)
         .execute(&mut *conn)
         .await?;
         Ok(sequences)
@@ -179,21 +224,43 @@ impl Spool {
         partition: i32,
         limit: i64,
     ) -> Result<Vec<SpooledRecord>, SpoolError> {
+        self.after(partition, 0, limit).await
+    }
+
+    /// Up to `limit` spooled records of `partition` after spool sequence `after`, in order.
+    pub async fn after(
+        &self,
+        partition: i32,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<SpooledRecord>, SpoolError> {
         let rows: Vec<SpoolRow> = sqlx::query_as(
-            "SELECT sequence, record_key, event_id, event_type, schema_version, content_type, value
-             FROM journal_spool WHERE topic = $1 AND partition = $2 ORDER BY sequence LIMIT $3",
+            "SELECT sequence, record_key, event_id, event_type, schema_version, content_type, value, journal_offset
+             FROM journal_spool WHERE topic = $1 AND partition = $2 AND sequence > $3
+             ORDER BY sequence LIMIT $4",
         )
         .bind(&self.topic)
         .bind(partition)
+        .bind(after)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
             .map(
-                |(sequence, key, event_id, event_type, schema_version, content_type, value)| {
+                |(
+                    sequence,
+                    key,
+                    event_id,
+                    event_type,
+                    schema_version,
+                    content_type,
+                    value,
+                    journal_offset,
+                )| {
                     SpooledRecord {
                         sequence,
+                        journal_offset,
                         record: OutgoingRecord {
                             topic: self.topic.clone(),
                             partition,
@@ -210,6 +277,19 @@ impl Spool {
                 },
             )
             .collect())
+    }
+
+    /// Each partition's fallback now: (partition, when it began in µs since the epoch — an
+    /// episode's identity, as spool sequences restart with each —, the journal's high
+    /// watermark then).
+    pub async fn episodes(&self) -> Result<Vec<(i32, i64, Option<i64>)>, SpoolError> {
+        Ok(sqlx::query_as(
+            "SELECT partition, (EXTRACT(EPOCH FROM began_at) * 1000000)::bigint, high_watermark_at_start
+             FROM journal_fallback WHERE topic = $1 ORDER BY partition",
+        )
+        .bind(&self.topic)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Removes `partition`'s rows up to `sequence` (after the broker acknowledged them).

@@ -218,6 +218,8 @@ impl PartitionHandler for NotificationProjector {
 pub struct NotificationPool {
     pub consumer: ConsumerHandle,
     pub delivery: tokio::task::JoinHandle<()>,
+    /// The projector, also fed spooled events during a journal outage.
+    pub handler: Arc<dyn kafka_journal::consumer::PartitionHandler>,
 }
 
 impl NotificationPool {
@@ -263,6 +265,8 @@ pub async fn start(
         tracing::warn!(topic = %dlq_topic, %error, "cannot create the notification dead-letter topic now");
     }
     let group = journal.group(NOTIFICATION_GROUP);
+    let handler: Arc<dyn kafka_journal::consumer::PartitionHandler> =
+        Arc::new(NotificationProjector::new(options));
     let consumer = spawn_consumer(
         journal,
         supervision.clone(),
@@ -273,7 +277,7 @@ pub async fn start(
             dead_letter_topic: Some(journal.dead_letter_topic(NOTIFICATION_GROUP)),
         },
         pool.clone(),
-        Arc::new(NotificationProjector::new(options)),
+        handler.clone(),
     )
     .await?;
     let delivery = delivery::spawn(
@@ -284,5 +288,9 @@ pub async fn start(
         journal.partitions,
         (supervision.restart, supervision.escalations),
     )?;
-    Ok(NotificationPool { consumer, delivery })
+    Ok(NotificationPool {
+        consumer,
+        delivery,
+        handler,
+    })
 }

@@ -1,0 +1,239 @@
+//! The receiving side of fallback delivery (`POST /internal/v1/events`): applies a
+//! partition's spooled events to the pools this node runs, keeping each pool's per-payment
+//! order across the switch from journal to spool.
+//!
+//! Per pool and partition, in one transaction that locks the pool's offset row (so the
+//! pool's journal worker and this never interleave):
+//! - a record copied from the journal (it has a journal offset) is applied only at the
+//!   pool's next offset, which then moves past it — a pool that lagged when the journal
+//!   failed catches up from the spool, in offset order;
+//! - a fallback event is applied only once the pool has applied every journal record
+//!   below the high watermark recorded when the fallback began;
+//! - otherwise the rest of the batch is held back (delivered again later, or read from the
+//!   journal once the spool is replayed). Every event is applied at most once per pool
+//!   (`journal_processed_events`, by event id).
+
+use kafka_journal::consumer::{ConsumedRecord, ConsumerProgress, PartitionHandler};
+use kafka_journal::offsets;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Events per delivered batch at most (the receiver refuses more).
+pub const MAX_EVENTS_PER_BATCH: usize = 5_000;
+
+/// One partition's spooled events, in spool order, as delivered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveredBatch {
+    pub topic: String,
+    pub partition: i32,
+    /// The journal's high watermark when this fallback began.
+    pub high_watermark_at_start: i64,
+    pub events: Vec<DeliveredEvent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveredEvent {
+    pub spool_sequence: i64,
+    /// Set when the record is also in the journal at this offset (copied on entry).
+    pub journal_offset: Option<i64>,
+    pub key: String,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: String,
+    pub content_type: String,
+    /// The encoded envelope, hex.
+    pub value_hex: String,
+}
+
+/// What the pools took of a batch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SinkOutcome {
+    /// Every pool has taken (applied, or had already) the events up to this spool
+    /// sequence; the sender resumes after it.
+    pub applied_through: i64,
+    /// Pools that held events back (they have not applied the journal up to the high
+    /// watermark yet).
+    pub held_back: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("pool {pool}: {error}")]
+    Handler { pool: String, error: String },
+}
+
+/// A pool of this node, as the sink applies to it.
+#[derive(Clone)]
+pub struct SinkPool {
+    /// Its consumer name (offsets and processed events are stored under it).
+    pub consumer: String,
+    pub handler: Arc<dyn PartitionHandler>,
+    pub progress: ConsumerProgress,
+}
+
+/// Cheap, cloneable handle applying delivered batches to this node's pools.
+#[derive(Clone)]
+pub struct PoolSink {
+    pool: PgPool,
+    topic: String,
+    partitions: u32,
+    pools: Arc<Vec<SinkPool>>,
+}
+
+impl PoolSink {
+    pub fn new(pool: PgPool, topic: String, partitions: u32, pools: Vec<SinkPool>) -> Self {
+        Self {
+            pool,
+            topic,
+            partitions,
+            pools: Arc::new(pools),
+        }
+    }
+
+    /// Checks a batch before anything is applied: topic, partition, order, size, values.
+    pub fn validate(&self, batch: &DeliveredBatch) -> Result<Vec<ConsumedRecord>, SinkError> {
+        if batch.topic != self.topic {
+            return Err(SinkError::Invalid(format!(
+                "topic {} is not this node's journal",
+                batch.topic
+            )));
+        }
+        if !(0..self.partitions as i32).contains(&batch.partition) {
+            return Err(SinkError::Invalid(format!(
+                "partition {} is out of range",
+                batch.partition
+            )));
+        }
+        if batch.events.len() > MAX_EVENTS_PER_BATCH {
+            return Err(SinkError::Invalid(format!(
+                "at most {MAX_EVENTS_PER_BATCH} events per batch"
+            )));
+        }
+        if batch.high_watermark_at_start < 0 {
+            return Err(SinkError::Invalid(
+                "high_watermark_at_start must be >= 0".into(),
+            ));
+        }
+        let mut previous = 0;
+        let mut records = Vec::with_capacity(batch.events.len());
+        for event in &batch.events {
+            if event.spool_sequence <= previous {
+                return Err(SinkError::Invalid(
+                    "events must be in rising spool_sequence order, from 1".into(),
+                ));
+            }
+            previous = event.spool_sequence;
+            let value = hex::decode(&event.value_hex)
+                .map_err(|_| SinkError::Invalid("value_hex is not hex".into()))?;
+            records.push(ConsumedRecord {
+                topic: batch.topic.clone(),
+                partition: batch.partition,
+                offset: event.journal_offset.unwrap_or(-1),
+                key: Some(event.key.as_bytes().to_vec()),
+                event_type: Some(event.event_type.clone()),
+                event_id: Some(event.event_id),
+                content_type: Some(event.content_type.clone()),
+                value,
+                timestamp_ms: None,
+            });
+        }
+        Ok(records)
+    }
+
+    /// Applies `batch` to every pool of this node; see the module docs.
+    pub async fn apply(&self, batch: &DeliveredBatch) -> Result<SinkOutcome, SinkError> {
+        let records = self.validate(batch)?;
+        let last = batch.events.last().map(|e| e.spool_sequence).unwrap_or(0);
+        let mut outcome = SinkOutcome {
+            applied_through: last,
+            held_back: Vec::new(),
+        };
+        for pool in self.pools.iter() {
+            let through = self.apply_to(pool, batch, &records).await?;
+            if through < last {
+                outcome.held_back.push(pool.consumer.clone());
+            }
+            outcome.applied_through = outcome.applied_through.min(through);
+        }
+        Ok(outcome)
+    }
+
+    /// Returns the spool sequence through which `pool` has taken the batch.
+    async fn apply_to(
+        &self,
+        pool: &SinkPool,
+        batch: &DeliveredBatch,
+        records: &[ConsumedRecord],
+    ) -> Result<i64, SinkError> {
+        let first = batch.events.first().map(|e| e.spool_sequence).unwrap_or(1);
+        let mut taken = first - 1;
+        let mut tx = self.pool.begin().await?;
+        // Created when missing, then locked: the pool's journal worker stores its offset
+        // through this row, so the two never interleave.
+        offsets::store_next_offset(&mut tx, &pool.consumer, &self.topic, batch.partition, 0)
+            .await?;
+        let mut next: i64 = sqlx::query_scalar(
+            "SELECT next_offset FROM journal_offsets
+             WHERE consumer = $1 AND topic = $2 AND partition = $3 FOR UPDATE",
+        )
+        .bind(&pool.consumer)
+        .bind(&self.topic)
+        .bind(batch.partition)
+        .fetch_one(&mut *tx)
+        .await?;
+        let start = next;
+        for (event, record) in batch.events.iter().zip(records) {
+            match event.journal_offset {
+                Some(offset) if offset < next => {}
+                Some(offset) if offset == next => {
+                    apply_once(&mut tx, pool, record).await?;
+                    next = offset + 1;
+                }
+                Some(_) => break, // the pool lags past the copied records: the journal's turn
+                None if next >= batch.high_watermark_at_start => {
+                    apply_once(&mut tx, pool, record).await?;
+                }
+                None => break,
+            }
+            taken = event.spool_sequence;
+        }
+        if next > start {
+            offsets::store_next_offset(&mut tx, &pool.consumer, &self.topic, batch.partition, next)
+                .await?;
+        }
+        tx.commit().await?;
+        if next > start {
+            pool.progress.publish(batch.partition, next);
+        }
+        Ok(taken)
+    }
+}
+
+async fn apply_once(
+    conn: &mut sqlx::PgConnection,
+    pool: &SinkPool,
+    record: &ConsumedRecord,
+) -> Result<(), SinkError> {
+    let Some(event_id) = record.event_id else {
+        return Ok(());
+    };
+    let fresh = offsets::mark_processed_batch(conn, &pool.consumer, &[event_id]).await?;
+    if fresh.contains(&event_id) {
+        pool.handler
+            .apply(conn, record)
+            .await
+            .map_err(|e| SinkError::Handler {
+                pool: pool.consumer.clone(),
+                error: e.to_string(),
+            })?;
+    }
+    Ok(())
+}

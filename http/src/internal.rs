@@ -1,0 +1,54 @@
+//! Internal endpoints between nodes, authenticated with `cluster.secret`:
+//! `POST /internal/v1/events` takes a partition's spooled events for this node's pools
+//! during a journal outage (see `payrail_actors::fallback::sink`).
+
+use crate::error::ApiError;
+use crate::{json, respond, AppState, LimitedBody};
+use payrail_actors::fallback::sink::{DeliveredBatch, SinkError};
+use std::convert::Infallible;
+use subtle::ConstantTimeEq;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+/// Refuses a request without the cluster secret (compared in constant time). An empty
+/// configured secret refuses everything.
+fn authorize_cluster(state: &AppState, given: &Option<String>) -> Result<(), ApiError> {
+    let given = given.as_deref().unwrap_or("");
+    let expected = state.cluster_secret.as_bytes();
+    let ok: bool = given.as_bytes().ct_eq(expected).into();
+    if ok && !expected.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("Invalid or missing cluster secret"))
+    }
+}
+
+/// `POST /internal/v1/events`: applies a batch to the pools this node runs and answers
+/// how far they took it (`applied_through`) and which held events back.
+pub async fn receive_events(
+    state: AppState,
+    secret: Option<String>,
+    body: LimitedBody,
+) -> Result<Response, Infallible> {
+    respond(
+        async {
+            authorize_cluster(&state, &secret)?;
+            let body = body?;
+            let batch: DeliveredBatch = serde_json::from_slice(&body).map_err(|e| {
+                ApiError::invalid(
+                    "invalid_event_batch",
+                    format!("the event batch is not valid: {e}"),
+                    None,
+                )
+            })?;
+            let outcome = state.pool_sink.apply(&batch).await.map_err(|e| match e {
+                SinkError::Invalid(message) => {
+                    ApiError::invalid("invalid_event_batch", message, None)
+                }
+                other => ApiError::unavailable("pools_unavailable", other.to_string()),
+            })?;
+            Ok(json(StatusCode::OK, &outcome))
+        }
+        .await,
+    )
+}
