@@ -1,0 +1,185 @@
+//! The pools' side of fallback delivery against the real PostgreSQL: a pool that lagged
+//! when the journal failed catches up from the journal records copied into the spool, in
+//! offset order, and applies the partition's fallback events only after every journal
+//! record below the high watermark recorded when the fallback began; a redelivered batch
+//! takes effect once. A recording handler stands in for a pool's projection.
+
+mod common;
+
+use common::*;
+use kafka_journal::consumer::{ConsumedRecord, ConsumerProgress, HandlerError, PartitionHandler};
+use payrail_actors::fallback::sink::{DeliveredBatch, DeliveredEvent};
+use payrail_actors::fallback::{PoolSink, SinkPool};
+use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
+use uuid::Uuid;
+
+const TOPIC: &str = "sink-test.payment.events";
+const CONSUMER: &str = "sink-test.payrail.ledger";
+
+/// Records what it applied, in the pool's transaction (so a rolled-back apply leaves none).
+struct Recording;
+
+#[async_trait::async_trait]
+impl PartitionHandler for Recording {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        record: &ConsumedRecord,
+    ) -> Result<(), HandlerError> {
+        sqlx::query("INSERT INTO sink_applied (label) VALUES ($1)")
+            .bind(String::from_utf8_lossy(&record.value).into_owned())
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn sink(name: &str) -> (PoolSink, PgPool) {
+    let env = TestEnv::new(name).await;
+    let pool = env.pool().await;
+    sqlx::migrate!("./migrations")
+        .run(&pool)
+        .await
+        .expect("migrations");
+    sqlx::query("CREATE TABLE sink_applied (n BIGSERIAL PRIMARY KEY, label TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("test table");
+    let sink = PoolSink::new(
+        pool.clone(),
+        TOPIC.into(),
+        3,
+        vec![SinkPool {
+            consumer: CONSUMER.into(),
+            handler: Arc::new(Recording),
+            progress: ConsumerProgress::default(),
+        }],
+    );
+    (sink, pool)
+}
+
+async fn set_offset(pool: &PgPool, next: i64) {
+    let mut conn = pool.acquire().await.expect("connection");
+    kafka_journal::offsets::store_next_offset(&mut conn, CONSUMER, TOPIC, 1, next)
+        .await
+        .expect("offset");
+}
+
+async fn stored_offset(pool: &PgPool) -> Option<i64> {
+    kafka_journal::offsets::load_next_offset(pool, CONSUMER, TOPIC, 1)
+        .await
+        .expect("offset")
+}
+
+async fn applied(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar("SELECT label FROM sink_applied ORDER BY n")
+        .fetch_all(pool)
+        .await
+        .expect("applied")
+}
+
+/// A spool row: copied from the journal at `offset`, or a fallback event (`None`).
+fn event(sequence: i64, offset: Option<i64>, label: &str) -> DeliveredEvent {
+    DeliveredEvent {
+        spool_sequence: sequence,
+        journal_offset: offset,
+        key: "mer_1".into(),
+        event_id: Uuid::now_v7(),
+        event_type: "payment.created".into(),
+        schema_version: "1".into(),
+        content_type: "application/json".into(),
+        value_hex: hex::encode(label),
+    }
+}
+
+fn batch(high: i64, events: Vec<DeliveredEvent>) -> DeliveredBatch {
+    DeliveredBatch {
+        topic: TOPIC.into(),
+        partition: 1,
+        high_watermark_at_start: high,
+        events,
+    }
+}
+
+/// Journal offsets 3..=7 were copied (the journal ended at 8), then two fallback events.
+fn outage_spool() -> Vec<DeliveredEvent> {
+    let mut events: Vec<DeliveredEvent> = (3..=7)
+        .map(|o| event(o - 2, Some(o), &format!("journal@{o}")))
+        .collect();
+    events.push(event(6, None, "fallback-1"));
+    events.push(event(7, None, "fallback-2"));
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_pool_catches_up_from_copied_records_before_it_applies_fallback_events() {
+    let (sink, pool) = sink("sink_catch_up").await;
+    set_offset(&pool, 5).await; // applied 0..=4 from the journal before it failed
+    let outcome = sink.apply(&batch(8, outage_spool())).await.expect("applied");
+    assert_eq!(outcome.applied_through, 7);
+    assert!(outcome.held_back.is_empty());
+    assert_eq!(
+        applied(&pool).await,
+        ["journal@5", "journal@6", "journal@7", "fallback-1", "fallback-2"],
+        "offset order first, then the fallback events; nothing below its offset again"
+    );
+    assert_eq!(stored_offset(&pool).await, Some(8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_events_wait_while_the_pool_is_below_the_high_watermark() {
+    let (sink, pool) = sink("sink_hold_back").await;
+    set_offset(&pool, 2).await; // lagged past what was copied (3..=7)
+    let spool = outage_spool();
+    let outcome = sink.apply(&batch(8, spool.clone())).await.expect("answered");
+    assert_eq!(outcome.applied_through, 0, "nothing taken");
+    assert_eq!(outcome.held_back, vec![CONSUMER.to_string()]);
+    assert!(applied(&pool).await.is_empty(), "no event out of order");
+
+    // Fallback events alone (nothing copied covers the pool's gap, e.g. a pool on
+    // another node) wait too.
+    let fallback_only: Vec<DeliveredEvent> = spool[5..].to_vec();
+    let outcome = sink
+        .apply(&batch(8, fallback_only.clone()))
+        .await
+        .expect("answered");
+    assert_eq!(outcome.applied_through, 5, "nothing taken");
+    assert!(applied(&pool).await.is_empty(), "no event out of order");
+
+    // The journal returned and the pool applied it up to the high watermark.
+    set_offset(&pool, 8).await;
+    let outcome = sink.apply(&batch(8, spool)).await.expect("applied");
+    assert_eq!(outcome.applied_through, 7);
+    assert_eq!(applied(&pool).await, ["fallback-1", "fallback-2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_batch_takes_effect_once() {
+    let (sink, pool) = sink("sink_once").await;
+    set_offset(&pool, 8).await;
+    let spool = outage_spool();
+    sink.apply(&batch(8, spool.clone())).await.expect("first");
+    let again = sink.apply(&batch(8, spool)).await.expect("second");
+    assert_eq!(again.applied_through, 7);
+    assert_eq!(applied(&pool).await, ["fallback-1", "fallback-2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_batch_is_refused_and_applies_nothing() {
+    let (sink, pool) = sink("sink_invalid").await;
+    set_offset(&pool, 8).await;
+    let mut unordered = outage_spool();
+    unordered.swap(5, 6);
+    assert!(sink.apply(&batch(8, unordered)).await.is_err());
+    let mut bad_hex = outage_spool();
+    bad_hex[6].value_hex = "zz".into();
+    assert!(sink.apply(&batch(8, bad_hex)).await.is_err());
+    let mut wrong_topic = batch(8, outage_spool());
+    wrong_topic.topic = "other.payment.events".into();
+    assert!(sink.apply(&wrong_topic).await.is_err());
+    let mut wrong_partition = batch(8, outage_spool());
+    wrong_partition.partition = 3;
+    assert!(sink.apply(&wrong_partition).await.is_err());
+    assert!(applied(&pool).await.is_empty());
+}
