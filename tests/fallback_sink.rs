@@ -116,12 +116,21 @@ fn outage_spool() -> Vec<DeliveredEvent> {
 async fn a_lagging_pool_catches_up_from_copied_records_before_it_applies_fallback_events() {
     let (sink, pool) = sink("sink_catch_up").await;
     set_offset(&pool, 5).await; // applied 0..=4 from the journal before it failed
-    let outcome = sink.apply(&batch(8, outage_spool())).await.expect("applied");
+    let outcome = sink
+        .apply(&batch(8, outage_spool()))
+        .await
+        .expect("applied");
     assert_eq!(outcome.applied_through, 7);
     assert!(outcome.held_back.is_empty());
     assert_eq!(
         applied(&pool).await,
-        ["journal@5", "journal@6", "journal@7", "fallback-1", "fallback-2"],
+        [
+            "journal@5",
+            "journal@6",
+            "journal@7",
+            "fallback-1",
+            "fallback-2"
+        ],
         "offset order first, then the fallback events; nothing below its offset again"
     );
     assert_eq!(stored_offset(&pool).await, Some(8));
@@ -132,7 +141,10 @@ async fn fallback_events_wait_while_the_pool_is_below_the_high_watermark() {
     let (sink, pool) = sink("sink_hold_back").await;
     set_offset(&pool, 2).await; // lagged past what was copied (3..=7)
     let spool = outage_spool();
-    let outcome = sink.apply(&batch(8, spool.clone())).await.expect("answered");
+    let outcome = sink
+        .apply(&batch(8, spool.clone()))
+        .await
+        .expect("answered");
     assert_eq!(outcome.applied_through, 0, "nothing taken");
     assert_eq!(outcome.held_back, vec![CONSUMER.to_string()]);
     assert!(applied(&pool).await.is_empty(), "no event out of order");

@@ -1,0 +1,84 @@
+//! `POST /internal/v1/events` (fallback delivery between nodes) over real HTTP: refused
+//! without the cluster secret or with a wrong one, a malformed batch is a 400 error object,
+//! and a valid batch is answered with how far the pools took it.
+
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const SECRET: &str = "internal-api-cluster-secret-0123456789";
+
+async fn post(node: &NodeProcess, secret: Option<&str>, body: String) -> (StatusCode, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/internal/v1/events", node.base))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(secret) = secret {
+        request = request.header("x-payrail-cluster-secret", secret);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn assert_error(status: StatusCode, body: &Value, expected: u16) {
+    assert_eq!(status.as_u16(), expected, "{body}");
+    assert!(body["error"]["type"].is_string(), "an error object: {body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_events_need_the_cluster_secret_and_a_valid_batch() {
+    let env = TestEnv::new("internal_api").await;
+    let node = NodeProcess::start(&env, &[("PAYRAIL__CLUSTER__SECRET", SECRET)]).await;
+    let valid = json!({
+        "topic": env.topic(),
+        "partition": 0,
+        "high_watermark_at_start": 0,
+        "events": [],
+    })
+    .to_string();
+
+    let (status, body) = post(&node, None, valid.clone()).await;
+    assert_error(status, &body, 401);
+    let (status, body) = post(
+        &node,
+        Some("internal-api-cluster-secret-0123456780"),
+        valid.clone(),
+    )
+    .await;
+    assert_error(status, &body, 401);
+    let (status, body) = post(&node, Some(ADMIN_TOKEN), valid.clone()).await;
+    assert_error(status, &body, 401);
+
+    let (status, body) = post(&node, Some(SECRET), "{not json".into()).await;
+    assert_error(status, &body, 400);
+    let wrong_topic = json!({
+        "topic": "someone-else.payment.events",
+        "partition": 0,
+        "high_watermark_at_start": 0,
+        "events": [],
+    })
+    .to_string();
+    let (status, body) = post(&node, Some(SECRET), wrong_topic).await;
+    assert_error(status, &body, 400);
+    let bad_partition = json!({
+        "topic": env.topic(),
+        "partition": PARTITIONS,
+        "high_watermark_at_start": 0,
+        "events": [],
+    })
+    .to_string();
+    let (status, body) = post(&node, Some(SECRET), bad_partition).await;
+    assert_error(status, &body, 400);
+
+    let (status, body) = post(&node, Some(SECRET), valid).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["applied_through"], 0, "{body}");
+}
