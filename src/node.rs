@@ -212,7 +212,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         let handler = if config.actors.fault_injection {
             let name = group.strip_prefix("payrail.").unwrap_or(group);
-            payrail_actors::pools::fault::PanickingPool::wrap(name, handler)
+            let handler = payrail_actors::pools::fault::PanickingPool::wrap(name, handler);
+            if config.actors.fault_slow_pool == name {
+                payrail_actors::pools::fault::SlowPool::wrap(
+                    name,
+                    config.actors.fault_slow_pool_delay_ms,
+                    handler,
+                )
+            } else {
+                handler
+            }
         } else {
             handler
         };

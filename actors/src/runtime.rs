@@ -34,6 +34,11 @@ pub struct ActorOptions {
     /// Test only: lets a payment's metadata `payrail_fault = "panic_on_<command>"` make its
     /// actor panic on that command (fault-injection suite). Off in production.
     pub fault_injection: bool,
+    /// Test only (with `fault_injection`): this pool (`analytics`, `ledger`, `settlement`)
+    /// sleeps `fault_slow_pool_delay_ms` per record and witnesses per-payment order, so a
+    /// test can make it lag when an outage starts. Empty: none.
+    pub fault_slow_pool: String,
+    pub fault_slow_pool_delay_ms: u64,
 }
 
 impl Default for ActorOptions {
@@ -46,6 +51,8 @@ impl Default for ActorOptions {
             passivate_after_ms: 60_000,
             max_in_flight_commands: 10_000,
             fault_injection: false,
+            fault_slow_pool: String::new(),
+            fault_slow_pool_delay_ms: 0,
         }
     }
 }
@@ -63,6 +70,9 @@ impl ActorOptions {
         }
         if !(10..=86_400_000).contains(&self.passivate_after_ms) {
             return Err("actors.passivate_after_ms: allowed 10..=86400000".into());
+        }
+        if self.fault_slow_pool_delay_ms > 10_000 {
+            return Err("actors.fault_slow_pool_delay_ms: allowed 0..=10000".into());
         }
         if !(1..=1_000_000).contains(&self.max_in_flight_commands) {
             return Err("actors.max_in_flight_commands: allowed 1..=1000000".into());

@@ -74,3 +74,90 @@ impl PartitionHandler for PanickingPool {
         self.inner.apply_batch(conn, records).await
     }
 }
+
+/// A pool slowed on purpose (test only, `actors.fault_slow_pool` with
+/// `actors.fault_slow_pool_delay_ms` per record), so it lags when an outage starts; it also
+/// witnesses order: a payment's events must reach it with no gap in their sequence (a
+/// sequence at or below the last one seen is a re-application after a rolled-back attempt,
+/// allowed). A gap is logged as an error with "applied out of order"; a summary line with
+/// the counts is logged every 500 events.
+pub struct SlowPool {
+    inner: Arc<dyn PartitionHandler>,
+    pool: String,
+    delay: std::time::Duration,
+    last: Mutex<std::collections::HashMap<String, u64>>,
+    checked: std::sync::atomic::AtomicU64,
+    violations: std::sync::atomic::AtomicU64,
+}
+
+/// Payments whose last sequence the witness remembers at most (then it forgets them all).
+const WITNESS_PAYMENTS_MAX: usize = 1_000_000;
+
+impl SlowPool {
+    pub fn wrap(
+        pool: &str,
+        delay_ms: u64,
+        inner: Arc<dyn PartitionHandler>,
+    ) -> Arc<dyn PartitionHandler> {
+        Arc::new(Self {
+            inner,
+            pool: pool.to_string(),
+            delay: std::time::Duration::from_millis(delay_ms),
+            last: Mutex::new(std::collections::HashMap::new()),
+            checked: std::sync::atomic::AtomicU64::new(0),
+            violations: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn witness(&self, record: &ConsumedRecord) {
+        use std::sync::atomic::Ordering;
+        let Ok(envelope) = record.decode::<PaymentEvent>() else {
+            return;
+        };
+        let mut last = match self.last.lock() {
+            Ok(last) => last,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if last.len() >= WITNESS_PAYMENTS_MAX {
+            last.clear();
+        }
+        let previous = last.get(&envelope.payment_id).copied();
+        let known = previous.is_some() || envelope.sequence == 1;
+        let expected = previous.unwrap_or(0) + 1;
+        if known && envelope.sequence > expected {
+            self.violations.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(pool = %self.pool, payment_id = %envelope.payment_id, sequence = envelope.sequence, expected, offset = record.offset, "order witness: event applied out of order");
+        }
+        let entry = last.entry(envelope.payment_id.clone()).or_insert(0);
+        *entry = (*entry).max(envelope.sequence);
+        let checked = self.checked.fetch_add(1, Ordering::Relaxed) + 1;
+        if checked % 500 == 0 {
+            tracing::info!(pool = %self.pool, checked, violations = self.violations.load(Ordering::Relaxed), "order witness summary");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PartitionHandler for SlowPool {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        record: &ConsumedRecord,
+    ) -> Result<(), HandlerError> {
+        tokio::time::sleep(self.delay).await;
+        self.witness(record);
+        self.inner.apply(conn, record).await
+    }
+
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        records: &[&ConsumedRecord],
+    ) -> Result<(), HandlerError> {
+        tokio::time::sleep(self.delay * records.len() as u32).await;
+        for record in records {
+            self.witness(record);
+        }
+        self.inner.apply_batch(conn, records).await
+    }
+}
