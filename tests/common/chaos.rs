@@ -521,6 +521,30 @@ pub async fn consumers(client: &reqwest::Client, base: &str) -> Result<Vec<Value
     Ok(body["data"].as_array().cloned().unwrap_or_default())
 }
 
+/// `Ok` when no partition is in journal fallback and the spool is empty (every spooled
+/// event replayed into the journal), from `GET /v1/admin/journal`.
+pub async fn spool_drained(client: &reqwest::Client, base: &str) -> Result<(), String> {
+    let response = client
+        .get(format!("{base}/v1/admin/journal"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .map_err(|e| format!("GET /v1/admin/journal: {e}"))?;
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|e| format!("GET /v1/admin/journal: {e}"))?;
+    let empty = body["spool_rows"] == 0
+        && body["partitions_in_fallback"]
+            .as_array()
+            .is_some_and(|a| a.is_empty());
+    if empty {
+        Ok(())
+    } else {
+        Err(format!("spool not drained: {body}"))
+    }
+}
+
 /// Each consumer's name → its partitions, from one sample.
 pub fn partitions_by_consumer(sample: &[Value]) -> BTreeMap<String, BTreeSet<i64>> {
     sample
@@ -595,8 +619,9 @@ pub fn caught_up(
     }
 }
 
-/// Polls the consumers every 100 ms until [`caught_up`]; the time it took, or the last
-/// state seen after `timeout`.
+/// Polls the consumers every 100 ms until [`caught_up`] and the fallback spool is drained
+/// (what the pools applied from the spool is in the journal too); the time it took, or the
+/// last state seen after `timeout`.
 pub async fn wait_caught_up(
     client: &reqwest::Client,
     base: &str,
@@ -607,7 +632,10 @@ pub async fn wait_caught_up(
     loop {
         let last = match consumers(client, base).await {
             Ok(sample) => match caught_up(&sample, expected) {
-                Ok(()) => return Ok(started.elapsed()),
+                Ok(()) => match spool_drained(client, base).await {
+                    Ok(()) => return Ok(started.elapsed()),
+                    Err(why) => why,
+                },
                 Err(why) => why,
             },
             Err(e) => e,

@@ -82,16 +82,27 @@ async fn replay_partition(runtime: &Runtime, partition: i32) {
                 for receipt in &receipts {
                     runtime.record_produced(receipt.partition, receipt.offset);
                 }
+                let count = records.len() as u64;
+                // Kept like any journaled record until the local consumers applied them, so
+                // a pool still behind them can catch up from the spool if the journal fails
+                // again right away.
+                let offsets: Vec<i64> = receipts.iter().map(|r| r.offset).collect();
+                fallback.journaled(
+                    partition,
+                    records,
+                    &offsets,
+                    runtime.applied_floor(partition),
+                );
                 // Removed only now: a crash before this appends them again, with the same
                 // event ids, which every reader ignores.
                 if let Err(error) = fallback.spool().remove_through(partition, last).await {
                     warn!(partition, %error, "removing replayed rows failed; they will be appended again");
                     return;
                 }
-                fallback.count_replayed(records.len() as u64);
+                fallback.count_replayed(count);
                 info!(
                     partition,
-                    records = records.len(),
+                    records = count,
                     through = last,
                     "spool replayed into the journal"
                 );

@@ -131,7 +131,7 @@ impl SlowPool {
         let entry = last.entry(envelope.payment_id.clone()).or_insert(0);
         *entry = (*entry).max(envelope.sequence);
         let checked = self.checked.fetch_add(1, Ordering::Relaxed) + 1;
-        if checked % 500 == 0 {
+        if checked.is_multiple_of(500) {
             tracing::info!(pool = %self.pool, checked, violations = self.violations.load(Ordering::Relaxed), "order witness summary");
         }
     }
