@@ -98,6 +98,7 @@ fn batch(high: i64, events: Vec<DeliveredEvent>) -> DeliveredBatch {
         topic: TOPIC.into(),
         partition: 1,
         high_watermark_at_start: high,
+        pool: None,
         events,
     }
 }

@@ -195,12 +195,14 @@ async fn worker(load: Arc<Load>, base: String, merchants: Arc<Vec<Merchant>>, in
     }
 }
 
-fn percentiles(samples: &[&Sample]) -> (Duration, Duration, usize) {
+/// (p50, p99, max, count) of the samples' latencies.
+fn percentiles(samples: &[&Sample]) -> (Duration, Duration, Duration, usize) {
     let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
     latencies.sort();
     (
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or_default(),
         latencies.len(),
     )
 }
@@ -401,9 +403,13 @@ async fn outage_under_load(fault: Fault) {
         .collect();
     let server_errors = after_grace.iter().filter(|s| s.status >= 500).count();
     let transport_errors = after_grace.iter().filter(|s| s.status == 0).count();
-    let (p50_before, p99_before, n_before) = percentiles(&before);
-    let (p50_during, p99_during, n_during) = percentiles(&during);
-    let (p50_steady, p99_steady, _) = percentiles(&after_grace);
+    let (p50_before, p99_before, max_before, n_before) = percentiles(&before);
+    let (p50_during, p99_during, max_during, n_during) = percentiles(&during);
+    let (p50_steady, p99_steady, max_steady, _) = percentiles(&after_grace);
+    let over_1s = during
+        .iter()
+        .filter(|s| s.latency > Duration::from_secs(1))
+        .count();
     let statuses: BTreeMap<u16, usize> =
         observed.samples.iter().fold(BTreeMap::new(), |mut m, s| {
             *m.entry(s.status).or_insert(0) += 1;
@@ -411,7 +417,7 @@ async fn outage_under_load(fault: Fault) {
         });
     let offered_window = (died_at - Duration::from_secs(2)).as_secs_f64().max(0.001);
     eprintln!(
-        "outage ({fault:?}, {outage:?}): before {:.0} req/s p50 {p50_before:?} p99 {p99_before:?} (n {n_before}); during {:.0} req/s p50 {p50_during:?} p99 {p99_during:?} (n {n_during}); during after the first 1.5 s p50 {p50_steady:?} p99 {p99_steady:?}; breaker open {breaker_open_after:?} after the broker died; analytics of a payment made mid-outage visible after {probe_visible_after:?}; 5xx after 1.5 s: {server_errors}; transport errors: {transport_errors}; statuses {statuses:?}; run {ended_at:?}",
+        "outage ({fault:?}, {outage:?}): before {:.0} req/s p50 {p50_before:?} p99 {p99_before:?} max {max_before:?} (n {n_before}); during {:.0} req/s p50 {p50_during:?} p99 {p99_during:?} max {max_during:?} (n {n_during}, {over_1s} over 1 s); during after the first 1.5 s p50 {p50_steady:?} p99 {p99_steady:?} max {max_steady:?}; breaker open {breaker_open_after:?} after the broker died; analytics of a payment made mid-outage visible after {probe_visible_after:?}; 5xx after 1.5 s: {server_errors}; transport errors: {transport_errors}; statuses {statuses:?}; run {ended_at:?}",
         n_before as f64 / offered_window,
         n_during as f64 / (returned_at - died_at).as_secs_f64(),
     );

@@ -6,6 +6,7 @@
 
 use super::sink::{DeliveredBatch, DeliveredEvent, SinkOutcome};
 use crate::runtime::Runtime;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub struct DeliveryOptions {
     pub delivery_batch: u32,
     /// Upper bound for one delivery request (ms).
     pub delivery_timeout_ms: u64,
+    /// Delivery requests (one per target, partition and pool) in flight at once.
+    pub delivery_concurrency: usize,
 }
 
 impl Default for DeliveryOptions {
@@ -38,6 +41,7 @@ impl Default for DeliveryOptions {
             delivery_interval_ms: 200,
             delivery_batch: 500,
             delivery_timeout_ms: 5_000,
+            delivery_concurrency: 4,
         }
     }
 }
@@ -57,6 +61,9 @@ impl DeliveryOptions {
                 "fallback.delivery_batch: allowed 1..={}",
                 super::sink::MAX_EVENTS_PER_BATCH
             ));
+        }
+        if !(1..=64).contains(&self.delivery_concurrency) {
+            return Err("fallback.delivery_concurrency: allowed 1..=64".into());
         }
         if !(100..=60_000).contains(&self.delivery_timeout_ms) {
             return Err("fallback.delivery_timeout_ms: allowed 100..=60000".into());
@@ -86,8 +93,8 @@ pub fn spawn_delivery(
     })
 }
 
-/// (target, partition, episode) → the last spool sequence the target has taken.
-type Positions = HashMap<(usize, i32, i64), i64>;
+/// (target, pool, partition, episode) → the last spool sequence that pool has taken.
+type Positions = HashMap<(usize, String, i32, i64), i64>;
 
 async fn deliver_forever(
     runtime: Arc<Runtime>,
@@ -107,6 +114,8 @@ async fn deliver_forever(
         }
     };
     let mut positions = Positions::new();
+    // Each target's pools, learnt from its first answer.
+    let mut pools_of: HashMap<usize, Vec<String>> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(options.delivery_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -122,96 +131,161 @@ async fn deliver_forever(
                 continue;
             }
         };
-        positions.retain(|(_, partition, episode), _| {
+        positions.retain(|(_, _, partition, episode), _| {
             episodes
                 .iter()
                 .any(|(p, e, _)| p == partition && e == episode)
         });
+        // Every (partition, target, pool), `delivery_concurrency` at a time: a slow pool
+        // delays only itself.
+        let mut rounds = Vec::new();
         for (partition, episode, high) in episodes {
             let Some(high) = high else { continue };
             if !partitions.contains(&partition) {
                 continue;
             }
             for (index, target) in targets.iter().enumerate() {
-                let position = positions.entry((index, partition, episode)).or_insert(0);
-                deliver(
-                    &runtime, &client, target, &secret, partition, high, position, &options,
-                )
-                .await;
+                let sender = Sender {
+                    runtime: runtime.clone(),
+                    client: client.clone(),
+                    target: target.clone(),
+                    secret: secret.clone(),
+                    partition,
+                    high_watermark_at_start: high,
+                    batch: options.delivery_batch,
+                };
+                match pools_of.get(&index) {
+                    // First contact: every pool at once, which also names them.
+                    None => rounds.push((index, partition, episode, sender, None, 0)),
+                    Some(pools) => {
+                        for pool in pools {
+                            let position = positions
+                                .get(&(index, pool.clone(), partition, episode))
+                                .copied()
+                                .unwrap_or(0);
+                            rounds.push((
+                                index,
+                                partition,
+                                episode,
+                                sender.clone(),
+                                Some(pool.clone()),
+                                position,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let sends: Vec<_> = rounds
+            .iter()
+            .map(|(_, _, _, sender, pool, position)| {
+                sender.clone().deliver(pool.clone(), *position)
+            })
+            .collect();
+        let outcomes: Vec<Option<SinkOutcome>> = futures::stream::iter(sends)
+            .buffered(options.delivery_concurrency)
+            .collect()
+            .await;
+        for ((index, partition, episode, ..), outcome) in rounds.iter().zip(outcomes) {
+            let Some(outcome) = outcome else { continue };
+            pools_of
+                .entry(*index)
+                .or_insert_with(|| outcome.pools.keys().cloned().collect());
+            for (pool, through) in outcome.pools {
+                let slot = positions
+                    .entry((*index, pool, *partition, *episode))
+                    .or_insert(0);
+                *slot = (*slot).max(through);
             }
         }
     }
 }
 
-/// Sends `partition`'s events after `position` to `target`, one batch; advances
-/// `position` to what the target took.
-#[allow(clippy::too_many_arguments)]
-async fn deliver(
-    runtime: &Runtime,
-    client: &reqwest::Client,
-    target: &str,
-    secret: &str,
+/// One target and partition, for one round of delivery.
+#[derive(Clone)]
+struct Sender {
+    runtime: Arc<Runtime>,
+    client: reqwest::Client,
+    target: String,
+    secret: String,
     partition: i32,
     high_watermark_at_start: i64,
-    position: &mut i64,
-    options: &DeliveryOptions,
-) {
-    let spool = runtime.fallback.spool();
-    let rows = match spool
-        .after(partition, *position, i64::from(options.delivery_batch))
-        .await
-    {
-        Ok(rows) => rows,
-        Err(error) => {
-            warn!(partition, %error, "reading the spool for delivery failed");
-            return;
-        }
-    };
-    if rows.is_empty() {
-        return;
-    }
-    let mut events = Vec::with_capacity(rows.len());
-    for row in rows {
-        let Ok(event_id) = uuid::Uuid::parse_str(&row.record.headers.event_id) else {
-            continue;
+    /// Events per request at most.
+    batch: u32,
+}
+
+impl Sender {
+    /// Sends the partition's events after `position` to the target (for `pool`, or all its
+    /// pools), one batch; the target's answer, if any.
+    async fn deliver(self, pool: Option<String>, position: i64) -> Option<SinkOutcome> {
+        let partition = self.partition;
+        let target = self.target.as_str();
+        let spool = self.runtime.fallback.spool();
+        let rows = match spool
+            .after(partition, position, i64::from(self.batch))
+            .await
+        {
+            Ok(rows) => rows,
+            Err(error) => {
+                warn!(partition, %error, "reading the spool for delivery failed");
+                return None;
+            }
         };
-        events.push(DeliveredEvent {
-            spool_sequence: row.sequence,
-            journal_offset: row.journal_offset,
-            key: row.record.key,
-            event_id,
-            event_type: row.record.headers.event_type,
-            schema_version: row.record.headers.schema_version,
-            content_type: row.record.headers.content_type,
-            value_hex: hex::encode(&row.record.value),
-        });
-    }
-    let batch = DeliveredBatch {
-        topic: spool.topic().to_string(),
-        partition,
-        high_watermark_at_start,
-        events,
-    };
-    let url = format!("{}/internal/v1/events", target.trim_end_matches('/'));
-    let response = client
-        .post(&url)
-        .header(CLUSTER_SECRET_HEADER, secret)
-        .json(&batch)
-        .send()
-        .await;
-    match response {
-        Ok(response) if response.status().is_success() => {
-            match response.json::<SinkOutcome>().await {
-                Ok(outcome) => {
-                    debug!(partition, target, through = outcome.applied_through, held_back = ?outcome.held_back, "fallback events delivered");
-                    *position = (*position).max(outcome.applied_through);
+        if rows.is_empty() {
+            return None;
+        }
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            let Ok(event_id) = uuid::Uuid::parse_str(&row.record.headers.event_id) else {
+                continue;
+            };
+            events.push(DeliveredEvent {
+                spool_sequence: row.sequence,
+                journal_offset: row.journal_offset,
+                key: row.record.key,
+                event_id,
+                event_type: row.record.headers.event_type,
+                schema_version: row.record.headers.schema_version,
+                content_type: row.record.headers.content_type,
+                value_hex: hex::encode(&row.record.value),
+            });
+        }
+        let batch = DeliveredBatch {
+            topic: spool.topic().to_string(),
+            partition,
+            high_watermark_at_start: self.high_watermark_at_start,
+            pool,
+            events,
+        };
+        let url = format!("{}/internal/v1/events", target.trim_end_matches('/'));
+        let response = self
+            .client
+            .post(&url)
+            .header(CLUSTER_SECRET_HEADER, &self.secret)
+            .json(&batch)
+            .send()
+            .await;
+        match response {
+            Ok(response) if response.status().is_success() => {
+                match response.json::<SinkOutcome>().await {
+                    Ok(outcome) => {
+                        debug!(partition, target, through = outcome.applied_through, held_back = ?outcome.held_back, "fallback events delivered");
+                        Some(outcome)
+                    }
+                    Err(error) => {
+                        warn!(partition, target, %error, "unreadable delivery answer");
+                        None
+                    }
                 }
-                Err(error) => warn!(partition, target, %error, "unreadable delivery answer"),
+            }
+            Ok(response) => {
+                warn!(partition, target, status = %response.status(), "fallback delivery refused");
+                None
+            }
+            Err(error) => {
+                warn!(partition, target, %error, "fallback delivery failed");
+                None
             }
         }
-        Ok(response) => {
-            warn!(partition, target, status = %response.status(), "fallback delivery refused")
-        }
-        Err(error) => warn!(partition, target, %error, "fallback delivery failed"),
     }
 }

@@ -31,6 +31,10 @@ pub struct DeliveredBatch {
     pub partition: i32,
     /// The journal's high watermark when this fallback began.
     pub high_watermark_at_start: i64,
+    /// Only this pool (its consumer name), or every pool of the node when absent. The
+    /// sender keeps a position per pool, so a slow pool does not hold back the others.
+    #[serde(default)]
+    pub pool: Option<String>,
     pub events: Vec<DeliveredEvent>,
 }
 
@@ -52,9 +56,12 @@ pub struct DeliveredEvent {
 /// What the pools took of a batch.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SinkOutcome {
-    /// Every pool has taken (applied, or had already) the events up to this spool
-    /// sequence; the sender resumes after it.
+    /// Every pool addressed has taken (applied, or had already) the events up to this
+    /// spool sequence.
     pub applied_through: i64,
+    /// The same per pool (consumer name → spool sequence); the sender resumes each pool
+    /// after its own.
+    pub pools: std::collections::BTreeMap<String, i64>,
     /// Pools that held events back (they have not applied the journal up to the high
     /// watermark yet).
     pub held_back: Vec<String>,
@@ -148,20 +155,39 @@ impl PoolSink {
         Ok(records)
     }
 
-    /// Applies `batch` to every pool of this node; see the module docs.
+    /// Applies `batch` to the pools it addresses, each in its own transaction and all at
+    /// once (a slow pool does not delay the others' effects); see the module docs.
     pub async fn apply(&self, batch: &DeliveredBatch) -> Result<SinkOutcome, SinkError> {
         let records = self.validate(batch)?;
+        let targets: Vec<&SinkPool> = self
+            .pools
+            .iter()
+            .filter(|p| batch.pool.as_ref().is_none_or(|name| *name == p.consumer))
+            .collect();
+        if let Some(name) = &batch.pool {
+            if targets.is_empty() {
+                return Err(SinkError::Invalid(format!("no pool {name} on this node")));
+            }
+        }
         let last = batch.events.last().map(|e| e.spool_sequence).unwrap_or(0);
+        let results = futures::future::join_all(
+            targets
+                .iter()
+                .map(|pool| self.apply_to(pool, batch, &records)),
+        )
+        .await;
         let mut outcome = SinkOutcome {
             applied_through: last,
+            pools: Default::default(),
             held_back: Vec::new(),
         };
-        for pool in self.pools.iter() {
-            let through = self.apply_to(pool, batch, &records).await?;
+        for (pool, result) in targets.iter().zip(results) {
+            let through = result?;
             if through < last {
                 outcome.held_back.push(pool.consumer.clone());
             }
             outcome.applied_through = outcome.applied_through.min(through);
+            outcome.pools.insert(pool.consumer.clone(), through);
         }
         Ok(outcome)
     }
