@@ -81,6 +81,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // (their spool and snapshots are complete); the others wait for the journal.
         tracing::warn!(brokers = %journal.brokers, "the journal is unreachable at start: serving in fallback where the spool allows it");
         health.trip();
+        // The topics are made (and checked) once the journal answers; until then the
+        // replay and the pools wait like any other journal client.
+        let config = config.clone();
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                match ensure_topics(&config, &topic).await {
+                    Ok(()) => {
+                        info!("the journal answers: topics checked");
+                        return;
+                    }
+                    Err(error) => tracing::debug!(%error, "topics not checked yet"),
+                }
+            }
+        });
     }
 
     // Every supervisor of this node reports its give-ups here.
@@ -127,7 +143,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         snapshots: snapshots.progress.clone(),
         psp,
         fallback: JournalFallback::new(
-            Spool::new(pool.clone(), topic.clone(), config.spool.max_rows),
+            // The spool itself needs a bound; 0 (fallback off) is enforced by the fallback.
+            Spool::new(pool.clone(), topic.clone(), config.spool.max_rows.max(1)),
             journal.group(SNAPSHOT_CONSUMER),
             config.spool.clone(),
             journal.partitions,

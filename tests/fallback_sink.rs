@@ -98,6 +98,7 @@ fn batch(high: i64, events: Vec<DeliveredEvent>) -> DeliveredBatch {
         topic: TOPIC.into(),
         partition: 1,
         high_watermark_at_start: high,
+        copied_from: Some(3),
         pool: None,
         events,
     }
@@ -195,4 +196,37 @@ async fn a_malformed_batch_is_refused_and_applies_nothing() {
     wrong_partition.partition = 3;
     assert!(sink.apply(&wrong_partition).await.is_err());
     assert!(applied(&pool).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copied_records_are_applied_across_offsets_absent_from_the_log() {
+    let (gap_sink, pool) = sink("sink_gap").await;
+    let (strict, strict_pool) = sink("sink_gap_strict").await;
+    set_offset(&pool, 4).await;
+    // Offset 5 is absent from the log (the broker skipped it); everything journaled from 3
+    // was copied.
+    let mut events: Vec<DeliveredEvent> = [3, 4, 6, 7]
+        .iter()
+        .enumerate()
+        .map(|(i, o)| event(i as i64 + 1, Some(*o), &format!("journal@{o}")))
+        .collect();
+    events.push(event(5, None, "fallback-1"));
+    let outcome = gap_sink
+        .apply(&batch(8, events.clone()))
+        .await
+        .expect("applied");
+    assert_eq!(outcome.applied_through, 5);
+    assert_eq!(
+        applied(&pool).await,
+        ["journal@4", "journal@6", "journal@7", "fallback-1"]
+    );
+    assert_eq!(stored_offset(&pool).await, Some(8));
+
+    // Without the promise that the copies are complete, a gap stops the pool.
+    set_offset(&strict_pool, 4).await;
+    let mut unpromised = batch(8, events);
+    unpromised.copied_from = None;
+    let outcome = strict.apply(&unpromised).await.expect("answered");
+    assert_eq!(outcome.applied_through, 2, "stops before the gap");
+    assert_eq!(applied(&strict_pool).await, ["journal@4"]);
 }

@@ -1,6 +1,10 @@
 //! Faults on one node: a hung or dead broker, a payment actor that panics. Each test owns a
 //! private broker (tests/common/broker.rs) so it can pause or kill it, and asserts what a
 //! client sees and what the journal holds (read with an independent Kafka client).
+//!
+//! The broker tests here run with the journal fallback off (`spool.max_rows = 0`): they pin
+//! what an outage means without the spool (503s that never fork a key). With the spool the
+//! same faults are acknowledged; that is `tests/journal_fallback.rs`.
 
 mod common;
 
@@ -71,6 +75,7 @@ async fn a_create_that_timed_out_and_its_retries_are_one_payment() {
         &[
             ("PAYRAIL__JOURNAL__PRODUCE_TIMEOUT_MS", "1000"),
             ("PAYRAIL__SUPERVISOR__BREAKER_COOL_DOWN_MS", "300"),
+            ("PAYRAIL__SPOOL__MAX_ROWS", "0"),
         ],
     )
     .await;
@@ -175,6 +180,7 @@ async fn an_append_whose_acknowledgement_was_lost_and_its_retry_are_one_payment(
             ("PAYRAIL__JOURNAL__PRODUCE_TIMEOUT_MS", "1000"),
             ("PAYRAIL__SUPERVISOR__BREAKER_COOL_DOWN_MS", "100"),
             ("PAYRAIL__ACTORS__REBUILD_TIMEOUT_MS", "500"),
+            ("PAYRAIL__SPOOL__MAX_ROWS", "0"),
         ],
     )
     .await;
@@ -248,6 +254,7 @@ async fn timed_out_appends_open_the_breaker_at_the_threshold() {
             ("PAYRAIL__JOURNAL__PRODUCE_TIMEOUT_MS", "800"),
             ("PAYRAIL__SUPERVISOR__BREAKER_FAILURE_THRESHOLD", "2"),
             ("PAYRAIL__SUPERVISOR__BREAKER_COOL_DOWN_MS", "60000"),
+            ("PAYRAIL__SPOOL__MAX_ROWS", "0"),
         ],
     )
     .await;

@@ -170,6 +170,16 @@ impl JournalProducer {
         }
     }
 
+    /// Gives up on every append in flight: the producer is replaced and the old one's queued
+    /// and in-flight records are purged, so their appends fail now instead of at the
+    /// timeout (their outcome stays unknown: some may have reached the broker). Called
+    /// when the breaker opens, so commands waiting on a dead broker move to the fallback.
+    pub fn abandon_in_flight(&self) {
+        let (generation, old) = self.producer();
+        self.reset(generation);
+        old.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+
     pub fn codec(&self) -> CodecKind {
         self.codec
     }

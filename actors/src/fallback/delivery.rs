@@ -134,12 +134,12 @@ async fn deliver_forever(
         positions.retain(|(_, _, partition, episode), _| {
             episodes
                 .iter()
-                .any(|(p, e, _)| p == partition && e == episode)
+                .any(|(p, e, _, _)| p == partition && e == episode)
         });
         // Every (partition, target, pool), `delivery_concurrency` at a time: a slow pool
         // delays only itself.
         let mut rounds = Vec::new();
-        for (partition, episode, high) in episodes {
+        for (partition, episode, high, copied_from) in episodes {
             let Some(high) = high else { continue };
             if !partitions.contains(&partition) {
                 continue;
@@ -152,11 +152,12 @@ async fn deliver_forever(
                     secret: secret.clone(),
                     partition,
                     high_watermark_at_start: high,
+                    copied_from,
                     batch: options.delivery_batch,
                 };
                 match pools_of.get(&index) {
-                    // First contact: every pool at once, which also names them.
-                    None => rounds.push((index, partition, episode, sender, None, 0)),
+                    // First contact: an empty batch for every pool, which names them.
+                    None => rounds.push((index, partition, episode, sender, None, -1)),
                     Some(pools) => {
                         for pool in pools {
                             let position = positions
@@ -210,30 +211,48 @@ struct Sender {
     secret: String,
     partition: i32,
     high_watermark_at_start: i64,
+    copied_from: Option<i64>,
     /// Events per request at most.
     batch: u32,
 }
 
 impl Sender {
     /// Sends the partition's events after `position` to the target (for `pool`, or all its
-    /// pools), one batch; the target's answer, if any.
+    /// pools), one batch; the target's answer, if any. `position` -1 sends an empty batch
+    /// (to learn the target's pools).
     async fn deliver(self, pool: Option<String>, position: i64) -> Option<SinkOutcome> {
         let partition = self.partition;
         let target = self.target.as_str();
         let spool = self.runtime.fallback.spool();
-        let rows = match spool
-            .after(partition, position, i64::from(self.batch))
-            .await
-        {
-            Ok(rows) => rows,
-            Err(error) => {
-                warn!(partition, %error, "reading the spool for delivery failed");
-                return None;
+        let rows = if position < 0 {
+            Vec::new()
+        } else {
+            match spool
+                .after(partition, position, i64::from(self.batch))
+                .await
+            {
+                Ok(rows) if rows.is_empty() => return None,
+                Ok(rows) => rows,
+                Err(error) => {
+                    warn!(partition, %error, "reading the spool for delivery failed");
+                    return None;
+                }
             }
         };
-        if rows.is_empty() {
-            return None;
-        }
+        // Read after the rows: whatever the replay removed before them is below this end,
+        // so a pool must have applied the journal up to it before it takes them.
+        let replayed_end = if rows.is_empty() {
+            None
+        } else {
+            match spool.replayed_end(partition).await {
+                Ok(end) => end,
+                Err(error) => {
+                    warn!(partition, %error, "reading the replay position failed");
+                    return None;
+                }
+            }
+        };
+        let high_watermark = self.high_watermark_at_start.max(replayed_end.unwrap_or(0));
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
             let Ok(event_id) = uuid::Uuid::parse_str(&row.record.headers.event_id) else {
@@ -253,7 +272,8 @@ impl Sender {
         let batch = DeliveredBatch {
             topic: spool.topic().to_string(),
             partition,
-            high_watermark_at_start: self.high_watermark_at_start,
+            high_watermark_at_start: high_watermark,
+            copied_from: self.copied_from,
             pool,
             events,
         };

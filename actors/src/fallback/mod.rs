@@ -42,7 +42,8 @@ use uuid::Uuid;
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolOptions {
     /// Rows the whole spool holds at most; past it commands get 503 `journal_unavailable`
-    /// and nothing is recorded.
+    /// and nothing is recorded. 0 turns the fallback off: every command answers 503 while
+    /// the journal is unavailable.
     pub max_rows: u64,
     /// Spooled records appended to the journal per replay append.
     pub replay_batch: u32,
@@ -67,8 +68,8 @@ impl Default for SpoolOptions {
 
 impl SpoolOptions {
     pub fn validate(&self) -> Result<(), String> {
-        if !(1..=100_000_000).contains(&self.max_rows) {
-            return Err("spool.max_rows: allowed 1..=100000000".into());
+        if self.max_rows > 100_000_000 {
+            return Err("spool.max_rows: allowed 0..=100000000 (0: no fallback)".into());
         }
         if !(1..=10_000).contains(&self.replay_batch) {
             return Err("spool.replay_batch: allowed 1..=10000".into());
@@ -86,6 +87,8 @@ impl SpoolOptions {
 /// Why a partition cannot take events in fallback now.
 #[derive(Debug, thiserror::Error)]
 pub enum FallbackError {
+    #[error("the journal fallback is off (spool.max_rows = 0)")]
+    Disabled,
     #[error("the journal's end for partition {0} is not known yet (the node started while the journal was unavailable)")]
     EndUnknown(i32),
     #[error("partition {0}: the snapshot projector lagged by more than spool.unprojected_tail_max records when the journal failed")]
@@ -166,6 +169,11 @@ impl JournalFallback {
 
     pub fn options(&self) -> &SpoolOptions {
         &self.options
+    }
+
+    /// Off with `spool.max_rows = 0`: an outage then means 503 for every command.
+    pub fn is_enabled(&self) -> bool {
+        self.options.max_rows > 0
     }
 
     fn partition(&self, partition: i32) -> &PartitionFallback {
@@ -272,6 +280,9 @@ impl JournalFallback {
         applied_floor: impl FnOnce() -> i64,
         pool: &sqlx::PgPool,
     ) -> Result<(), FallbackError> {
+        if !self.is_enabled() {
+            return Err(FallbackError::Disabled);
+        }
         let slot = self.partition(partition);
         let _exclusive = slot.gate.write().await;
         if slot.active.load(Ordering::Acquire) {
@@ -299,7 +310,7 @@ impl JournalFallback {
         };
         let mut tx = pool.begin().await.map_err(SpoolError::from)?;
         self.spool
-            .append_journaled_in(&mut tx, partition, &tail, &offsets, Some(end))
+            .append_journaled_in(&mut tx, partition, &tail, &offsets, Some(end), floor)
             .await?;
         project(&mut tx, &self.snapshot_consumer, &tail).await?;
         tx.commit().await.map_err(SpoolError::from)?;

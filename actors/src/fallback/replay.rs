@@ -28,9 +28,18 @@ async fn replay_forever(runtime: Arc<Runtime>, partitions: Vec<i32>) {
     let interval = Duration::from_millis(runtime.fallback.options().replay_interval_ms);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_closed = true;
     loop {
         tick.tick().await;
-        if runtime.health.state() != BreakerState::Closed {
+        let closed = runtime.health.state() == BreakerState::Closed;
+        if was_closed && !closed && runtime.fallback.is_enabled() {
+            // Appends already sent to the failed journal would hold their commands (and the
+            // switch of their partitions to the spool) until their timeout; fail them now.
+            info!("journal breaker open: abandoning the appends in flight");
+            runtime.producer.abandon_in_flight();
+        }
+        was_closed = closed;
+        if !closed && runtime.fallback.is_enabled() {
             for &partition in &partitions {
                 if !runtime.fallback.is_active(partition) {
                     if let Err(error) = runtime.enter_fallback(partition).await {
@@ -87,6 +96,7 @@ async fn replay_partition(runtime: &Runtime, partition: i32) {
                 // a pool still behind them can catch up from the spool if the journal fails
                 // again right away.
                 let offsets: Vec<i64> = receipts.iter().map(|r| r.offset).collect();
+                let end = offsets.iter().max().map(|o| o + 1).unwrap_or(0);
                 fallback.journaled(
                     partition,
                     records,
@@ -94,8 +104,10 @@ async fn replay_partition(runtime: &Runtime, partition: i32) {
                     runtime.applied_floor(partition),
                 );
                 // Removed only now: a crash before this appends them again, with the same
-                // event ids, which every reader ignores.
-                if let Err(error) = fallback.spool().remove_through(partition, last).await {
+                // event ids, which every reader ignores. The journal's end is recorded with
+                // the removal: HTTP delivery holds later spooled events until a pool has
+                // applied the journal up to it (the removed rows come first).
+                if let Err(error) = fallback.spool().mark_replayed(partition, last, end).await {
                     warn!(partition, %error, "removing replayed rows failed; they will be appended again");
                     return;
                 }

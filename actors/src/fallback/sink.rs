@@ -23,14 +23,25 @@ use uuid::Uuid;
 /// Events per delivered batch at most (the receiver refuses more).
 pub const MAX_EVENTS_PER_BATCH: usize = 5_000;
 
+/// Time one pool spends on one batch at most before it commits what it applied and
+/// answers: a slow pool makes progress in every request, well within the sender's timeout.
+const APPLY_BUDGET: std::time::Duration = std::time::Duration::from_millis(1_000);
+
 /// One partition's spooled events, in spool order, as delivered.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveredBatch {
     pub topic: String,
     pub partition: i32,
-    /// The journal's high watermark when this fallback began.
+    /// The journal's high watermark when this fallback began (or, once rows were replayed,
+    /// the journal's end after them).
     pub high_watermark_at_start: i64,
+    /// Every record journaled from this offset up to the high watermark was copied into
+    /// the spool (offsets absent from the log aside): a pool at or past it catches up from
+    /// the copies, skipping gaps. Absent: copies are applied only at the pool's exact
+    /// next offset.
+    #[serde(default)]
+    pub copied_from: Option<i64>,
     /// Only this pool (its consumer name), or every pool of the node when absent. The
     /// sender keeps a position per pool, so a slow pool does not hold back the others.
     #[serde(default)]
@@ -62,8 +73,8 @@ pub struct SinkOutcome {
     /// The same per pool (consumer name → spool sequence); the sender resumes each pool
     /// after its own.
     pub pools: std::collections::BTreeMap<String, i64>,
-    /// Pools that held events back (they have not applied the journal up to the high
-    /// watermark yet).
+    /// Pools that did not take the whole batch: they held events back (they have not
+    /// applied the journal up to the high watermark yet) or ran out of time.
     pub held_back: Vec<String>,
 }
 
@@ -216,10 +227,15 @@ impl PoolSink {
         .fetch_one(&mut *tx)
         .await?;
         let start = next;
+        let began = std::time::Instant::now();
         for (event, record) in batch.events.iter().zip(records) {
+            if began.elapsed() > APPLY_BUDGET {
+                break; // commit what is done; the sender resumes after it
+            }
+            let complete_from_here = batch.copied_from.is_some_and(|from| next >= from);
             match event.journal_offset {
                 Some(offset) if offset < next => {}
-                Some(offset) if offset == next => {
+                Some(offset) if offset == next || complete_from_here => {
                     apply_once(&mut tx, pool, record).await?;
                     next = offset + 1;
                 }

@@ -21,6 +21,16 @@ impl MerchantState {
                 "the journal's end is not known yet (it was unavailable at start); retry".into(),
             ));
         }
+        if !runtime.fallback.is_active(partition)
+            && runtime.fallback.is_enabled()
+            && runtime.health.state() != payrail_supervisor::BreakerState::Closed
+        {
+            // The journal is failing: put the partition in fallback now (its appends in
+            // flight end first) rather than wait for snapshots that cannot move.
+            if let Err(error) = runtime.enter_fallback(partition).await {
+                tracing::debug!(partition, %error, "history read without fallback");
+            }
+        }
         if runtime.fallback.is_active(partition) && !self.journal_end_needed {
             // In fallback the snapshots are complete: everything below the journal's end
             // when the fallback began, and every spooled event, was projected with it.

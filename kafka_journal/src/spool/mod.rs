@@ -53,6 +53,9 @@ pub struct Spool {
     max_rows: u64,
 }
 
+/// See [`Spool::episodes`].
+pub type Episode = (i32, i64, Option<i64>, Option<i64>);
+
 type SpoolRow = (
     i64,
     String,
@@ -104,12 +107,13 @@ impl Spool {
         high_watermark: Option<i64>,
     ) -> Result<Vec<i64>, SpoolError> {
         let offsets = vec![None; records.len()];
-        self.insert_in(conn, partition, records, &offsets, high_watermark)
+        self.insert_in(conn, partition, records, &offsets, high_watermark, None)
             .await
     }
 
     /// Like [`Spool::append_in`] for records already in the journal at `journal_offsets`
-    /// (copied when the partition enters fallback; see the migration 0022).
+    /// (copied when the partition enters fallback; see the migration 0022): every record
+    /// journaled from `copied_from` up to `high_watermark` (migration 0023).
     pub async fn append_journaled_in(
         &self,
         conn: &mut PgConnection,
@@ -117,6 +121,7 @@ impl Spool {
         records: &[OutgoingRecord],
         journal_offsets: &[i64],
         high_watermark: Option<i64>,
+        copied_from: i64,
     ) -> Result<Vec<i64>, SpoolError> {
         assert_eq!(
             records.len(),
@@ -124,8 +129,15 @@ impl Spool {
             "one offset per record"
         );
         let offsets: Vec<Option<i64>> = journal_offsets.iter().copied().map(Some).collect();
-        self.insert_in(conn, partition, records, &offsets, high_watermark)
-            .await
+        self.insert_in(
+            conn,
+            partition,
+            records,
+            &offsets,
+            high_watermark,
+            Some(copied_from),
+        )
+        .await
     }
 
     async fn insert_in(
@@ -135,6 +147,7 @@ impl Spool {
         records: &[OutgoingRecord],
         journal_offsets: &[Option<i64>],
         high_watermark: Option<i64>,
+        copied_from: Option<i64>,
     ) -> Result<Vec<i64>, SpoolError> {
         // No early return on no records: the fallback row is still written (a partition
         // enters fallback with nothing to copy).
@@ -150,8 +163,8 @@ impl Spool {
         // (`finish_if_empty` locks the same row).
         let n = records.len() as i64;
         let first: i64 = sqlx::query_scalar(
-            "INSERT INTO journal_fallback (topic, partition, high_watermark_at_start, next_sequence)
-             VALUES ($1, $2, $3, 1 + $4)
+            "INSERT INTO journal_fallback (topic, partition, high_watermark_at_start, next_sequence, copied_from)
+             VALUES ($1, $2, $3, 1 + $4, $5)
              ON CONFLICT (topic, partition)
              DO UPDATE SET next_sequence = journal_fallback.next_sequence + $4
              RETURNING next_sequence - $4",
@@ -160,6 +173,7 @@ impl Spool {
         .bind(partition)
         .bind(high_watermark)
         .bind(n)
+        .bind(copied_from)
         .fetch_one(&mut *conn)
         .await?;
         let mut sequences = Vec::with_capacity(records.len());
@@ -281,10 +295,10 @@ impl Spool {
 
     /// Each partition's fallback now: (partition, when it began in µs since the epoch — an
     /// episode's identity, as spool sequences restart with each —, the journal's high
-    /// watermark then).
-    pub async fn episodes(&self) -> Result<Vec<(i32, i64, Option<i64>)>, SpoolError> {
+    /// watermark then, the lowest offset copied into the spool then).
+    pub async fn episodes(&self) -> Result<Vec<Episode>, SpoolError> {
         Ok(sqlx::query_as(
-            "SELECT partition, (EXTRACT(EPOCH FROM began_at) * 1000000)::bigint, high_watermark_at_start
+            "SELECT partition, (EXTRACT(EPOCH FROM began_at) * 1000000)::bigint, high_watermark_at_start, copied_from
              FROM journal_fallback WHERE topic = $1 ORDER BY partition",
         )
         .bind(&self.topic)
@@ -303,6 +317,51 @@ impl Spool {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// After the broker acknowledged a replayed batch: removes `partition`'s rows up to
+    /// `sequence` and records `journal_end` (one past the batch's last offset), in one
+    /// transaction; see [`Spool::replayed_end`].
+    pub async fn mark_replayed(
+        &self,
+        partition: i32,
+        sequence: i64,
+        journal_end: i64,
+    ) -> Result<(), SpoolError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE journal_fallback SET replayed_end = GREATEST(COALESCE(replayed_end, 0), $3)
+             WHERE topic = $1 AND partition = $2",
+        )
+        .bind(&self.topic)
+        .bind(partition)
+        .bind(journal_end)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM journal_spool WHERE topic = $1 AND partition = $2 AND sequence <= $3",
+        )
+        .bind(&self.topic)
+        .bind(partition)
+        .bind(sequence)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The journal's end after the last replayed batch of `partition`'s fallback, if any:
+    /// every spooled record removed so far lies below it, so a reader that has applied the
+    /// journal up to here has seen every record before the rows still spooled.
+    pub async fn replayed_end(&self, partition: i32) -> Result<Option<i64>, SpoolError> {
+        let end: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT replayed_end FROM journal_fallback WHERE topic = $1 AND partition = $2",
+        )
+        .bind(&self.topic)
+        .bind(partition)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(end.flatten())
     }
 
     /// Whether `partition` is in fallback (its fallback row exists).
@@ -394,8 +453,9 @@ impl Spool {
                 return Ok(replayed);
             };
             let records: Vec<OutgoingRecord> = pending.iter().map(|r| r.record.clone()).collect();
-            producer.append(&records).await?;
-            self.remove_through(partition, last).await?;
+            let receipts = producer.append(&records).await?;
+            let end = receipts.iter().map(|r| r.offset + 1).max().unwrap_or(0);
+            self.mark_replayed(partition, last, end).await?;
             replayed += records.len() as u64;
         }
     }
