@@ -38,10 +38,10 @@ impl Default for DeliveryOptions {
     fn default() -> Self {
         Self {
             targets: Vec::new(),
-            delivery_interval_ms: 200,
+            delivery_interval_ms: 100,
             delivery_batch: 500,
             delivery_timeout_ms: 5_000,
-            delivery_concurrency: 4,
+            delivery_concurrency: 8,
         }
     }
 }

@@ -15,6 +15,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+/// Appends in flight are abandoned at most this often (see `replay_forever`).
+const ABANDON_AT_MOST_EVERY: Duration = Duration::from_secs(60);
+
 /// Starts the replayer for `partitions` under the node's restart policy.
 pub fn spawn_replayer(runtime: Arc<Runtime>, partitions: Vec<i32>) -> JoinHandle<()> {
     let restart = runtime.restart;
@@ -29,10 +32,15 @@ async fn replay_forever(runtime: Arc<Runtime>, partitions: Vec<i32>) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_closed = true;
+    let mut abandoned_at: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
         let closed = runtime.health.state() == BreakerState::Closed;
-        if was_closed && !closed && runtime.fallback.is_enabled() {
+        // Once per outage: during a recovery the breaker flaps, and a producer replaced
+        // again and again never gets its producer id from a broker that just restarted.
+        let recently = abandoned_at.is_some_and(|at| at.elapsed() < ABANDON_AT_MOST_EVERY);
+        if was_closed && !closed && runtime.fallback.is_enabled() && !recently {
+            abandoned_at = Some(std::time::Instant::now());
             // Appends already sent to the failed journal would hold their commands (and the
             // switch of their partitions to the spool) until their timeout; fail them now.
             info!("journal breaker open: abandoning the appends in flight");
