@@ -248,6 +248,8 @@ impl JournalFallback {
             Ok(tail) => tail,
             Err(poisoned) => poisoned.into_inner(),
         };
+        // Roughly in offset order (acknowledgement order): trimming from the front may keep
+        // a few applied records longer, never drops an unapplied one.
         while tail
             .records
             .front()
@@ -302,11 +304,16 @@ impl JournalFallback {
             if tail.lost_through >= projected || projected < 0 {
                 return Err(FallbackError::TailLost(partition));
             }
-            tail.records
+            // Pushed in acknowledgement order, which concurrent appends make differ from
+            // offset order: copied in offset order, as a pool applies them.
+            let mut copied: Vec<(i64, OutgoingRecord)> = tail
+                .records
                 .iter()
                 .filter(|(offset, _)| *offset >= floor && *offset < end)
                 .map(|(offset, record)| (*offset, record.clone()))
-                .unzip()
+                .collect();
+            copied.sort_by_key(|(offset, _)| *offset);
+            copied.into_iter().unzip()
         };
         let mut tx = pool.begin().await.map_err(SpoolError::from)?;
         self.spool
