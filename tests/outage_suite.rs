@@ -12,8 +12,9 @@
 //! of order by the slowed pool. Printed: requests/s, p50/p99 before vs during the outage,
 //! the time from the broker's death to the breaker opening.
 //!
-//! NOT PART OF CI YET: the three tests are `#[ignore]`d because they still fail (the
-//! reasons are in each attribute and in the issue-10 note); run them with
+//! NOT PART OF CI YET: the three tests are `#[ignore]`d: the node-crash variant still fails
+//! and the other two passed only in the last runs (the reasons are in each attribute and
+//! in the issue-10 note); run them with
 //! `cargo test --test outage_suite -- --ignored --nocapture`.
 //!
 //! Environment (defaults are the CI size):
@@ -619,19 +620,19 @@ async fn check_readable(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "open defects under load (issue 10 note): a rare out-of-order event in the slowed ledger, analytics sometimes > 2 s or > 10 s behind, replay after a broker restart slowed by tansu producer-id requests; run with --ignored"]
+#[ignore = "fails (issue 10 note): after the broker returns, the replay of a restarted node does not finish within 240 s (tansu times out appends and producer-id requests while it catches up); run with --ignored"]
 async fn a_node_killed_during_an_outage_under_load_serves_every_acknowledged_payment() {
     outage_under_load(Fault::KillWithNodeCrash).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "open defects under load (issue 10 note): a rare out-of-order event in the slowed ledger, analytics sometimes > 2 s or > 10 s behind, replay after a broker restart slowed by tansu producer-id requests; run with --ignored"]
+#[ignore = "not yet reliable (issue 10 note): passed in the last run, but the 2 s analytics bound was missed by 27 ms in the run before; run with --ignored"]
 async fn a_killed_broker_under_load_loses_nothing_and_answers_no_5xx() {
     outage_under_load(Fault::Kill).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "open defects under load (issue 10 note): a rare out-of-order event in the slowed ledger, analytics sometimes > 2 s or > 10 s behind, replay after a broker restart slowed by tansu producer-id requests; run with --ignored"]
+#[ignore = "not yet reliable (issue 10 note): passed in the last three runs after the fixes, not yet in CI; run with --ignored"]
 async fn a_hung_broker_under_load_loses_nothing_and_answers_no_5xx() {
     outage_under_load(Fault::Stop).await;
 }

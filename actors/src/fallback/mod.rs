@@ -59,7 +59,7 @@ impl Default for SpoolOptions {
     fn default() -> Self {
         Self {
             max_rows: 1_000_000,
-            replay_batch: 500,
+            replay_batch: 100,
             replay_interval_ms: 200,
             unprojected_tail_max: 50_000,
         }

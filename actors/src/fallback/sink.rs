@@ -25,7 +25,7 @@ pub const MAX_EVENTS_PER_BATCH: usize = 5_000;
 
 /// Time one pool spends on one batch at most before it commits what it applied and
 /// answers: a slow pool makes progress in every request, well within the sender's timeout.
-const APPLY_BUDGET: std::time::Duration = std::time::Duration::from_millis(1_000);
+const APPLY_BUDGET: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// One partition's spooled events, in spool order, as delivered.
 #[derive(Debug, Clone, Serialize, Deserialize)]
