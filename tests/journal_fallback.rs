@@ -8,6 +8,9 @@
 mod common;
 
 use common::broker::PrivateBroker;
+use common::chaos::{
+    consumers, load_client, partitions_by_consumer, spool_drained, wait_caught_up,
+};
 use common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -116,15 +119,26 @@ impl Outage {
             .await
     }
 
+    /// Waits until every partition is in fallback, as the replayer makes them while the
+    /// breaker is open (so a restart knows where each partition's journal ended).
+    async fn wait_all_in_fallback(&self) {
+        let all_in = eventually(Duration::from_secs(20), || async {
+            let ready = self.readyz().await;
+            (ready.body["partitions_in_fallback"]
+                .as_array()
+                .map(|a| a.len() as u32)
+                == Some(PARTITIONS))
+            .then_some(())
+        })
+        .await;
+        assert!(all_in.is_some(), "{}", self.readyz().await.body);
+    }
+
     /// Waits until the spool is empty and no partition is in fallback.
     async fn wait_replayed(&self, timeout: Duration) {
+        let client = load_client(Duration::from_secs(5));
         let done = eventually(timeout, || async {
-            let status = self.admin_journal().await;
-            (status["spool_rows"] == 0
-                && status["partitions_in_fallback"]
-                    .as_array()
-                    .is_some_and(|a| a.is_empty()))
-            .then_some(())
+            spool_drained(&client, &self.node.base).await.ok()
         })
         .await;
         assert!(
@@ -325,18 +339,7 @@ async fn a_node_killed_during_the_outage_restarts_and_serves_from_its_spool() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    // Every partition enters fallback while the breaker is open (so a restart knows where
-    // each partition's journal ended).
-    let all_in = eventually(Duration::from_secs(20), || async {
-        let ready = w.readyz().await;
-        (ready.body["partitions_in_fallback"]
-            .as_array()
-            .map(|a| a.len() as u32)
-            == Some(PARTITIONS))
-        .then_some(())
-    })
-    .await;
-    assert!(all_in.is_some(), "{}", w.readyz().await.body);
+    w.wait_all_in_fallback().await;
 
     w.node.kill9();
     let port = w.node.port;
@@ -378,6 +381,39 @@ async fn a_node_killed_during_the_outage_restarts_and_serves_from_its_spool() {
     );
     assert_in_sequence(&journal, &during);
     assert_in_sequence(&journal, &after_crash);
+}
+
+/// A node started during an outage has consumers that never reached the broker; librdkafka
+/// queues a client error for each failed reconnect meanwhile. When the broker returns, the
+/// pools must consume at once, not after draining that backlog one error at a time (they
+/// once waited 200 ms per error: minutes of lag after a long outage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_started_during_an_outage_consume_as_soon_as_the_broker_returns() {
+    let mut w = outage_world("fallback_late_pools", &[]).await;
+    w.create("before", BODY).await;
+    w.broker.kill9();
+    w.create("during", BODY).await;
+    w.wait_all_in_fallback().await;
+    w.node.kill9();
+    let port = w.node.port;
+    w.node = start_node(&w.env, port, &w.node_extra).await;
+    let after_restart = w.create("after-restart", BODY).await;
+    // The outage goes on long enough for the new consumers to pile up reconnect errors.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    w.broker.restart();
+    w.wait_replayed(Duration::from_secs(60)).await;
+
+    let client = load_client(Duration::from_secs(5));
+    let expected =
+        partitions_by_consumer(&consumers(&client, &w.node.base).await.expect("consumers"));
+    let caught_up = wait_caught_up(&client, &w.node.base, &expected, Duration::from_secs(10)).await;
+    assert!(
+        caught_up.is_ok(),
+        "the pools did not consume the replayed journal within 10 s: {caught_up:?}\n{}",
+        w.node.log_tail()
+    );
+    let journal = journaled_events(&w.env);
+    assert_in_sequence(&journal, &after_restart);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -439,9 +439,57 @@ impl ConsumedRecord {
     }
 }
 
+/// Consumer poll errors, drained without waiting and logged at most once a second.
+///
+/// librdkafka queues a client error (e.g. `AllBrokersDown`) on every failed reconnect while
+/// the broker is away. Waiting after each one (as this loop once did, 200 ms) left a
+/// consumer started during an outage draining its backlog for minutes after the broker
+/// returned, consuming nothing meanwhile. Only an error storm far beyond any reconnect
+/// rate pauses the loop, so a persistent error cannot spin a core.
+#[derive(Default)]
+struct PollErrors {
+    window_started: Option<std::time::Instant>,
+    in_window: u32,
+}
+
+impl PollErrors {
+    const WINDOW: Duration = Duration::from_secs(1);
+    /// Errors per window past which the loop pauses.
+    const STORM: u32 = 10_000;
+    const STORM_PAUSE: Duration = Duration::from_millis(100);
+
+    /// Counts `error`; returns how long to pause, if at all.
+    fn record(&mut self, error: &rdkafka::error::KafkaError) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        match self.window_started {
+            Some(started) if now.duration_since(started) < Self::WINDOW => {
+                self.in_window += 1;
+            }
+            _ => {
+                if self.in_window > 1 {
+                    warn!(
+                        errors = self.in_window,
+                        "consumer poll errors in the last window"
+                    );
+                }
+                warn!(%error, "consumer poll error");
+                self.window_started = Some(now);
+                self.in_window = 1;
+            }
+        }
+        (self.in_window >= Self::STORM).then_some(Self::STORM_PAUSE)
+    }
+
+    fn clear(&mut self) {
+        self.window_started = None;
+        self.in_window = 0;
+    }
+}
+
 impl Dispatcher {
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
         info!(manual = self.shared.manual, "consumer started");
+        let mut poll_errors = PollErrors::default();
         loop {
             let first = tokio::select! {
                 _ = shutdown.changed() => break,
@@ -449,10 +497,14 @@ impl Dispatcher {
             };
             let mut batch = Vec::new();
             match first {
-                Ok(msg) => batch.push(ConsumedRecord::from_message(&msg)),
+                Ok(msg) => {
+                    poll_errors.clear();
+                    batch.push(ConsumedRecord::from_message(&msg))
+                }
                 Err(e) => {
-                    warn!(error = %e, "consumer poll error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Some(pause) = poll_errors.record(&e) {
+                        tokio::time::sleep(pause).await;
+                    }
                     continue;
                 }
             }
