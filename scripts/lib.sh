@@ -88,15 +88,7 @@ index_broker_headers() {
   [ -f "$db" ] || return 0
   [ "${PAYRAIL_TANSU_HEADER_INDEX:-1}" = 0 ] && { log "not indexing tansu's header table"; return 0; }
   for _ in $(seq 1 50); do
-    python3 - "$db" <<'PY' && return 0
-import sqlite3, sys
-con = sqlite3.connect(sys.argv[1], timeout=30)
-have = con.execute("select 1 from sqlite_master where type='table' and name='header'").fetchone()
-if not have:
-    sys.exit(1)  # tansu has not created its schema yet
-con.execute("create index if not exists payrail_header_by_record on header (topition, offset_id)")
-con.commit()
-PY
+    python3 "$(dirname "${BASH_SOURCE[0]}")/index_tansu_headers.py" "$db" && return 0
     sleep 0.2
   done
   log "could not index tansu's header table in $db (consumers will slow down as it grows)"

@@ -407,20 +407,7 @@ async fn outage_under_load(fault: Fault) {
     // Recovery: the spool replayed, the pools caught up.
     let recovery = Instant::now();
     let replayed = eventually(Duration::from_secs(240), || async {
-        let s = api
-            .send(
-                reqwest::Method::GET,
-                "/v1/admin/journal",
-                Some(ADMIN_TOKEN),
-                None,
-                None,
-            )
-            .await;
-        (s.body["spool_rows"] == 0
-            && s.body["partitions_in_fallback"]
-                .as_array()
-                .is_some_and(|a| a.is_empty()))
-        .then_some(s.body)
+        spool_drained(&client, &node.base).await.ok()
     })
     .await;
     assert!(

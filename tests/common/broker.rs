@@ -46,6 +46,7 @@ impl PrivateBroker {
             assert!(Instant::now() < deadline, "private broker did not listen");
             std::thread::sleep(Duration::from_millis(100));
         }
+        index_headers(&dir.join("tansu.db"));
         Self {
             child,
             port,
@@ -94,6 +95,23 @@ impl PrivateBroker {
         self.kill9();
         *self = Self::start(&self.dir.clone(), self.port);
     }
+}
+
+/// Adds the header index tansu 0.6's sqlite schema lacks, as `scripts/broker.sh` does for
+/// the shared broker: without it every fetched record scans every header ever written, so
+/// a broker that restarts with a backlog answers fetches and appends slower and slower.
+fn index_headers(db: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/index_tansu_headers.py");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let status = Command::new("python3").arg(&script).arg(db).status();
+        match status {
+            Ok(s) if s.success() => return,
+            Ok(s) if s.code() == Some(1) => std::thread::sleep(Duration::from_millis(100)),
+            other => panic!("indexing the private broker's headers: {other:?}"),
+        }
+    }
+    panic!("the private broker did not create its schema in 10 s");
 }
 
 impl Drop for PrivateBroker {
