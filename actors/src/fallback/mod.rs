@@ -342,10 +342,13 @@ impl JournalFallback {
     ) -> Result<(), FallbackError> {
         debug_assert!(gate.spooling, "spooled only in fallback, under the gate");
         let mut tx = pool.begin().await.map_err(SpoolError::from)?;
+        // Projected first: the spool append locks the partition's fallback row (its
+        // sequence) until the commit, serialising the partition's writers; the projection
+        // touches only this payment's rows and need not run under that lock.
+        project(&mut tx, &self.snapshot_consumer, records).await?;
         self.spool
             .append_in(&mut tx, partition, records, None)
             .await?;
-        project(&mut tx, &self.snapshot_consumer, records).await?;
         tx.commit().await.map_err(SpoolError::from)?;
         self.spooled_total
             .fetch_add(records.len() as u64, Ordering::Relaxed);
@@ -393,6 +396,7 @@ pub fn as_consumed(record: &OutgoingRecord) -> ConsumedRecord {
         content_type: Some(record.headers.content_type.clone()),
         value: record.value.clone(),
         timestamp_ms: None,
+        owner_epoch: record.headers.owner_epoch,
     }
 }
 
