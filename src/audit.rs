@@ -73,6 +73,19 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
     if spooled > 0 {
         println!("audit: {spooled} events still in the fallback spool, read after the journal");
     }
+    // What the read models take: owner-change markers and a superseded owner's late
+    // appends take effect nowhere (see kafka_journal::fence).
+    let mut fences: HashMap<i32, kafka_journal::fence::EpochFence> = HashMap::new();
+    let before = records.len();
+    records.retain(|r| {
+        fences.entry(r.partition).or_default().admit(r) == kafka_journal::fence::FenceVerdict::Apply
+    });
+    if records.len() < before {
+        println!(
+            "audit: {} owner-change markers or fenced records skipped",
+            before - records.len()
+        );
+    }
     let mut diffs = Differences(Vec::new());
 
     // Payments, replayed.

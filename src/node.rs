@@ -149,6 +149,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.spool.clone(),
             journal.partitions,
         ),
+        ownership: ownership.clone(),
     });
     let node = NodeHandle::start(runtime.clone(), ownership.clone()).await?;
 

@@ -90,6 +90,7 @@ fn event(sequence: i64, offset: Option<i64>, label: &str) -> DeliveredEvent {
         schema_version: "1".into(),
         content_type: "application/json".into(),
         value_hex: hex::encode(label),
+        owner_epoch: 0,
     }
 }
 

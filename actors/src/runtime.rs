@@ -3,7 +3,7 @@
 
 use kafka_journal::consumer::ConsumerProgress;
 use kafka_journal::JournalProducer;
-use payrail_supervisor::{Escalations, JournalHealth, RestartPolicy};
+use payrail_supervisor::{Escalations, JournalHealth, PartitionOwnership, RestartPolicy};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -97,6 +97,8 @@ pub struct RuntimeParts {
     pub psp: crate::psp::PspClient,
     /// The fallback spool and its state per partition (DESIGN "Journal unavailable").
     pub fallback: crate::fallback::JournalFallback,
+    /// The partitions this node owns and their owner epochs.
+    pub ownership: PartitionOwnership,
 }
 
 /// Shared by all actors of one node.
@@ -114,6 +116,7 @@ pub struct Runtime {
     pub snapshots: ConsumerProgress,
     pub psp: crate::psp::PspClient,
     pub fallback: crate::fallback::JournalFallback,
+    pub ownership: PartitionOwnership,
     /// Per partition: one past the highest offset this node has journaled.
     produced: Vec<AtomicI64>,
     /// The pools of this node (besides the snapshot projector), whose progress bounds the
@@ -136,6 +139,7 @@ impl Runtime {
             snapshots: parts.snapshots,
             psp: parts.psp,
             fallback: parts.fallback,
+            ownership: parts.ownership,
             produced: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
             pools: std::sync::RwLock::new(Vec::new()),
         })

@@ -20,6 +20,7 @@
 use crate::codec::{Codec, CodecError, CodecKind};
 use crate::dead_letters::DeadLetterPublisher;
 use crate::envelope::{Envelope, EventHeaders};
+use crate::fence::{EpochFence, FenceVerdict};
 use crate::lag::LagHistogram;
 use crate::offsets;
 use crate::options::JournalOptions;
@@ -55,9 +56,16 @@ pub struct ConsumedRecord {
     pub value: Vec<u8>,
     /// The record's journal timestamp (ms since the epoch; the producer's create time).
     pub timestamp_ms: Option<i64>,
+    /// Header `owner_epoch` (0 when absent), see [`crate::fence`].
+    pub owner_epoch: u64,
 }
 
 impl ConsumedRecord {
+    /// Whether this is a new owner's `partition.owner_changed` marker.
+    pub fn is_owner_change(&self) -> bool {
+        self.event_type.as_deref() == Some(crate::fence::OWNER_CHANGED)
+    }
+
     /// Decodes the envelope with the codec its `content_type` header names.
     pub fn decode<P: DeserializeOwned>(&self) -> Result<Envelope<P>, CodecError> {
         let kind = match &self.content_type {
@@ -421,6 +429,7 @@ impl ConsumedRecord {
             content_type: None,
             value: msg.payload().map(|p| p.to_vec()).unwrap_or_default(),
             timestamp_ms: msg.timestamp().to_millis(),
+            owner_epoch: 0,
         };
         if let Some(headers) = msg.headers() {
             for header in headers.iter() {
@@ -431,6 +440,7 @@ impl ConsumedRecord {
                     EventHeaders::EVENT_TYPE => record.event_type = Some(value.to_string()),
                     EventHeaders::EVENT_ID => record.event_id = Uuid::parse_str(value).ok(),
                     EventHeaders::CONTENT_TYPE => record.content_type = Some(value.to_string()),
+                    EventHeaders::OWNER_EPOCH => record.owner_epoch = value.parse().unwrap_or(0),
                     _ => {}
                 }
             }
@@ -845,6 +855,8 @@ pub struct WorkerState {
     /// Next offset to apply, from PostgreSQL; `None` before this consumer applied anything.
     next_offset: Option<i64>,
     gap: GapGuard,
+    /// The highest owner epoch applied so far, stored with the offset.
+    fence: EpochFence,
 }
 
 /// Applies one partition's records in order, exactly once, in PostgreSQL transactions.
@@ -870,10 +882,20 @@ impl Actor for PartitionWorker {
         if let Some(next) = next_offset {
             args.progress.publish(args.partition, next);
         }
+        let fence = EpochFence::at(
+            offsets::load_owner_epoch(
+                &args.pool,
+                &args.spec.name,
+                &args.spec.topic,
+                args.partition,
+            )
+            .await?,
+        );
         let state = WorkerState {
             args,
             next_offset,
             gap: GapGuard::default(),
+            fence,
         };
         if state.args.seek_on_start {
             let to = next_offset.map_or(Offset::Beginning, Offset::Offset);
@@ -950,7 +972,10 @@ impl WorkerState {
         loop {
             attempt += 1;
             match self.commit(&records).await {
-                Ok(()) => break,
+                Ok(fence) => {
+                    self.fence = fence;
+                    break;
+                }
                 Err(e) if attempt < self.args.max_attempts => {
                     let delay = self.args.retry_base * 2u32.saturating_pow(attempt - 1);
                     warn!(attempt, error = %e, ?delay, "batch failed; retrying");
@@ -998,12 +1023,38 @@ impl WorkerState {
         }
     }
 
-    async fn commit(&self, records: &[ConsumedRecord]) -> Result<(), HandlerError> {
+    /// Applies `records` in one transaction with the consumed offset; returns the fence
+    /// after them (kept by the caller only once the transaction committed).
+    async fn commit(&self, records: &[ConsumedRecord]) -> Result<EpochFence, HandlerError> {
+        let mut fence = self.fence;
+        let admitted: Vec<&ConsumedRecord> = records
+            .iter()
+            .filter(|record| match fence.admit(record) {
+                FenceVerdict::Apply => true,
+                FenceVerdict::Marker => {
+                    info!(
+                        offset = record.offset,
+                        owner_epoch = record.owner_epoch,
+                        "partition owner changed"
+                    );
+                    false
+                }
+                FenceVerdict::Fenced => {
+                    warn!(
+                        offset = record.offset,
+                        owner_epoch = record.owner_epoch,
+                        fence = fence.highest(),
+                        "record of a superseded owner ignored"
+                    );
+                    false
+                }
+            })
+            .collect();
         let mut tx = self.args.pool.begin().await?;
-        let ids: Vec<Uuid> = records.iter().filter_map(|r| r.event_id).collect();
+        let ids: Vec<Uuid> = admitted.iter().filter_map(|r| r.event_id).collect();
         let mut fresh = offsets::mark_processed_batch(&mut tx, &self.args.spec.name, &ids).await?;
-        let mut to_apply = Vec::with_capacity(records.len());
-        for record in records {
+        let mut to_apply = Vec::with_capacity(admitted.len());
+        for record in admitted {
             if let Some(event_id) = record.event_id {
                 // Taken out of the set when kept, so a record delivered twice within one
                 // batch is applied once too.
@@ -1018,17 +1069,18 @@ impl WorkerState {
             self.args.handler.apply_batch(&mut tx, &to_apply).await?;
         }
         if let Some(last) = records.last() {
-            offsets::store_next_offset(
+            offsets::store_position(
                 &mut tx,
                 &self.args.spec.name,
                 &self.args.spec.topic,
                 self.args.partition,
                 last.offset + 1,
+                fence.highest(),
             )
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(fence)
     }
 
     /// Applies one record with retries. When every attempt fails, publishes it to the
@@ -1036,11 +1088,14 @@ impl WorkerState {
     /// the partition moves on. The topic comes first: a crash in between publishes it again
     /// (same original offset and event id) rather than never. If the topic cannot be written
     /// the worker fails and is restarted under the restart policy.
-    async fn apply_alone(&self, record: &ConsumedRecord) -> Result<(), ActorProcessingErr> {
+    async fn apply_alone(&mut self, record: &ConsumedRecord) -> Result<(), ActorProcessingErr> {
         let mut last_error = String::new();
         for attempt in 1..=self.args.max_attempts {
             match self.commit(std::slice::from_ref(record)).await {
-                Ok(()) => return Ok(()),
+                Ok(fence) => {
+                    self.fence = fence;
+                    return Ok(());
+                }
                 Err(e) => {
                     last_error = e.to_string();
                     tokio::time::sleep(self.args.retry_base * attempt).await;
@@ -1068,5 +1123,7 @@ impl WorkerState {
     }
 }
 
+#[cfg(test)]
+mod fence_tests;
 #[cfg(test)]
 mod tests;

@@ -237,6 +237,8 @@ pub async fn replay(
             content_type,
             value,
             timestamp_ms: None,
+            // It passed the fence when it was parked; a replay applies it regardless.
+            owner_epoch: 0,
         };
         let fresh = match event_id {
             Some(id) => offsets::mark_processed_batch(&mut tx, consumer, &[id])

@@ -33,6 +33,9 @@ pub struct EventHeaders {
     pub event_id: String,
     pub schema_version: String,
     pub content_type: String,
+    /// Epoch of the partition lease its writer held (see [`crate::fence`]); 0 without
+    /// leases.
+    pub owner_epoch: u64,
 }
 
 impl EventHeaders {
@@ -40,13 +43,15 @@ impl EventHeaders {
     pub const EVENT_ID: &'static str = "event_id";
     pub const SCHEMA_VERSION: &'static str = "schema_version";
     pub const CONTENT_TYPE: &'static str = "content_type";
+    pub const OWNER_EPOCH: &'static str = "owner_epoch";
 
-    pub fn for_envelope<P>(envelope: &Envelope<P>, content_type: &str) -> Self {
+    pub fn for_envelope<P>(envelope: &Envelope<P>, content_type: &str, owner_epoch: u64) -> Self {
         Self {
             event_type: envelope.event_type.clone(),
             event_id: envelope.event_id.to_string(),
             schema_version: envelope.schema_version.to_string(),
             content_type: content_type.to_string(),
+            owner_epoch,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! This crate knows nothing about payments. It offers
 //! - [`partition_for`]: a stable key → partition mapping every node agrees on;
 //! - [`Envelope`] and the [`Codec`]s (bincode 2, JSON) that put it on the wire;
+//! - [`fence`]: epoch fencing, so no reader applies a superseded owner's late append;
 //! - [`JournalProducer`]: idempotent, `acks=all`, explicit-partition appends;
 //! - [`dead_letters`]: poison records to a pool's DLQ topic, listed and replayed;
 //! - [`spool::Spool`]: the durable fallback spool in PostgreSQL and its ordered replay;
@@ -15,6 +16,7 @@ pub mod codec;
 pub mod consumer;
 pub mod dead_letters;
 pub mod envelope;
+pub mod fence;
 pub mod lag;
 pub mod offsets;
 pub mod options;

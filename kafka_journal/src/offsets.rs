@@ -34,20 +34,53 @@ pub async fn store_next_offset(
     partition: i32,
     next_offset: i64,
 ) -> Result<(), sqlx::Error> {
+    store_position(conn, consumer, topic, partition, next_offset, 0).await
+}
+
+/// Like [`store_next_offset`], also recording the highest owner epoch seen so far (the
+/// consumer's [`crate::fence::EpochFence`]; never moves back either).
+pub async fn store_position(
+    conn: &mut PgConnection,
+    consumer: &str,
+    topic: &str,
+    partition: i32,
+    next_offset: i64,
+    owner_epoch: u64,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO journal_offsets (consumer, topic, partition, next_offset, updated_at)
-         VALUES ($1, $2, $3, $4, now())
+        "INSERT INTO journal_offsets (consumer, topic, partition, next_offset, owner_epoch, updated_at)
+         VALUES ($1, $2, $3, $4, $5, now())
          ON CONFLICT (consumer, topic, partition)
          DO UPDATE SET next_offset = GREATEST(journal_offsets.next_offset, EXCLUDED.next_offset),
+                       owner_epoch = GREATEST(journal_offsets.owner_epoch, EXCLUDED.owner_epoch),
                        updated_at = now()",
     )
     .bind(consumer)
     .bind(topic)
     .bind(partition)
     .bind(next_offset)
+    .bind(i64::try_from(owner_epoch).unwrap_or(i64::MAX))
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The highest owner epoch `consumer` has seen in `topic`/`partition` (0 if none).
+pub async fn load_owner_epoch(
+    pool: &PgPool,
+    consumer: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<u64, sqlx::Error> {
+    let epoch: Option<i64> = sqlx::query_scalar(
+        "SELECT owner_epoch FROM journal_offsets WHERE consumer = $1 AND topic = $2 AND partition = $3",
+    )
+    .bind(consumer)
+    .bind(topic)
+    .bind(partition)
+    .fetch_optional(pool)
+    .await?;
+    Ok(epoch.and_then(|e| u64::try_from(e).ok()).unwrap_or(0))
 }
 
 /// Marks every id of `event_ids` as applied by `consumer` in one statement; returns the

@@ -185,18 +185,20 @@ impl JournalProducer {
     }
 
     /// Encodes `envelope` with the configured codec into a record for `topic`/`partition`,
-    /// keyed by the envelope's merchant id.
+    /// keyed by the envelope's merchant id, written under lease epoch `owner_epoch` (0 for
+    /// topics without owners).
     pub fn record<P: Serialize>(
         &self,
         topic: &str,
         partition: i32,
+        owner_epoch: u64,
         envelope: &Envelope<P>,
     ) -> Result<OutgoingRecord, JournalError> {
         Ok(OutgoingRecord {
             topic: topic.to_string(),
             partition,
             key: envelope.merchant_id.clone(),
-            headers: EventHeaders::for_envelope(envelope, self.codec.content_type()),
+            headers: EventHeaders::for_envelope(envelope, self.codec.content_type(), owner_epoch),
             value: self.codec.encode(envelope)?,
         })
     }
@@ -223,7 +225,8 @@ impl JournalProducer {
     ) -> Result<Vec<AppendReceipt>, JournalError> {
         let mut pending = Vec::with_capacity(records.len());
         for record in records {
-            let headers = OwnedHeaders::new_with_capacity(4)
+            let epoch = record.headers.owner_epoch.to_string();
+            let headers = OwnedHeaders::new_with_capacity(5)
                 .insert(Header {
                     key: EventHeaders::EVENT_TYPE,
                     value: Some(record.headers.event_type.as_bytes()),
@@ -239,6 +242,10 @@ impl JournalProducer {
                 .insert(Header {
                     key: EventHeaders::CONTENT_TYPE,
                     value: Some(record.headers.content_type.as_bytes()),
+                })
+                .insert(Header {
+                    key: EventHeaders::OWNER_EPOCH,
+                    value: Some(epoch.as_bytes()),
                 });
             let future_record = FutureRecord::to(&record.topic)
                 .partition(record.partition)

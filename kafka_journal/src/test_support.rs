@@ -101,6 +101,7 @@ impl World {
                 event_id: Uuid::now_v7().to_string(),
                 schema_version: "1".into(),
                 content_type: "application/json".into(),
+                owner_epoch: 0,
             },
             value: format!("{{\"n\":{n}}}").into_bytes(),
         }

@@ -176,7 +176,10 @@ async fn appender(shared: Arc<Shared>, connection: u32) -> Recorder {
         let envelope = created_envelope(merchant_id, n, amount, shared.currency);
         shared.live.issued.fetch_add(1, Ordering::Relaxed);
         shared.live.in_flight.fetch_add(1, Ordering::Relaxed);
-        let outcome = match shared.producer.record(&shared.topic, *partition, &envelope) {
+        let outcome = match shared
+            .producer
+            .record(&shared.topic, *partition, 0, &envelope)
+        {
             Ok(record) => shared.producer.append(std::slice::from_ref(&record)).await,
             Err(e) => Err(e),
         };

@@ -267,6 +267,7 @@ impl Sender {
                 schema_version: row.record.headers.schema_version,
                 content_type: row.record.headers.content_type,
                 value_hex: hex::encode(&row.record.value),
+                owner_epoch: row.record.headers.owner_epoch,
             });
         }
         let batch = DeliveredBatch {

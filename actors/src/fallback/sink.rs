@@ -14,6 +14,7 @@
 //!   (`journal_processed_events`, by event id).
 
 use kafka_journal::consumer::{ConsumedRecord, ConsumerProgress, PartitionHandler};
+use kafka_journal::fence::{EpochFence, FenceVerdict};
 use kafka_journal::offsets;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -62,6 +63,9 @@ pub struct DeliveredEvent {
     pub content_type: String,
     /// The encoded envelope, hex.
     pub value_hex: String,
+    /// The epoch of the lease it was acknowledged under (see `kafka_journal::fence`).
+    #[serde(default)]
+    pub owner_epoch: u64,
 }
 
 /// What the pools took of a batch.
@@ -161,6 +165,7 @@ impl PoolSink {
                 content_type: Some(event.content_type.clone()),
                 value,
                 timestamp_ms: None,
+                owner_epoch: event.owner_epoch,
             });
         }
         Ok(records)
@@ -217,8 +222,8 @@ impl PoolSink {
         // through this row, so the two never interleave.
         offsets::store_next_offset(&mut tx, &pool.consumer, &self.topic, batch.partition, 0)
             .await?;
-        let mut next: i64 = sqlx::query_scalar(
-            "SELECT next_offset FROM journal_offsets
+        let (mut next, epoch): (i64, i64) = sqlx::query_as(
+            "SELECT next_offset, owner_epoch FROM journal_offsets
              WHERE consumer = $1 AND topic = $2 AND partition = $3 FOR UPDATE",
         )
         .bind(&pool.consumer)
@@ -227,6 +232,9 @@ impl PoolSink {
         .fetch_one(&mut *tx)
         .await?;
         let start = next;
+        // The same fence as the pool's journal worker: a superseded owner's event is
+        // passed over, not applied.
+        let mut fence = EpochFence::at(u64::try_from(epoch).unwrap_or(0));
         let began = std::time::Instant::now();
         for (event, record) in batch.events.iter().zip(records) {
             if began.elapsed() > APPLY_BUDGET {
@@ -236,20 +244,31 @@ impl PoolSink {
             match event.journal_offset {
                 Some(offset) if offset < next => {}
                 Some(offset) if offset == next || complete_from_here => {
-                    apply_once(&mut tx, pool, record).await?;
+                    if fence.admit(record) == FenceVerdict::Apply {
+                        apply_once(&mut tx, pool, record).await?;
+                    }
                     next = offset + 1;
                 }
                 Some(_) => break, // the pool lags past the copied records: the journal's turn
                 None if next >= batch.high_watermark_at_start => {
-                    apply_once(&mut tx, pool, record).await?;
+                    if fence.admit(record) == FenceVerdict::Apply {
+                        apply_once(&mut tx, pool, record).await?;
+                    }
                 }
                 None => break,
             }
             taken = event.spool_sequence;
         }
-        if next > start {
-            offsets::store_next_offset(&mut tx, &pool.consumer, &self.topic, batch.partition, next)
-                .await?;
+        if next > start || fence.highest() > u64::try_from(epoch).unwrap_or(0) {
+            offsets::store_position(
+                &mut tx,
+                &pool.consumer,
+                &self.topic,
+                batch.partition,
+                next,
+                fence.highest(),
+            )
+            .await?;
         }
         tx.commit().await?;
         if next > start {

@@ -82,9 +82,11 @@ impl PaymentArgs {
             })
             .collect();
         let producer = &self.runtime.producer;
+        // Payment actors run only for owned partitions; 0 is the epoch of a single node.
+        let epoch = self.runtime.ownership.epoch(self.partition).unwrap_or(0);
         let records = envelopes
             .iter()
-            .map(|e| producer.record(&self.runtime.topic, self.partition, e))
+            .map(|e| producer.record(&self.runtime.topic, self.partition, epoch, e))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| CommandError::Internal(e.to_string()))?;
         self.write(records).await?;

@@ -429,7 +429,7 @@ impl SettlementService {
                     correlation_id: Some(id.clone()),
                     payload: event.clone(),
                 };
-                records.push(self.producer.record(&self.topic, partition, &envelope)?);
+                records.push(self.producer.record(&self.topic, partition, 0, &envelope)?);
             }
             self.producer.append(&records).await?;
             sqlx::query(

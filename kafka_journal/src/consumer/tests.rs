@@ -8,12 +8,12 @@ use sqlx::Row;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
-const WAIT: Duration = Duration::from_secs(20);
+pub(super) const WAIT: Duration = Duration::from_secs(20);
 
 /// Records every applied offset in `test_applied`, in the worker's transaction (so a
 /// rolled-back batch leaves no trace); panics on chosen offsets a chosen number of times.
 #[derive(Default)]
-struct Recorder {
+pub(super) struct Recorder {
     /// (partition, offset) → panics left (u32::MAX: always).
     panics: Mutex<HashMap<(i32, i64), u32>>,
     panicked: AtomicBool,
@@ -63,7 +63,7 @@ impl PartitionHandler for Recorder {
 }
 
 /// How many times each offset of `partition` was applied.
-async fn applied(pool: &PgPool, partition: i32) -> BTreeMap<i64, i64> {
+pub(super) async fn applied(pool: &PgPool, partition: i32) -> BTreeMap<i64, i64> {
     sqlx::query(
         "SELECT record_offset, count(*) AS n FROM test_applied WHERE partition = $1 GROUP BY 1",
     )
@@ -80,7 +80,7 @@ fn once_each(offsets: std::ops::Range<i64>) -> BTreeMap<i64, i64> {
     offsets.map(|o| (o, 1)).collect()
 }
 
-fn supervision(max_restarts: u32, backoff_ms: u64) -> Supervision {
+pub(super) fn supervision(max_restarts: u32, backoff_ms: u64) -> Supervision {
     Supervision {
         restart: RestartPolicy {
             max_restarts,
@@ -92,7 +92,7 @@ fn supervision(max_restarts: u32, backoff_ms: u64) -> Supervision {
     }
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+pub(super) async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -161,6 +161,7 @@ async fn a_batch_queued_behind_a_seek_back_is_not_applied_past_the_gap() {
                 content_type: Some("application/json".into()),
                 value: b"{}".to_vec(),
                 timestamp_ms: None,
+                owner_epoch: 0,
             })
             .collect()
     };

@@ -65,6 +65,7 @@ type SpoolRow = (
     String,
     Vec<u8>,
     Option<i64>,
+    i64,
 );
 
 impl Spool {
@@ -185,6 +186,7 @@ impl Spool {
             Vec::with_capacity(records.len()),
             Vec::with_capacity(records.len()),
         );
+        let mut epochs = Vec::with_capacity(records.len());
         for (i, record) in records.iter().enumerate() {
             debug_assert_eq!(record.partition, partition, "one partition per append");
             let event_id = Uuid::parse_str(&record.headers.event_id)
@@ -196,12 +198,13 @@ impl Spool {
             versions.push(record.headers.schema_version.as_str());
             content_types.push(record.headers.content_type.as_str());
             values.push(record.value.as_slice());
+            epochs.push(i64::try_from(record.headers.owner_epoch).unwrap_or(i64::MAX));
         }
         sqlx::query(
-            "INSERT INTO journal_spool (topic, partition, sequence, record_key, event_id, event_type, schema_version, content_type, value, journal_offset)
-             SELECT $1, $2, s, k, e, t, v, c, b, o
-             FROM unnest($3::bigint[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::bigint[])
-                  AS r(s, k, e, t, v, c, b, o)",
+            "INSERT INTO journal_spool (topic, partition, sequence, record_key, event_id, event_type, schema_version, content_type, value, journal_offset, owner_epoch)
+             SELECT $1, $2, s, k, e, t, v, c, b, o, p
+             FROM unnest($3::bigint[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::bigint[], $11::bigint[])
+                  AS r(s, k, e, t, v, c, b, o, p)",
         )
         .bind(&self.topic)
         .bind(partition)
@@ -213,6 +216,7 @@ impl Spool {
         .bind(&content_types)
         .bind(&values)
         .bind(journal_offsets)
+        .bind(&epochs)
         .execute(&mut *conn)
         .await?;
         Ok(sequences)
@@ -249,7 +253,7 @@ impl Spool {
         limit: i64,
     ) -> Result<Vec<SpooledRecord>, SpoolError> {
         let rows: Vec<SpoolRow> = sqlx::query_as(
-            "SELECT sequence, record_key, event_id, event_type, schema_version, content_type, value, journal_offset
+            "SELECT sequence, record_key, event_id, event_type, schema_version, content_type, value, journal_offset, owner_epoch
              FROM journal_spool WHERE topic = $1 AND partition = $2 AND sequence > $3
              ORDER BY sequence LIMIT $4",
         )
@@ -271,6 +275,7 @@ impl Spool {
                     content_type,
                     value,
                     journal_offset,
+                    owner_epoch,
                 )| {
                     SpooledRecord {
                         sequence,
@@ -284,6 +289,7 @@ impl Spool {
                                 event_id: event_id.to_string(),
                                 schema_version,
                                 content_type,
+                                owner_epoch: u64::try_from(owner_epoch).unwrap_or(0),
                             },
                             value,
                         },

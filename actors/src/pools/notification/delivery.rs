@@ -423,6 +423,7 @@ impl Delivery {
                     event_id: n.event_id.to_string(),
                     schema_version: "1".into(),
                     content_type: "application/json".into(),
+                    owner_epoch: 0,
                 },
                 value: serde_json::to_vec(&value)?,
             });
