@@ -17,9 +17,9 @@ use tracing::{debug, info, warn, Instrument};
 /// handle, then `spawn()` it (or await `run()`).
 #[derive(Debug)]
 pub struct LeaseKeeper {
-    options: LeaseOptions,
-    store: LeaseStore,
-    shared: Arc<Shared>,
+    pub(crate) options: LeaseOptions,
+    pub(crate) store: LeaseStore,
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// Marks the keeper gone if its future is dropped before finishing (abort, panic): nothing
@@ -121,50 +121,13 @@ impl LeaseKeeper {
         }
     }
 
-    /// The earliest of the next round, a future drain deadline and the stop deadline.
-    fn next_wake(&self, next_round: TokioInstant, stop: Option<TokioInstant>) -> TokioInstant {
-        let now = Instant::now();
-        let drain = self.options.drain_timeout();
-        let state = self.shared.lock();
-        let drain_due = state
-            .held
-            .values()
-            .filter_map(|h| h.releasing.map(|r| r.since + drain))
-            .filter(|due| *due > now)
-            .min()
-            .map(TokioInstant::from_std);
-        [Some(next_round), drain_due, stop]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(next_round)
-    }
-
-    /// Shutdown asked for: hand every partition over and leave the fair share.
-    async fn begin_stop(&self) {
-        {
-            let mut state = self.shared.lock();
-            let since = Instant::now();
-            for (partition, held) in state.held.iter_mut() {
-                if held.releasing.is_none() {
-                    held.releasing = Some(Releasing {
-                        since,
-                        drained: false,
-                    });
-                    info!(partition, epoch = held.epoch, "shutdown: releasing");
-                }
-            }
-            self.shared.publish(&state);
-        }
-        if let Err(e) = self.store.leave(&self.options.node_id).await {
-            warn!(error = %e, "could not mark this node leaving");
-        }
-    }
-
-    /// One round: renew, then (unless stopping) heartbeat and rebalance.
-    async fn round(&self, stopping: bool, acquire_until: TokioInstant) {
+    /// One round: renew, then (unless stopping) heartbeat and rebalance. Past `budget`
+    /// (half a renew interval after the round began) no further statement starts, so a
+    /// round lasts less than a renew interval and the next renewal is never held up long.
+    async fn round(&self, stopping: bool, budget: TokioInstant) {
         self.renew().await;
-        if stopping {
+        let spent = || TokioInstant::now() >= budget;
+        if stopping || spent() {
             return;
         }
         let o = &self.options;
@@ -172,8 +135,12 @@ impl LeaseKeeper {
             warn!(error = %e, "heartbeat failed; not taking partitions this round");
             return;
         }
+        if spent() {
+            return;
+        }
         match self.store.live_nodes(o.lease_ms).await {
-            Ok(nodes) => self.rebalance(nodes.len(), acquire_until).await,
+            Ok(nodes) if !spent() => self.rebalance(nodes.len(), budget).await,
+            Ok(_) => debug!("round budget spent; rebalancing next round"),
             Err(e) => warn!(error = %e, "could not count live nodes"),
         }
     }
@@ -294,40 +261,6 @@ impl LeaseKeeper {
                 }
                 Ok(None) => debug!(partition, "taken by another node meanwhile"),
                 Err(e) => return warn!(partition, error = %e, "acquire failed"),
-            }
-        }
-    }
-
-    /// Releases the partitions being handed over that drained or waited long enough.
-    async fn process_releases(&self, stop_deadline: Option<TokioInstant>) {
-        let drain = self.options.drain_timeout();
-        let due: Vec<(i32, u64, bool)> = {
-            let state = self.shared.lock();
-            let now = Instant::now();
-            state
-                .held
-                .iter()
-                .filter_map(|(p, h)| {
-                    let r = h.releasing?;
-                    (r.drained || now.duration_since(r.since) >= drain)
-                        .then_some((*p, h.epoch, r.drained))
-                })
-                .collect()
-        };
-        for (partition, epoch, drained) in due {
-            if stop_deadline.is_some_and(|d| TokioInstant::now() >= d) {
-                return;
-            }
-            match self
-                .store
-                .release(&self.options.node_id, partition, epoch)
-                .await
-            {
-                Ok(matched) => {
-                    self.shared.lock().held.remove(&partition);
-                    info!(partition, epoch, drained, matched, "lease released");
-                }
-                Err(e) => return warn!(partition, epoch, error = %e, "release failed"),
             }
         }
     }

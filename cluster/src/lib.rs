@@ -24,6 +24,7 @@
 
 mod error;
 mod handle;
+mod handover;
 mod keeper;
 mod options;
 mod share;

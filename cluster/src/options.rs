@@ -175,4 +175,14 @@ mod tests {
         };
         assert!(o.validate().is_err());
     }
+
+    #[test]
+    fn deserializes_partially_and_refuses_unknown_fields() {
+        let o: LeaseOptions =
+            serde_json::from_str(r#"{"node_id": "n1", "lease_ms": 900}"#).expect("valid");
+        assert_eq!((o.lease_ms, o.partitions), (900, 6));
+        assert_eq!(o.safety_margin(), Duration::from_millis(150));
+        let unknown = serde_json::from_str::<LeaseOptions>(r#"{"lease": 900}"#);
+        assert!(unknown.is_err());
+    }
 }
