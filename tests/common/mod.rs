@@ -128,7 +128,12 @@ impl NodeProcess {
             .arg("node")
             .envs(env.node_env(port))
             .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            // PAYRAIL_TEST_NODE_LOG overrides the filter, e.g. to debug one module.
+            .env(
+                "RUST_LOG",
+                std::env::var("PAYRAIL_TEST_NODE_LOG")
+                    .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
+            )
             // The node logs to stdout and panics to stderr: keep both in the log file.
             .stdout(file.try_clone().expect("node log"))
             .stderr(file);

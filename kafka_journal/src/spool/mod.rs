@@ -152,10 +152,15 @@ impl Spool {
     ) -> Result<Vec<i64>, SpoolError> {
         // No early return on no records: the fallback row is still written (a partition
         // enters fallback with nothing to copy).
-        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_spool WHERE topic = $1")
-            .bind(&self.topic)
-            .fetch_one(&mut *conn)
-            .await?;
+        // The partitions' counters (migration 0026). Other partitions' writers may add rows
+        // concurrently, so the bound can be passed by at most one append per other
+        // partition; this partition's writers are serialised by its row below.
+        let rows: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(sum(spooled_rows), 0)::bigint FROM journal_fallback WHERE topic = $1",
+        )
+        .bind(&self.topic)
+        .fetch_one(&mut *conn)
+        .await?;
         if rows as u64 + records.len() as u64 > self.max_rows {
             return Err(SpoolError::Full(self.max_rows));
         }
@@ -164,10 +169,11 @@ impl Spool {
         // (`finish_if_empty` locks the same row).
         let n = records.len() as i64;
         let first: i64 = sqlx::query_scalar(
-            "INSERT INTO journal_fallback (topic, partition, high_watermark_at_start, next_sequence, copied_from)
-             VALUES ($1, $2, $3, 1 + $4, $5)
+            "INSERT INTO journal_fallback (topic, partition, high_watermark_at_start, next_sequence, copied_from, spooled_rows)
+             VALUES ($1, $2, $3, 1 + $4, $5, $4)
              ON CONFLICT (topic, partition)
-             DO UPDATE SET next_sequence = journal_fallback.next_sequence + $4
+             DO UPDATE SET next_sequence = journal_fallback.next_sequence + $4,
+                           spooled_rows = journal_fallback.spooled_rows + $4
              RETURNING next_sequence - $4",
         )
         .bind(&self.topic)
@@ -315,7 +321,11 @@ impl Spool {
     /// Removes `partition`'s rows up to `sequence` (after the broker acknowledged them).
     pub async fn remove_through(&self, partition: i32, sequence: i64) -> Result<(), SpoolError> {
         sqlx::query(
-            "DELETE FROM journal_spool WHERE topic = $1 AND partition = $2 AND sequence <= $3",
+            "WITH gone AS (
+                 DELETE FROM journal_spool WHERE topic = $1 AND partition = $2 AND sequence <= $3
+                 RETURNING 1)
+             UPDATE journal_fallback SET spooled_rows = spooled_rows - (SELECT count(*) FROM gone)
+             WHERE topic = $1 AND partition = $2",
         )
         .bind(&self.topic)
         .bind(partition)
@@ -334,25 +344,21 @@ impl Spool {
         sequence: i64,
         journal_end: i64,
     ) -> Result<(), SpoolError> {
-        let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE journal_fallback SET replayed_end = GREATEST(COALESCE(replayed_end, 0), $3)
+            "WITH gone AS (
+                 DELETE FROM journal_spool WHERE topic = $1 AND partition = $2 AND sequence <= $3
+                 RETURNING 1)
+             UPDATE journal_fallback
+                SET replayed_end = GREATEST(COALESCE(replayed_end, 0), $4),
+                    spooled_rows = spooled_rows - (SELECT count(*) FROM gone)
              WHERE topic = $1 AND partition = $2",
         )
         .bind(&self.topic)
         .bind(partition)
-        .bind(journal_end)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM journal_spool WHERE topic = $1 AND partition = $2 AND sequence <= $3",
-        )
-        .bind(&self.topic)
-        .bind(partition)
         .bind(sequence)
-        .execute(&mut *tx)
+        .bind(journal_end)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 

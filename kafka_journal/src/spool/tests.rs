@@ -145,3 +145,50 @@ async fn a_partition_with_rows_left_stays_in_fallback() {
     assert!(spool.finish_if_empty(0).await.expect("checked"));
     assert!(!spool.in_fallback(0).await.expect("state"));
 }
+
+/// The spool.max_rows check reads a per-partition counter (migration 0026) instead of
+/// counting the spool; it must follow appends and removals exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_row_counter_follows_appends_and_removals() {
+    let world = World::new("spool_counter", 2).await;
+    let pool = world.pool(2).await;
+    let spool = Spool::new(pool.clone(), world.topic.clone(), 4);
+    let counted = || async {
+        let counter: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(sum(spooled_rows), 0)::bigint FROM journal_fallback WHERE topic = $1",
+        )
+        .bind(&world.topic)
+        .fetch_one(&pool)
+        .await
+        .expect("counter");
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_spool WHERE topic = $1")
+            .bind(&world.topic)
+            .fetch_one(&pool)
+            .await
+            .expect("rows");
+        (counter, rows)
+    };
+    let three: Vec<_> = (0..3).map(|n| record(&world, 0, n)).collect();
+    spool.append(0, &three, None).await.expect("spooled");
+    spool
+        .append(1, &[record(&world, 1, 0)], None)
+        .await
+        .expect("spooled");
+    assert_eq!(counted().await, (4, 4));
+    assert!(
+        matches!(
+            spool.append(1, &[record(&world, 1, 1)], None).await,
+            Err(SpoolError::Full(4))
+        ),
+        "the bound holds"
+    );
+    spool.mark_replayed(0, 2, 2).await.expect("replayed");
+    assert_eq!(counted().await, (2, 2));
+    spool.remove_through(1, 1).await.expect("removed");
+    assert_eq!(counted().await, (1, 1));
+    spool
+        .append(1, &[record(&world, 1, 2)], None)
+        .await
+        .expect("room again");
+    assert_eq!(counted().await, (2, 2));
+}
