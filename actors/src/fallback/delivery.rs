@@ -6,9 +6,10 @@
 
 use super::sink::{DeliveredBatch, DeliveredEvent, SinkOutcome};
 use crate::runtime::Runtime;
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -116,10 +117,30 @@ async fn deliver_forever(
     let mut positions = Positions::new();
     // Each target's pools, learnt from its first answer.
     let mut pools_of: HashMap<usize, Vec<String>> = HashMap::new();
+    // Sends in flight, one per stream at most. A stream is sent again on the first tick
+    // after its answer, independently of the others: a slow pool (one that spends its whole
+    // apply budget per batch) delays only itself, not the read models of the other pools.
+    let mut in_flight = FuturesUnordered::new();
+    let mut busy: HashSet<Stream> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(options.delivery_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            Some((stream, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                busy.remove(&stream);
+                let Some(outcome): Option<SinkOutcome> = outcome else { continue };
+                let Stream { target, partition, episode, .. } = stream;
+                pools_of
+                    .entry(target)
+                    .or_insert_with(|| outcome.pools.keys().cloned().collect());
+                for (pool, through) in outcome.pools {
+                    let slot = positions.entry((target, pool, partition, episode)).or_insert(0);
+                    *slot = (*slot).max(through);
+                }
+                continue;
+            }
+            _ = tick.tick() => {}
+        }
         if runtime.fallback.active_partitions().is_empty() {
             positions.clear();
             continue;
@@ -136,9 +157,7 @@ async fn deliver_forever(
                 .iter()
                 .any(|(p, e, _, _)| p == partition && e == episode)
         });
-        // Every (partition, target, pool), `delivery_concurrency` at a time: a slow pool
-        // delays only itself.
-        let mut rounds = Vec::new();
+        // Every (partition, target, pool) not in flight, up to `delivery_concurrency` sends.
         for (partition, episode, high, copied_from) in episodes {
             let Some(high) = high else { continue };
             if !partitions.contains(&partition) {
@@ -155,51 +174,47 @@ async fn deliver_forever(
                     copied_from,
                     batch: options.delivery_batch,
                 };
-                match pools_of.get(&index) {
-                    // First contact: an empty batch for every pool, which names them.
-                    None => rounds.push((index, partition, episode, sender, None, -1)),
-                    Some(pools) => {
-                        for pool in pools {
+                // First contact: an empty batch, which names the target's pools.
+                let streams: Vec<(Option<String>, i64)> = match pools_of.get(&index) {
+                    None => vec![(None, -1)],
+                    Some(pools) => pools
+                        .iter()
+                        .map(|pool| {
                             let position = positions
                                 .get(&(index, pool.clone(), partition, episode))
                                 .copied()
                                 .unwrap_or(0);
-                            rounds.push((
-                                index,
-                                partition,
-                                episode,
-                                sender.clone(),
-                                Some(pool.clone()),
-                                position,
-                            ));
-                        }
+                            (Some(pool.clone()), position)
+                        })
+                        .collect(),
+                };
+                for (pool, position) in streams {
+                    let stream = Stream {
+                        target: index,
+                        pool: pool.clone(),
+                        partition,
+                        episode,
+                    };
+                    if busy.contains(&stream) || busy.len() >= options.delivery_concurrency {
+                        continue;
                     }
+                    busy.insert(stream.clone());
+                    let sender = sender.clone();
+                    in_flight.push(async move { (stream, sender.deliver(pool, position).await) });
                 }
             }
         }
-        let sends: Vec<_> = rounds
-            .iter()
-            .map(|(_, _, _, sender, pool, position)| {
-                sender.clone().deliver(pool.clone(), *position)
-            })
-            .collect();
-        let outcomes: Vec<Option<SinkOutcome>> = futures::stream::iter(sends)
-            .buffered(options.delivery_concurrency)
-            .collect()
-            .await;
-        for ((index, partition, episode, ..), outcome) in rounds.iter().zip(outcomes) {
-            let Some(outcome) = outcome else { continue };
-            pools_of
-                .entry(*index)
-                .or_insert_with(|| outcome.pools.keys().cloned().collect());
-            for (pool, through) in outcome.pools {
-                let slot = positions
-                    .entry((*index, pool, *partition, *episode))
-                    .or_insert(0);
-                *slot = (*slot).max(through);
-            }
-        }
     }
+}
+
+/// One delivery stream: a target's pool (or, before its pools are known, the target) for
+/// one partition's fallback episode.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Stream {
+    target: usize,
+    pool: Option<String>,
+    partition: i32,
+    episode: i64,
 }
 
 /// One target and partition, for one round of delivery.
