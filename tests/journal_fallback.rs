@@ -9,7 +9,8 @@ mod common;
 
 use common::broker::PrivateBroker;
 use common::chaos::{
-    consumers, load_client, partitions_by_consumer, spool_drained, wait_caught_up,
+    consumers, load_client, merchants_covering_partitions, partitions_by_consumer, spool_drained,
+    wait_caught_up,
 };
 use common::*;
 use serde_json::Value;
@@ -414,6 +415,47 @@ async fn pools_started_during_an_outage_consume_as_soon_as_the_broker_returns() 
     );
     let journal = journaled_events(&w.env);
     assert_in_sequence(&journal, &after_restart);
+}
+
+/// With fewer delivery slots than streams (partitions × pools), every stream still gets
+/// its turn: streams whose sends finish fast once took every slot again at each tick, and
+/// the others' read models starved for the whole outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_partitions_read_models_stay_live_with_one_delivery_slot() {
+    let mut w = outage_world(
+        "fallback_one_slot",
+        &[("PAYRAIL__FALLBACK__DELIVERY_CONCURRENCY", "1")],
+    )
+    .await;
+    let merchants = merchants_covering_partitions(&w.api, &w.env, 3, "slot").await;
+    w.broker.kill9();
+    for m in &merchants {
+        let r = w
+            .api
+            .create_payment(
+                &m.api_key,
+                Some("in-outage"),
+                r#"{"amount":900,"currency":"eur"}"#,
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    for m in &merchants {
+        // The warm-up payment and the one made in the outage.
+        let live = eventually(Duration::from_secs(20), || async {
+            let r = w.api.metrics(&m.api_key, &today()).await;
+            (r.body["data"][0]["created_count"] == 2).then_some(())
+        })
+        .await;
+        assert!(
+            live.is_some(),
+            "analytics of merchant {} during the outage: {}",
+            m.id,
+            w.api.metrics(&m.api_key, &today()).await.body
+        );
+    }
+    w.broker.restart();
+    w.wait_replayed(Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

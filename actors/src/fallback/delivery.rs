@@ -122,6 +122,8 @@ async fn deliver_forever(
     // apply budget per batch) delays only itself, not the read models of the other pools.
     let mut in_flight = FuturesUnordered::new();
     let mut busy: HashSet<Stream> = HashSet::new();
+    // When each stream was last sent; never-sent streams (None) sort first.
+    let mut last_sent: HashMap<Stream, std::time::Instant> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(options.delivery_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -143,6 +145,7 @@ async fn deliver_forever(
         }
         if runtime.fallback.active_partitions().is_empty() {
             positions.clear();
+            last_sent.clear();
             continue;
         }
         let episodes = match runtime.fallback.spool().episodes().await {
@@ -157,7 +160,15 @@ async fn deliver_forever(
                 .iter()
                 .any(|(p, e, _, _)| p == partition && e == episode)
         });
-        // Every (partition, target, pool) not in flight, up to `delivery_concurrency` sends.
+        last_sent.retain(|stream, _| {
+            episodes
+                .iter()
+                .any(|(p, e, _, _)| *p == stream.partition && *e == stream.episode)
+        });
+        // Every (partition, target, pool) not in flight, up to `delivery_concurrency` sends,
+        // the longest-waiting first (without that, streams finishing fast would take every
+        // slot again each tick and starve the rest).
+        let mut ready = Vec::new();
         for (partition, episode, high, copied_from) in episodes {
             let Some(high) = high else { continue };
             if !partitions.contains(&partition) {
@@ -195,14 +206,20 @@ async fn deliver_forever(
                         partition,
                         episode,
                     };
-                    if busy.contains(&stream) || busy.len() >= options.delivery_concurrency {
-                        continue;
+                    if !busy.contains(&stream) {
+                        ready.push((stream, sender.clone(), pool, position));
                     }
-                    busy.insert(stream.clone());
-                    let sender = sender.clone();
-                    in_flight.push(async move { (stream, sender.deliver(pool, position).await) });
                 }
             }
+        }
+        ready.sort_by_key(|(stream, ..)| last_sent.get(stream).copied());
+        for (stream, sender, pool, position) in ready {
+            if busy.len() >= options.delivery_concurrency {
+                break;
+            }
+            busy.insert(stream.clone());
+            last_sent.insert(stream.clone(), std::time::Instant::now());
+            in_flight.push(async move { (stream, sender.deliver(pool, position).await) });
         }
     }
 }
