@@ -17,7 +17,7 @@
 //!
 //! Environment (defaults are the CI size):
 //! - `PAYRAIL_OUTAGE_MS` (12000; the size: 60000): how long the broker is down;
-//! - `PAYRAIL_OUTAGE_RATE` (200): requests per second offered;
+//! - `PAYRAIL_OUTAGE_RATE` (200 in release, 100 in a debug build): requests per second offered;
 //! - `PAYRAIL_OUTAGE_WARMUP_MS` (6000), `PAYRAIL_OUTAGE_AFTER_MS` (5000): load before the
 //!   outage and after the broker returns.
 
@@ -36,6 +36,11 @@ use std::time::{Duration, Instant};
 /// requests again and again (docs/DECISIONS.md, "Journal fallback").
 const PRODUCE_TIMEOUT_MS: u64 = 5000;
 const WORKERS: usize = 48;
+/// Requests per second offered by default: the 200 in a release build; 100 in a
+/// debug build (the test command's), whose node saturates the 2 cores below 200 req/s —
+/// a saturated node measures the machine, not the fallback (BENCHMARKS.md has the
+/// release run at 200 req/s).
+const DEFAULT_RATE: u64 = if cfg!(debug_assertions) { 100 } else { 200 };
 /// The suite's two tests run one at a time: they measure latencies on two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -244,7 +249,7 @@ enum Fault {
 async fn outage_under_load(fault: Fault) {
     let _serial = SERIAL.lock().await;
     let outage = Duration::from_millis(env_u64("PAYRAIL_OUTAGE_MS", 12_000));
-    let rate = env_u64("PAYRAIL_OUTAGE_RATE", 200).max(1);
+    let rate = env_u64("PAYRAIL_OUTAGE_RATE", DEFAULT_RATE).max(1);
     let warmup = Duration::from_millis(env_u64("PAYRAIL_OUTAGE_WARMUP_MS", 6_000));
     let after = Duration::from_millis(env_u64("PAYRAIL_OUTAGE_AFTER_MS", 5_000));
     let label = match fault {
