@@ -231,3 +231,29 @@ async fn copied_records_are_applied_across_offsets_absent_from_the_log() {
     assert_eq!(outcome.applied_through, 2, "stops before the gap");
     assert_eq!(applied(&strict_pool).await, ["journal@4"]);
 }
+
+/// The HTTP sink fences like the journal worker: after a new owner's marker, a spooled
+/// event of the superseded epoch is passed over, and the raised epoch is stored with the
+/// pool's offset for its journal worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_owners_event_is_applied_nowhere_by_the_sink() {
+    let (sink, pool) = sink("sink_fence").await;
+    set_offset(&pool, 0).await;
+    let mut marker = event(2, None, "marker");
+    marker.event_type = kafka_journal::fence::OWNER_CHANGED.into();
+    marker.owner_epoch = 2;
+    let mut zombie = event(3, None, "zombie");
+    zombie.owner_epoch = 1;
+    let mut current = event(4, None, "current");
+    current.owner_epoch = 2;
+    let mut old = event(1, None, "before-takeover");
+    old.owner_epoch = 1;
+    sink.apply(&batch(0, vec![old, marker, zombie, current]))
+        .await
+        .expect("applied");
+    assert_eq!(applied(&pool).await, ["before-takeover", "current"]);
+    let epoch = kafka_journal::offsets::load_owner_epoch(&pool, CONSUMER, TOPIC, 1)
+        .await
+        .expect("epoch");
+    assert_eq!(epoch, 2);
+}
