@@ -62,16 +62,6 @@ impl EpochFence {
     }
 }
 
-/// The records of one partition (offset order) that take effect: markers and fenced
-/// records removed. For readers of a whole partition from its start (audit, checks).
-pub fn effective(records: Vec<ConsumedRecord>) -> Vec<ConsumedRecord> {
-    let mut fence = EpochFence::default();
-    records
-        .into_iter()
-        .filter(|r| fence.admit(r) == FenceVerdict::Apply)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
