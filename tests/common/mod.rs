@@ -32,11 +32,29 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// A loopback port for a child process to bind later.
+///
+/// Ports come from 20000–32767, below Linux's ephemeral range (32768–60999): a port
+/// the kernel hands out for `bind(:0)` is also what it hands out as the local port of
+/// outgoing connections (Kafka, PostgreSQL, HTTP clients), so a port probed that way
+/// could be taken by a connection before the child binds it (seen in CI: "Address
+/// already in use"). A process-wide counter keeps this test binary's parallel tests
+/// apart; the start depends on the pid so consecutive binaries do not retry the same
+/// ports, and a bind probe skips ports that something else holds.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 64) * 199;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000-32767")
 }
 
 fn with_database(url: &str, database: &str) -> String {
