@@ -60,19 +60,48 @@ impl Default for SupervisorOptions {
     }
 }
 
-/// `[cluster]`: what nodes share.
+/// `[cluster]`: what nodes share, and how this node takes part.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterOptions {
-    /// Authenticates node-to-node requests (`/internal/...`, e.g. fallback delivery).
-    /// Set PAYRAIL__CLUSTER__SECRET in production; the same on every node.
+    /// Authenticates node-to-node requests (`/internal/...`: fallback delivery, forwarded
+    /// requests). Set PAYRAIL__CLUSTER__SECRET in production; the same on every node.
     pub secret: String,
+    /// This node's id, unique in the cluster and stable across its restarts. Empty (the
+    /// default): a single node that owns every partition, without leases.
+    pub node_id: String,
+    /// The URL other nodes forward this node's partitions' requests to. Empty: derived
+    /// from `http.bind`.
+    pub advertise_url: String,
+    /// Lease length (ms); renewed every third of it. A dead node's partitions move after
+    /// at most this long (plus the takeover's catch-up). Default 6000.
+    pub lease_ms: u64,
+    /// How long a partition being handed over waits for its commands in flight (ms).
+    /// Default 3000.
+    pub drain_timeout_ms: u64,
+    /// A new owner gives up catching a partition up after this long (ms) and tries again.
+    /// Default 60000.
+    pub catch_up_timeout_ms: u64,
+    /// A request forwarded to the owner node is abandoned after this long (ms) with a 503
+    /// (its outcome, for a command, is then unknown; retry with the same Idempotency-Key).
+    /// Default 10000.
+    pub forward_timeout_ms: u64,
+    /// How long the owners read from `partition_leases` are cached for routing (ms); a
+    /// forward that fails refreshes them at once. Default 500.
+    pub owner_cache_ms: u64,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
         Self {
             secret: "cluster_dev_secret_change_me_0123456789".into(),
+            node_id: String::new(),
+            advertise_url: String::new(),
+            lease_ms: 6_000,
+            drain_timeout_ms: 3_000,
+            catch_up_timeout_ms: 60_000,
+            forward_timeout_ms: 10_000,
+            owner_cache_ms: 500,
         }
     }
 }
@@ -81,6 +110,9 @@ impl std::fmt::Debug for ClusterOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterOptions")
             .field("secret", &"<redacted>")
+            .field("node_id", &self.node_id)
+            .field("advertise_url", &self.advertise_url)
+            .field("lease_ms", &self.lease_ms)
             .finish()
     }
 }
@@ -90,7 +122,36 @@ impl ClusterOptions {
         if self.secret.len() < 16 || !self.secret.chars().all(|c| c.is_ascii_graphic()) {
             return Err("cluster.secret: must be at least 16 visible ASCII characters (set PAYRAIL__CLUSTER__SECRET)".into());
         }
+        if !self.node_id.is_empty()
+            && (self.node_id.len() > 64
+                || !self
+                    .node_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+        {
+            return Err("cluster.node_id: 1-64 characters of [A-Za-z0-9._-]".into());
+        }
+        if !(300..=600_000).contains(&self.lease_ms) {
+            return Err("cluster.lease_ms: allowed 300..=600000".into());
+        }
+        if !(100..=600_000).contains(&self.drain_timeout_ms) {
+            return Err("cluster.drain_timeout_ms: allowed 100..=600000".into());
+        }
+        if !(1_000..=3_600_000).contains(&self.catch_up_timeout_ms) {
+            return Err("cluster.catch_up_timeout_ms: allowed 1000..=3600000".into());
+        }
+        if !(100..=600_000).contains(&self.forward_timeout_ms) {
+            return Err("cluster.forward_timeout_ms: allowed 100..=600000".into());
+        }
+        if self.owner_cache_ms > 60_000 {
+            return Err("cluster.owner_cache_ms: allowed 0..=60000".into());
+        }
         Ok(())
+    }
+
+    /// Whether this node takes part in a cluster (leases) rather than owning everything.
+    pub fn is_clustered(&self) -> bool {
+        !self.node_id.is_empty()
     }
 }
 

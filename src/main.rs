@@ -1,6 +1,7 @@
 //! `payrail`: the node, migrations, the load generator and the journal benchmark.
 
 mod audit;
+mod cluster_node;
 mod config;
 mod dlq;
 mod node;

@@ -109,7 +109,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             std::process::exit(EXIT_GAVE_UP);
         });
     }
-    let ownership = PartitionOwnership::all(journal.partitions);
+    // A cluster node owns nothing until its leases are taken over (see `cluster_node`);
+    // a single node owns every partition at epoch 0.
+    let cluster = if config.cluster.is_clustered() {
+        Some(lease_keeper(&config).await?)
+    } else {
+        None
+    };
+    let ownership = match &cluster {
+        Some(keeper) => {
+            let leases = keeper.leases();
+            PartitionOwnership::leased(
+                journal.partitions,
+                Arc::new(move |partition| leases.valid(partition)),
+            )
+        }
+        None => PartitionOwnership::all(journal.partitions),
+    };
     let supervision = Supervision {
         restart: config.supervisor.restart,
         escalations: escalations.clone(),
@@ -198,7 +214,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         runtime.fallback.mark_end_known(partition);
     }
-    let replayer = payrail_actors::fallback::spawn_replayer(runtime.clone(), ownership.owned());
+    let replayer = payrail_actors::fallback::spawn_replayer(runtime.clone());
     node.mark_ready();
     info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -301,6 +317,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         topic: journal.topic(SETTLEMENT_EVENTS),
         partitions: journal.partitions,
     };
+    let forwarder = match &cluster {
+        Some(keeper) => Some(
+            payrail_http::forward::Forwarder::new(
+                Arc::new(crate::cluster_node::LeaseDirectory::new(
+                    keeper.store().clone(),
+                    config.cluster.node_id.clone(),
+                    Duration::from_millis(config.cluster.owner_cache_ms),
+                    config.cluster.lease_ms,
+                )),
+                Duration::from_millis(config.cluster.forward_timeout_ms),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
+        ),
+        None => None,
+    };
+    let leases = cluster.as_ref().map(|keeper| keeper.leases());
+    if let Some(keeper) = cluster {
+        let mut followed: Vec<_> = pools.clone();
+        followed.extend(notifications.iter().map(|n| n.consumer.clone()));
+        crate::cluster_node::Membership {
+            leases: keeper.leases(),
+            node: node.clone(),
+            runtime: runtime.clone(),
+            snapshots: snapshots.clone(),
+            pools: followed,
+            options: config.cluster.clone(),
+        }
+        .spawn();
+        keeper.spawn();
+        info!(node_id = %config.cluster.node_id, "cluster member: taking partition leases");
+    }
     let mut monitored = vec![snapshots.clone()];
     monitored.extend(notifications.iter().map(|n| n.consumer.clone()));
     monitored.extend(pools.iter().cloned());
@@ -316,11 +363,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pool: pool.clone(),
         cluster_secret: config.cluster.secret.clone(),
         pool_sink,
+        forwarder,
     };
     let addr: SocketAddr = config.http.bind.parse().context("http.bind")?;
     let routes = payrail_http::routes(state, config.http.max_body_bytes);
+    // A cluster node hands its partitions over before it stops answering, so the requests
+    // of its merchants move to the new owners instead of failing.
+    let handover = {
+        let leases = leases.clone();
+        async move {
+            shutdown_signal().await;
+            if let Some(leases) = leases {
+                info!("handing partitions over");
+                if let Err(error) = leases.shutdown().await {
+                    tracing::warn!(%error, "handover incomplete; the leases left expire by themselves");
+                }
+            }
+        }
+    };
     let (bound, server) = warp::serve(routes)
-        .try_bind_with_graceful_shutdown(addr, shutdown_signal())
+        .try_bind_with_graceful_shutdown(addr, handover)
         .with_context(|| format!("binding http.bind {addr}"))?;
     info!(%bound, "listening");
     // Spooled events reach the pools over HTTP during an outage: this node's own
@@ -332,7 +394,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let delivery = payrail_actors::fallback::spawn_delivery(
         runtime.clone(),
-        ownership.owned(),
         targets,
         config.cluster.secret.clone(),
         config.fallback.clone(),
@@ -353,6 +414,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     snapshots.stop();
     producer.flush(Duration::from_secs(5));
     Ok(())
+}
+
+/// The lease keeper of a cluster node, on a small PostgreSQL pool of its own: renewals must
+/// not queue behind the node's command traffic, or a busy node would lose its leases.
+async fn lease_keeper(config: &Config) -> anyhow::Result<payrail_cluster::LeaseKeeper> {
+    let cluster = &config.cluster;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_millis(cluster.lease_ms / 6))
+        .connect(&config.database.url)
+        .await
+        .context("connecting the lease keeper to PostgreSQL (database.url)")?;
+    let advertise_url = if cluster.advertise_url.is_empty() {
+        format!("http://{}", config.http.bind)
+    } else {
+        cluster.advertise_url.clone()
+    };
+    let options = payrail_cluster::LeaseOptions {
+        node_id: cluster.node_id.clone(),
+        advertise_url,
+        lease_ms: cluster.lease_ms,
+        partitions: config.journal.partitions,
+        drain_timeout_ms: cluster.drain_timeout_ms,
+        ..Default::default()
+    };
+    payrail_cluster::LeaseKeeper::new(pool, options).context("cluster options")
 }
 
 /// Creates the journal's topics when missing (bounded retries) and checks the partition

@@ -12,7 +12,7 @@ use payrail_supervisor::PartitionOwnership;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -27,6 +27,17 @@ pub struct NodeHandle {
     ready: Arc<AtomicBool>,
     /// Permits for commands in flight (`actors.max_in_flight_commands`).
     in_flight: Arc<Semaphore>,
+    /// Commands in flight per partition, so a partition that moves away is drained first.
+    per_partition: Arc<Vec<AtomicUsize>>,
+}
+
+/// Counts one command in flight on a partition until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl NodeHandle {
@@ -47,7 +58,13 @@ impl NodeHandle {
             .await
             .map_err(|e| CommandError::Internal(e.to_string()))?;
         let in_flight = Arc::new(Semaphore::new(runtime.options.max_in_flight_commands));
+        let per_partition = Arc::new(
+            (0..runtime.partitions)
+                .map(|_| AtomicUsize::new(0))
+                .collect::<Vec<_>>(),
+        );
         Ok(Self {
+            per_partition,
             runtime,
             partitions: routes,
             root,
@@ -68,6 +85,48 @@ impl NodeHandle {
             .into_iter()
             .filter(|p| !routes.contains_key(p))
             .collect()
+    }
+
+    /// Serves `partition` from now on, writing under `epoch` (a cluster node that took it
+    /// over, after catching up).
+    pub fn start_partition(&self, partition: i32, epoch: u64) {
+        self.ownership.grant(partition, epoch);
+        let _ = self.root.cast(RootMsg::Start(partition));
+    }
+
+    /// Stops serving `partition`: new commands are refused at once, the commands in flight
+    /// get up to `drain` to finish, then its actors stop. Returns the commands still in
+    /// flight when the drain ended (0 = drained).
+    pub async fn stop_partition(&self, partition: i32, drain: Duration) -> usize {
+        self.ownership.revoke(partition);
+        let started = std::time::Instant::now();
+        while self.in_flight(partition) > 0 && started.elapsed() < drain {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let left = self.in_flight(partition);
+        let stopped = self
+            .root
+            .call(
+                |reply| RootMsg::Stop(partition, reply),
+                Some(drain.max(Duration::from_secs(10))),
+            )
+            .await;
+        if !matches!(stopped, Ok(CallResult::Success(()))) {
+            tracing::warn!(partition, "stopping the partition's actors did not confirm");
+        }
+        left
+    }
+
+    /// Commands in flight on `partition`.
+    pub fn in_flight(&self, partition: i32) -> usize {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.per_partition.get(p))
+            .map_or(0, |c| c.load(Ordering::Acquire))
+    }
+
+    pub fn ownership(&self) -> &PartitionOwnership {
+        &self.ownership
     }
 
     /// Stops the actor tree (shutdown).
@@ -163,6 +222,14 @@ impl NodeHandle {
             return Err(CommandError::NotReady("partitions are recovering".into()));
         }
         let partition = self.runtime.partition_of(merchant_id);
+        let counter = usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.per_partition.get(p))
+            .ok_or_else(|| CommandError::Internal(format!("partition {partition} out of range")))?;
+        counter.fetch_add(1, Ordering::AcqRel);
+        let _counted = InFlight(counter);
+        // Checked after counting: a partition being stopped either sees this command in
+        // flight and waits for it, or this command sees the partition gone.
         if !self.ownership.owns(partition) {
             return Err(CommandError::NotReady(format!(
                 "partition {partition} is not owned by this node"

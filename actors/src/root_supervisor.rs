@@ -20,9 +20,16 @@ use tracing::{info, warn};
 pub type PartitionRoutes = Arc<RwLock<HashMap<i32, ActorRef<PartitionMsg>>>>;
 
 pub enum RootMsg {
-    /// Start (or restart, after its backoff) the supervisor of this partition.
+    /// Start (or restart, after its backoff) the supervisor of this partition, if the node
+    /// owns it.
     Start(i32),
+    /// Stop the partition's supervisor and its actors for good (the partition moved to
+    /// another node); replies once they are stopped.
+    Stop(i32, ractor::RpcReplyPort<()>),
 }
+
+/// How long stopping a partition's actors may take.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct RootArgs {
     pub runtime: Arc<Runtime>,
@@ -66,6 +73,13 @@ impl Actor for RootSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RootMsg::Start(partition) => {
+                if !state.args.runtime.ownership.owns(partition) {
+                    // A restart scheduled before the partition moved away.
+                    return Ok(());
+                }
+                if state.by_actor.values().any(|p| *p == partition) {
+                    return Ok(());
+                }
                 let args = PartitionArgs {
                     runtime: state.args.runtime.clone(),
                     partition,
@@ -81,6 +95,19 @@ impl Actor for RootSupervisor {
                         state.restart_later(&myself, partition, &error.to_string());
                     }
                 }
+            }
+            RootMsg::Stop(partition, reply) => {
+                let running = state.route(partition);
+                state.set_route(partition, None);
+                state.restarts.remove(&partition);
+                state.by_actor.retain(|_, p| *p != partition);
+                if let Some(actor) = running {
+                    let _ = actor
+                        .stop_and_wait(Some("partition moved".into()), Some(STOP_TIMEOUT))
+                        .await;
+                }
+                info!(partition, "partition supervisor stopped (partition moved)");
+                let _ = reply.send(());
             }
         }
         Ok(())
@@ -111,6 +138,14 @@ impl Actor for RootSupervisor {
 }
 
 impl RootState {
+    fn route(&self, partition: i32) -> Option<ActorRef<PartitionMsg>> {
+        let routes = match self.args.routes.read() {
+            Ok(routes) => routes,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        routes.get(&partition).cloned()
+    }
+
     fn set_route(&self, partition: i32, actor: Option<ActorRef<PartitionMsg>>) {
         let mut routes = match self.args.routes.write() {
             Ok(routes) => routes,

@@ -39,6 +39,9 @@ pub struct ActorOptions {
     /// test can make it lag when an outage starts. Empty: none.
     pub fault_slow_pool: String,
     pub fault_slow_pool_delay_ms: u64,
+    /// Test only (with `fault_injection`): how long an append of a payment with metadata
+    /// `payrail_fault = "stall_before_append"` is held before it is sent (ms). 0: none.
+    pub fault_stall_ms: u64,
 }
 
 impl Default for ActorOptions {
@@ -53,6 +56,7 @@ impl Default for ActorOptions {
             fault_injection: false,
             fault_slow_pool: String::new(),
             fault_slow_pool_delay_ms: 0,
+            fault_stall_ms: 0,
         }
     }
 }
@@ -70,6 +74,9 @@ impl ActorOptions {
         }
         if !(10..=86_400_000).contains(&self.passivate_after_ms) {
             return Err("actors.passivate_after_ms: allowed 10..=86400000".into());
+        }
+        if self.fault_stall_ms > 60_000 {
+            return Err("actors.fault_stall_ms: allowed 0..=60000".into());
         }
         if self.fault_slow_pool_delay_ms > 10_000 {
             return Err("actors.fault_slow_pool_delay_ms: allowed 0..=10000".into());

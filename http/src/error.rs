@@ -100,9 +100,22 @@ impl ApiError {
                 payment_status: self.payment_status,
             },
         };
-        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 here is worth retrying soon (a partition moving, the journal in
+            // recovery, a node starting); with the same Idempotency-Key for a command.
+            response.headers_mut().insert(
+                warp::http::header::RETRY_AFTER,
+                warp::http::HeaderValue::from_static(RETRY_AFTER_S),
+            );
+        }
+        response
     }
 }
+
+/// `Retry-After` (seconds) on every 503.
+pub const RETRY_AFTER_S: &str = "1";
 
 impl From<CommandError> for ApiError {
     fn from(error: CommandError) -> Self {

@@ -4,6 +4,7 @@
 //! [`error::ApiError`]. Every body is size-limited (`http.max_body_bytes`).
 
 pub mod error;
+pub mod forward;
 mod internal;
 pub mod notifications;
 mod ops;
@@ -85,6 +86,8 @@ pub struct AppState {
     pub cluster_secret: String,
     /// This node's pools, fed spooled events during a journal outage.
     pub pool_sink: payrail_actors::fallback::PoolSink,
+    /// In a cluster: sends requests for partitions this node does not own to their owner.
+    pub forwarder: Option<forward::Forwarder>,
 }
 
 /// A request body read up to `limit` bytes, whether or not the client sent Content-Length
@@ -235,6 +238,7 @@ async fn create_merchant(
 
 async fn create_payment(
     state: AppState,
+    incoming: forward::Incoming,
     auth: Option<String>,
     idempotency_key: Option<String>,
     body: LimitedBody,
@@ -243,6 +247,9 @@ async fn create_payment(
         async {
             let merchant_id = authenticate(&state, &auth).await?;
             let body = body?;
+            if let Some(answer) = forward::to_owner(&state, &merchant_id, &incoming, &body).await? {
+                return Ok(answer);
+            }
             let key = validation::idempotency_key(idempotency_key)?;
             let body: CreatePaymentBody = parse_json(&body)?;
             let command = body.into_command(key.clone())?;
@@ -270,12 +277,18 @@ async fn create_payment(
 
 async fn get_payment(
     state: AppState,
+    incoming: forward::Incoming,
     payment_id: String,
     auth: Option<String>,
 ) -> Result<Response, Infallible> {
     respond(
         async {
             let merchant_id = authenticate(&state, &auth).await?;
+            if let Some(answer) =
+                forward::to_owner(&state, &merchant_id, &incoming, &Bytes::new()).await?
+            {
+                return Ok(answer);
+            }
             if payment_id.len() > 64 || !payment_id.starts_with("pay_") {
                 return Err(ApiError::not_found("No such payment"));
             }
@@ -296,6 +309,7 @@ fn valid_payment_id(payment_id: &str) -> Result<(), ApiError> {
 /// The payment actions: `confirm`, `capture`, `cancel`.
 async fn payment_action(
     state: AppState,
+    incoming: forward::Incoming,
     payment_id: String,
     action: String,
     auth: Option<String>,
@@ -305,6 +319,9 @@ async fn payment_action(
         async {
             let merchant_id = authenticate(&state, &auth).await?;
             let body = body?;
+            if let Some(answer) = forward::to_owner(&state, &merchant_id, &incoming, &body).await? {
+                return Ok(answer);
+            }
             valid_payment_id(&payment_id)?;
             let command = match action.as_str() {
                 "confirm" => {
@@ -343,6 +360,7 @@ async fn payment_action(
 
 async fn create_refund(
     state: AppState,
+    incoming: forward::Incoming,
     payment_id: String,
     auth: Option<String>,
     idempotency_key: Option<String>,
@@ -353,6 +371,9 @@ async fn create_refund(
             use sha2::{Digest, Sha256};
             let merchant_id = authenticate(&state, &auth).await?;
             let body = body?;
+            if let Some(answer) = forward::to_owner(&state, &merchant_id, &incoming, &body).await? {
+                return Ok(answer);
+            }
             valid_payment_id(&payment_id)?;
             let key = validation::idempotency_key(idempotency_key)?;
             let b: validation::RefundBody = validation::parse_optional_json(&body)?;
@@ -467,6 +488,7 @@ struct PspEventData {
 /// the PSP's event id, route the outcome to the payment actor.
 async fn psp_webhook(
     state: AppState,
+    incoming: forward::Incoming,
     channel: String,
     signature_header: Option<String>,
     body: LimitedBody,
@@ -506,6 +528,10 @@ async fn psp_webhook(
             else {
                 return Ok(json(StatusCode::OK, &serde_json::json!({"received": true, "ignored": "no payrail payment"})));
             };
+            // Verified here and again by the owner (it gets the same body and signature).
+            if let Some(answer) = forward::to_owner(&state, merchant_id, &incoming, &body).await? {
+                return Ok(answer);
+            }
             let first_time = sqlx::query(
                 "INSERT INTO psp_webhook_events (channel, event_id, event_type, payment_id) VALUES ($1, $2, $3, $4)
                  ON CONFLICT DO NOTHING",
@@ -857,6 +883,7 @@ pub fn routes(
     let create = warp::path!("v1" / "payments")
         .and(warp::post())
         .and(with(state.clone()))
+        .and(forward::incoming())
         .and(auth)
         .and(warp::header::optional::<String>("idempotency-key"))
         .and(body.clone())
@@ -864,8 +891,9 @@ pub fn routes(
     let get = warp::path!("v1" / "payments" / String)
         .and(warp::get())
         .and(with(state.clone()))
+        .and(forward::incoming())
         .and(auth)
-        .and_then(|id, state, auth| get_payment(state, id, auth));
+        .and_then(|id, state, incoming, auth| get_payment(state, incoming, id, auth));
     let list = warp::path!("v1" / "payments")
         .and(warp::get())
         .and(with(state.clone()))
@@ -875,22 +903,31 @@ pub fn routes(
     let action = warp::path!("v1" / "payments" / String / String)
         .and(warp::post())
         .and(with(state.clone()))
+        .and(forward::incoming())
         .and(auth)
         .and(body.clone())
-        .and_then(|id, action, state, auth, body| payment_action(state, id, action, auth, body));
+        .and_then(|id, action, state, incoming, auth, body| {
+            payment_action(state, incoming, id, action, auth, body)
+        });
     let refunds = warp::path!("v1" / "payments" / String / "refunds")
         .and(warp::post())
         .and(with(state.clone()))
+        .and(forward::incoming())
         .and(auth)
         .and(warp::header::optional::<String>("idempotency-key"))
         .and(body.clone())
-        .and_then(|id, state, auth, key, body| create_refund(state, id, auth, key, body));
+        .and_then(|id, state, incoming, auth, key, body| {
+            create_refund(state, incoming, id, auth, key, body)
+        });
     let webhook = warp::path!("webhooks" / "psp" / String)
         .and(warp::post())
         .and(with(state.clone()))
+        .and(forward::incoming())
         .and(warp::header::optional::<String>("stripe-signature"))
         .and(body.clone())
-        .and_then(|channel, state, signature, body| psp_webhook(state, channel, signature, body));
+        .and_then(|channel, state, incoming, signature, body| {
+            psp_webhook(state, incoming, channel, signature, body)
+        });
     let balance_route = warp::path!("v1" / "balance")
         .and(warp::get())
         .and(with(state.clone()))
@@ -934,6 +971,11 @@ pub fn routes(
         .and(with(state.clone()))
         .and(auth)
         .and_then(ops::journal_status);
+    let cluster_admin = warp::path!("v1" / "admin" / "cluster")
+        .and(warp::get())
+        .and(with(state.clone()))
+        .and(auth)
+        .and_then(ops::cluster_status);
     let internal_events = warp::path!("internal" / "v1" / "events")
         .and(warp::post())
         .and(with(state.clone()))
@@ -956,6 +998,8 @@ pub fn routes(
         .or(consumers)
         .unify()
         .or(journal_admin)
+        .unify()
+        .or(cluster_admin)
         .unify()
         .or(internal_events)
         .unify();

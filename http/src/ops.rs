@@ -163,3 +163,44 @@ pub async fn journal_status(state: AppState, auth: Option<String>) -> Result<Res
         .await,
     )
 }
+
+/// `GET /v1/admin/cluster`: this node's partitions (served, with epochs) and, in a cluster,
+/// the lease table, the live nodes and this node's consumers' lag.
+pub async fn cluster_status(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
+    crate::respond(
+        async {
+            crate::authorize_admin(&state, &auth)?;
+            let ownership = state.node.ownership();
+            let serving: Vec<serde_json::Value> = ownership
+                .owned()
+                .into_iter()
+                .map(|p| serde_json::json!({"partition": p, "epoch": ownership.epoch(p)}))
+                .collect();
+            let mut body = serde_json::json!({
+                "object": "cluster_status",
+                "clustered": state.forwarder.is_some(),
+                "partitions": ownership.partitions(),
+                "serving": serving,
+            });
+            if let Some(forwarder) = &state.forwarder {
+                let directory = forwarder.directory();
+                body["node_id"] = directory.node_id().into();
+                let status = directory.status().await.map_err(|e| {
+                    crate::error::ApiError::unavailable(
+                        "database_unavailable",
+                        format!("cannot read the lease table: {e}"),
+                    )
+                })?;
+                body["leases"] = status["leases"].clone();
+                body["nodes"] = status["nodes"].clone();
+            }
+            // The lag needs the broker; without it the rest still answers.
+            body["consumers"] = match state.consumers.report().await {
+                Ok(consumers) => serde_json::to_value(consumers).unwrap_or_default(),
+                Err(error) => serde_json::json!({"error": error.to_string()}),
+            };
+            Ok(json(StatusCode::OK, &body))
+        }
+        .await,
+    )
+}

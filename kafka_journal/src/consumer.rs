@@ -35,7 +35,7 @@ use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -200,6 +200,8 @@ impl ConsumerProgress {
 pub struct ConsumerHandle {
     pub progress: ConsumerProgress,
     shutdown: watch::Sender<bool>,
+    /// The partitions a manually assigned consumer reads (see [`ConsumerHandle::assign`]).
+    assignment: watch::Sender<BTreeSet<i32>>,
     pub spec: ConsumerSpec,
 }
 
@@ -207,6 +209,27 @@ impl ConsumerHandle {
     /// Stops polling; workers finish their current batch.
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);
+    }
+
+    /// Makes a manually assigned consumer read exactly `partitions` from now on: a
+    /// partition gained starts at its offset stored in PostgreSQL; a partition lost has
+    /// its worker drained and stopped, and records of it still fetched are dropped. A
+    /// cluster node calls this as its leases change. No effect on a group consumer.
+    pub fn assign(&self, partitions: impl IntoIterator<Item = i32>) {
+        let wanted: BTreeSet<i32> = partitions.into_iter().collect();
+        self.assignment.send_if_modified(|current| {
+            if *current == wanted {
+                false
+            } else {
+                *current = wanted;
+                true
+            }
+        });
+    }
+
+    /// The partitions this consumer was last told to read (manual assignment).
+    pub fn assigned(&self) -> BTreeSet<i32> {
+        self.assignment.borrow().clone()
     }
 }
 
@@ -336,6 +359,11 @@ pub async fn spawn_consumer(
         )),
         None => None,
     };
+    let initial: BTreeSet<i32> = match &spec.assignment {
+        Assignment::Manual(partitions) => partitions.iter().copied().collect(),
+        Assignment::Group(_) => BTreeSet::new(),
+    };
+    let (assignment, assignment_rx) = watch::channel(initial.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         consumer,
@@ -356,12 +384,16 @@ pub async fn spawn_consumer(
     let dispatcher = Dispatcher {
         shared,
         batch_max: options.worker_batch_max,
+        assigned: initial,
+        assignment: assignment_rx,
+        assignment_open: true,
     };
     let span = tracing::info_span!("consumer", consumer = %spec.name, topic = %spec.topic);
     tokio::spawn(dispatcher.run(shutdown_rx).instrument(span));
     Ok(ConsumerHandle {
         progress,
         shutdown,
+        assignment,
         spec,
     })
 }
@@ -414,6 +446,10 @@ struct Shared {
 struct Dispatcher {
     shared: Arc<Shared>,
     batch_max: usize,
+    /// Manual assignment: the partitions read now. Records of any other are dropped.
+    assigned: BTreeSet<i32>,
+    assignment: watch::Receiver<BTreeSet<i32>>,
+    assignment_open: bool,
 }
 
 impl ConsumedRecord {
@@ -497,12 +533,22 @@ impl PollErrors {
 }
 
 impl Dispatcher {
-    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         info!(manual = self.shared.manual, "consumer started");
         let mut poll_errors = PollErrors::default();
         loop {
             let first = tokio::select! {
                 _ = shutdown.changed() => break,
+                changed = self.assignment.changed(), if self.shared.manual && self.assignment_open => {
+                    if changed.is_err() {
+                        // Every handle is gone: keep the current assignment.
+                        self.assignment_open = false;
+                        continue;
+                    }
+                    let wanted = self.assignment.borrow_and_update().clone();
+                    self.reassign(wanted).await;
+                    continue;
+                }
                 msg = self.shared.consumer.recv() => msg,
             };
             let mut batch = Vec::new();
@@ -533,6 +579,10 @@ impl Dispatcher {
                     .push(record);
             }
             for (partition, records) in by_partition {
+                if self.shared.manual && !self.assigned.contains(&partition) {
+                    // Fetched before the partition was unassigned.
+                    continue;
+                }
                 self.shared.dispatch(partition, records).await;
             }
         }
@@ -1123,6 +1173,7 @@ impl WorkerState {
     }
 }
 
+mod assignment;
 #[cfg(test)]
 mod fence_tests;
 #[cfg(test)]

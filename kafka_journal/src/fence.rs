@@ -14,6 +14,41 @@ use crate::consumer::ConsumedRecord;
 /// Event type of the marker a new owner appends before anything else.
 pub const OWNER_CHANGED: &str = "partition.owner_changed";
 
+/// Payload of a `partition.owner_changed` marker.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OwnerChanged {
+    pub partition: i32,
+    pub epoch: u64,
+    /// The node that took the partition.
+    pub node_id: String,
+}
+
+/// The marker a new owner of `partition` appends under `epoch` before anything else.
+pub fn owner_changed_marker(
+    producer: &crate::JournalProducer,
+    topic: &str,
+    partition: i32,
+    epoch: u64,
+    node_id: &str,
+) -> Result<crate::producer::OutgoingRecord, crate::producer::JournalError> {
+    let envelope = crate::envelope::Envelope {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: OWNER_CHANGED.to_string(),
+        schema_version: 1,
+        payment_id: String::new(),
+        merchant_id: String::new(),
+        sequence: 0,
+        occurred_at_micros: crate::envelope::now_micros(),
+        correlation_id: None,
+        payload: OwnerChanged {
+            partition,
+            epoch,
+            node_id: node_id.to_string(),
+        },
+    };
+    producer.record(topic, partition, epoch, &envelope)
+}
+
 /// What a reader does with one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FenceVerdict {

@@ -76,7 +76,6 @@ impl DeliveryOptions {
 /// Starts delivery to `targets` (base URLs) with `secret`, under the node's restart policy.
 pub fn spawn_delivery(
     runtime: Arc<Runtime>,
-    partitions: Vec<i32>,
     targets: Vec<String>,
     secret: String,
     options: DeliveryOptions,
@@ -86,7 +85,6 @@ pub fn spawn_delivery(
     payrail_supervisor::supervise_task("fallback_delivery", restart, escalations, move || {
         deliver_forever(
             runtime.clone(),
-            partitions.clone(),
             targets.clone(),
             secret.clone(),
             options.clone(),
@@ -99,7 +97,6 @@ type Positions = HashMap<(usize, String, i32, i64), i64>;
 
 async fn deliver_forever(
     runtime: Arc<Runtime>,
-    partitions: Vec<i32>,
     targets: Vec<String>,
     secret: String,
     options: DeliveryOptions,
@@ -171,7 +168,8 @@ async fn deliver_forever(
         let mut ready = Vec::new();
         for (partition, episode, high, copied_from) in episodes {
             let Some(high) = high else { continue };
-            if !partitions.contains(&partition) {
+            // The partitions this node owns now (a cluster node's change with its leases).
+            if !runtime.ownership.owns(partition) {
                 continue;
             }
             for (index, target) in targets.iter().enumerate() {

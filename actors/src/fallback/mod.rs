@@ -22,7 +22,7 @@ mod replay;
 pub mod sink;
 
 pub use delivery::{spawn_delivery, DeliveryOptions, CLUSTER_SECRET_HEADER};
-pub use replay::spawn_replayer;
+pub use replay::{replay_left_spool, spawn_replayer};
 pub use sink::{PoolSink, SinkPool};
 
 use crate::snapshots::SnapshotProjector;

@@ -18,16 +18,17 @@ use tracing::{info, warn};
 /// Appends in flight are abandoned at most this often (see `replay_forever`).
 const ABANDON_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 
-/// Starts the replayer for `partitions` under the node's restart policy.
-pub fn spawn_replayer(runtime: Arc<Runtime>, partitions: Vec<i32>) -> JoinHandle<()> {
+/// Starts the replayer for the partitions the node owns (read on every round: a cluster
+/// node's change with its leases) under the node's restart policy.
+pub fn spawn_replayer(runtime: Arc<Runtime>) -> JoinHandle<()> {
     let restart = runtime.restart;
     let escalations = runtime.escalations.clone();
     payrail_supervisor::supervise_task("spool_replayer", restart, escalations, move || {
-        replay_forever(runtime.clone(), partitions.clone())
+        replay_forever(runtime.clone())
     })
 }
 
-async fn replay_forever(runtime: Arc<Runtime>, partitions: Vec<i32>) {
+async fn replay_forever(runtime: Arc<Runtime>) {
     let interval = Duration::from_millis(runtime.fallback.options().replay_interval_ms);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -47,6 +48,7 @@ async fn replay_forever(runtime: Arc<Runtime>, partitions: Vec<i32>) {
             runtime.producer.abandon_in_flight();
         }
         was_closed = closed;
+        let partitions = runtime.ownership.owned();
         if !closed && runtime.fallback.is_enabled() {
             for &partition in &partitions {
                 if !runtime.fallback.is_active(partition) {
@@ -152,5 +154,22 @@ async fn learn_journal_end(runtime: &Runtime, partition: i32) {
             journal_end = end,
             "journal end learnt; partition serves"
         );
+    }
+}
+
+/// A takeover's first step: appends to the journal the spool a previous owner of
+/// `partition` left (it died or lost its lease during a journal outage), in spool order,
+/// before the new owner writes anything; those commands were acknowledged. Waits for the
+/// journal as long as that takes; returns at once when the spool is empty.
+pub async fn replay_left_spool(runtime: &Runtime, partition: i32) {
+    let pause = Duration::from_millis(runtime.fallback.options().replay_interval_ms);
+    loop {
+        match runtime.fallback.spool().pending(partition, 1).await {
+            Ok(pending) if pending.is_empty() => return,
+            Ok(_) => info!(partition, "replaying the spool the previous owner left"),
+            Err(error) => warn!(partition, %error, "reading the spool failed; retrying"),
+        }
+        replay_partition(runtime, partition).await;
+        tokio::time::sleep(pause).await;
     }
 }

@@ -53,6 +53,29 @@ impl PaymentArgs {
         panic!("injected fault: {fault} in payment {}", self.payment_id);
     }
 
+    /// Fault injection (test only): `payrail_fault = "stall_before_append"` holds each of
+    /// the payment's appends for `actors.fault_stall_ms`, so a test can pause the node past
+    /// its lease while the append is in flight (a zombie's late append).
+    async fn stall_if_asked(&self, events: &[PaymentEvent]) {
+        let options = &self.runtime.options;
+        if !options.fault_injection || options.fault_stall_ms == 0 {
+            return;
+        }
+        let created = events.iter().find_map(|e| match e {
+            PaymentEvent::Created(created) => Some(&created.metadata),
+            _ => None,
+        });
+        let metadata = created.or(self.state.as_ref().map(|p| &p.metadata));
+        if metadata
+            .and_then(|m| m.get("payrail_fault"))
+            .map(String::as_str)
+            == Some("stall_before_append")
+        {
+            warn!(payment_id = %self.payment_id, stall_ms = options.fault_stall_ms, "injected fault: append stalled");
+            tokio::time::sleep(std::time::Duration::from_millis(options.fault_stall_ms)).await;
+        }
+    }
+
     /// Persists `events` — to the journal, or to the fallback spool while the partition is
     /// in fallback (breaker open, an append that failed, or a spool not yet replayed) —
     /// and only then applies them to the state.
@@ -64,6 +87,7 @@ impl PaymentArgs {
         if events.is_empty() {
             return Ok(());
         }
+        self.stall_if_asked(&events).await;
         let base_sequence = self.state.as_ref().map(|p| p.sequence).unwrap_or(0);
         let occurred_at = now_micros();
         let envelopes: Vec<Envelope<PaymentEvent>> = events
@@ -90,6 +114,24 @@ impl PaymentArgs {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| CommandError::Internal(e.to_string()))?;
         self.write(records).await?;
+        // No acknowledgement without a valid lease: if it lapsed while the append was in
+        // flight, another node may own the partition and its marker may precede these
+        // records, which then take effect nowhere. The outcome is unknown to the client,
+        // and this actor's state is rebuilt before its next command.
+        if !self
+            .runtime
+            .ownership
+            .may_acknowledge(self.partition, epoch)
+        {
+            warn!(
+                partition = self.partition,
+                epoch, "lease lapsed before the append was acknowledged"
+            );
+            return Err(CommandError::JournalOutcomeUnknown(format!(
+                "partition {}: this node's lease lapsed before the write was acknowledged",
+                self.partition
+            )));
+        }
         let mut state = self.state.take();
         for envelope in &envelopes {
             let ctx = EventContext {
