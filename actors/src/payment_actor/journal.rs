@@ -87,6 +87,14 @@ impl PaymentArgs {
         if events.is_empty() {
             return Ok(());
         }
+        // The epoch this node serves the partition under (0: a single node). A partition
+        // that moved away while the command waited is not written at all.
+        let Some(epoch) = self.runtime.ownership.epoch(self.partition) else {
+            return Err(CommandError::NotReady(format!(
+                "partition {} is no longer served by this node; retry",
+                self.partition
+            )));
+        };
         self.stall_if_asked(&events).await;
         let base_sequence = self.state.as_ref().map(|p| p.sequence).unwrap_or(0);
         let occurred_at = now_micros();
@@ -106,8 +114,6 @@ impl PaymentArgs {
             })
             .collect();
         let producer = &self.runtime.producer;
-        // Payment actors run only for owned partitions; 0 is the epoch of a single node.
-        let epoch = self.runtime.ownership.epoch(self.partition).unwrap_or(0);
         let records = envelopes
             .iter()
             .map(|e| producer.record(&self.runtime.topic, self.partition, epoch, e))

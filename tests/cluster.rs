@@ -1,0 +1,443 @@
+//! Cluster: several `payrail node` processes share the journal's partitions through leases
+//! in PostgreSQL (real broker, real PostgreSQL, loopback). Each test runs its own nodes in
+//! its own database and topic namespace.
+
+mod common;
+
+use common::{read_journal, Api, NodeProcess, TestEnv, ADMIN_TOKEN};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// Partitions of the cluster tests' journal: two per node of a three-node cluster.
+const PARTITIONS: u32 = 6;
+/// A short lease keeps the tests short; the takeover benchmark uses the default (6 s).
+const LEASE_MS: &str = "2000";
+
+async fn cluster_node(env: &TestEnv, node_id: &str, extra: &[(&str, &str)]) -> NodeProcess {
+    let partitions = PARTITIONS.to_string();
+    let mut vars = vec![
+        ("PAYRAIL__CLUSTER__NODE_ID", node_id),
+        ("PAYRAIL__CLUSTER__LEASE_MS", LEASE_MS),
+        ("PAYRAIL__CLUSTER__DRAIN_TIMEOUT_MS", "1000"),
+        ("PAYRAIL__JOURNAL__PARTITIONS", partitions.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    NodeProcess::start(env, &vars).await
+}
+
+/// The partitions `api`'s node serves now, with their epochs.
+async fn serving(api: &Api) -> Option<BTreeMap<i32, u64>> {
+    let response = api
+        .client
+        .get(format!("{}/v1/admin/cluster", api.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let body: serde_json::Value = response.json().await.ok()?;
+    body["serving"]
+        .as_array()?
+        .iter()
+        .map(|s| Some((s["partition"].as_i64()? as i32, s["epoch"].as_u64()?)))
+        .collect()
+}
+
+/// Waits until the nodes behind `apis` serve every partition between them, each exactly
+/// once and each node its fair share (no more handovers to come); returns partition →
+/// (index of its node, epoch).
+async fn settled(apis: &[&Api], timeout: Duration) -> BTreeMap<i32, (usize, u64)> {
+    let deadline = Instant::now() + timeout;
+    let low = PARTITIONS as usize / apis.len();
+    let high = (PARTITIONS as usize).div_ceil(apis.len());
+    loop {
+        let mut owners = BTreeMap::new();
+        let mut twice = false;
+        let mut fair = true;
+        for (index, api) in apis.iter().enumerate() {
+            let served = serving(api).await.unwrap_or_default();
+            fair &= (low..=high).contains(&served.len());
+            for (partition, epoch) in served {
+                twice |= owners.insert(partition, (index, epoch)).is_some();
+            }
+        }
+        if !twice && fair && owners.len() == PARTITIONS as usize {
+            return owners;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not settle within {timeout:?}: {owners:?} (a partition twice: {twice})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn partition_of(merchant_id: &str) -> i32 {
+    kafka_journal::partition_for(merchant_id.as_bytes(), PARTITIONS)
+}
+
+/// Merchants until every partition has at least `per_partition` of them.
+async fn merchants_on_every_partition(
+    api: &Api,
+    per_partition: usize,
+) -> BTreeMap<i32, Vec<(String, String)>> {
+    let mut by_partition: BTreeMap<i32, Vec<(String, String)>> = BTreeMap::new();
+    for n in 0..(PARTITIONS as usize * per_partition * 20) {
+        if by_partition.len() == PARTITIONS as usize
+            && by_partition.values().all(|m| m.len() >= per_partition)
+        {
+            return by_partition;
+        }
+        let (id, key) = api.merchant(&format!("cluster-{n}")).await;
+        let list = by_partition.entry(partition_of(&id)).or_default();
+        if list.len() < per_partition {
+            list.push((id, key));
+        }
+    }
+    panic!("merchants did not cover every partition: {by_partition:?}");
+}
+
+fn event_type(record: &common::JournalRecord) -> &str {
+    record
+        .headers
+        .get("event_type")
+        .map(String::as_str)
+        .unwrap_or("")
+}
+
+fn owner_epoch(record: &common::JournalRecord) -> u64 {
+    record
+        .headers
+        .get("owner_epoch")
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_share_the_partitions_and_any_node_serves_any_merchant() {
+    let env = TestEnv::new("cluster_share").await;
+    let nodes = [
+        cluster_node(&env, "node-a", &[]).await,
+        cluster_node(&env, "node-b", &[]).await,
+        cluster_node(&env, "node-c", &[]).await,
+    ];
+    let apis: Vec<Api> = nodes.iter().map(Api::new).collect();
+    let owners = settled(&apis.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
+    let per_node: BTreeSet<usize> = owners.values().map(|(node, _)| *node).collect();
+    assert_eq!(
+        per_node.len(),
+        3,
+        "every node serves a share of the partitions: {owners:?}"
+    );
+
+    let merchants = merchants_on_every_partition(&apis[0], 2).await;
+    let mut created = Vec::new();
+    for (i, (partition, list)) in merchants.iter().enumerate() {
+        for (j, (merchant_id, key)) in list.iter().enumerate() {
+            // Created on one node, cancelled on the next, read on the third: at least two
+            // of the three are forwarded to the owner.
+            let on = |k: usize| &apis[(i + j + k) % 3];
+            let reply = on(0)
+                .create_payment(
+                    key,
+                    Some(&format!("k-{merchant_id}")),
+                    r#"{"amount":1200,"currency":"eur"}"#,
+                )
+                .await;
+            assert_eq!(
+                reply.status, 201,
+                "create for partition {partition}: {}",
+                reply.body
+            );
+            let id = reply.body["id"].as_str().expect("payment id").to_string();
+            let again = on(1)
+                .create_payment(
+                    key,
+                    Some(&format!("k-{merchant_id}")),
+                    r#"{"amount":1200,"currency":"eur"}"#,
+                )
+                .await;
+            assert_eq!(again.status, 201, "{}", again.body);
+            assert_eq!(
+                again.body["id"], reply.body["id"],
+                "one payment per key across nodes"
+            );
+            let cancel = on(1)
+                .send(
+                    reqwest::Method::POST,
+                    &format!("/v1/payments/{id}/cancel"),
+                    Some(key),
+                    None,
+                    Some("{}".into()),
+                )
+                .await;
+            assert_eq!(cancel.status, 200, "{}", cancel.body);
+            let read = on(2).get_payment(key, &id).await;
+            assert_eq!(read.status, 200, "{}", read.body);
+            assert_eq!(read.body["status"], "canceled");
+            created.push((*partition, id));
+        }
+    }
+
+    // Every payment event carries the epoch of its partition's lease, after that
+    // partition's owner-change marker.
+    let records = read_journal(&env.brokers, &env.topic(), PARTITIONS);
+    for (partition, (_, epoch)) in &owners {
+        let mine: Vec<_> = records
+            .iter()
+            .filter(|r| r.partition == *partition)
+            .collect();
+        let marker = mine
+            .iter()
+            .find(|r| event_type(r) == "partition.owner_changed" && owner_epoch(r) == *epoch)
+            .unwrap_or_else(|| panic!("partition {partition}: no marker for epoch {epoch}"));
+        let events: Vec<_> = mine
+            .iter()
+            .filter(|r| event_type(r).starts_with("payment."))
+            .collect();
+        assert!(!events.is_empty(), "partition {partition} has payments");
+        for event in events {
+            assert_eq!(
+                owner_epoch(event),
+                *epoch,
+                "partition {partition} offset {}",
+                event.offset
+            );
+            assert!(event.offset > marker.offset);
+        }
+    }
+    assert_eq!(created.len(), PARTITIONS as usize * 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_nodes_partitions_move_and_no_acknowledged_payment_is_lost() {
+    let env = TestEnv::new("cluster_kill").await;
+    let mut nodes = vec![
+        cluster_node(&env, "node-a", &[]).await,
+        cluster_node(&env, "node-b", &[]).await,
+        cluster_node(&env, "node-c", &[]).await,
+    ];
+    let apis: Vec<Api> = nodes.iter().map(Api::new).collect();
+    let owners = settled(&apis.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
+    let merchants = merchants_on_every_partition(&apis[0], 2).await;
+    let mut acknowledged: Vec<(String, String, String)> = Vec::new();
+    for list in merchants.values() {
+        for (merchant_id, key) in list {
+            let reply = apis[0]
+                .create_payment(
+                    key,
+                    Some(&format!("before-{merchant_id}")),
+                    r#"{"amount":700,"currency":"usd"}"#,
+                )
+                .await;
+            assert_eq!(reply.status, 201, "{}", reply.body);
+            acknowledged.push((
+                key.clone(),
+                reply.body["id"].as_str().expect("id").to_string(),
+                format!("before-{merchant_id}"),
+            ));
+        }
+    }
+
+    // SIGKILL node b; its merchants are served again by a or c.
+    let victim = 1;
+    let lost: Vec<i32> = owners
+        .iter()
+        .filter(|(_, (node, _))| *node == victim)
+        .map(|(p, _)| *p)
+        .collect();
+    assert!(!lost.is_empty(), "node b owned partitions: {owners:?}");
+    let (merchant_id, key) = merchants[&lost[0]][0].clone();
+    nodes[victim].kill9();
+    let killed = Instant::now();
+    let survivor = &apis[0];
+    let first_2xx = loop {
+        let reply = survivor
+            .create_payment(
+                &key,
+                Some("after-kill"),
+                r#"{"amount":800,"currency":"usd"}"#,
+            )
+            .await;
+        if reply.status == 201 {
+            break killed.elapsed();
+        }
+        assert_eq!(
+            reply.status, 503,
+            "only retryable refusals during the takeover: {}",
+            reply.body
+        );
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no takeover within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("takeover: first 2xx for merchant {merchant_id} {first_2xx:?} after SIGKILL (lease {LEASE_MS} ms)");
+    let remaining = [&apis[0], &apis[2]];
+    let after = settled(&remaining, Duration::from_secs(60)).await;
+    for partition in &lost {
+        assert!(
+            after[partition].1 > owners[partition].1,
+            "partition {partition}: the new owner raised the epoch"
+        );
+    }
+
+    // Every payment acknowledged before the kill is readable with its state, through
+    // either survivor, and its key still yields that same payment.
+    for (i, (key, id, idem)) in acknowledged.iter().enumerate() {
+        let api = remaining[i % 2];
+        let read = api.get_payment(key, id).await;
+        assert_eq!(
+            read.status, 200,
+            "payment {id} after the takeover: {}",
+            read.body
+        );
+        let again = api
+            .create_payment(key, Some(idem), r#"{"amount":700,"currency":"usd"}"#)
+            .await;
+        assert_eq!(again.status, 201, "{}", again.body);
+        assert_eq!(
+            again.body["id"].as_str(),
+            Some(id.as_str()),
+            "one payment per key"
+        );
+    }
+}
+
+/// The zombie: node b owns the merchant's partition, takes a create, and is paused
+/// (SIGSTOP) past its lease while that create's append is held (fault injection). Node a
+/// takes the partition over and appends its marker; b resumes and its append lands after
+/// the marker. The append takes effect nowhere, and b never answers 2xx for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_owners_late_append_lands_after_the_marker_and_takes_effect_nowhere() {
+    let env = TestEnv::new("cluster_zombie").await;
+    let faults = [
+        ("PAYRAIL__ACTORS__FAULT_INJECTION", "true"),
+        ("PAYRAIL__ACTORS__FAULT_STALL_MS", "3000"),
+        // Longer than stall + pause: the zombie's command must reach its append, not time out.
+        ("PAYRAIL__ACTORS__COMMAND_TIMEOUT_MS", "30000"),
+    ];
+    let nodes = [
+        cluster_node(&env, "node-a", &faults).await,
+        cluster_node(&env, "node-b", &faults).await,
+    ];
+    let apis: Vec<Api> = nodes.iter().map(Api::new).collect();
+    let owners = settled(&apis.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
+    let merchants = merchants_on_every_partition(&apis[0], 1).await;
+    let (partition, (merchant_id, key)) = merchants
+        .iter()
+        .find(|(p, _)| owners[p].0 == 1)
+        .map(|(p, list)| (*p, list[0].clone()))
+        .expect("node b owns a partition");
+    let old_epoch = owners[&partition].1;
+
+    let zombie = apis[1].clone();
+    let request = {
+        let key = key.clone();
+        tokio::spawn(async move {
+            zombie
+                .client
+                .post(format!("{}/v1/payments", zombie.base))
+                .bearer_auth(&key)
+                .header("Idempotency-Key", "zombie-1")
+                .header("content-type", "application/json")
+                .body(r#"{"amount":4200,"currency":"eur","metadata":{"payrail_fault":"stall_before_append"}}"#)
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    // The append is held for 3 s; pause b well inside that, and keep it paused past its
+    // lease (2 s) until a has taken the partition over.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nodes[1].signal("-STOP");
+    let taken = settled(&[&apis[0]], Duration::from_secs(30)).await;
+    let new_epoch = taken[&partition].1;
+    assert!(new_epoch > old_epoch);
+    nodes[1].signal("-CONT");
+    let status = request.await.expect("request task");
+    println!("the zombie answered {status:?}");
+    assert!(
+        !matches!(status, Ok(200..=299)),
+        "the zombie answered 2xx for its late append: {status:?}"
+    );
+
+    // The late append is in the journal, after the new owner's marker, under the old epoch.
+    let journal = common::eventually(Duration::from_secs(20), || async {
+        let records = read_journal(&env.brokers, &env.topic(), PARTITIONS);
+        let late = records.iter().any(|r| {
+            r.partition == partition
+                && r.key.as_deref() == Some(merchant_id.as_str())
+                && event_type(r) == "payment.created"
+        });
+        late.then_some(records)
+    })
+    .await
+    .expect("the zombie's append reached the journal");
+    let mine: Vec<_> = journal
+        .iter()
+        .filter(|r| r.partition == partition)
+        .collect();
+    let marker = mine
+        .iter()
+        .find(|r| event_type(r) == "partition.owner_changed" && owner_epoch(r) == new_epoch)
+        .expect("the new owner's marker");
+    let late = mine
+        .iter()
+        .find(|r| {
+            r.key.as_deref() == Some(merchant_id.as_str()) && event_type(r) == "payment.created"
+        })
+        .expect("the late append");
+    assert!(
+        late.offset > marker.offset,
+        "the late append lands after the marker"
+    );
+    assert_eq!(
+        owner_epoch(late),
+        old_epoch,
+        "written under the superseded epoch"
+    );
+
+    // It takes effect nowhere: no reader applied its event, no snapshot or read model has
+    // the payment, and its key is free.
+    let pool = env.pool().await;
+    let event_id: uuid::Uuid = late.headers["event_id"].parse().expect("event id");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let applied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM journal_processed_events WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_one(&pool)
+            .await
+            .expect("processed events");
+    assert_eq!(applied, 0, "a reader applied the zombie's event");
+    let snapshots: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM payment_snapshots WHERE merchant_id = $1")
+            .bind(&merchant_id)
+            .fetch_one(&pool)
+            .await
+            .expect("snapshots");
+    assert_eq!(snapshots, 0, "the zombie's payment has a snapshot");
+    let analytics: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM analytics_payments WHERE merchant_id = $1")
+            .bind(&merchant_id)
+            .fetch_one(&pool)
+            .await
+            .expect("analytics");
+    assert_eq!(analytics, 0, "analytics counted the zombie's payment");
+    let retried = apis[0]
+        .create_payment(
+            &key,
+            Some("zombie-1"),
+            r#"{"amount":4200,"currency":"eur"}"#,
+        )
+        .await;
+    assert_eq!(
+        retried.status, 201,
+        "the key is free for the client's retry: {}",
+        retried.body
+    );
+}
