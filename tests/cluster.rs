@@ -214,7 +214,7 @@ async fn three_nodes_share_the_partitions_and_any_node_serves_any_merchant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_nodes_partitions_move_and_no_acknowledged_payment_is_lost() {
     let env = TestEnv::new("cluster_kill").await;
-    let mut nodes = vec![
+    let mut nodes = [
         cluster_node(&env, "node-a", &[]).await,
         cluster_node(&env, "node-b", &[]).await,
         cluster_node(&env, "node-c", &[]).await,

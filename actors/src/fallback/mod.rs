@@ -97,6 +97,8 @@ pub enum FallbackError {
     Spool(#[from] SpoolError),
     #[error("projecting spooled events: {0}")]
     Projection(String),
+    #[error("partition {partition}: the lease of epoch {epoch} was taken over; nothing spooled")]
+    Superseded { partition: i32, epoch: u64 },
 }
 
 /// Journaled records of one partition not yet applied by the snapshot projector.
@@ -342,6 +344,7 @@ impl JournalFallback {
     ) -> Result<(), FallbackError> {
         debug_assert!(gate.spooling, "spooled only in fallback, under the gate");
         let mut tx = pool.begin().await.map_err(SpoolError::from)?;
+        fence_spool(&mut tx, partition, records).await?;
         // Projected first: the spool append locks the partition's fallback row (its
         // sequence) until the commit, serialising the partition's writers; the projection
         // touches only this payment's rows and need not run under that lock.
@@ -382,6 +385,40 @@ impl JournalFallback {
     pub async fn depths(&self) -> Result<Vec<SpoolDepth>, SpoolError> {
         self.spool.depths().await
     }
+}
+
+/// A cluster node spools only under the lease its records carry: the lease row is read
+/// `FOR SHARE` in the spool transaction, so a new owner's acquire (which raises the epoch)
+/// waits for this commit and then finds these rows in the spool it replays before its
+/// marker, or this transaction sees the raised epoch and writes nothing — no spooled row
+/// and, above all, no snapshot from a node that lost the partition. Records of a single
+/// node (epoch 0) have no lease to check.
+async fn fence_spool(
+    tx: &mut sqlx::PgConnection,
+    partition: i32,
+    records: &[OutgoingRecord],
+) -> Result<(), FallbackError> {
+    let epoch = records.first().map_or(0, |r| r.headers.owner_epoch);
+    debug_assert!(records.iter().all(|r| r.headers.owner_epoch == epoch));
+    if epoch == 0 {
+        return Ok(());
+    }
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT epoch FROM partition_leases WHERE partition = $1 FOR SHARE")
+            .bind(partition)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(SpoolError::from)?;
+    if current.and_then(|e| u64::try_from(e).ok()) != Some(epoch) {
+        warn!(
+            partition,
+            epoch,
+            ?current,
+            "spool append refused: the lease moved"
+        );
+        return Err(FallbackError::Superseded { partition, epoch });
+    }
+    Ok(())
 }
 
 /// The consumed form of an outgoing record (no offset yet), for projecting it.
