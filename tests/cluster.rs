@@ -4,119 +4,14 @@
 
 mod common;
 
-use common::{read_journal, Api, NodeProcess, TestEnv, ADMIN_TOKEN};
-use std::collections::{BTreeMap, BTreeSet};
+use common::cluster::*;
+use common::{read_journal, Api, TestEnv};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-
-/// Partitions of the cluster tests' journal: two per node of a three-node cluster.
-const PARTITIONS: u32 = 6;
-/// A short lease keeps the tests short; the takeover benchmark uses the default (6 s).
-const LEASE_MS: &str = "2000";
-
-async fn cluster_node(env: &TestEnv, node_id: &str, extra: &[(&str, &str)]) -> NodeProcess {
-    let partitions = PARTITIONS.to_string();
-    let mut vars = vec![
-        ("PAYRAIL__CLUSTER__NODE_ID", node_id),
-        ("PAYRAIL__CLUSTER__LEASE_MS", LEASE_MS),
-        ("PAYRAIL__CLUSTER__DRAIN_TIMEOUT_MS", "1000"),
-        ("PAYRAIL__JOURNAL__PARTITIONS", partitions.as_str()),
-    ];
-    vars.extend_from_slice(extra);
-    NodeProcess::start(env, &vars).await
-}
-
-/// The partitions `api`'s node serves now, with their epochs.
-async fn serving(api: &Api) -> Option<BTreeMap<i32, u64>> {
-    let response = api
-        .client
-        .get(format!("{}/v1/admin/cluster", api.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .ok()?;
-    if !response.status().is_success() {
-        return None;
-    }
-    let body: serde_json::Value = response.json().await.ok()?;
-    body["serving"]
-        .as_array()?
-        .iter()
-        .map(|s| Some((s["partition"].as_i64()? as i32, s["epoch"].as_u64()?)))
-        .collect()
-}
-
-/// Waits until the nodes behind `apis` serve every partition between them, each exactly
-/// once and each node its fair share (no more handovers to come); returns partition →
-/// (index of its node, epoch).
-async fn settled(apis: &[&Api], timeout: Duration) -> BTreeMap<i32, (usize, u64)> {
-    let deadline = Instant::now() + timeout;
-    let low = PARTITIONS as usize / apis.len();
-    let high = (PARTITIONS as usize).div_ceil(apis.len());
-    loop {
-        let mut owners = BTreeMap::new();
-        let mut twice = false;
-        let mut fair = true;
-        for (index, api) in apis.iter().enumerate() {
-            let served = serving(api).await.unwrap_or_default();
-            fair &= (low..=high).contains(&served.len());
-            for (partition, epoch) in served {
-                twice |= owners.insert(partition, (index, epoch)).is_some();
-            }
-        }
-        if !twice && fair && owners.len() == PARTITIONS as usize {
-            return owners;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cluster did not settle within {timeout:?}: {owners:?} (a partition twice: {twice})"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn partition_of(merchant_id: &str) -> i32 {
-    kafka_journal::partition_for(merchant_id.as_bytes(), PARTITIONS)
-}
-
-/// Merchants until every partition has at least `per_partition` of them.
-async fn merchants_on_every_partition(
-    api: &Api,
-    per_partition: usize,
-) -> BTreeMap<i32, Vec<(String, String)>> {
-    let mut by_partition: BTreeMap<i32, Vec<(String, String)>> = BTreeMap::new();
-    for n in 0..(PARTITIONS as usize * per_partition * 20) {
-        if by_partition.len() == PARTITIONS as usize
-            && by_partition.values().all(|m| m.len() >= per_partition)
-        {
-            return by_partition;
-        }
-        let (id, key) = api.merchant(&format!("cluster-{n}")).await;
-        let list = by_partition.entry(partition_of(&id)).or_default();
-        if list.len() < per_partition {
-            list.push((id, key));
-        }
-    }
-    panic!("merchants did not cover every partition: {by_partition:?}");
-}
-
-fn event_type(record: &common::JournalRecord) -> &str {
-    record
-        .headers
-        .get("event_type")
-        .map(String::as_str)
-        .unwrap_or("")
-}
-
-fn owner_epoch(record: &common::JournalRecord) -> u64 {
-    record
-        .headers
-        .get("owner_epoch")
-        .and_then(|e| e.parse().ok())
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_share_the_partitions_and_any_node_serves_any_merchant() {
+    let _cluster = ONE_CLUSTER_AT_A_TIME.lock().await;
     let env = TestEnv::new("cluster_share").await;
     let nodes = [
         cluster_node(&env, "node-a", &[]).await,
@@ -213,6 +108,7 @@ async fn three_nodes_share_the_partitions_and_any_node_serves_any_merchant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_nodes_partitions_move_and_no_acknowledged_payment_is_lost() {
+    let _cluster = ONE_CLUSTER_AT_A_TIME.lock().await;
     let env = TestEnv::new("cluster_kill").await;
     let mut nodes = [
         cluster_node(&env, "node-a", &[]).await,
@@ -313,6 +209,7 @@ async fn a_killed_nodes_partitions_move_and_no_acknowledged_payment_is_lost() {
 /// the marker. The append takes effect nowhere, and b never answers 2xx for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_owners_late_append_lands_after_the_marker_and_takes_effect_nowhere() {
+    let _cluster = ONE_CLUSTER_AT_A_TIME.lock().await;
     let env = TestEnv::new("cluster_zombie").await;
     let faults = [
         ("PAYRAIL__ACTORS__FAULT_INJECTION", "true"),

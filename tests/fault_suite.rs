@@ -269,7 +269,7 @@ async fn keyed_creates_survive_a_fault_schedule() {
     };
     let control = LoadControl::new(Duration::from_micros(load_ms * 1000 / keys as u64));
     let load = tokio::spawn(run_keyed_load(
-        base.clone(),
+        vec![base.clone()],
         merchants.clone(),
         clients,
         Some(keys),
@@ -568,7 +568,7 @@ async fn pools_catch_up_after_node_and_broker_fault_cycles() {
         Arc::new(move |i| KeySpec::new(i, merchant_count, &run, 0));
     let control = LoadControl::new(Duration::from_millis(100));
     let load = tokio::spawn(run_keyed_load(
-        base.clone(),
+        vec![base.clone()],
         merchants.clone(),
         clients,
         None,

@@ -313,7 +313,7 @@ impl LoadControl {
     }
 
     /// The next key index to work on, paced; `None` when stopped or `limit` reached.
-    async fn take(&self, limit: Option<usize>) -> Option<usize> {
+    pub async fn take(&self, limit: Option<usize>) -> Option<usize> {
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return None;
@@ -374,6 +374,21 @@ pub async fn create_until_acknowledged(
     per_key_deadline: Duration,
     rng: &mut Rng,
 ) -> KeyOutcome {
+    let bases = [base.to_string()];
+    create_until_acknowledged_via(client, &bases, api_key, spec, per_key_deadline, rng).await
+}
+
+/// Like [`create_until_acknowledged`], over several nodes: each try goes to the next node
+/// of `bases` (from a random one), so a dead node only costs one try.
+pub async fn create_until_acknowledged_via(
+    client: &reqwest::Client,
+    bases: &[String],
+    api_key: &str,
+    spec: &KeySpec,
+    per_key_deadline: Duration,
+    rng: &mut Rng,
+) -> KeyOutcome {
+    let first = rng.below(bases.len() as u64) as usize;
     let mut outcome = KeyOutcome {
         first_try: Some(Instant::now()),
         ..KeyOutcome::default()
@@ -381,6 +396,7 @@ pub async fn create_until_acknowledged(
     let deadline = Instant::now() + per_key_deadline;
     let mut backoff = Duration::from_millis(50);
     loop {
+        let base = &bases[(first + outcome.attempts as usize) % bases.len()];
         outcome.attempts += 1;
         let sent = client
             .post(format!("{base}/v1/payments"))
@@ -425,11 +441,11 @@ pub async fn create_until_acknowledged(
     }
 }
 
-/// Runs `clients` clients over keys made by `make_key(index)` (up to `limit`, or until
+/// Runs `clients` clients (each try to the next node of `bases`) over keys made by `make_key(index)` (up to `limit`, or until
 /// [`LoadControl::stop`]); returns every started key's spec and outcome, by index.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_keyed_load(
-    base: String,
+    bases: Vec<String>,
     merchants: Arc<Vec<Merchant>>,
     clients: usize,
     limit: Option<usize>,
@@ -442,7 +458,7 @@ pub async fn run_keyed_load(
     let results = Arc::new(Mutex::new(BTreeMap::new()));
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let base = base.clone();
+        let bases = bases.clone();
         let merchants = merchants.clone();
         let make_key = make_key.clone();
         let control = control.clone();
@@ -453,9 +469,9 @@ pub async fn run_keyed_load(
             while let Some(index) = control.take(limit).await {
                 let spec = make_key(index);
                 let merchant = &merchants[spec.merchant];
-                let outcome = create_until_acknowledged(
+                let outcome = create_until_acknowledged_via(
                     &client,
-                    &base,
+                    &bases,
                     &merchant.api_key,
                     &spec,
                     per_key_deadline,

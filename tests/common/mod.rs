@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod chaos;
+pub mod cluster;
 pub mod proxy;
 
 use rdkafka::config::ClientConfig;

@@ -1,0 +1,259 @@
+//! The cluster under faults (issue 11's "Must show"): a keyed load over ≥ 200 merchants,
+//! spread over the nodes (clients retry the same Idempotency-Key on any non-2xx, each try
+//! to the next node), while one node is SIGKILLed, another is SIGSTOPped for longer than
+//! its lease and resumed, and a fourth node joins. Then, read with an independent Kafka
+//! client: every acknowledged payment is in the journal, one payment per key, no payment
+//! has two different events for one sequence number among the records readers apply; the
+//! acknowledged cancels hold; `payrail audit` is clean.
+//!
+//! Size: `PAYRAIL_CLUSTER_KEYS` (default 1200) creates at `PAYRAIL_CLUSTER_RATE` keys/s
+//! (default 60) — the CI variant; raise both for a longer run.
+
+mod common;
+
+use common::chaos::{env_u64, percentile, run_keyed_load, KeySpec, LoadControl, Merchant};
+use common::cluster::*;
+use common::{free_port, read_journal, Api, TestEnv};
+use kafka_journal::codec::{Codec, CodecKind};
+use kafka_journal::Envelope;
+use payrail_actors::payment::PaymentEvent;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MERCHANTS: usize = 200;
+
+/// The payment events readers apply: per partition in offset order, records below the
+/// highest owner epoch seen so far are fenced (ignored), as every payrail reader does.
+/// Returns the applied events and how many records were fenced.
+fn applied_events(env: &TestEnv) -> (Vec<Envelope<PaymentEvent>>, usize) {
+    let mut records = read_journal(&env.brokers, &env.topic(), PARTITIONS);
+    records.sort_by_key(|r| (r.partition, r.offset));
+    let mut highest: HashMap<i32, u64> = HashMap::new();
+    let mut fenced = 0;
+    let mut events = Vec::new();
+    for record in records {
+        let epoch = owner_epoch(&record);
+        let top = highest.entry(record.partition).or_insert(0);
+        if epoch < *top {
+            fenced += 1;
+            continue;
+        }
+        *top = epoch;
+        if !event_type(&record).starts_with("payment.")
+            && !event_type(&record).starts_with("refund.")
+        {
+            continue;
+        }
+        let codec = record
+            .headers
+            .get("content_type")
+            .and_then(|c| CodecKind::from_content_type(c).ok())
+            .expect("content type");
+        events.push(codec.decode(&record.value).expect("payment event"));
+    }
+    (events, fenced)
+}
+
+/// `payrail audit` against this cluster's journal (six partitions).
+fn audit(env: &TestEnv) -> (bool, String) {
+    let partitions = PARTITIONS.to_string();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_payrail"))
+        .arg("audit")
+        .envs(env.node_env(free_port()))
+        .env("PAYRAIL__JOURNAL__PARTITIONS", &partitions)
+        .output()
+        .expect("run payrail audit");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_loses_and_forks_nothing_while_nodes_die_pause_and_join() {
+    let _cluster = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let keys = env_u64("PAYRAIL_CLUSTER_KEYS", 1_200) as usize;
+    let rate = env_u64("PAYRAIL_CLUSTER_RATE", 60).max(1);
+    let env = TestEnv::new("cluster_chaos").await;
+    let mut a = cluster_node(&env, "node-a", &[]).await;
+    let mut b = cluster_node(&env, "node-b", &[]).await;
+    let mut c = cluster_node(&env, "node-c", &[]).await;
+    let (api_a, api_b, api_c) = (Api::new(&a), Api::new(&b), Api::new(&c));
+    settled(&[&api_a, &api_b, &api_c], Duration::from_secs(60)).await;
+
+    let mut merchants = Vec::with_capacity(MERCHANTS);
+    for n in 0..MERCHANTS {
+        let (id, api_key) = api_a.merchant(&format!("chaos-{n}")).await;
+        merchants.push(Merchant {
+            id,
+            api_key,
+            warm_up: String::new(),
+        });
+    }
+    let merchants = Arc::new(merchants);
+    // The fourth node's port is known now, so clients can try it before it exists
+    // (refused, next node), as a client with a static node list would.
+    let port_d = free_port();
+    let bases = vec![
+        api_a.base.clone(),
+        api_b.base.clone(),
+        api_c.base.clone(),
+        format!("http://127.0.0.1:{port_d}"),
+    ];
+    let control = LoadControl::new(Duration::from_micros(1_000_000 / rate));
+    let run = format!("chaos{}", &env.id[env.id.len() - 6..]);
+    let make_key: Arc<dyn Fn(usize) -> KeySpec + Send + Sync> =
+        Arc::new(move |i| KeySpec::new(i, MERCHANTS, &run, 0));
+    let load = tokio::spawn(run_keyed_load(
+        bases,
+        merchants.clone(),
+        24,
+        Some(keys),
+        make_key,
+        control.clone(),
+        Duration::from_secs(90),
+        Duration::from_secs(15),
+        11,
+    ));
+    let load_time = Duration::from_secs(keys as u64 / rate);
+    let started = Instant::now();
+
+    // Faults at a quarter, half and three quarters of the load.
+    tokio::time::sleep(load_time / 4).await;
+    b.kill9();
+    let killed_at = started.elapsed();
+    println!("{killed_at:?}: node-b SIGKILLed");
+    tokio::time::sleep(load_time / 4).await;
+    c.signal("-STOP");
+    let stopped_at = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(5_000)).await; // > LEASE_MS
+    c.signal("-CONT");
+    println!("{stopped_at:?}: node-c SIGSTOPped for 5 s, resumed");
+    let mut d = cluster_node_on(&env, "node-d", port_d, &[]).await;
+    println!("{:?}: node-d joined", started.elapsed());
+
+    let outcomes = load.await.expect("load");
+    println!("load done after {:?}", started.elapsed());
+    let api_d = Api::new(&d);
+    let owners = settled(&[&api_a, &api_c, &api_d], Duration::from_secs(60)).await;
+    println!("settled: {owners:?}");
+
+    // Every key acknowledged (clients retried until then).
+    let mut waits: Vec<Duration> = Vec::new();
+    let mut acknowledged: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut failures: BTreeMap<String, u32> = BTreeMap::new();
+    for (spec, outcome) in outcomes.values() {
+        for (kind, n) in &outcome.failures {
+            *failures.entry(kind.clone()).or_default() += n;
+        }
+        let id = outcome.payment_id.clone().unwrap_or_else(|| {
+            panic!(
+                "key {} never acknowledged: {:?}",
+                spec.idempotency_key, outcome.failures
+            )
+        });
+        waits.push(outcome.time_to_2xx().expect("acknowledged"));
+        let merchant = &merchants[spec.merchant];
+        acknowledged.insert((merchant.id.clone(), spec.idempotency_key.clone()), id);
+    }
+    assert_eq!(acknowledged.len(), keys, "every key acknowledged once");
+    waits.sort();
+    println!(
+        "keys {keys}: time to 2xx p50 {:?} p99 {:?} max {:?}; non-2xx answers {failures:?}",
+        percentile(&waits, 50.0),
+        percentile(&waits, 99.0),
+        percentile(&waits, 100.0)
+    );
+
+    // Cancel a tenth of them through the surviving nodes (a lifecycle step, forwarded).
+    let by_merchant: HashMap<&str, &Merchant> =
+        merchants.iter().map(|m| (m.id.as_str(), m)).collect();
+    let apis = [&api_a, &api_c, &api_d];
+    let mut canceled = BTreeSet::new();
+    for (n, ((merchant_id, _), id)) in acknowledged.iter().enumerate().filter(|(n, _)| n % 10 == 0)
+    {
+        let key = &by_merchant[merchant_id.as_str()].api_key;
+        let reply = apis[n % 3]
+            .send(
+                reqwest::Method::POST,
+                &format!("/v1/payments/{id}/cancel"),
+                Some(key),
+                None,
+                Some("{}".into()),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "cancel {id}: {}", reply.body);
+        canceled.insert(id.clone());
+    }
+
+    // The journal, read independently and fenced as readers do.
+    let (events, fenced) = applied_events(&env);
+    let mut created: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    let mut by_sequence: HashMap<(String, u64), BTreeSet<uuid::Uuid>> = HashMap::new();
+    let mut last_type: HashMap<String, String> = HashMap::new();
+    for event in &events {
+        if let PaymentEvent::Created(create) = &event.payload {
+            created
+                .entry((
+                    event.merchant_id.clone(),
+                    create.idempotency_key.clone().unwrap_or_default(),
+                ))
+                .or_default()
+                .insert(event.payment_id.clone());
+        }
+        by_sequence
+            .entry((event.payment_id.clone(), event.sequence))
+            .or_default()
+            .insert(event.event_id);
+        last_type.insert(event.payment_id.clone(), event.event_type.clone());
+    }
+    let forks: Vec<_> = by_sequence
+        .iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .collect();
+    assert!(
+        forks.is_empty(),
+        "payments with two different events for one sequence: {forks:?}"
+    );
+    for (key, id) in &acknowledged {
+        let ids = created
+            .get(key)
+            .unwrap_or_else(|| panic!("acknowledged {key:?} ({id}) is not in the journal"));
+        assert_eq!(ids.len(), 1, "one payment per key: {key:?} → {ids:?}");
+        assert!(
+            ids.contains(id),
+            "{key:?}: acknowledged {id}, journal {ids:?}"
+        );
+    }
+    for id in &canceled {
+        assert_eq!(
+            last_type.get(id).map(String::as_str),
+            Some("payment.canceled"),
+            "{id}"
+        );
+    }
+    println!(
+        "journal: {} payment events applied, {fenced} records fenced, {} payments, 0 forks",
+        events.len(),
+        created.len()
+    );
+
+    // The read models converge on the journal: `payrail audit` clean (the pools may still
+    // be applying the tail, so it is polled).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (clean, text) = audit(&env);
+        if clean {
+            println!("audit: {}", text.lines().last().unwrap_or(""));
+            break;
+        }
+        assert!(Instant::now() < deadline, "payrail audit not clean: {text}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    a.kill9();
+    c.kill9();
+    d.kill9();
+}

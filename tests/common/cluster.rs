@@ -1,0 +1,127 @@
+//! Helpers of the cluster tests: `payrail node` processes with `cluster.node_id`, their
+//! view of who serves what (`GET /v1/admin/cluster`), and the journal's epochs.
+
+use super::{Api, JournalRecord, NodeProcess, TestEnv, ADMIN_TOKEN};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Partitions of the cluster tests' journal: two per node of a three-node cluster.
+pub const PARTITIONS: u32 = 6;
+
+/// Held by each cluster test for its whole run: several clusters of debug nodes at once on
+/// two cores would starve the lease renewals and measure the machine, not the cluster.
+pub static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// A short lease keeps the tests short; the takeover benchmark uses the default (6 s).
+pub const LEASE_MS: &str = "2000";
+
+pub async fn cluster_node(env: &TestEnv, node_id: &str, extra: &[(&str, &str)]) -> NodeProcess {
+    cluster_node_on(env, node_id, super::free_port(), extra).await
+}
+
+/// A cluster node on `port` (e.g. one the clients know before the node starts).
+pub async fn cluster_node_on(
+    env: &TestEnv,
+    node_id: &str,
+    port: u16,
+    extra: &[(&str, &str)],
+) -> NodeProcess {
+    let partitions = PARTITIONS.to_string();
+    let mut vars = vec![
+        ("PAYRAIL__CLUSTER__NODE_ID", node_id),
+        ("PAYRAIL__CLUSTER__LEASE_MS", LEASE_MS),
+        ("PAYRAIL__CLUSTER__DRAIN_TIMEOUT_MS", "1000"),
+        ("PAYRAIL__JOURNAL__PARTITIONS", partitions.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    NodeProcess::start_on(env, port, &vars).await
+}
+
+/// The partitions `api`'s node serves now, with their epochs.
+pub async fn serving(api: &Api) -> Option<BTreeMap<i32, u64>> {
+    let response = api
+        .client
+        .get(format!("{}/v1/admin/cluster", api.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let body: serde_json::Value = response.json().await.ok()?;
+    body["serving"]
+        .as_array()?
+        .iter()
+        .map(|s| Some((s["partition"].as_i64()? as i32, s["epoch"].as_u64()?)))
+        .collect()
+}
+
+/// Waits until the nodes behind `apis` serve every partition between them, each exactly
+/// once and each node its fair share (no more handovers to come); returns partition →
+/// (index of its node, epoch).
+pub async fn settled(apis: &[&Api], timeout: Duration) -> BTreeMap<i32, (usize, u64)> {
+    let deadline = Instant::now() + timeout;
+    let low = PARTITIONS as usize / apis.len();
+    let high = (PARTITIONS as usize).div_ceil(apis.len());
+    loop {
+        let mut owners = BTreeMap::new();
+        let mut twice = false;
+        let mut fair = true;
+        for (index, api) in apis.iter().enumerate() {
+            let served = serving(api).await.unwrap_or_default();
+            fair &= (low..=high).contains(&served.len());
+            for (partition, epoch) in served {
+                twice |= owners.insert(partition, (index, epoch)).is_some();
+            }
+        }
+        if !twice && fair && owners.len() == PARTITIONS as usize {
+            return owners;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not settle within {timeout:?}: {owners:?} (a partition twice: {twice})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn partition_of(merchant_id: &str) -> i32 {
+    kafka_journal::partition_for(merchant_id.as_bytes(), PARTITIONS)
+}
+
+/// Merchants until every partition has at least `per_partition` of them.
+pub async fn merchants_on_every_partition(
+    api: &Api,
+    per_partition: usize,
+) -> BTreeMap<i32, Vec<(String, String)>> {
+    let mut by_partition: BTreeMap<i32, Vec<(String, String)>> = BTreeMap::new();
+    for n in 0..(PARTITIONS as usize * per_partition * 20) {
+        if by_partition.len() == PARTITIONS as usize
+            && by_partition.values().all(|m| m.len() >= per_partition)
+        {
+            return by_partition;
+        }
+        let (id, key) = api.merchant(&format!("cluster-{n}")).await;
+        let list = by_partition.entry(partition_of(&id)).or_default();
+        if list.len() < per_partition {
+            list.push((id, key));
+        }
+    }
+    panic!("merchants did not cover every partition: {by_partition:?}");
+}
+
+pub fn event_type(record: &JournalRecord) -> &str {
+    record
+        .headers
+        .get("event_type")
+        .map(String::as_str)
+        .unwrap_or("")
+}
+
+pub fn owner_epoch(record: &JournalRecord) -> u64 {
+    record
+        .headers
+        .get("owner_epoch")
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0)
+}
