@@ -74,7 +74,8 @@ pub struct ClusterOptions {
     /// from `http.bind`.
     pub advertise_url: String,
     /// Lease length (ms); renewed every third of it. A dead node's partitions move after
-    /// at most this long (plus the takeover's catch-up). Default 6000.
+    /// two thirds to four thirds of it (expiry, then the next keeper round), plus the
+    /// takeover's catch-up. Default 3000 (see docs/DECISIONS.md, "Cluster").
     pub lease_ms: u64,
     /// How long a partition being handed over waits for its commands in flight (ms).
     /// Default 3000.
@@ -97,7 +98,7 @@ impl Default for ClusterOptions {
             secret: "cluster_dev_secret_change_me_0123456789".into(),
             node_id: String::new(),
             advertise_url: String::new(),
-            lease_ms: 6_000,
+            lease_ms: 3_000,
             drain_timeout_ms: 3_000,
             catch_up_timeout_ms: 60_000,
             forward_timeout_ms: 10_000,

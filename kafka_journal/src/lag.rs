@@ -188,7 +188,17 @@ impl ConsumerMonitor {
             let mut out = Vec::with_capacity(consumers.len());
             for (consumer, lag_ms) in consumers.iter().zip(histograms) {
                 let mut partitions = Vec::new();
+                // A manually assigned consumer reports what it reads now: a cluster node's
+                // partitions come and go, and one it gave away is another node's lag.
+                let manual = matches!(
+                    consumer.spec.assignment,
+                    crate::consumer::Assignment::Manual(_)
+                );
+                let assigned = consumer.assigned();
                 for (partition, next_offset) in consumer.progress.partitions() {
+                    if manual && !assigned.contains(&partition) {
+                        continue;
+                    }
                     let key = (consumer.spec.topic.clone(), partition);
                     let (low, high) = match watermarks.get(&key) {
                         Some(known) => *known,
