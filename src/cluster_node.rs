@@ -294,3 +294,84 @@ pub async fn cluster_status(
         .collect();
     Ok(serde_json::json!({"leases": leases, "nodes": nodes}))
 }
+
+/// `payrail cluster status`: the lease table and live nodes from PostgreSQL, and what each
+/// live node reports serving and its consumers' lag (`GET /v1/admin/cluster`).
+pub async fn print_status(
+    config: &crate::config::Config,
+    pool: sqlx::PgPool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let store = LeaseStore::new(pool, Duration::from_secs(5));
+    let mut status = cluster_status(&store, config.cluster.lease_ms)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the lease table: {e}"))?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let mut reports = Vec::new();
+    for node in status["nodes"].as_array().cloned().unwrap_or_default() {
+        let url = node["url"].as_str().unwrap_or_default().to_string();
+        let report = match client
+            .get(format!("{}/v1/admin/cluster", url.trim_end_matches('/')))
+            .bearer_auth(&config.http.admin_token)
+            .send()
+            .await
+        {
+            Ok(response) if response.status().is_success() => response
+                .json::<serde_json::Value>()
+                .await
+                .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})),
+            Ok(response) => serde_json::json!({"error": format!("HTTP {}", response.status())}),
+            Err(error) => serde_json::json!({"error": error.to_string()}),
+        };
+        reports.push(serde_json::json!({"node_id": node["node_id"], "url": url, "report": report}));
+    }
+    status["reports"] = serde_json::Value::Array(reports);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<28} {:<28} {:>8}",
+        "NODE", "URL", "SERVING (partition:epoch)", "LAG"
+    );
+    for entry in status["reports"].as_array().cloned().unwrap_or_default() {
+        let report = &entry["report"];
+        let serving = match report["serving"].as_array() {
+            Some(list) => list
+                .iter()
+                .map(|s| format!("{}:{}", s["partition"], s["epoch"]))
+                .collect::<Vec<_>>()
+                .join(" "),
+            None => format!("unreachable ({})", report["error"].as_str().unwrap_or("?")),
+        };
+        let lag: i64 = report["consumers"]
+            .as_array()
+            .map(|c| c.iter().filter_map(|c| c["lag_records"].as_i64()).sum())
+            .unwrap_or(-1);
+        println!(
+            "{:<16} {:<28} {:<28} {:>8}",
+            entry["node_id"].as_str().unwrap_or("?"),
+            entry["url"].as_str().unwrap_or("?"),
+            serving,
+            lag
+        );
+    }
+    println!();
+    println!(
+        "{:<10} {:<16} {:>6} {:<6} EXPIRES_AT",
+        "PARTITION", "OWNER", "EPOCH", "HELD"
+    );
+    for lease in status["leases"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "{:<10} {:<16} {:>6} {:<6} {}",
+            lease["partition"].to_string(),
+            lease["owner"].as_str().unwrap_or("-"),
+            lease["epoch"].to_string(),
+            lease["held"].to_string(),
+            lease["expires_at"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(())
+}

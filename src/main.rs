@@ -56,6 +56,19 @@ enum Command {
     /// Reference benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The cluster: nodes, partitions, owners, epochs, lease expiry, pools' lag per node.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Reads the lease table from PostgreSQL and asks every live node what it serves.
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,6 +192,11 @@ fn main() -> ExitCode {
                 let db = node::connect(&config).await?;
                 node::migrate(&db).await?;
                 audit::rebuild(&config, &db, &pool).await
+            }
+            (Command::Cluster(ClusterCommand::Status { json }), Some(config)) => {
+                let db = node::connect(&config).await?;
+                node::migrate(&db).await?;
+                cluster_node::print_status(&config, db, json).await
             }
             (Command::PspSandbox(_), _) => Ok(()),
             (_, None) => Err(anyhow::anyhow!("no configuration loaded")),

@@ -104,6 +104,45 @@ async fn three_nodes_share_the_partitions_and_any_node_serves_any_merchant() {
         }
     }
     assert_eq!(created.len(), PARTITIONS as usize * 2);
+
+    // `payrail cluster status`: three live nodes, every partition held, what each serves.
+    let partitions = PARTITIONS.to_string();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_payrail"))
+        .args(["cluster", "status", "--json"])
+        .envs(env.node_env(common::free_port()))
+        .env("PAYRAIL__JOURNAL__PARTITIONS", &partitions)
+        .output()
+        .expect("payrail cluster status");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("cluster status JSON");
+    assert_eq!(
+        status["nodes"].as_array().map(Vec::len),
+        Some(3),
+        "{status}"
+    );
+    let leases = status["leases"].as_array().expect("leases");
+    assert_eq!(leases.len(), PARTITIONS as usize);
+    for lease in leases {
+        let partition = lease["partition"].as_i64().expect("partition") as i32;
+        assert_eq!(lease["held"], true, "{lease}");
+        assert_eq!(
+            lease["epoch"].as_u64(),
+            Some(owners[&partition].1),
+            "{lease}"
+        );
+    }
+    let served: usize = status["reports"]
+        .as_array()
+        .expect("reports")
+        .iter()
+        .map(|r| r["report"]["serving"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(served, PARTITIONS as usize, "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

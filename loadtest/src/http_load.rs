@@ -46,8 +46,14 @@ impl Scenario {
 /// `payrail loadtest`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadtestArgs {
-    /// Base URL of the node (http only).
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    /// Base URL of the node (http only); several nodes of a cluster separated by commas,
+    /// each connection talking to one of them (connection i to node i mod n). Merchants are
+    /// created and the pools' lag is read through the first.
+    #[arg(
+        long,
+        value_name = "URL[,URL...]",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub target: String,
     /// Admin token of the node, to create the merchants (POST /v1/merchants).
     #[arg(
@@ -129,18 +135,27 @@ fn invalid(flag: &'static str, message: impl Into<String>) -> LoadtestError {
     }
 }
 
-/// Checks every flag against its limit; returns the target's base URL (no trailing slash).
-pub fn validate(args: &LoadtestArgs) -> Result<String, LoadtestError> {
-    let url = Url::parse(&args.target)
-        .map_err(|e| invalid("--target", format!("{:?} is not a URL: {e}", args.target)))?;
-    if url.scheme() != "http" {
-        return Err(invalid(
-            "--target",
-            "only http:// targets are supported (this build has no TLS)",
-        ));
+/// Nodes one run talks to at most (`--target`).
+pub const MAX_TARGETS: usize = 64;
+
+/// Checks every flag against its limit; returns the targets' base URLs (no trailing slash).
+pub fn validate(args: &LoadtestArgs) -> Result<Vec<String>, LoadtestError> {
+    let targets: Vec<&str> = args.target.split(',').map(str::trim).collect();
+    if targets.len() > MAX_TARGETS {
+        return Err(invalid("--target", format!("at most {MAX_TARGETS} URLs")));
     }
-    if url.host_str().is_none() {
-        return Err(invalid("--target", "the URL names no host"));
+    for target in &targets {
+        let url = Url::parse(target)
+            .map_err(|e| invalid("--target", format!("{target:?} is not a URL: {e}")))?;
+        if url.scheme() != "http" {
+            return Err(invalid(
+                "--target",
+                "only http:// targets are supported (this build has no TLS)",
+            ));
+        }
+        if url.host_str().is_none() {
+            return Err(invalid("--target", "the URL names no host"));
+        }
     }
     if args.admin_token.is_empty() {
         return Err(invalid("--admin-token", "must not be empty"));
@@ -166,7 +181,10 @@ pub fn validate(args: &LoadtestArgs) -> Result<String, LoadtestError> {
     }
     // Checked here so a bad exponent fails before any merchant is created.
     MerchantPicker::new(1, args.skew)?;
-    Ok(args.target.trim_end_matches('/').to_string())
+    Ok(targets
+        .iter()
+        .map(|t| t.trim_end_matches('/').to_string())
+        .collect())
 }
 
 pub(crate) fn classify(error: &reqwest::Error) -> ErrorKind {
@@ -240,12 +258,18 @@ async fn create_merchant(
     })
 }
 
-/// What every worker of a run reads.
-pub(crate) struct Shared {
-    pub client: reqwest::Client,
+/// One node of `--target`.
+pub(crate) struct Target {
     /// The node's base URL, without a trailing slash.
     pub base: String,
     pub payments_url: Url,
+}
+
+/// What every worker of a run reads.
+pub(crate) struct Shared {
+    pub client: reqwest::Client,
+    /// The nodes; connection i talks to `targets[i % len]`.
+    pub targets: Vec<Target>,
     pub merchants: Vec<Merchant>,
     pub picker: MerchantPicker,
     pub scenario: Scenario,
@@ -278,9 +302,9 @@ impl Shared {
 }
 
 /// Closed loop: one iteration after the other.
-async fn closed_worker(shared: Arc<Shared>) -> Recorder {
+async fn closed_worker(shared: Arc<Shared>, connection: u32) -> Recorder {
     let end = shared.timeline.end();
-    let mut worker = Worker::new(shared);
+    let mut worker = Worker::new(shared, connection);
     while Instant::now() < end {
         if !worker.iterate(Start::Now).await {
             break;
@@ -295,7 +319,7 @@ async fn open_worker(shared: Arc<Shared>, connection: u32, rate_per_s: u64) -> R
     let timeline = shared.timeline;
     let mut pacer = Pacer::new(connection, shared.connections, rate_per_s);
     let max_requests = shared.max_requests;
-    let mut worker = Worker::new(Arc::clone(&shared));
+    let mut worker = Worker::new(Arc::clone(&shared), connection);
     // Every iteration sends at least one request, so --max-requests bounds the schedule too.
     while let Some(slot) = pacer.next_before(timeline.total, max_requests) {
         let intended = timeline.start + slot.intended;
@@ -313,7 +337,8 @@ async fn open_worker(shared: Arc<Shared>, connection: u32, rate_per_s: u64) -> R
 
 /// Runs the load test and returns its report.
 pub async fn run(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
-    let base = validate(args)?;
+    let bases = validate(args)?;
+    let base = bases[0].clone();
     let timeout = Duration::from_millis(args.timeout_ms);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections as usize)
@@ -322,8 +347,16 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
         .tcp_nodelay(true)
         .build()
         .map_err(LoadtestError::Client)?;
-    let payments_url = Url::parse(&format!("{base}/v1/payments"))
-        .map_err(|e| invalid("--target", e.to_string()))?;
+    let targets = bases
+        .iter()
+        .map(|base| {
+            Ok(Target {
+                base: base.clone(),
+                payments_url: Url::parse(&format!("{base}/v1/payments"))
+                    .map_err(|e| invalid("--target", e.to_string()))?,
+            })
+        })
+        .collect::<Result<Vec<_>, LoadtestError>>()?;
     let merchants_url = format!("{base}/v1/merchants");
     let admin = HeaderValue::from_str(&format!("Bearer {}", args.admin_token))
         .map_err(|_| invalid("--admin-token", "not a valid header value"))?;
@@ -350,8 +383,7 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
     );
     let shared = Arc::new(Shared {
         client,
-        base: base.clone(),
-        payments_url,
+        targets,
         merchants,
         picker,
         scenario: args.scenario,
@@ -373,7 +405,7 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
         let shared = Arc::clone(&shared);
         match shared.rate_per_s {
             Some(rate) => workers.spawn(open_worker(shared, connection, rate)),
-            None => workers.spawn(closed_worker(shared)),
+            None => workers.spawn(closed_worker(shared, connection)),
         };
     }
     let mut recorder = Recorder::default();
@@ -436,7 +468,7 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
             "closed"
         }
         .into(),
-        target: base,
+        target: bases.join(","),
         connections: args.connections,
         target_rate_per_s: args.rate,
         warmup_s: args.warmup,

@@ -212,6 +212,8 @@ async fn send(request: RequestBuilder, expect: StatusCode) -> Result<Vec<u8>, Er
 /// One connection's client: runs iterations and records them (no shared locks).
 pub(crate) struct Worker {
     shared: Arc<Shared>,
+    /// The node this connection talks to (`Shared::targets`).
+    target: usize,
     rng: StdRng,
     recorder: Recorder,
     /// Payments this worker created (merchant index, id), newest last, for the mix's reads.
@@ -219,13 +221,19 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(shared: Arc<Shared>, connection: u32) -> Self {
+        let target = connection as usize % shared.targets.len().max(1);
         Self {
             shared,
+            target,
             rng: StdRng::from_entropy(),
             recorder: Recorder::default(),
             recent: VecDeque::new(),
         }
+    }
+
+    fn base(&self) -> &str {
+        &self.shared.targets[self.target].base
     }
 
     pub fn into_recorder(self) -> Recorder {
@@ -262,7 +270,7 @@ impl Worker {
                 let Some((owner, id)) = self.recent.get(pick).cloned() else {
                     return Ok(());
                 };
-                let url = format!("{}/v1/payments/{id}", self.shared.base);
+                let url = format!("{}/v1/payments/{id}", self.base());
                 self.step(
                     KIND_GET,
                     owner,
@@ -282,7 +290,7 @@ impl Worker {
                 .await
             }
             Action::List => {
-                let url = format!("{}/v1/payments?limit={LIST_LIMIT}", self.shared.base);
+                let url = format!("{}/v1/payments?limit={LIST_LIMIT}", self.base());
                 self.step(
                     KIND_LIST,
                     merchant,
@@ -304,7 +312,7 @@ impl Worker {
         let (id, amount) = self.create(merchant, start).await?;
         self.confirm(merchant, &id, "manual", "requires_capture")
             .await?;
-        let url = format!("{}/v1/payments/{id}/capture", self.shared.base);
+        let url = format!("{}/v1/payments/{id}/capture", self.base());
         self.step(
             KIND_CAPTURE,
             merchant,
@@ -320,7 +328,7 @@ impl Worker {
         } else {
             self.rng.gen_range(1..amount.max(2))
         };
-        let url = format!("{}/v1/payments/{id}/refunds", self.shared.base);
+        let url = format!("{}/v1/payments/{id}/refunds", self.base());
         let idempotency_key = self.idempotency_key();
         self.step(
             KIND_REFUND,
@@ -341,7 +349,7 @@ impl Worker {
     async fn create(&mut self, merchant: usize, start: Start) -> Result<(String, i64), Halt> {
         let amount: i64 = self.rng.gen_range(AMOUNT_MIN..=AMOUNT_MAX);
         let idempotency_key = self.idempotency_key();
-        let url = self.shared.payments_url.clone();
+        let url = self.shared.targets[self.target].payments_url.clone();
         let payment = self
             .step(
                 KIND_CREATE,
@@ -373,7 +381,7 @@ impl Worker {
         capture_method: &str,
         target: &'static str,
     ) -> Result<(), Halt> {
-        let url = format!("{}/v1/payments/{id}/confirm", self.shared.base);
+        let url = format!("{}/v1/payments/{id}/confirm", self.base());
         let body = format!(
             r#"{{"payment_method":"{PAYMENT_METHOD}","capture_method":"{capture_method}"}}"#
         );
@@ -402,7 +410,7 @@ impl Worker {
         let started = Instant::now();
         let phase = shared.timeline.phase_at(started);
         let deadline = started + shared.timeout;
-        let url = format!("{}/v1/payments/{id}", shared.base);
+        let url = format!("{}/v1/payments/{id}", self.base());
         shared.live.in_flight.fetch_add(1, Ordering::Relaxed);
         let outcome = loop {
             tokio::time::sleep(Duration::from_millis(WEBHOOK_POLL_INTERVAL_MS)).await;
