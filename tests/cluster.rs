@@ -377,3 +377,69 @@ async fn a_paused_owners_late_append_lands_after_the_marker_and_takes_effect_now
         retried.body
     );
 }
+
+/// SIGTERM: the node hands its partitions over before it stops (drain, release), so the
+/// survivors take them at once instead of waiting for the lease to expire, and no
+/// acknowledged payment of its merchants is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stopped_with_sigterm_hands_its_partitions_over_without_waiting_for_expiry() {
+    let _cluster = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let env = TestEnv::new("cluster_term").await;
+    // A long lease: a takeover that waited for expiry would take 20 s or more.
+    let long_lease = [("PAYRAIL__CLUSTER__LEASE_MS", "30000")];
+    let mut nodes = [
+        cluster_node(&env, "node-a", &long_lease).await,
+        cluster_node(&env, "node-b", &long_lease).await,
+    ];
+    let apis: Vec<Api> = nodes.iter().map(Api::new).collect();
+    let owners = settled(&apis.iter().collect::<Vec<_>>(), Duration::from_secs(90)).await;
+    let merchants = merchants_on_every_partition(&apis[0], 1).await;
+    let (partition, (_, key)) = merchants
+        .iter()
+        .find(|(p, _)| owners[p].0 == 1)
+        .map(|(p, list)| (*p, list[0].clone()))
+        .expect("node b owns a partition");
+    let before = apis[0]
+        .create_payment(
+            &key,
+            Some("before-term"),
+            r#"{"amount":300,"currency":"eur"}"#,
+        )
+        .await;
+    assert_eq!(before.status, 201, "{}", before.body);
+
+    nodes[1].signal("-TERM");
+    let stopped = Instant::now();
+    assert!(
+        nodes[1]
+            .exited_within(Duration::from_secs(20))
+            .await
+            .is_some(),
+        "node b did not exit after SIGTERM"
+    );
+    let took = loop {
+        let reply = apis[0]
+            .create_payment(
+                &key,
+                Some("after-term"),
+                r#"{"amount":400,"currency":"eur"}"#,
+            )
+            .await;
+        if reply.status == 201 {
+            break stopped.elapsed();
+        }
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        assert!(
+            stopped.elapsed() < Duration::from_secs(15),
+            "partition {partition} not taken over within 15 s of SIGTERM (lease 30 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("graceful handover: first 2xx {took:?} after SIGTERM (lease 30 s)");
+    let after = settled(&[&apis[0]], Duration::from_secs(15)).await;
+    assert!(after[&partition].1 > owners[&partition].1);
+    let read = apis[0]
+        .get_payment(&key, before.body["id"].as_str().expect("id"))
+        .await;
+    assert_eq!(read.status, 200, "{}", read.body);
+}

@@ -29,7 +29,13 @@ pub async fn ensure_topics(
     let timeout = Duration::from_millis(options.admin_timeout_ms);
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(&t.name, t.partitions as i32, TopicReplication::Fixed(1)))
+        .map(|t| {
+            NewTopic::new(
+                &t.name,
+                t.partitions as i32,
+                TopicReplication::Fixed(i32::from(options.replication_factor)),
+            )
+        })
         .collect();
     // librdkafka waits for an unreachable broker far past the operation timeout; bound it.
     let results = tokio::time::timeout(

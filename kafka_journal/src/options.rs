@@ -35,6 +35,9 @@ pub struct JournalOptions {
     pub worker_retry_base_ms: u64,
     /// Time allowed for admin requests and metadata look-ups (ms).
     pub admin_timeout_ms: u64,
+    /// Replication factor of the topics the node creates when they are missing (1 for the
+    /// single development broker; 3 is usual on a production Kafka or Redpanda cluster).
+    pub replication_factor: u16,
     /// librdkafka `fetch.min.bytes` for consumers: fewer, larger fetches (each fetch costs
     /// the broker a storage scan, notably with tansu's sqlite engine).
     pub fetch_min_bytes: u32,
@@ -59,6 +62,7 @@ impl Default for JournalOptions {
             worker_max_attempts: 5,
             worker_retry_base_ms: 100,
             admin_timeout_ms: 10_000,
+            replication_factor: 1,
             fetch_min_bytes: 65_536,
             fetch_wait_max_ms: 100,
         }
@@ -83,6 +87,9 @@ impl JournalOptions {
 
     /// Checks every value; the error names the key and what is allowed.
     pub fn validate(&self) -> Result<(), String> {
+        if !(1..=16).contains(&self.replication_factor) {
+            return Err("journal.replication_factor: allowed 1..=16".into());
+        }
         if self.brokers.trim().is_empty() {
             return Err("journal.brokers: must name at least one host:port".into());
         }
