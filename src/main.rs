@@ -122,11 +122,20 @@ struct SandboxArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `payrail cluster status --json` prints JSON on stdout: its logs go to stderr.
+    let logs_to_stderr = matches!(cli.command, Command::Cluster(_));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_writer(move || -> Box<dyn std::io::Write> {
+            if logs_to_stderr {
+                Box::new(std::io::stderr())
+            } else {
+                Box::new(std::io::stdout())
+            }
+        })
         .init();
     if let Command::PspSandbox(args) = cli.command {
         return run_sandbox(args);
