@@ -443,3 +443,120 @@ async fn a_node_stopped_with_sigterm_hands_its_partitions_over_without_waiting_f
         .await;
     assert_eq!(read.status, 200, "{}", read.body);
 }
+
+/// A node dies during a journal outage with acknowledged commands in its spool. The node
+/// that takes its partition over appends that spool to the journal before its own
+/// owner-change marker (they were acknowledged, so they count), then serves; the payment is
+/// readable with its state, and nothing is left in the spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spool_left_by_a_node_that_died_in_an_outage_is_replayed_by_the_new_owner_before_its_marker(
+) {
+    let _cluster = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let mut env = TestEnv::new("cluster_spool").await;
+    let broker_dir = env.dir.join("broker");
+    std::fs::create_dir_all(&broker_dir).expect("broker dir");
+    let mut broker = common::broker::PrivateBroker::start(&broker_dir, common::free_port());
+    env.brokers = broker.brokers();
+    let fast = [
+        ("PAYRAIL__JOURNAL__PRODUCE_TIMEOUT_MS", "2000"),
+        ("PAYRAIL__JOURNAL__ADMIN_TIMEOUT_MS", "2000"),
+        ("PAYRAIL__SUPERVISOR__BREAKER_COOL_DOWN_MS", "500"),
+        ("PAYRAIL__SPOOL__REPLAY_INTERVAL_MS", "100"),
+    ];
+    let mut nodes = [
+        cluster_node(&env, "node-a", &fast).await,
+        cluster_node(&env, "node-b", &fast).await,
+    ];
+    let apis: Vec<Api> = nodes.iter().map(Api::new).collect();
+    let owners = settled(&apis.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
+    let merchants = merchants_on_every_partition(&apis[0], 1).await;
+    let (partition, (merchant_id, key)) = merchants
+        .iter()
+        .find(|(p, _)| owners[p].0 == 1)
+        .map(|(p, list)| (*p, list[0].clone()))
+        .expect("node b owns a partition");
+
+    broker.kill9();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spooled = loop {
+        let reply = apis[1]
+            .create_payment(
+                &key,
+                Some("spooled-1"),
+                r#"{"amount":900,"currency":"eur"}"#,
+            )
+            .await;
+        if reply.status == 201 {
+            break reply.body["id"].as_str().expect("id").to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node b never spooled: {}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let pool = env.pool().await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_spool WHERE partition = $1")
+        .bind(partition)
+        .fetch_one(&pool)
+        .await
+        .expect("spool rows");
+    assert!(rows > 0, "the acknowledged create is in the spool");
+    nodes[1].kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.restart();
+
+    // Node a takes the partition over once the broker is back, and serves it.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let reply = apis[0]
+            .create_payment(&key, Some("after-1"), r#"{"amount":901,"currency":"eur"}"#)
+            .await;
+        if reply.status == 201 {
+            break;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        assert!(
+            Instant::now() < deadline,
+            "no takeover within 90 s: {}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let read = apis[0].get_payment(&key, &spooled).await;
+    assert_eq!(
+        read.status, 200,
+        "the payment acknowledged from the dead node's spool: {}",
+        read.body
+    );
+    assert_eq!(read.body["amount"], 900);
+
+    let taken = settled(&[&apis[0]], Duration::from_secs(30)).await;
+    let epoch = taken[&partition].1;
+    let records = read_journal(&env.brokers, &env.topic(), PARTITIONS);
+    let mine: Vec<_> = records
+        .iter()
+        .filter(|r| r.partition == partition)
+        .collect();
+    let marker = mine
+        .iter()
+        .find(|r| event_type(r) == "partition.owner_changed" && owner_epoch(r) == epoch)
+        .expect("the new owner's marker");
+    let spooled_record = mine
+        .iter()
+        .find(|r| {
+            event_type(r) == "payment.created" && r.key.as_deref() == Some(merchant_id.as_str())
+        })
+        .expect("the spooled create in the journal");
+    assert!(
+        spooled_record.offset < marker.offset,
+        "the dead owner's spool precedes the new owner's marker"
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_spool WHERE partition = $1")
+        .bind(partition)
+        .fetch_one(&pool)
+        .await
+        .expect("spool rows");
+    assert_eq!(left, 0, "the spool was replayed and emptied");
+}

@@ -1175,6 +1175,8 @@ impl WorkerState {
 
 mod assignment;
 #[cfg(test)]
+mod assignment_tests;
+#[cfg(test)]
 mod fence_tests;
 #[cfg(test)]
 mod tests;

@@ -76,7 +76,7 @@ pub(super) async fn applied(pool: &PgPool, partition: i32) -> BTreeMap<i64, i64>
     .collect()
 }
 
-fn once_each(offsets: std::ops::Range<i64>) -> BTreeMap<i64, i64> {
+pub(super) fn once_each(offsets: std::ops::Range<i64>) -> BTreeMap<i64, i64> {
     offsets.map(|o| (o, 1)).collect()
 }
 
@@ -171,9 +171,13 @@ async fn a_batch_queued_behind_a_seek_back_is_not_applied_past_the_gap() {
             .cast(WorkerMsg::Batch(batch(from), permit))
             .expect("worker alive");
     }
+    let (_assignment, assignment_rx) = watch::channel(std::collections::BTreeSet::from([0]));
     let dispatcher = Dispatcher {
         shared: shared.clone(),
         batch_max: 500,
+        assigned: std::collections::BTreeSet::from([0]),
+        assignment: assignment_rx,
+        assignment_open: true,
     };
     tokio::spawn(dispatcher.run(shutdown_rx));
     assert!(
