@@ -201,6 +201,8 @@ pub struct KeySpec {
     pub panics: bool,
     /// The body carries `payrail_fault = panic_in_pool_analytics`.
     pub pool_panics: bool,
+    /// Once acknowledged, the payment is cancelled (a lifecycle step, retried until done).
+    pub cancel: bool,
 }
 
 impl KeySpec {
@@ -227,6 +229,7 @@ impl KeySpec {
             amount,
             panics,
             pool_panics,
+            cancel: false,
         }
     }
 }
@@ -240,6 +243,9 @@ pub struct KeyOutcome {
     pub attempts: u32,
     /// Answers that were not 2xx, by status (`conn` = refused/reset/timeout).
     pub failures: BTreeMap<String, u32>,
+    /// For a key with `cancel`: whether the payment is known cancelled (a 200, or a read
+    /// showing `canceled` after a retry found it already cancelled).
+    pub canceled: Option<bool>,
 }
 
 impl KeyOutcome {
@@ -441,6 +447,60 @@ pub async fn create_until_acknowledged_via(
     }
 }
 
+/// Cancels payment `id`, each try to the next node of `bases`, retrying on 5xx, timeouts
+/// and connection errors until `deadline`. A retry whose first try did go through finds
+/// the payment already cancelled (4xx): then a read decides. `false`: not cancelled.
+pub async fn cancel_until_done(
+    client: &reqwest::Client,
+    bases: &[String],
+    api_key: &str,
+    id: &str,
+    deadline: Duration,
+    rng: &mut Rng,
+    failures: &mut BTreeMap<String, u32>,
+) -> bool {
+    let until = Instant::now() + deadline;
+    let first = rng.below(bases.len() as u64) as usize;
+    let mut backoff = Duration::from_millis(50);
+    for attempt in 0.. {
+        let base = &bases[(first + attempt) % bases.len()];
+        let sent = client
+            .post(format!("{base}/v1/payments/{id}/cancel"))
+            .bearer_auth(api_key)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await;
+        let failure = match sent {
+            Ok(response) if response.status().is_success() => return true,
+            Ok(response) if response.status().is_client_error() => {
+                let read = client
+                    .get(format!("{base}/v1/payments/{id}"))
+                    .bearer_auth(api_key)
+                    .send()
+                    .await;
+                match read {
+                    Ok(r) if r.status().is_success() => {
+                        let body: Value = r.json().await.unwrap_or_default();
+                        return body["status"] == "canceled";
+                    }
+                    _ => "cancel-4xx-then-read-failed".to_string(),
+                }
+            }
+            Ok(response) => format!("cancel-{}", response.status().as_u16()),
+            Err(e) if e.is_connect() => "cancel-refused".into(),
+            Err(_) => "cancel-conn-error".into(),
+        };
+        *failures.entry(failure).or_insert(0) += 1;
+        if Instant::now() + backoff > until {
+            return false;
+        }
+        tokio::time::sleep(backoff + Duration::from_millis(rng.below(50))).await;
+        backoff = (backoff * 2).min(Duration::from_millis(1000));
+    }
+    false
+}
+
 /// Runs `clients` clients (each try to the next node of `bases`) over keys made by `make_key(index)` (up to `limit`, or until
 /// [`LoadControl::stop`]); returns every started key's spec and outcome, by index.
 #[allow(clippy::too_many_arguments)]
@@ -469,7 +529,7 @@ pub async fn run_keyed_load(
             while let Some(index) = control.take(limit).await {
                 let spec = make_key(index);
                 let merchant = &merchants[spec.merchant];
-                let outcome = create_until_acknowledged_via(
+                let mut outcome = create_until_acknowledged_via(
                     &client,
                     &bases,
                     &merchant.api_key,
@@ -478,6 +538,19 @@ pub async fn run_keyed_load(
                     &mut rng,
                 )
                 .await;
+                if let (true, Some(id)) = (spec.cancel, outcome.payment_id.clone()) {
+                    let done = cancel_until_done(
+                        &client,
+                        &bases,
+                        &merchant.api_key,
+                        &id,
+                        per_key_deadline,
+                        &mut rng,
+                        &mut outcome.failures,
+                    )
+                    .await;
+                    outcome.canceled = Some(done);
+                }
                 match results.lock() {
                     Ok(mut r) => r.insert(index, (spec, outcome)),
                     Err(p) => p.into_inner().insert(index, (spec, outcome)),
