@@ -109,7 +109,20 @@ impl Membership {
                     }
                 }
                 Some(done) = takeovers.join_next(), if !takeovers.is_empty() => {
-                    let Ok((partition, epoch, outcome)) = done else { continue };
+                    let (partition, epoch, outcome) = match done {
+                        Ok(done) => done,
+                        Err(error) => {
+                            // Aborted (the lease moved; already forgotten) or panicked: a
+                            // panicked takeover is forgotten too, so the next round retries.
+                            let id = error.id();
+                            taking.retain(|_, (_, task)| task.id() != id);
+                            if error.is_panic() {
+                                warn!(%error, "a takeover panicked; trying again");
+                                tokio::time::sleep(RETRY_PAUSE).await;
+                            }
+                            continue;
+                        }
+                    };
                     if taking.get(&partition).map(|(e, _)| *e) != Some(epoch) {
                         continue;
                     }
