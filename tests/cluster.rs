@@ -256,18 +256,14 @@ async fn a_paused_owners_late_append_lands_after_the_marker_and_takes_effect_now
         // Longer than stall + pause: the zombie's command must reach its append, not time out.
         ("PAYRAIL__ACTORS__COMMAND_TIMEOUT_MS", "30000"),
     ];
-    let nodes = [
-        cluster_node(&env, "node-a", &faults).await,
-        cluster_node(&env, "node-b", &faults).await,
-    ];
-    let apis: Vec<Api> = nodes.iter().map(Api::new).collect();
-    let owners = settled(&apis.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
-    let merchants = merchants_on_every_partition(&apis[0], 1).await;
-    let (partition, (merchant_id, key)) = merchants
-        .iter()
-        .find(|(p, _)| owners[p].0 == 1)
-        .map(|(p, list)| (*p, list[0].clone()))
-        .expect("node b owns a partition");
+    let TwoNodes {
+        nodes,
+        apis,
+        owners,
+        partition,
+        merchant_id,
+        key,
+    } = TwoNodes::start(&env, &faults).await;
     let old_epoch = owners[&partition].1;
 
     let zombie = apis[1].clone();
@@ -314,20 +310,8 @@ async fn a_paused_owners_late_append_lands_after_the_marker_and_takes_effect_now
     })
     .await
     .expect("the zombie's append reached the journal");
-    let mine: Vec<_> = journal
-        .iter()
-        .filter(|r| r.partition == partition)
-        .collect();
-    let marker = mine
-        .iter()
-        .find(|r| event_type(r) == "partition.owner_changed" && owner_epoch(r) == new_epoch)
-        .expect("the new owner's marker");
-    let late = mine
-        .iter()
-        .find(|r| {
-            r.key.as_deref() == Some(merchant_id.as_str()) && event_type(r) == "payment.created"
-        })
-        .expect("the late append");
+    let (marker, late) = marker_and_create(&journal, partition, new_epoch, &merchant_id);
+    let late = late.expect("the late append");
     assert!(
         late.offset > marker.offset,
         "the late append lands after the marker"
@@ -343,27 +327,32 @@ async fn a_paused_owners_late_append_lands_after_the_marker_and_takes_effect_now
     let pool = env.pool().await;
     let event_id: uuid::Uuid = late.headers["event_id"].parse().expect("event id");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let applied: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM journal_processed_events WHERE event_id = $1")
-            .bind(event_id)
-            .fetch_one(&pool)
-            .await
-            .expect("processed events");
-    assert_eq!(applied, 0, "a reader applied the zombie's event");
-    let snapshots: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM payment_snapshots WHERE merchant_id = $1")
-            .bind(&merchant_id)
-            .fetch_one(&pool)
-            .await
-            .expect("snapshots");
-    assert_eq!(snapshots, 0, "the zombie's payment has a snapshot");
-    let analytics: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM analytics_payments WHERE merchant_id = $1")
-            .bind(&merchant_id)
-            .fetch_one(&pool)
-            .await
-            .expect("analytics");
-    assert_eq!(analytics, 0, "analytics counted the zombie's payment");
+    let count = |sql: &'static str, value: String| {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(sql)
+                .bind(value)
+                .fetch_one(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            n
+        }
+    };
+    let applied = count(
+        "SELECT count(*) FROM journal_processed_events WHERE event_id::text = $1",
+        event_id.to_string(),
+    );
+    assert_eq!(applied.await, 0, "a reader applied the zombie's event");
+    let snapshots = count(
+        "SELECT count(*) FROM payment_snapshots WHERE merchant_id = $1",
+        merchant_id.clone(),
+    );
+    assert_eq!(snapshots.await, 0, "the zombie's payment has a snapshot");
+    let analytics = count(
+        "SELECT count(*) FROM analytics_payments WHERE merchant_id = $1",
+        merchant_id.clone(),
+    );
+    assert_eq!(analytics.await, 0, "analytics counted the zombie's payment");
     let retried = apis[0]
         .create_payment(
             &key,
@@ -387,18 +376,14 @@ async fn a_node_stopped_with_sigterm_hands_its_partitions_over_without_waiting_f
     let env = TestEnv::new("cluster_term").await;
     // A long lease: a takeover that waited for expiry would take 20 s or more.
     let long_lease = [("PAYRAIL__CLUSTER__LEASE_MS", "30000")];
-    let mut nodes = [
-        cluster_node(&env, "node-a", &long_lease).await,
-        cluster_node(&env, "node-b", &long_lease).await,
-    ];
-    let apis: Vec<Api> = nodes.iter().map(Api::new).collect();
-    let owners = settled(&apis.iter().collect::<Vec<_>>(), Duration::from_secs(90)).await;
-    let merchants = merchants_on_every_partition(&apis[0], 1).await;
-    let (partition, (_, key)) = merchants
-        .iter()
-        .find(|(p, _)| owners[p].0 == 1)
-        .map(|(p, list)| (*p, list[0].clone()))
-        .expect("node b owns a partition");
+    let TwoNodes {
+        mut nodes,
+        apis,
+        owners,
+        partition,
+        merchant_id: _,
+        key,
+    } = TwoNodes::start(&env, &long_lease).await;
     let before = apis[0]
         .create_payment(
             &key,
@@ -463,18 +448,14 @@ async fn a_spool_left_by_a_node_that_died_in_an_outage_is_replayed_by_the_new_ow
         ("PAYRAIL__SUPERVISOR__BREAKER_COOL_DOWN_MS", "500"),
         ("PAYRAIL__SPOOL__REPLAY_INTERVAL_MS", "100"),
     ];
-    let mut nodes = [
-        cluster_node(&env, "node-a", &fast).await,
-        cluster_node(&env, "node-b", &fast).await,
-    ];
-    let apis: Vec<Api> = nodes.iter().map(Api::new).collect();
-    let owners = settled(&apis.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
-    let merchants = merchants_on_every_partition(&apis[0], 1).await;
-    let (partition, (merchant_id, key)) = merchants
-        .iter()
-        .find(|(p, _)| owners[p].0 == 1)
-        .map(|(p, list)| (*p, list[0].clone()))
-        .expect("node b owns a partition");
+    let TwoNodes {
+        mut nodes,
+        apis,
+        owners: _,
+        partition,
+        merchant_id,
+        key,
+    } = TwoNodes::start(&env, &fast).await;
 
     broker.kill9();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -535,20 +516,8 @@ async fn a_spool_left_by_a_node_that_died_in_an_outage_is_replayed_by_the_new_ow
     let taken = settled(&[&apis[0]], Duration::from_secs(30)).await;
     let epoch = taken[&partition].1;
     let records = read_journal(&env.brokers, &env.topic(), PARTITIONS);
-    let mine: Vec<_> = records
-        .iter()
-        .filter(|r| r.partition == partition)
-        .collect();
-    let marker = mine
-        .iter()
-        .find(|r| event_type(r) == "partition.owner_changed" && owner_epoch(r) == epoch)
-        .expect("the new owner's marker");
-    let spooled_record = mine
-        .iter()
-        .find(|r| {
-            event_type(r) == "payment.created" && r.key.as_deref() == Some(merchant_id.as_str())
-        })
-        .expect("the spooled create in the journal");
+    let (marker, spooled_record) = marker_and_create(&records, partition, epoch, &merchant_id);
+    let spooled_record = spooled_record.expect("the spooled create in the journal");
     assert!(
         spooled_record.offset < marker.offset,
         "the dead owner's spool precedes the new owner's marker"

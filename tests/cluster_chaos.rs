@@ -11,7 +11,9 @@
 
 mod common;
 
-use common::chaos::{env_u64, percentile, run_keyed_load, KeySpec, LoadControl, Merchant};
+use common::chaos::{
+    audit_with, env_u64, percentile, run_keyed_load, KeySpec, LoadControl, Merchant,
+};
 use common::cluster::*;
 use common::{free_port, read_journal, Api, TestEnv};
 use kafka_journal::codec::{Codec, CodecKind};
@@ -53,23 +55,6 @@ fn applied_events(env: &TestEnv) -> (Vec<Envelope<PaymentEvent>>, usize) {
         events.push(codec.decode(&record.value).expect("payment event"));
     }
     (events, fenced)
-}
-
-/// `payrail audit` against this cluster's journal (six partitions).
-fn audit(env: &TestEnv) -> (bool, String) {
-    let partitions = PARTITIONS.to_string();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_payrail"))
-        .arg("audit")
-        .envs(env.node_env(free_port()))
-        .env("PAYRAIL__JOURNAL__PARTITIONS", &partitions)
-        .output()
-        .expect("run payrail audit");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -240,9 +225,10 @@ async fn a_cluster_loses_and_forks_nothing_while_nodes_die_pause_and_join() {
 
     // The read models converge on the journal: `payrail audit` clean (the pools may still
     // be applying the tail, so it is polled).
+    let partitions = PARTITIONS.to_string();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let (clean, text) = audit(&env);
+        let (clean, _, text) = audit_with(&env, &[("PAYRAIL__JOURNAL__PARTITIONS", &partitions)]);
         if clean {
             println!("audit: {}", text.lines().last().unwrap_or(""));
             break;

@@ -754,9 +754,15 @@ pub async fn wait_ready(client: &reqwest::Client, base: &str, timeout: Duration)
 
 /// Runs `payrail audit` with the test's node environment: (clean, differences, output).
 pub fn audit(env: &TestEnv) -> (bool, Option<u64>, String) {
+    audit_with(env, &[])
+}
+
+/// [`audit`] with settings of its own on top of the node environment (e.g. the partitions).
+pub fn audit_with(env: &TestEnv, extra: &[(&str, &str)]) -> (bool, Option<u64>, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_payrail"))
         .arg("audit")
         .envs(env.node_env(free_port()))
+        .envs(extra.iter().copied())
         .output()
         .expect("run payrail audit");
     let text = format!(

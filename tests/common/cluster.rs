@@ -125,3 +125,59 @@ pub fn owner_epoch(record: &JournalRecord) -> u64 {
         .and_then(|e| e.parse().ok())
         .unwrap_or(0)
 }
+
+/// Two cluster nodes, settled, and a merchant whose partition node b (index 1) serves.
+pub struct TwoNodes {
+    pub nodes: [NodeProcess; 2],
+    pub apis: Vec<Api>,
+    /// Partition → (index of its node, epoch) once settled.
+    pub owners: BTreeMap<i32, (usize, u64)>,
+    /// The merchant's partition, served by node b.
+    pub partition: i32,
+    pub merchant_id: String,
+    pub key: String,
+}
+
+impl TwoNodes {
+    pub async fn start(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
+        let nodes = [
+            cluster_node(env, "node-a", extra).await,
+            cluster_node(env, "node-b", extra).await,
+        ];
+        let apis: Vec<Api> = nodes.iter().map(Api::new).collect();
+        let owners = settled(&apis.iter().collect::<Vec<_>>(), Duration::from_secs(90)).await;
+        let merchants = merchants_on_every_partition(&apis[0], 1).await;
+        let (partition, (merchant_id, key)) = merchants
+            .iter()
+            .find(|(p, _)| owners[p].0 == 1)
+            .map(|(p, list)| (*p, list[0].clone()))
+            .expect("node b owns a partition");
+        Self {
+            nodes,
+            apis,
+            owners,
+            partition,
+            merchant_id,
+            key,
+        }
+    }
+}
+
+/// In `partition` of `records`: the owner-change marker of `epoch`, and the merchant's first
+/// `payment.created` (if any).
+pub fn marker_and_create<'a>(
+    records: &'a [JournalRecord],
+    partition: i32,
+    epoch: u64,
+    merchant_id: &str,
+) -> (&'a JournalRecord, Option<&'a JournalRecord>) {
+    let mine = || records.iter().filter(move |r| r.partition == partition);
+    let marker = mine()
+        .find(|r| event_type(r) == "partition.owner_changed" && owner_epoch(r) == epoch)
+        .unwrap_or_else(|| {
+            panic!("partition {partition}: no owner-change marker of epoch {epoch}")
+        });
+    let created = mine()
+        .find(|r| event_type(r) == "payment.created" && r.key.as_deref() == Some(merchant_id));
+    (marker, created)
+}
