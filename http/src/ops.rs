@@ -1,6 +1,9 @@
 //! Operations endpoints: readiness, and the journal's fallback state for operators.
 
-use crate::{json, AppState};
+use crate::body::LimitedBody;
+use crate::error::ApiError;
+use crate::validation::{parse_json, CreateMerchantBody};
+use crate::{authorize_admin, json, respond, AppState};
 use payrail_supervisor::Escalation;
 use serde::Serialize;
 use std::convert::Infallible;
@@ -200,6 +203,53 @@ pub async fn cluster_status(state: AppState, auth: Option<String>) -> Result<Res
                 Err(error) => serde_json::json!({"error": error.to_string()}),
             };
             Ok(json(StatusCode::OK, &body))
+        }
+        .await,
+    )
+}
+
+pub(crate) async fn create_merchant(
+    state: AppState,
+    auth: Option<String>,
+    body: LimitedBody,
+) -> Result<Response, Infallible> {
+    respond(
+        async {
+            authorize_admin(&state, &auth)?;
+            let body = body?;
+            let body: CreateMerchantBody = parse_json(&body)?;
+            body.validate()?;
+            let merchant = state
+                .merchants
+                .create(body.name.trim(), body.webhook_url.as_deref())
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(json(StatusCode::CREATED, &merchant))
+        }
+        .await,
+    )
+}
+
+/// `GET /v1/admin/consumers`: each journal consumer of this node with its lag in records
+/// (broker high watermark − next offset to apply) and the histogram of its append-to-apply
+/// delays since start (see `kafka_journal::lag`).
+pub(crate) async fn consumer_lag(
+    state: AppState,
+    auth: Option<String>,
+) -> Result<Response, Infallible> {
+    respond(
+        async {
+            authorize_admin(&state, &auth)?;
+            let consumers = state.consumers.report().await.map_err(|e| {
+                ApiError::unavailable(
+                    "journal_unavailable",
+                    format!("cannot read the journal's watermarks: {e}"),
+                )
+            })?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"object": "list", "data": consumers}),
+            ))
         }
         .await,
     )

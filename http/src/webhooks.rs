@@ -1,0 +1,139 @@
+//! `POST /webhooks/psp/{channel}`: the PSP's signed webhooks.
+
+use crate::body::LimitedBody;
+use crate::error::ApiError;
+use crate::validation::parse_json;
+use crate::{forward, json, respond, AppState};
+use payrail_actors::payment::Command;
+use serde::Deserialize;
+use std::convert::Infallible;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct PspEvent {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    data: PspEventData,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct PspEventData {
+    object: serde_json::Value,
+}
+
+/// `POST /webhooks/psp/{channel}`: verify the signature over the raw body, de-duplicate by
+/// the PSP's event id, route the outcome to the payment actor.
+pub(crate) async fn psp_webhook(
+    state: AppState,
+    incoming: forward::Incoming,
+    channel: String,
+    signature_header: Option<String>,
+    body: LimitedBody,
+) -> Result<Response, Infallible> {
+    respond(
+        async {
+            use payrail_actors::signature::{verify, SignatureError};
+            if channel != "sandbox" {
+                return Err(ApiError::not_found("Unknown PSP channel"));
+            }
+            let body = body?;
+            let now = chrono::Utc::now().timestamp();
+            verify(
+                signature_header.as_deref(),
+                &body,
+                &state.psp_webhook_secret,
+                state.psp_webhook_tolerance_s,
+                now,
+            )
+            .map_err(|e| match e {
+                SignatureError::Missing | SignatureError::Malformed => {
+                    ApiError::invalid("signature_invalid", e.to_string(), Some("Stripe-Signature"))
+                }
+                SignatureError::Stale | SignatureError::Mismatch => ApiError {
+                    status: StatusCode::UNAUTHORIZED,
+                    kind: "authentication_error",
+                    code: "signature_invalid",
+                    message: e.to_string(),
+                    param: Some("Stripe-Signature".into()),
+                    payment_status: None,
+                },
+            })?;
+            let event: PspEvent = parse_json(&body)?;
+            let metadata = &event.data.object["metadata"];
+            let (Some(merchant_id), Some(payment_id)) =
+                (metadata["merchant_id"].as_str(), metadata["payment_id"].as_str())
+            else {
+                return Ok(json(StatusCode::OK, &serde_json::json!({"received": true, "ignored": "no payrail payment"})));
+            };
+            // Verified here and again by the owner (it gets the same body and signature).
+            if let Some(answer) = forward::to_owner(&state, merchant_id, &incoming, &body).await? {
+                return Ok(answer);
+            }
+            let first_time = sqlx::query(
+                "INSERT INTO psp_webhook_events (channel, event_id, event_type, payment_id) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&channel)
+            .bind(&event.id)
+            .bind(&event.kind)
+            .bind(payment_id)
+            .execute(&state.pool)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .rows_affected()
+                == 1;
+            if !first_time {
+                let processed: bool = sqlx::query_scalar(
+                    "SELECT processed FROM psp_webhook_events WHERE channel = $1 AND event_id = $2",
+                )
+                .bind(&channel)
+                .bind(&event.id)
+                .fetch_one(&state.pool)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+                if processed {
+                    return Ok(json(StatusCode::OK, &serde_json::json!({"received": true, "duplicate": true})));
+                }
+            }
+            let command = if event.kind.starts_with("payment_intent.") {
+                let intent: payrail_actors::psp::PspIntent = serde_json::from_value(event.data.object.clone())
+                    .map_err(|e| ApiError::invalid("parameter_invalid", e.to_string(), Some("data.object")))?;
+                Some(Command::RecordOutcome(intent.outcome()))
+            } else if event.kind.starts_with("refund.") {
+                let refund: payrail_actors::psp::PspRefund = serde_json::from_value(event.data.object.clone())
+                    .map_err(|e| ApiError::invalid("parameter_invalid", e.to_string(), Some("data.object")))?;
+                match (refund.metadata.get("refund_id"), refund.status.as_str()) {
+                    (Some(refund_id), "succeeded" | "failed") => Some(Command::RecordRefundOutcome {
+                        refund_id: refund_id.clone(),
+                        succeeded: refund.status == "succeeded",
+                        psp_reference: Some(refund.id.clone()),
+                        code: (refund.status == "failed").then(|| "refund_failed".to_string()),
+                    }),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            if let Some(command) = command {
+                match state
+                    .node
+                    .command(merchant_id, payment_id, command, Some(event.id.clone()))
+                    .await
+                {
+                    Ok(_) | Err(payrail_actors::CommandError::NotFound) | Err(payrail_actors::CommandError::Refused(_)) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            sqlx::query("UPDATE psp_webhook_events SET processed = true WHERE channel = $1 AND event_id = $2")
+                .bind(&channel)
+                .bind(&event.id)
+                .execute(&state.pool)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(json(StatusCode::OK, &serde_json::json!({"received": true})))
+        }
+        .await,
+    )
+}
