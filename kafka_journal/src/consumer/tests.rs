@@ -2,6 +2,7 @@
 //! and real PostgreSQL (`PAYRAIL_TEST_DATABASE_URL`); each test has its own database and
 //! topic namespace. `bash scripts/test.sh` starts both.
 
+use super::worker::{GapGuard, GapVerdict};
 use super::*;
 use crate::test_support::World;
 use sqlx::Row;
