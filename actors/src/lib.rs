@@ -23,7 +23,8 @@ pub mod pools;
 pub mod psp;
 pub mod root_supervisor;
 pub mod runtime;
-pub mod signature;
+/// Webhook signatures (their own crate, so the PSP sandbox needs no actors).
+pub use payrail_signature as signature;
 pub mod snapshots;
 pub mod sweeper;
 

@@ -17,7 +17,7 @@
 //! For tests, `GET /v1/test/events?payment_intent=` lists the webhooks sent and
 //! `POST /v1/test/events/{id}/resend` sends one again (duplicates, reordering).
 
-use payrail_actors::signature;
+use payrail_signature as signature;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
