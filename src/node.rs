@@ -57,6 +57,8 @@ pub async fn migrate_only(config: &Config) -> anyhow::Result<()> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let journal = &config.journal;
     info!(brokers = %journal.brokers, partitions = journal.partitions, namespace = %journal.namespace, bind = %config.http.bind, "starting node");
+    // Before anything records a metric: the process-wide Prometheus recorder.
+    payrail_http::metrics::install().map_err(|e| anyhow::anyhow!(e))?;
     let pool = connect(&config).await?;
     migrate(&pool).await?;
 

@@ -7,6 +7,7 @@ mod body;
 pub mod error;
 pub mod forward;
 mod internal;
+pub mod metrics;
 mod money;
 pub mod notifications;
 mod ops;
@@ -254,6 +255,11 @@ pub fn routes(
         .and(with(state.clone()))
         .and(auth)
         .and_then(ops::journal_status);
+    let metrics_route = warp::path!("metrics")
+        .and(warp::get())
+        .and(with(state.clone()))
+        .and(auth)
+        .and_then(metrics::scrape);
     let cluster_admin = warp::path!("v1" / "admin" / "cluster")
         .and(warp::get())
         .and(with(state.clone()))
@@ -283,6 +289,8 @@ pub fn routes(
         .or(journal_admin)
         .unify()
         .or(cluster_admin)
+        .unify()
+        .or(metrics_route)
         .unify()
         .or(internal_events)
         .unify();
@@ -318,5 +326,6 @@ pub fn routes(
         .unify()
         .recover(error::recover)
         .unify()
+        .with(warp::log::custom(metrics::record_request))
         .with(warp::trace::request())
 }

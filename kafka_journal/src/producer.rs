@@ -211,7 +211,15 @@ impl JournalProducer {
         records: &[OutgoingRecord],
     ) -> Result<Vec<AppendReceipt>, JournalError> {
         let (generation, producer) = self.producer();
+        let started = std::time::Instant::now();
+        metrics::gauge!("payrail_journal_records_in_flight").increment(records.len() as f64);
         let result = self.append_with(&producer, records).await;
+        metrics::gauge!("payrail_journal_records_in_flight").decrement(records.len() as f64);
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::histogram!("payrail_journal_append_duration_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("payrail_journal_records_total", "outcome" => outcome)
+            .increment(records.len() as u64);
         if result.is_err() {
             self.reset(generation);
         }
