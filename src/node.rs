@@ -383,9 +383,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    let (bound, server) = warp::serve(routes)
-        .try_bind_with_graceful_shutdown(addr, handover)
-        .with_context(|| format!("binding http.bind {addr}"))?;
+    let (bound, server) = payrail_http::request_id::serve(routes, addr, handover)
+        .map_err(|e| anyhow::anyhow!("binding http.bind {addr}: {e}"))?;
     info!(%bound, "listening");
     // Spooled events reach the pools over HTTP during an outage: this node's own
     // endpoint unless `fallback.targets` names the nodes that run pools.

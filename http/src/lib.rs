@@ -12,6 +12,7 @@ mod money;
 pub mod notifications;
 mod ops;
 mod payments;
+pub mod request_id;
 pub mod validation;
 mod webhooks;
 
@@ -327,5 +328,17 @@ pub fn routes(
         .recover(error::recover)
         .unify()
         .with(warp::log::custom(metrics::record_request))
-        .with(warp::trace::request())
+        .with(warp::trace(|info| {
+            let request_id = info
+                .request_headers()
+                .get(request_id::HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!(
+                "request",
+                method = %info.method(),
+                path = %info.path(),
+                request_id = %request_id
+            )
+        }))
 }

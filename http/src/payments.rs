@@ -34,7 +34,7 @@ pub(crate) async fn create_payment(
             };
             let correlation_id = key
                 .clone()
-                .or_else(|| Some(format!("req_{}", uuid::Uuid::now_v7().simple())));
+                .or_else(|| Some(crate::request_id::of(&incoming.headers)));
             let view = state
                 .node
                 .create_payment(
@@ -122,7 +122,7 @@ pub(crate) async fn payment_action(
                 }
                 _ => return Err(ApiError::not_found("Unrecognized request URL")),
             };
-            let correlation_id = Some(format!("req_{}", uuid::Uuid::now_v7().simple()));
+            let correlation_id = Some(crate::request_id::of(&incoming.headers));
             let view = state
                 .node
                 .command(&merchant_id, &payment_id, command, correlation_id)
@@ -168,8 +168,7 @@ pub(crate) async fn create_refund(
                 amount: b.amount,
                 reason: b.reason,
             };
-            let correlation_id =
-                key.or_else(|| Some(format!("req_{}", uuid::Uuid::now_v7().simple())));
+            let correlation_id = key.or_else(|| Some(crate::request_id::of(&incoming.headers)));
             let view = state
                 .node
                 .command(&merchant_id, &payment_id, command, correlation_id)
