@@ -188,28 +188,16 @@ async fn a_killed_nodes_partitions_move_and_no_acknowledged_payment_is_lost() {
     nodes[victim].kill9();
     let killed = Instant::now();
     let survivor = &apis[0];
-    let first_2xx = loop {
-        let reply = survivor
-            .create_payment(
-                &key,
-                Some("after-kill"),
-                r#"{"amount":800,"currency":"usd"}"#,
-            )
-            .await;
-        if reply.status == 201 {
-            break killed.elapsed();
-        }
-        assert_eq!(
-            reply.status, 503,
-            "only retryable refusals during the takeover: {}",
-            reply.body
-        );
-        assert!(
-            killed.elapsed() < Duration::from_secs(60),
-            "no takeover within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (first_2xx, _) = created_once_served(
+        survivor,
+        &key,
+        "after-kill",
+        r#"{"amount":800,"currency":"usd"}"#,
+        killed,
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+    )
+    .await;
     println!("takeover: first 2xx for merchant {merchant_id} {first_2xx:?} after SIGKILL (lease {LEASE_MS} ms)");
     let remaining = [&apis[0], &apis[2]];
     let after = settled(&remaining, Duration::from_secs(60)).await;
@@ -402,24 +390,17 @@ async fn a_node_stopped_with_sigterm_hands_its_partitions_over_without_waiting_f
             .is_some(),
         "node b did not exit after SIGTERM"
     );
-    let took = loop {
-        let reply = apis[0]
-            .create_payment(
-                &key,
-                Some("after-term"),
-                r#"{"amount":400,"currency":"eur"}"#,
-            )
-            .await;
-        if reply.status == 201 {
-            break stopped.elapsed();
-        }
-        assert_eq!(reply.status, 503, "{}", reply.body);
-        assert!(
-            stopped.elapsed() < Duration::from_secs(15),
-            "partition {partition} not taken over within 15 s of SIGTERM (lease 30 s)"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // Within 15 s: a takeover that waited for the 30 s lease to expire would fail here.
+    let (took, _) = created_once_served(
+        &apis[0],
+        &key,
+        "after-term",
+        r#"{"amount":400,"currency":"eur"}"#,
+        stopped,
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+    )
+    .await;
     println!("graceful handover: first 2xx {took:?} after SIGTERM (lease 30 s)");
     let after = settled(&[&apis[0]], Duration::from_secs(15)).await;
     assert!(after[&partition].1 > owners[&partition].1);
@@ -489,22 +470,16 @@ async fn a_spool_left_by_a_node_that_died_in_an_outage_is_replayed_by_the_new_ow
     broker.restart();
 
     // Node a takes the partition over once the broker is back, and serves it.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let reply = apis[0]
-            .create_payment(&key, Some("after-1"), r#"{"amount":901,"currency":"eur"}"#)
-            .await;
-        if reply.status == 201 {
-            break;
-        }
-        assert_eq!(reply.status, 503, "{}", reply.body);
-        assert!(
-            Instant::now() < deadline,
-            "no takeover within 90 s: {}",
-            reply.body
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    created_once_served(
+        &apis[0],
+        &key,
+        "after-1",
+        r#"{"amount":901,"currency":"eur"}"#,
+        Instant::now(),
+        Duration::from_secs(90),
+        Duration::from_millis(200),
+    )
+    .await;
     let read = apis[0].get_payment(&key, &spooled).await;
     assert_eq!(
         read.status, 200,

@@ -353,26 +353,16 @@ async fn takeover_time_after_sigkill() {
         let survivor = &current[(victim + 1) % nodes.len()];
         nodes[victim].kill9();
         let killed = Instant::now();
-        let mut attempt = 0;
-        let took = loop {
-            attempt += 1;
-            let reply = survivor
-                .create_payment(
-                    &key,
-                    Some(&format!("takeover-{k}")),
-                    r#"{"amount":500,"currency":"eur"}"#,
-                )
-                .await;
-            if reply.status == 201 {
-                break killed.elapsed();
-            }
-            assert_eq!(reply.status, 503, "{}", reply.body);
-            assert!(
-                killed.elapsed() < Duration::from_secs(60),
-                "no takeover in 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let (took, attempt) = created_once_served(
+            survivor,
+            &key,
+            &format!("takeover-{k}"),
+            r#"{"amount":500,"currency":"eur"}"#,
+            killed,
+            Duration::from_secs(60),
+            Duration::from_millis(20),
+        )
+        .await;
         println!(
             "kill {k}: {} (partition {partition}) → first 2xx after {took:?} ({attempt} tries)",
             ids[victim]

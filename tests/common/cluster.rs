@@ -181,3 +181,36 @@ pub fn marker_and_create<'a>(
         .find(|r| event_type(r) == "payment.created" && r.key.as_deref() == Some(merchant_id));
     (marker, created)
 }
+
+/// Retries a create through `api` every `pause` until it answers 201, allowing only 503s
+/// (a partition moving) meanwhile; panics after `limit`. Returns the time since `since` and
+/// the number of tries.
+pub async fn created_once_served(
+    api: &Api,
+    key: &str,
+    idempotency_key: &str,
+    body: &str,
+    since: Instant,
+    limit: Duration,
+    pause: Duration,
+) -> (Duration, u32) {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let reply = api.create_payment(key, Some(idempotency_key), body).await;
+        if reply.status == 201 {
+            return (since.elapsed(), tries);
+        }
+        assert_eq!(
+            reply.status, 503,
+            "only retryable refusals while the partition moves: {}",
+            reply.body
+        );
+        assert!(
+            since.elapsed() < limit,
+            "not served again within {limit:?}: {}",
+            reply.body
+        );
+        tokio::time::sleep(pause).await;
+    }
+}
