@@ -212,9 +212,9 @@ impl JournalProducer {
     ) -> Result<Vec<AppendReceipt>, JournalError> {
         let (generation, producer) = self.producer();
         let started = std::time::Instant::now();
-        metrics::gauge!("payrail_journal_records_in_flight").increment(records.len() as f64);
+        let in_flight = RecordsInFlight::count(records.len());
         let result = self.append_with(&producer, records).await;
-        metrics::gauge!("payrail_journal_records_in_flight").decrement(records.len() as f64);
+        drop(in_flight);
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::histogram!("payrail_journal_append_duration_seconds", "outcome" => outcome)
             .record(started.elapsed().as_secs_f64());
@@ -336,5 +336,22 @@ impl JournalProducer {
     /// Waits for buffered records to be delivered (shutdown).
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer().1.flush(Timeout::After(timeout));
+    }
+}
+
+/// `payrail_journal_records_in_flight`, raised for one append and lowered when it ends —
+/// also when the append's future is dropped (a stopped actor), so the gauge cannot drift.
+struct RecordsInFlight(usize);
+
+impl RecordsInFlight {
+    fn count(records: usize) -> Self {
+        metrics::gauge!("payrail_journal_records_in_flight").increment(records as f64);
+        Self(records)
+    }
+}
+
+impl Drop for RecordsInFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("payrail_journal_records_in_flight").decrement(self.0 as f64);
     }
 }
