@@ -203,9 +203,39 @@ impl PoolsOptions {
     }
 }
 
+/// `log.format`: how log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the fields of the enclosing spans (`request_id`, …).
+    Json,
+}
+
+/// `[log]` in config.toml. The level filter is `RUST_LOG` (default `info`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogOptions {
+    pub format: LogFormat,
+    /// One `payrail::access` line per HTTP request: method, route, status, duration, request id.
+    pub access_log: bool,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            access_log: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    pub log: LogOptions,
     pub journal: JournalOptions,
     pub database: DatabaseOptions,
     pub http: HttpOptions,

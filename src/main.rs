@@ -120,32 +120,49 @@ struct SandboxArgs {
     webhook_attempts: u32,
 }
 
+/// Installs the tracing subscriber: `RUST_LOG` (default `info`) in `log.format`. warp's own
+/// two lines per request are silenced (unless `RUST_LOG` names warp): the access log is the
+/// one line per request.
+fn init_logging(options: &config::LogOptions, to_stderr: bool) {
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let mut filter = tracing_subscriber::EnvFilter::new(&directives);
+    if !directives.contains("warp") {
+        if let Ok(quiet) = "warp::filters::trace=warn".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
+    let writer = move || -> Box<dyn std::io::Write> {
+        if to_stderr {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(std::io::stdout())
+        }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match options.format {
+        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `payrail cluster status --json` prints JSON on stdout: its logs go to stderr.
-    let logs_to_stderr = matches!(cli.command, Command::Cluster(_));
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(move || -> Box<dyn std::io::Write> {
-            if logs_to_stderr {
-                Box::new(std::io::stderr())
-            } else {
-                Box::new(std::io::stdout())
-            }
-        })
-        .init();
-    if let Command::PspSandbox(args) = cli.command {
-        return run_sandbox(args);
-    }
-    // The load generator talks to a node over HTTP and needs none of the node's config.
+    // The load generator and the sandbox talk to a node over HTTP and need none of the
+    // node's config. Config errors are printed before logging starts.
     let config = match &cli.command {
         Command::Loadtest(_) | Command::PspSandbox(_) => None,
         _ => {
             let explicit = cli.config.is_some();
-            let path = cli.config.unwrap_or_else(|| PathBuf::from("config.toml"));
+            let path = cli
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("config.toml"));
             match config::Config::load(&path, explicit) {
                 Ok(config) => Some(config),
                 Err(message) => {
@@ -155,6 +172,14 @@ fn main() -> ExitCode {
             }
         }
     };
+    // `payrail cluster status --json` prints JSON on stdout: its logs go to stderr.
+    let logs_to_stderr = matches!(cli.command, Command::Cluster(_));
+    let log = config.as_ref().map(|c| c.log.clone()).unwrap_or_default();
+    init_logging(&log, logs_to_stderr);
+    payrail_http::set_access_log(log.access_log);
+    if let Command::PspSandbox(args) = cli.command {
+        return run_sandbox(args);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

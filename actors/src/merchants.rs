@@ -11,6 +11,7 @@ use tokio::sync::RwLock;
 /// Entries kept in the authentication cache at most; the cache is cleared when full.
 const AUTH_CACHE_MAX: usize = 100_000;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Serialize)]
 pub struct CreatedMerchant {
     pub id: String,

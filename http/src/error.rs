@@ -18,19 +18,31 @@ pub struct ApiError {
     pub payment_status: Option<&'static str>,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The body of every 4xx and 5xx answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorResponse<'a> {
     error: ErrorObject<'a>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ErrorObject<'a> {
+    /// `invalid_request_error`, `authentication_error`, `idempotency_error`, `api_error`.
     #[serde(rename = "type")]
+    #[schema(value_type = String)]
     kind: &'a str,
+    /// Stable, machine-readable: e.g. `parameter_invalid`, `resource_missing`,
+    /// `journal_unavailable`.
+    #[schema(value_type = String)]
     code: &'a str,
+    /// For people; may change.
+    #[schema(value_type = String)]
     message: &'a str,
+    /// The request field at fault, if one is.
+    #[schema(value_type = Option<String>)]
     param: Option<&'a str>,
+    /// The payment's current status, when a transition was refused.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     payment_status: Option<&'a str>,
 }
 
@@ -91,7 +103,7 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response {
-        let body = ErrorBody {
+        let body = ErrorResponse {
             error: ErrorObject {
                 kind: self.kind,
                 code: self.code,

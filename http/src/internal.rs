@@ -26,6 +26,18 @@ fn authorize_cluster(state: &AppState, given: &Option<String>) -> Result<(), Api
 
 /// `POST /internal/v1/events`: applies a batch to the pools this node runs and answers
 /// how far they took it (`applied_through`) and which held events back.
+#[utoipa::path(
+    post,
+    path = "/internal/v1/events",
+    tag = "internal",
+    security(("cluster_secret" = [])),
+    request_body(content = Object, description = "A partition's spooled events (`DeliveredBatch`)."),
+    responses(
+        (status = 200, description = "How far the pools took the batch", body = Object),
+        (status = 400, description = "Malformed batch", body = crate::error::ErrorResponse),
+        (status = 401, description = "No or wrong cluster secret", body = crate::error::ErrorResponse),
+    )
+)]
 pub async fn receive_events(
     state: AppState,
     secret: Option<String>,

@@ -10,11 +10,14 @@ mod internal;
 pub mod metrics;
 mod money;
 pub mod notifications;
+pub mod openapi;
 mod ops;
 mod payments;
 pub mod request_id;
 pub mod validation;
 mod webhooks;
+
+pub use metrics::set_access_log;
 
 use error::ApiError;
 use payrail_actors::merchants::MerchantRegistry;
@@ -154,7 +157,10 @@ pub fn routes(
 
     let healthz = warp::path!("healthz")
         .and(warp::get())
-        .map(|| json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
+        .and_then(ops::healthz);
+    let openapi_json = warp::path!("openapi.json")
+        .and(warp::get())
+        .and_then(openapi::openapi_json);
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(with(state.clone()))
@@ -185,15 +191,34 @@ pub fn routes(
         .and(warp::query::<payments::ListQuery>())
         .and(auth)
         .and_then(payments::list_payments);
-    let action = warp::path!("v1" / "payments" / String / String)
+    let confirm = warp::path!("v1" / "payments" / String / "confirm")
         .and(warp::post())
         .and(with(state.clone()))
         .and(forward::incoming())
         .and(auth)
         .and(body.clone())
-        .and_then(|id, action, state, incoming, auth, body| {
-            payments::payment_action(state, incoming, id, action, auth, body)
+        .and_then(|id, state, incoming, auth, body| {
+            payments::confirm_payment(state, incoming, id, auth, body)
         });
+    let capture = warp::path!("v1" / "payments" / String / "capture")
+        .and(warp::post())
+        .and(with(state.clone()))
+        .and(forward::incoming())
+        .and(auth)
+        .and(body.clone())
+        .and_then(|id, state, incoming, auth, body| {
+            payments::capture_payment(state, incoming, id, auth, body)
+        });
+    let cancel = warp::path!("v1" / "payments" / String / "cancel")
+        .and(warp::post())
+        .and(with(state.clone()))
+        .and(forward::incoming())
+        .and(auth)
+        .and(body.clone())
+        .and_then(|id, state, incoming, auth, body| {
+            payments::cancel_payment(state, incoming, id, auth, body)
+        });
+    let action = confirm.or(capture).unify().or(cancel).unify();
     let refunds = warp::path!("v1" / "payments" / String / "refunds")
         .and(warp::post())
         .and(with(state.clone()))
@@ -303,6 +328,8 @@ pub fn routes(
         .and_then(money::payment_metrics);
 
     healthz
+        .or(openapi_json)
+        .unify()
         .or(readyz)
         .unify()
         .or(merchants)

@@ -8,6 +8,7 @@
 use crate::{authorize_admin, respond, AppState};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -33,48 +34,53 @@ pub fn install() -> Result<PrometheusHandle, String> {
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
-/// The route template of a request, for the `route` label: ids become `{id}`, so the label
-/// has a bounded number of values. Paths no route serves are `other`.
-pub fn route_template(path: &str) -> String {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let templated: Vec<&str> = match segments.as_slice() {
-        ["v1", "payments", _] => vec!["v1", "payments", "{id}"],
-        ["v1", "payments", _, "refunds"] => vec!["v1", "payments", "{id}", "refunds"],
-        ["v1", "payments", _, action @ ("confirm" | "capture" | "cancel")] => {
-            vec!["v1", "payments", "{id}", action]
-        }
-        ["v1", "settlements", _, "pay"] => vec!["v1", "settlements", "{id}", "pay"],
-        ["webhooks", "psp", _] => vec!["webhooks", "psp", "{channel}"],
-        ["v1", "payments"]
-        | ["v1", "merchants"]
-        | ["v1", "balance"]
-        | ["v1", "ledger", "entries"]
-        | ["v1", "settlements"]
-        | ["v1", "settlements", "run"]
-        | ["v1", "analytics", _]
-        | ["v1", "admin", _]
-        | ["v1", "notifications", ..]
-        | ["internal", "v1", "events"]
-        | ["healthz"]
-        | ["readyz"]
-        | ["metrics"] => segments.clone(),
-        _ => return "other".into(),
-    };
-    format!("/{}", templated.join("/"))
+static ACCESS_LOG: AtomicBool = AtomicBool::new(true);
+
+/// `log.access_log`: whether [`record_request`] writes the access line.
+pub fn set_access_log(enabled: bool) {
+    ACCESS_LOG.store(enabled, Ordering::Relaxed);
 }
 
-/// Counts and times one request (`warp::log::custom`).
+/// Counts and times one request (`warp::log::custom`) and writes its access line: one per
+/// request, with the route template and never the query string, body or credentials.
 pub fn record_request(info: warp::log::Info<'_>) {
-    let route = route_template(info.path());
+    let route = crate::openapi::route_template(info.path());
     let method = info.method().as_str().to_string();
-    let status = info.status().as_u16().to_string();
-    metrics::counter!("payrail_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+    let status = info.status().as_u16();
+    let elapsed = info.elapsed();
+    metrics::counter!("payrail_http_requests_total", "method" => method.clone(), "route" => route, "status" => status.to_string())
         .increment(1);
-    metrics::histogram!("payrail_http_request_duration_seconds", "method" => method, "route" => route)
-        .record(info.elapsed().as_secs_f64());
+    metrics::histogram!("payrail_http_request_duration_seconds", "method" => method.clone(), "route" => route)
+        .record(elapsed.as_secs_f64());
+    if ACCESS_LOG.load(Ordering::Relaxed) {
+        let request_id = info
+            .request_headers()
+            .get(crate::request_id::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        tracing::info!(
+            target: "payrail::access",
+            %method,
+            route,
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            request_id,
+            "request"
+        );
+    }
 }
 
 /// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
+        (status = 401, description = "No or wrong admin token", body = crate::error::ErrorResponse),
+    )
+)]
 pub async fn scrape(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
     respond(
         async {
@@ -145,30 +151,5 @@ async fn record_state(state: &AppState) {
                 .set(partition.lag_records as f64);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::route_template;
-
-    #[test]
-    fn ids_in_paths_become_placeholders_and_unknown_paths_one_value() {
-        assert_eq!(route_template("/v1/payments"), "/v1/payments");
-        assert_eq!(route_template("/v1/payments/pay_123"), "/v1/payments/{id}");
-        assert_eq!(
-            route_template("/v1/payments/pay_123/capture"),
-            "/v1/payments/{id}/capture"
-        );
-        assert_eq!(
-            route_template("/v1/payments/pay_1/refunds"),
-            "/v1/payments/{id}/refunds"
-        );
-        assert_eq!(
-            route_template("/webhooks/psp/sandbox"),
-            "/webhooks/psp/{channel}"
-        );
-        assert_eq!(route_template("/v1/payments/pay_1/explode"), "other");
-        assert_eq!(route_template("/../../etc/passwd"), "other");
     }
 }

@@ -1,7 +1,7 @@
 //! Balance, ledger entries, settlements and analytics: read models served from PostgreSQL.
 
 use crate::body::LimitedBody;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponse};
 use crate::payments::valid_payment_id;
 use crate::validation;
 use crate::{authenticate, authorize_admin, json, respond, AppState};
@@ -11,13 +11,27 @@ use std::convert::Infallible;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-#[derive(Serialize)]
+/// Money owed to the merchant per currency: `pending` (captured, not settled yet) and
+/// `available` (settled, not paid out).
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct BalanceResponse {
+    #[schema(value_type = String)]
     object: &'static str,
     pending: Vec<payrail_actors::pools::ledger::Amount>,
     available: Vec<payrail_actors::pools::ledger::Amount>,
 }
 
+/// `GET /v1/balance`: the merchant's balance from the ledger.
+#[utoipa::path(
+    get,
+    path = "/v1/balance",
+    tag = "money",
+    security(("merchant_api_key" = [])),
+    responses(
+        (status = 200, description = "The balance", body = BalanceResponse),
+        (status = 401, description = "No or unknown API key", body = ErrorResponse),
+    )
+)]
 pub(crate) async fn balance(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
     use payrail_actors::pools::ledger::{merchant_balance, MERCHANT_AVAILABLE, MERCHANT_PENDING};
     respond(
@@ -42,11 +56,45 @@ pub(crate) async fn balance(state: AppState, auth: Option<String>) -> Result<Res
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct EntriesQuery {
+    /// Required: the payment (`pay_…`) whose entries to list.
     payment_id: Option<String>,
 }
 
+/// A list of ledger entries.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct EntryList {
+    object: String,
+    data: Vec<payrail_actors::pools::ledger::EntryView>,
+    has_more: bool,
+}
+
+/// A list of settlements.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct SettlementList {
+    object: String,
+    data: Vec<payrail_actors::pools::settlement::SettlementView>,
+    has_more: bool,
+}
+
+/// `GET /v1/ledger/entries?payment_id=`: the double-entry postings of one payment.
+#[utoipa::path(
+    get,
+    path = "/v1/ledger/entries",
+    tag = "money",
+    security(("merchant_api_key" = [])),
+    params(EntriesQuery),
+    responses(
+        (status = 200, description = "The payment's entries", body = EntryList),
+        (status = 400, description = "payment_id missing", body = ErrorResponse),
+        (status = 401, description = "No or unknown API key", body = ErrorResponse),
+        (status = 404, description = "No such payment", body = ErrorResponse),
+    )
+)]
 pub(crate) async fn ledger_entries(
     state: AppState,
     query: EntriesQuery,
@@ -98,14 +146,28 @@ pub(crate) fn settlement_error(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RunBody {
-    /// Unix seconds; default now.
+    /// Unix seconds; default now. Captures and refunds before it are settled.
     #[serde(default)]
     cutoff: Option<i64>,
 }
 
+/// `POST /v1/settlements/run` (admin): settles every merchant's unsettled captures and
+/// refunds before the cutoff, once per cluster.
+#[utoipa::path(
+    post,
+    path = "/v1/settlements/run",
+    tag = "admin",
+    security(("admin_token" = [])),
+    request_body(content = Option<RunBody>, description = "Optional."),
+    responses(
+        (status = 201, description = "The settlements created", body = SettlementList),
+        (status = 400, description = "Invalid cutoff", body = ErrorResponse),
+        (status = 401, description = "No or wrong admin token", body = ErrorResponse),
+    )
+)]
 pub(crate) async fn run_settlements(
     state: AppState,
     auth: Option<String>,
@@ -139,6 +201,20 @@ pub(crate) async fn run_settlements(
     )
 }
 
+/// `POST /v1/settlements/{id}/pay` (admin): marks a settlement paid out.
+#[utoipa::path(
+    post,
+    path = "/v1/settlements/{id}/pay",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The settlement id (`stl_…`).")),
+    responses(
+        (status = 200, description = "The settlement, paid", body = payrail_actors::pools::settlement::SettlementView),
+        (status = 401, description = "No or wrong admin token", body = ErrorResponse),
+        (status = 404, description = "No such settlement", body = ErrorResponse),
+        (status = 409, description = "Already paid", body = ErrorResponse),
+    )
+)]
 pub(crate) async fn pay_settlement(
     state: AppState,
     id: String,
@@ -154,6 +230,17 @@ pub(crate) async fn pay_settlement(
     )
 }
 
+/// `GET /v1/settlements`: the merchant's settlements, newest first (at most 100).
+#[utoipa::path(
+    get,
+    path = "/v1/settlements",
+    tag = "money",
+    security(("merchant_api_key" = [])),
+    responses(
+        (status = 200, description = "The settlements", body = SettlementList),
+        (status = 401, description = "No or unknown API key", body = ErrorResponse),
+    )
+)]
 pub(crate) async fn list_settlements(
     state: AppState,
     auth: Option<String>,
@@ -175,6 +262,19 @@ pub(crate) async fn list_settlements(
     )
 }
 
+/// `GET /v1/analytics/channel-metrics?date=` (admin): every channel's totals for a UTC day.
+#[utoipa::path(
+    get,
+    path = "/v1/analytics/channel-metrics",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(MetricsQuery),
+    responses(
+        (status = 200, description = "Per channel and currency", body = Object),
+        (status = 400, description = "date missing or not YYYY-MM-DD", body = ErrorResponse),
+        (status = 401, description = "No or wrong admin token", body = ErrorResponse),
+    )
+)]
 pub(crate) async fn channel_metrics(
     state: AppState,
     query: MetricsQuery,
@@ -196,8 +296,11 @@ pub(crate) async fn channel_metrics(
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct MetricsQuery {
+    /// Required: the UTC day, `YYYY-MM-DD`.
+    #[param(format = Date)]
     date: Option<String>,
 }
 
@@ -218,14 +321,29 @@ impl MetricsQuery {
     }
 }
 
-#[derive(Serialize)]
+/// A merchant's totals for one UTC day, per currency.
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct MetricsResponse {
+    #[schema(value_type = String)]
     object: &'static str,
     merchant_id: String,
     date: String,
     data: Vec<analytics::CurrencyMetrics>,
 }
 
+/// `GET /v1/analytics/payment-metrics?date=`: the merchant's totals for a UTC day.
+#[utoipa::path(
+    get,
+    path = "/v1/analytics/payment-metrics",
+    tag = "money",
+    security(("merchant_api_key" = [])),
+    params(MetricsQuery),
+    responses(
+        (status = 200, description = "Per currency", body = MetricsResponse),
+        (status = 400, description = "date missing or not YYYY-MM-DD", body = ErrorResponse),
+        (status = 401, description = "No or unknown API key", body = ErrorResponse),
+    )
+)]
 pub(crate) async fn payment_metrics(
     state: AppState,
     query: MetricsQuery,

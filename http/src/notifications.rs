@@ -1,6 +1,6 @@
 //! `GET /v1/notifications` and `POST /v1/notifications/{id}/resend` (merchant API key).
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponse};
 use crate::{authenticate, json, respond, with, AppState};
 use payrail_actors::pools::notification::store::{self, ResendError};
 use serde::{Deserialize, Serialize};
@@ -12,18 +12,25 @@ use warp::{Filter, Reply};
 /// Notifications listed per request at most (`limit`).
 const LIST_MAX: i64 = 100;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(crate) struct ListQuery {
+    /// Only this payment's notifications (`pay_…`).
     payment_id: Option<String>,
+    /// 1 to 100; default 100.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
-#[derive(Serialize)]
-struct ListResponse {
+/// A page of notifications, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ListResponse {
+    #[schema(value_type = String)]
     object: &'static str,
     data: Vec<store::NotificationView>,
     has_more: bool,
+    #[schema(value_type = String)]
     url: &'static str,
 }
 
@@ -31,7 +38,20 @@ fn valid_notification_id(id: &str) -> bool {
     id.len() <= 64 && id.starts_with("ntf_")
 }
 
-async fn list(
+/// `GET /v1/notifications`: the webhooks sent (or being sent) to the merchant.
+#[utoipa::path(
+    get,
+    path = "/v1/notifications",
+    tag = "notifications",
+    security(("merchant_api_key" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of notifications", body = ListResponse),
+        (status = 400, description = "Invalid query", body = ErrorResponse),
+        (status = 401, description = "No or unknown API key", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn list(
     state: AppState,
     query: ListQuery,
     auth: Option<String>,
@@ -78,7 +98,25 @@ async fn list(
     )
 }
 
-async fn resend(state: AppState, id: String, auth: Option<String>) -> Result<Response, Infallible> {
+/// `POST /v1/notifications/{id}/resend`: delivers a dead notification again.
+#[utoipa::path(
+    post,
+    path = "/v1/notifications/{id}/resend",
+    tag = "notifications",
+    security(("merchant_api_key" = [])),
+    params(("id" = String, Path, description = "The notification id (`ntf_…`).")),
+    responses(
+        (status = 200, description = "The notification, queued again", body = store::NotificationView),
+        (status = 401, description = "No or unknown API key", body = ErrorResponse),
+        (status = 404, description = "No such notification", body = ErrorResponse),
+        (status = 409, description = "Not in a state that can be resent", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn resend(
+    state: AppState,
+    id: String,
+    auth: Option<String>,
+) -> Result<Response, Infallible> {
     respond(
         async {
             let merchant_id = authenticate(&state, &auth).await?;

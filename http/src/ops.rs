@@ -1,7 +1,7 @@
 //! Operations endpoints: readiness, and the journal's fallback state for operators.
 
 use crate::body::LimitedBody;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponse};
 use crate::validation::{parse_json, CreateMerchantBody};
 use crate::{authorize_admin, json, respond, AppState};
 use payrail_supervisor::Escalation;
@@ -11,11 +11,23 @@ use std::time::Duration;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-#[derive(Serialize)]
+/// `GET /healthz`: the process answers (liveness).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    responses((status = 200, description = "Alive", body = Object, example = json!({"status": "ok"})))
+)]
+pub(crate) async fn healthz() -> Result<Response, Infallible> {
+    Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
 struct Readiness {
     ready: bool,
     /// `ok` (the broker answers and no partition is in fallback), `fallback` (commands of
     /// some partitions are spooled: serving, durably) or `unavailable`.
+    #[schema(value_type = String)]
     journal: &'static str,
     /// Owned partitions in journal fallback.
     partitions_in_fallback: Vec<i32>,
@@ -23,6 +35,7 @@ struct Readiness {
     /// started while the journal was unavailable and has no spool for them.
     partitions_waiting_for_journal: Vec<i32>,
     /// The journal breaker: `closed`, `open` or `half_open`.
+    #[schema(value_type = String)]
     breaker: &'static str,
     /// The breaker's state changes since the node started.
     breaker_transitions: u64,
@@ -32,12 +45,22 @@ struct Readiness {
     /// Owned partitions without a running supervisor (restarting, or given up).
     partitions_down: Vec<i32>,
     /// Supervisors that gave up (restart intensity exceeded), most recent last.
+    #[schema(value_type = Vec<Object>)]
     gave_up: Vec<Escalation>,
     /// Why the node is not ready, in words; empty when ready.
     reasons: Vec<String>,
 }
 
 /// `GET /readyz`: 200 when the node can take commands, 503 with the reasons otherwise.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready; `reasons` says why", body = Readiness),
+    )
+)]
 pub async fn readyz(state: AppState) -> Result<Response, Infallible> {
     let runtime = state.node.runtime();
     let journal = runtime.producer.is_reachable(Duration::from_secs(2)).await;
@@ -138,6 +161,17 @@ struct JournalStatus {
 }
 
 /// `GET /v1/admin/journal`: the breaker, the partitions in fallback and the spool.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/journal",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The journal's state", body = Object),
+        (status = 401, description = "No or wrong admin token", body = ErrorResponse),
+        (status = 503, description = "PostgreSQL unavailable", body = ErrorResponse),
+    )
+)]
 pub async fn journal_status(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
     crate::respond(
         async {
@@ -169,6 +203,17 @@ pub async fn journal_status(state: AppState, auth: Option<String>) -> Result<Res
 
 /// `GET /v1/admin/cluster`: this node's partitions (served, with epochs) and, in a cluster,
 /// the lease table, the live nodes and this node's consumers' lag.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/cluster",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Partitions, owners, epochs, nodes, lag", body = Object),
+        (status = 401, description = "No or wrong admin token", body = ErrorResponse),
+        (status = 503, description = "PostgreSQL unavailable", body = ErrorResponse),
+    )
+)]
 pub async fn cluster_status(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
     crate::respond(
         async {
@@ -208,6 +253,19 @@ pub async fn cluster_status(state: AppState, auth: Option<String>) -> Result<Res
     )
 }
 
+/// `POST /v1/merchants` (admin): creates a merchant; its API key is shown once.
+#[utoipa::path(
+    post,
+    path = "/v1/merchants",
+    tag = "admin",
+    security(("admin_token" = [])),
+    request_body = CreateMerchantBody,
+    responses(
+        (status = 201, description = "Created; `api_key` and `webhook_secret` are shown only now", body = payrail_actors::merchants::CreatedMerchant),
+        (status = 400, description = "Invalid request", body = ErrorResponse),
+        (status = 401, description = "No or wrong admin token", body = ErrorResponse),
+    )
+)]
 pub(crate) async fn create_merchant(
     state: AppState,
     auth: Option<String>,
@@ -233,6 +291,17 @@ pub(crate) async fn create_merchant(
 /// `GET /v1/admin/consumers`: each journal consumer of this node with its lag in records
 /// (broker high watermark − next offset to apply) and the histogram of its append-to-apply
 /// delays since start (see `kafka_journal::lag`).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/consumers",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Each consumer's lag", body = Object),
+        (status = 401, description = "No or wrong admin token", body = ErrorResponse),
+        (status = 503, description = "The journal's watermarks cannot be read", body = ErrorResponse),
+    )
+)]
 pub(crate) async fn consumer_lag(
     state: AppState,
     auth: Option<String>,

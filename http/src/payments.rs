@@ -1,7 +1,7 @@
 //! The merchant API's payment routes: create, read, confirm/capture/cancel, refund, list.
 
 use crate::body::LimitedBody;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponse};
 use crate::validation::{self, parse_json, CreatePaymentBody};
 use crate::{authenticate, forward, json, respond, AppState};
 use bytes::Bytes;
@@ -11,6 +11,26 @@ use std::convert::Infallible;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
+/// `POST /v1/payments`: records `payment.created` in the journal, then answers.
+#[utoipa::path(
+    post,
+    path = "/v1/payments",
+    tag = "payments",
+    security(("merchant_api_key" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, max_length = 255,
+         description = "A retry with the same key and body answers the first result and records nothing twice."),
+    ),
+    request_body = CreatePaymentBody,
+    responses(
+        (status = 201, description = "Created", body = payrail_actors::payment::PaymentView),
+        (status = 400, description = "Invalid request", body = ErrorResponse),
+        (status = 401, description = "No or unknown API key", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 422, description = "Idempotency-Key used with another body", body = ErrorResponse),
+        (status = 503, description = "Journal unavailable, outcome unknown, or node not ready (Retry-After)", body = ErrorResponse),
+    )
+)]
 pub(crate) async fn create_payment(
     state: AppState,
     incoming: forward::Incoming,
@@ -50,6 +70,20 @@ pub(crate) async fn create_payment(
     )
 }
 
+/// `GET /v1/payments/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/payments/{id}",
+    tag = "payments",
+    security(("merchant_api_key" = [])),
+    params(("id" = String, Path, description = "The payment id (`pay_…`).")),
+    responses(
+        (status = 200, description = "The payment", body = payrail_actors::payment::PaymentView),
+        (status = 401, description = "No or unknown API key", body = ErrorResponse),
+        (status = 404, description = "No such payment (or another merchant's)", body = ErrorResponse),
+        (status = 503, description = "Not available now (Retry-After)", body = ErrorResponse),
+    )
+)]
 pub(crate) async fn get_payment(
     state: AppState,
     incoming: forward::Incoming,
@@ -81,12 +115,97 @@ pub(crate) fn valid_payment_id(payment_id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The payment actions: `confirm`, `capture`, `cancel`.
-pub(crate) async fn payment_action(
+/// `POST /v1/payments/{id}/confirm`: attaches a payment method and asks the PSP.
+#[utoipa::path(
+    post,
+    path = "/v1/payments/{id}/confirm",
+    tag = "payments",
+    security(("merchant_api_key" = [])),
+    params(("id" = String, Path, description = "The payment id (`pay_…`).")),
+    request_body = validation::ConfirmBody,
+    responses(
+        (status = 200, description = "The payment after the command", body = payrail_actors::payment::PaymentView),
+        (status = 400, description = "Invalid request, or a transition the payment's status refuses", body = ErrorResponse),
+        (status = 401, description = "No or unknown API key", body = ErrorResponse),
+        (status = 404, description = "No such payment", body = ErrorResponse),
+        (status = 502, description = "The PSP did not answer; nothing recorded", body = ErrorResponse),
+        (status = 503, description = "Not available now (Retry-After)", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn confirm_payment(
     state: AppState,
     incoming: forward::Incoming,
     payment_id: String,
-    action: String,
+    auth: Option<String>,
+    body: LimitedBody,
+) -> Result<Response, Infallible> {
+    payment_action(state, incoming, payment_id, Action::Confirm, auth, body).await
+}
+
+/// `POST /v1/payments/{id}/capture`: captures all or part of an authorized amount.
+#[utoipa::path(
+    post,
+    path = "/v1/payments/{id}/capture",
+    tag = "payments",
+    security(("merchant_api_key" = [])),
+    params(("id" = String, Path, description = "The payment id (`pay_…`).")),
+    request_body(content = Option<validation::CaptureBody>, description = "Optional; empty captures the whole amount."),
+    responses(
+        (status = 200, description = "The payment after the command", body = payrail_actors::payment::PaymentView),
+        (status = 400, description = "Invalid request, or a transition the payment's status refuses", body = ErrorResponse),
+        (status = 401, description = "No or unknown API key", body = ErrorResponse),
+        (status = 404, description = "No such payment", body = ErrorResponse),
+        (status = 503, description = "Not available now (Retry-After)", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn capture_payment(
+    state: AppState,
+    incoming: forward::Incoming,
+    payment_id: String,
+    auth: Option<String>,
+    body: LimitedBody,
+) -> Result<Response, Infallible> {
+    payment_action(state, incoming, payment_id, Action::Capture, auth, body).await
+}
+
+/// `POST /v1/payments/{id}/cancel`.
+#[utoipa::path(
+    post,
+    path = "/v1/payments/{id}/cancel",
+    tag = "payments",
+    security(("merchant_api_key" = [])),
+    params(("id" = String, Path, description = "The payment id (`pay_…`).")),
+    request_body(content = Option<validation::CancelBody>, description = "Optional."),
+    responses(
+        (status = 200, description = "The payment after the command", body = payrail_actors::payment::PaymentView),
+        (status = 400, description = "Invalid request, or a transition the payment's status refuses", body = ErrorResponse),
+        (status = 401, description = "No or unknown API key", body = ErrorResponse),
+        (status = 404, description = "No such payment", body = ErrorResponse),
+        (status = 503, description = "Not available now (Retry-After)", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn cancel_payment(
+    state: AppState,
+    incoming: forward::Incoming,
+    payment_id: String,
+    auth: Option<String>,
+    body: LimitedBody,
+) -> Result<Response, Infallible> {
+    payment_action(state, incoming, payment_id, Action::Cancel, auth, body).await
+}
+
+/// The payment actions, each its own route.
+enum Action {
+    Confirm,
+    Capture,
+    Cancel,
+}
+
+async fn payment_action(
+    state: AppState,
+    incoming: forward::Incoming,
+    payment_id: String,
+    action: Action,
     auth: Option<String>,
     body: LimitedBody,
 ) -> Result<Response, Infallible> {
@@ -98,8 +217,8 @@ pub(crate) async fn payment_action(
                 return Ok(answer);
             }
             valid_payment_id(&payment_id)?;
-            let command = match action.as_str() {
-                "confirm" => {
+            let command = match action {
+                Action::Confirm => {
                     let b: validation::ConfirmBody = parse_json(&body)?;
                     b.validate()?;
                     Command::Confirm {
@@ -108,19 +227,18 @@ pub(crate) async fn payment_action(
                         psp_reference: None,
                     }
                 }
-                "capture" => {
+                Action::Capture => {
                     let b: validation::CaptureBody = validation::parse_optional_json(&body)?;
                     validation::optional_amount(b.amount)?;
                     Command::Capture { amount: b.amount }
                 }
-                "cancel" => {
+                Action::Cancel => {
                     let b: validation::CancelBody = validation::parse_optional_json(&body)?;
                     validation::optional_reason(&b.cancellation_reason, "cancellation_reason")?;
                     Command::Cancel {
                         reason: b.cancellation_reason,
                     }
                 }
-                _ => return Err(ApiError::not_found("Unrecognized request URL")),
             };
             let correlation_id = Some(crate::request_id::of(&incoming.headers));
             let view = state
@@ -133,6 +251,26 @@ pub(crate) async fn payment_action(
     )
 }
 
+/// `POST /v1/payments/{id}/refunds`: refunds all or part of the captured amount.
+#[utoipa::path(
+    post,
+    path = "/v1/payments/{id}/refunds",
+    tag = "payments",
+    security(("merchant_api_key" = [])),
+    params(
+        ("id" = String, Path, description = "The payment id (`pay_…`)."),
+        ("Idempotency-Key" = Option<String>, Header, max_length = 255,
+         description = "A retry with the same key finds the same refund instead of refunding twice."),
+    ),
+    request_body(content = Option<validation::RefundBody>, description = "Optional; empty refunds what is left."),
+    responses(
+        (status = 201, description = "The refund", body = payrail_actors::payment::RefundView),
+        (status = 400, description = "Invalid request, or more than is refundable", body = ErrorResponse),
+        (status = 401, description = "No or unknown API key", body = ErrorResponse),
+        (status = 404, description = "No such payment", body = ErrorResponse),
+        (status = 503, description = "Not available now (Retry-After)", body = ErrorResponse),
+    )
+)]
 pub(crate) async fn create_refund(
     state: AppState,
     incoming: forward::Incoming,
@@ -184,20 +322,40 @@ pub(crate) async fn create_refund(
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// 1 to 100; default 10.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
+    /// A payment id: the page starts after it.
     starting_after: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A page of payments, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ListResponse {
+    #[schema(value_type = String)]
     object: &'static str,
     data: Vec<payrail_actors::payment::PaymentView>,
     has_more: bool,
+    #[schema(value_type = String)]
     url: &'static str,
 }
 
+/// `GET /v1/payments`: the merchant's payments, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/payments",
+    tag = "payments",
+    security(("merchant_api_key" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of payments", body = ListResponse),
+        (status = 400, description = "Invalid query", body = ErrorResponse),
+        (status = 401, description = "No or unknown API key", body = ErrorResponse),
+    )
+)]
 pub(crate) async fn list_payments(
     state: AppState,
     query: ListQuery,

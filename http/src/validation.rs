@@ -57,27 +57,41 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// A new payment. Unknown fields are refused.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePaymentBody {
+    /// In the currency's minor unit (cents for USD, yen for JPY).
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub amount: i64,
+    /// ISO 4217 code, any case (`usd`).
+    #[schema(pattern = "^[A-Za-z]{3}$")]
     pub currency: String,
     #[serde(default)]
+    #[schema(max_length = 254, format = Email)]
     pub customer_email: Option<String>,
+    /// The merchant's order number: 1 to 64 printable characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     pub order_no: Option<String>,
+    /// The sales channel, for analytics: `[a-z0-9_-]{1,32}`.
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9_-]{1,32}$")]
     pub channel: Option<String>,
+    /// At most 50 keys of 1 to 40 characters; values at most 500 characters.
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// `automatic` (default) or `manual` (capture later).
     #[serde(default)]
     pub capture_method: Option<CaptureMethod>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMerchantBody {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+    /// http(s) URL notifications are posted to.
     #[serde(default)]
     pub webhook_url: Option<String>,
 }
@@ -303,9 +317,11 @@ mod tests {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfirmBody {
+    /// A test payment method of the PSP sandbox, e.g. `pm_card_visa`.
+    #[schema(pattern = "^[A-Za-z0-9_]{1,64}$")]
     pub payment_method: String,
     #[serde(default)]
     pub capture_method: Option<CaptureMethod>,
@@ -331,21 +347,21 @@ impl ConfirmBody {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureBody {
     #[serde(default)]
     pub amount: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelBody {
     #[serde(default)]
     pub cancellation_reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundBody {
     #[serde(default)]

@@ -1,7 +1,7 @@
 //! `POST /webhooks/psp/{channel}`: the PSP's signed webhooks.
 
 use crate::body::LimitedBody;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponse};
 use crate::validation::parse_json;
 use crate::{forward, json, respond, AppState};
 use payrail_actors::payment::Command;
@@ -23,8 +23,40 @@ pub(crate) struct PspEventData {
     object: serde_json::Value,
 }
 
+/// The PSP's event (Stripe's shape): `{"id":"evt_…","type":"payment_intent.succeeded",
+/// "data":{"object":{…}}}`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PspEventSchema {
+    id: String,
+    #[schema(rename = "type")]
+    kind: String,
+    data: PspEventDataSchema,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PspEventDataSchema {
+    object: serde_json::Value,
+}
+
 /// `POST /webhooks/psp/{channel}`: verify the signature over the raw body, de-duplicate by
 /// the PSP's event id, route the outcome to the payment actor.
+#[utoipa::path(
+    post,
+    path = "/webhooks/psp/{channel}",
+    tag = "webhooks",
+    security(("psp_signature" = [])),
+    params(("channel" = String, Path, description = "The PSP channel; `sandbox`.")),
+    request_body = PspEventSchema,
+    responses(
+        (status = 200, description = "Received (also for duplicates and events of no payrail payment)", body = Object),
+        (status = 400, description = "Malformed event or signature header", body = ErrorResponse),
+        (status = 401, description = "Signature does not verify or is too old", body = ErrorResponse),
+        (status = 404, description = "Unknown channel", body = ErrorResponse),
+        (status = 503, description = "Not available now (Retry-After)", body = ErrorResponse),
+    )
+)]
 pub(crate) async fn psp_webhook(
     state: AppState,
     incoming: forward::Incoming,

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 pub const SCHEMA_VERSION: u16 = 1;
 
 /// How a confirmed payment is captured.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CaptureMethod {

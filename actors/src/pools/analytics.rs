@@ -278,6 +278,7 @@ impl PartitionHandler for AnalyticsProjector {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
 pub struct CurrencyMetrics {
     pub currency: String,
@@ -341,6 +342,7 @@ pub async fn payment_metrics(
     Ok(rows.into_iter().map(derive).collect())
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ChannelMetrics {
     pub channel: String,

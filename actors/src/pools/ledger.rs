@@ -323,6 +323,7 @@ async fn payment_currency(
         .await
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Amount {
     pub currency: String,
@@ -352,6 +353,7 @@ pub async fn merchant_balance(
         .collect())
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct EntryView {
     pub posting_id: Uuid,

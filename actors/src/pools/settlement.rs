@@ -159,6 +159,7 @@ impl SettlementEvent {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SettlementView {
     pub id: String,

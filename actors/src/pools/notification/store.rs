@@ -8,6 +8,7 @@ use uuid::Uuid;
 /// Attempts returned per notification at most (the most recent ones).
 pub const ATTEMPTS_SHOWN_MAX: i64 = 100;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptView {
     pub attempt: i32,
@@ -19,6 +20,7 @@ pub struct AttemptView {
     pub duration_ms: i64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct NotificationView {
     pub id: String,

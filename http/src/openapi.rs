@@ -1,0 +1,227 @@
+//! `GET /openapi.json`: the API contract (OpenAPI 3.1), generated from the code by utoipa.
+//!
+//! Each handler carries its own `#[utoipa::path]` (route, parameters, bodies, answers, auth),
+//! and the request and response types derive their schemas, so the document changes with
+//! the code. `tests/openapi.rs` fails when a served route is missing from the document or the
+//! document lists a route that is not served. The metrics' `route` label comes from the
+//! same document ([`route_template`]).
+
+use std::convert::Infallible;
+use std::sync::OnceLock;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+/// The security schemes named in the handlers' `security(...)`.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "merchant_api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A merchant's secret API key (`Authorization: Bearer sk_…`), shown \
+                         once when the merchant is created. A merchant sees only its own data.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The node's admin token (`http.admin_token`), as \
+                         `Authorization: Bearer <token>`.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "psp_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Stripe-Signature",
+                "`t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">` with the PSP webhook \
+                 secret; older than `psp.webhook_tolerance_s` is refused.",
+            ))),
+        );
+        components.add_security_scheme(
+            "cluster_secret",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                payrail_actors::fallback::CLUSTER_SECRET_HEADER,
+                "The cluster's shared secret (`cluster.secret`): node-to-node requests only.",
+            ))),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "payrail",
+        description = "A payment-processing runtime on a Kafka journal. Amounts are integers in \
+                       the currency's minor unit; currencies are ISO 4217 codes. Errors are \
+                       `{\"error\": {type, code, message, param}}` objects. Every reply carries \
+                       `X-Request-Id`.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        crate::ops::healthz,
+        crate::ops::readyz,
+        crate::ops::create_merchant,
+        crate::payments::create_payment,
+        crate::payments::list_payments,
+        crate::payments::get_payment,
+        crate::payments::confirm_payment,
+        crate::payments::capture_payment,
+        crate::payments::cancel_payment,
+        crate::payments::create_refund,
+        crate::webhooks::psp_webhook,
+        crate::money::balance,
+        crate::money::ledger_entries,
+        crate::money::list_settlements,
+        crate::money::run_settlements,
+        crate::money::pay_settlement,
+        crate::money::payment_metrics,
+        crate::money::channel_metrics,
+        crate::notifications::list,
+        crate::notifications::resend,
+        crate::ops::consumer_lag,
+        crate::ops::journal_status,
+        crate::ops::cluster_status,
+        crate::metrics::scrape,
+        crate::internal::receive_events,
+        openapi_json,
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "payments", description = "Create and move payments; refunds."),
+        (name = "money", description = "Balance, ledger, settlements and analytics."),
+        (name = "notifications", description = "Webhooks sent to merchants."),
+        (name = "webhooks", description = "Signed webhooks from the PSP."),
+        (name = "admin", description = "Operators: merchants, journal, cluster, metrics."),
+        (name = "ops", description = "Health, readiness and this document."),
+        (name = "internal", description = "Node-to-node (cluster secret)."),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document, rendered once.
+pub fn document() -> &'static str {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .unwrap_or_else(|e| format!("{{\"error\":\"openapi: {e}\"}}"))
+    })
+}
+
+/// Every documented route as `(method, template)`, e.g. `("POST", "/v1/payments/{id}/capture")`.
+pub fn routes() -> &'static [(String, String)] {
+    static ROUTES: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    ROUTES.get_or_init(|| {
+        let doc = ApiDoc::openapi();
+        let mut routes = Vec::new();
+        for (path, item) in doc.paths.paths.iter() {
+            for (method, operation) in [
+                ("GET", &item.get),
+                ("POST", &item.post),
+                ("PUT", &item.put),
+                ("DELETE", &item.delete),
+                ("PATCH", &item.patch),
+            ] {
+                if operation.is_some() {
+                    routes.push((method.to_string(), path.clone()));
+                }
+            }
+        }
+        // Literal segments before parameters: `/v1/admin/status` is not `/v1/admin/{x}`.
+        routes.sort_by_key(|(_, template)| template.matches('{').count());
+        routes
+    })
+}
+
+/// The route template of a request path, for the metrics' `route` label: the documented
+/// template it matches (`/v1/payments/{id}`), or `other`, so the label has a bounded number
+/// of values whatever paths clients send.
+pub fn route_template(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let matched = routes().iter().find(|(_, template)| {
+        let parts: Vec<&str> = template.trim_matches('/').split('/').collect();
+        parts.len() == segments.len()
+            && parts
+                .iter()
+                .zip(&segments)
+                .all(|(t, s)| t == s || (t.starts_with('{') && !s.is_empty()))
+    });
+    matched.map(|(_, t)| t.as_str()).unwrap_or("other")
+}
+
+/// `GET /openapi.json`: this document. Public, like the routes it describes.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "ops",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json"))
+)]
+pub(crate) async fn openapi_json() -> Result<Response, Infallible> {
+    let mut response = document().into_response();
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_template;
+
+    #[test]
+    fn ids_in_paths_become_their_template_and_unknown_paths_one_value() {
+        assert_eq!(route_template("/v1/payments"), "/v1/payments");
+        assert_eq!(route_template("/v1/payments/pay_123"), "/v1/payments/{id}");
+        assert_eq!(
+            route_template("/v1/payments/pay_123/capture"),
+            "/v1/payments/{id}/capture"
+        );
+        assert_eq!(
+            route_template("/v1/payments/pay_1/refunds"),
+            "/v1/payments/{id}/refunds"
+        );
+        assert_eq!(
+            route_template("/webhooks/psp/sandbox"),
+            "/webhooks/psp/{channel}"
+        );
+        assert_eq!(route_template("/v1/payments/pay_1/explode"), "other");
+        assert_eq!(route_template("/../../etc/passwd"), "other");
+        assert_eq!(route_template("/v1/payments//capture"), "other");
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_with_the_auth_schemes() {
+        let doc: serde_json::Value =
+            serde_json::from_str(super::document()).expect("the document is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        for scheme in [
+            "merchant_api_key",
+            "admin_token",
+            "psp_signature",
+            "cluster_secret",
+        ] {
+            assert!(
+                doc["components"]["securitySchemes"][scheme].is_object(),
+                "{scheme} missing"
+            );
+        }
+        assert!(doc["components"]["schemas"]["ErrorResponse"].is_object());
+    }
+}
