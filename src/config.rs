@@ -232,10 +232,26 @@ impl Default for LogOptions {
     }
 }
 
+/// `[metrics]` in config.toml.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsOptions {
+    /// Record metrics and serve `GET /metrics`. Off: no recorder is installed, nothing is
+    /// recorded and `/metrics` answers 503 (used to measure what metrics cost).
+    pub enabled: bool,
+}
+
+impl Default for MetricsOptions {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub log: LogOptions,
+    pub metrics: MetricsOptions,
     pub journal: JournalOptions,
     pub database: DatabaseOptions,
     pub http: HttpOptions,

@@ -58,7 +58,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let journal = &config.journal;
     info!(brokers = %journal.brokers, partitions = journal.partitions, namespace = %journal.namespace, bind = %config.http.bind, "starting node");
     // Before anything records a metric: the process-wide Prometheus recorder.
-    payrail_http::metrics::install().map_err(|e| anyhow::anyhow!(e))?;
+    if config.metrics.enabled {
+        payrail_http::metrics::install().map_err(|e| anyhow::anyhow!(e))?;
+    } else {
+        payrail_http::metrics::disable_request_metrics();
+    }
     let pool = connect(&config).await?;
     migrate(&pool).await?;
 
@@ -385,7 +389,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let (bound, server) = payrail_http::request_id::serve(routes, addr, handover)
         .map_err(|e| anyhow::anyhow!("binding http.bind {addr}: {e}"))?;
-    info!(%bound, "listening");
     // Spooled events reach the pools over HTTP during an outage: this node's own
     // endpoint unless `fallback.targets` names the nodes that run pools.
     let targets = if config.fallback.targets.is_empty() {
@@ -399,7 +402,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.cluster.secret.clone(),
         config.fallback.clone(),
     );
-    println!("payrail node listening on http://{bound}");
+    info!(url = %format!("http://{bound}"), "payrail node listening");
     server.await;
     info!("shutting down");
     sweeper.abort();

@@ -35,6 +35,12 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 static ACCESS_LOG: AtomicBool = AtomicBool::new(true);
+static REQUEST_METRICS: AtomicBool = AtomicBool::new(true);
+
+/// `metrics.enabled = false`: requests are not counted nor timed.
+pub fn disable_request_metrics() {
+    REQUEST_METRICS.store(false, Ordering::Relaxed);
+}
 
 /// `log.access_log`: whether [`record_request`] writes the access line.
 pub fn set_access_log(enabled: bool) {
@@ -44,15 +50,22 @@ pub fn set_access_log(enabled: bool) {
 /// Counts and times one request (`warp::log::custom`) and writes its access line: one per
 /// request, with the route template and never the query string, body or credentials.
 pub fn record_request(info: warp::log::Info<'_>) {
+    let counted = REQUEST_METRICS.load(Ordering::Relaxed);
+    let logged = ACCESS_LOG.load(Ordering::Relaxed);
+    if !counted && !logged {
+        return;
+    }
     let route = crate::openapi::route_template(info.path());
     let method = info.method().as_str().to_string();
     let status = info.status().as_u16();
     let elapsed = info.elapsed();
-    metrics::counter!("payrail_http_requests_total", "method" => method.clone(), "route" => route, "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!("payrail_http_request_duration_seconds", "method" => method.clone(), "route" => route)
-        .record(elapsed.as_secs_f64());
-    if ACCESS_LOG.load(Ordering::Relaxed) {
+    if counted {
+        metrics::counter!("payrail_http_requests_total", "method" => method.clone(), "route" => route, "status" => status.to_string())
+            .increment(1);
+        metrics::histogram!("payrail_http_request_duration_seconds", "method" => method.clone(), "route" => route)
+            .record(elapsed.as_secs_f64());
+    }
+    if logged {
         let request_id = info
             .request_headers()
             .get(crate::request_id::HEADER)

@@ -224,4 +224,29 @@ mod tests {
         }
         assert!(doc["components"]["schemas"]["ErrorResponse"].is_object());
     }
+
+    #[test]
+    fn the_documented_bounds_are_the_ones_the_code_enforces() {
+        use crate::validation::{MAX_CHANNEL_LEN, MAX_EMAIL_LEN, MAX_ORDER_NO_LEN};
+        let doc: serde_json::Value =
+            serde_json::from_str(super::document()).expect("the document is JSON");
+        let create = &doc["components"]["schemas"]["CreatePaymentBody"]["properties"];
+        assert_eq!(
+            create["amount"]["maximum"].as_i64(),
+            Some(payrail_actors::money::MAX_AMOUNT)
+        );
+        assert_eq!(create["amount"]["minimum"].as_i64(), Some(1));
+        assert_eq!(
+            create["customer_email"]["maxLength"].as_u64(),
+            Some(MAX_EMAIL_LEN as u64)
+        );
+        assert_eq!(
+            create["order_no"]["maxLength"].as_u64(),
+            Some(MAX_ORDER_NO_LEN as u64)
+        );
+        assert_eq!(
+            create["channel"]["pattern"].as_str(),
+            Some(format!("^[a-z0-9_-]{{1,{MAX_CHANNEL_LEN}}}$").as_str())
+        );
+    }
 }
