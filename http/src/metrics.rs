@@ -259,3 +259,71 @@ fn record_lag(consumers: &[kafka_journal::lag::ConsumerLag]) {
     // Bounded: consumers × the journal's partitions.
     seen.extend(current);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::record_lag;
+    use kafka_journal::lag::{ConsumerLag, LagBuckets, PartitionLag};
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    fn lag(name: &str, partitions: &[(i32, i64)]) -> ConsumerLag {
+        ConsumerLag {
+            name: name.into(),
+            topic: "t".into(),
+            partitions: partitions
+                .iter()
+                .map(|(partition, lag_records)| PartitionLag {
+                    partition: *partition,
+                    next_offset: 0,
+                    high_watermark: *lag_records,
+                    lag_records: *lag_records,
+                })
+                .collect(),
+            lag_records: partitions.iter().map(|(_, l)| l).sum(),
+            lag_ms: LagBuckets {
+                counts: Vec::new(),
+                max_ms: 0,
+            },
+            lag_bucket_bounds_ms: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_partition_handed_over_keeps_no_stale_lag() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            record_lag(&[lag("handover-test", &[(0, 5), (1, 7)])]);
+            record_lag(&[lag("handover-test", &[(0, 2)])]);
+        });
+        let text = handle.render();
+        let line = |series: &str| {
+            text.lines()
+                .find(|l| l.starts_with(series))
+                .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+        };
+        let p = |name: &str, partition: i32| {
+            format!("{name}{{consumer=\"handover-test\",partition=\"{partition}\"}}")
+        };
+        assert_eq!(
+            line(&p("payrail_consumer_lag_records", 0)).as_deref(),
+            Some("2"),
+            "{text}"
+        );
+        assert_eq!(
+            line(&p("payrail_consumer_lag_records", 1)).as_deref(),
+            Some("0"),
+            "{text}"
+        );
+        assert_eq!(
+            line(&p("payrail_consumer_partition_assigned", 0)).as_deref(),
+            Some("1"),
+            "{text}"
+        );
+        assert_eq!(
+            line(&p("payrail_consumer_partition_assigned", 1)).as_deref(),
+            Some("0"),
+            "{text}"
+        );
+    }
+}
