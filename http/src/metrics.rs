@@ -1,9 +1,10 @@
 //! `GET /metrics` (admin token): Prometheus text format, from the `metrics` crates.
 //!
 //! Counters and histograms are recorded where things happen (HTTP requests here, journal
-//! appends in `kafka_journal`). Gauges that describe state (breaker, partitions, spool,
-//! consumer lag, PostgreSQL pool) are read when the endpoint is scraped, so they are never
-//! stale and cost nothing between scrapes.
+//! appends, apply delays and dead letters in `kafka_journal`, commands, actors and restarts
+//! in `actors` and `supervisor`). Gauges that describe state (breaker, partitions, spool,
+//! consumer lag, dead-letter table, PostgreSQL pool) are read when the endpoint is scraped,
+//! so they cost nothing between scrapes. docs/API.md lists every family.
 
 use crate::{authorize_admin, respond, AppState};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
