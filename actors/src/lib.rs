@@ -7,7 +7,8 @@
 //! - [`snapshots`]: the projection payment actors are rebuilt from;
 //! - [`fallback`]: the spool that keeps commands durable while the journal is down;
 //! - [`pools`]: the subscriber pools' read models;
-//! - [`merchants`]: merchant registry and API-key authentication.
+//! - [`merchants`]: merchant registry and API-key authentication;
+//! - [`telemetry`]: command latency, live actors and passivations as metrics.
 
 pub mod error;
 pub mod fallback;
@@ -27,6 +28,7 @@ pub mod runtime;
 pub use payrail_signature as signature;
 pub mod snapshots;
 pub mod sweeper;
+pub mod telemetry;
 
 pub use error::CommandError;
 pub use node::NodeHandle;

@@ -8,13 +8,14 @@ use crate::payment::{Command, PaymentView};
 use crate::payment_actor::Reply;
 use crate::root_supervisor::{PartitionRoutes, RootArgs, RootMsg, RootSupervisor};
 use crate::runtime::Runtime;
+use crate::telemetry;
 use payrail_supervisor::PartitionOwnership;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 #[derive(Clone)]
@@ -153,13 +154,17 @@ impl NodeHandle {
         idempotency: Option<(String, String)>,
         correlation_id: Option<String>,
     ) -> Result<PaymentView, CommandError> {
-        self.ask(merchant_id, |reply| MerchantMsg::Create {
-            command,
-            idempotency,
-            correlation_id,
-            reply,
-        })
-        .await
+        let started = Instant::now();
+        let result = self
+            .ask(merchant_id, |reply| MerchantMsg::Create {
+                command,
+                idempotency,
+                correlation_id,
+                reply,
+            })
+            .await;
+        telemetry::command_finished("create", &result, started.elapsed());
+        result
     }
 
     pub async fn get_payment(
@@ -173,6 +178,7 @@ impl NodeHandle {
     }
 
     /// A command on an existing payment (confirm, capture, cancel, refund, outcomes).
+    /// Its latency, from here to the reply, goes to `payrail_command_duration_seconds`.
     pub async fn command(
         &self,
         merchant_id: &str,
@@ -180,14 +186,19 @@ impl NodeHandle {
         command: Command,
         correlation_id: Option<String>,
     ) -> Result<PaymentView, CommandError> {
+        let started = Instant::now();
+        let kind = command.kind();
         let payment_id = payment_id.to_string();
-        self.ask(merchant_id, |reply| MerchantMsg::Command {
-            payment_id,
-            command,
-            correlation_id,
-            reply: Some(reply),
-        })
-        .await
+        let result = self
+            .ask(merchant_id, |reply| MerchantMsg::Command {
+                payment_id,
+                command,
+                correlation_id,
+                reply: Some(reply),
+            })
+            .await;
+        telemetry::command_finished(kind, &result, started.elapsed());
+        result
     }
 
     /// Asks the payment to act on whatever is overdue (sweeper); waits for it.
@@ -196,12 +207,16 @@ impl NodeHandle {
         merchant_id: &str,
         payment_id: &str,
     ) -> Result<PaymentView, CommandError> {
+        let started = Instant::now();
         let payment_id = payment_id.to_string();
-        self.ask(merchant_id, |reply| MerchantMsg::Poll {
-            payment_id,
-            reply: Some(reply),
-        })
-        .await
+        let result = self
+            .ask(merchant_id, |reply| MerchantMsg::Poll {
+                payment_id,
+                reply: Some(reply),
+            })
+            .await;
+        telemetry::command_finished("poll", &result, started.elapsed());
+        result
     }
 
     /// Whether this node owns the merchant's partition.

@@ -50,6 +50,8 @@ pub struct PartitionState {
     /// is never more than one live actor per merchant.
     retiring: HashMap<String, (ActorId, Vec<MerchantMsg>)>,
     restarts: LazyRestarts,
+    /// Counted in `payrail_actors_live` while this state exists.
+    _live: crate::telemetry::Live,
 }
 
 pub struct PartitionSupervisor;
@@ -70,6 +72,7 @@ impl Actor for PartitionSupervisor {
             merchants: HashMap::new(),
             by_actor: HashMap::new(),
             retiring: HashMap::new(),
+            _live: crate::telemetry::Live::new(crate::telemetry::ActorKind::Partition),
         })
     }
 
@@ -90,6 +93,7 @@ impl Actor for PartitionSupervisor {
                         let current = current.clone();
                         state.merchants.remove(&merchant_id);
                         state.retiring.insert(merchant_id, (actor, Vec::new()));
+                        crate::telemetry::passivated(crate::telemetry::ActorKind::Merchant);
                         let _ = current.cast(MerchantMsg::Stop);
                     }
                 }
@@ -230,7 +234,9 @@ impl PartitionState {
     }
 
     fn record_failure(&mut self, merchant_id: &str, error: &str) {
-        match self.restarts.on_failure(merchant_id, Instant::now()) {
+        let decision = self.restarts.on_failure(merchant_id, Instant::now());
+        payrail_supervisor::telemetry::record_decision("partition", &decision);
+        match decision {
             RestartDecision::RestartAfter(delay) => {
                 debug!(%merchant_id, ?delay, "merchant actor rebuilt after backoff");
             }

@@ -163,7 +163,9 @@ impl RootState {
             .restarts
             .entry(partition)
             .or_insert_with(|| RestartTracker::new(policy));
-        match tracker.on_failure(Instant::now()) {
+        let decision = tracker.on_failure(Instant::now());
+        payrail_supervisor::telemetry::record_decision("root", &decision);
+        match decision {
             RestartDecision::RestartAfter(delay) => {
                 warn!(partition, ?delay, "restarting partition supervisor");
                 myself.send_after(delay, move || RootMsg::Start(partition));

@@ -170,12 +170,15 @@ impl ConsumerProgress {
         &self.lag
     }
 
-    /// Counts `records`, just applied, in the lag histogram.
-    fn record_applied(&self, records: &[ConsumedRecord]) {
+    /// Counts `records`, just applied, in the lag histogram and in the partition's
+    /// `payrail_consumer_apply_delay_seconds` histogram.
+    fn record_applied(&self, records: &[ConsumedRecord], apply_delay: &metrics::Histogram) {
         let now_ms = chrono::Utc::now().timestamp_millis();
         for record in records {
             if let Some(at) = record.timestamp_ms.filter(|t| *t > 0) {
-                self.lag.record(now_ms.saturating_sub(at).max(0) as u64);
+                let delay_ms = now_ms.saturating_sub(at).max(0) as u64;
+                self.lag.record(delay_ms);
+                apply_delay.record(delay_ms as f64 / 1000.0);
             }
         }
     }

@@ -6,6 +6,7 @@
 //!   off it in a later issue).
 //! - [`PartitionOwnership`]: which journal partitions this node owns.
 //! - [`Escalations`]: where supervisors report that they gave up (readiness, exit policy).
+//! - [`telemetry`]: restart and give-up counters per supervisor.
 
 pub mod escalation;
 pub mod health;
@@ -13,6 +14,7 @@ pub mod lazy;
 pub mod ownership;
 pub mod restart;
 pub mod task;
+pub mod telemetry;
 
 pub use escalation::{Escalation, Escalations, GiveUpPolicy};
 pub use health::{Admission, BreakerState, JournalHealth};

@@ -45,7 +45,12 @@ where
                 Err(error) if error.is_panic() => format!("the task panicked: {error}"),
                 Err(error) => format!("the task was cancelled: {error}"),
             };
-            match tracker.on_failure(Instant::now()) {
+            let decision = tracker.on_failure(Instant::now());
+            crate::telemetry::record_decision(
+                &format!("task:{}", name.replace(' ', "_")),
+                &decision,
+            );
+            match decision {
                 RestartDecision::RestartAfter(delay) => {
                     tracing::warn!(task = name, %reason, ?delay, "restarting supervised task");
                     tokio::time::sleep(delay).await;

@@ -122,6 +122,8 @@ pub struct MerchantState {
     /// stops once every payment child has stopped and no create is pending, so no message
     /// already routed here or to a child is dropped.
     stopping: bool,
+    /// Counted in `payrail_actors_live` while this state exists.
+    _live: crate::telemetry::Live,
 }
 
 pub struct MerchantActor;
@@ -153,6 +155,7 @@ impl Actor for MerchantActor {
             retiring: HashMap::new(),
             passivating: false,
             stopping: false,
+            _live: crate::telemetry::Live::new(crate::telemetry::ActorKind::Merchant),
         })
     }
 
@@ -369,7 +372,9 @@ impl MerchantState {
 
     /// Restart intensity and backoff of a failed payment actor (rebuilt lazily).
     fn record_failure(&mut self, payment_id: &str, error: &str) {
-        match self.restarts.on_failure(payment_id, Instant::now()) {
+        let decision = self.restarts.on_failure(payment_id, Instant::now());
+        payrail_supervisor::telemetry::record_decision("merchant", &decision);
+        match decision {
             RestartDecision::RestartAfter(delay) => {
                 debug!(%payment_id, ?delay, "payment actor rebuilt after backoff");
             }

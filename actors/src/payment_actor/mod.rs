@@ -67,6 +67,8 @@ pub struct PaymentState {
     /// This actor's state is unknown after an append whose outcome is unknown: commands
     /// still queued here are refused (retryable) until the merchant rebuilds the payment.
     stale: bool,
+    /// Counted in `payrail_actors_live` while this state exists.
+    _live: crate::telemetry::Live,
 }
 
 pub struct PaymentActor;
@@ -95,6 +97,7 @@ impl Actor for PaymentActor {
             last_active: Instant::now(),
             retiring: false,
             stale: false,
+            _live: crate::telemetry::Live::new(crate::telemetry::ActorKind::Payment),
         })
     }
 
@@ -132,6 +135,7 @@ impl Actor for PaymentActor {
                 if quiet >= idle {
                     if !state.retiring {
                         state.retiring = true;
+                        crate::telemetry::passivated(crate::telemetry::ActorKind::Payment);
                         args.retire(&myself, false);
                     }
                 } else {

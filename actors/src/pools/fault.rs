@@ -2,6 +2,8 @@
 //! metadata `payrail_fault = "panic_in_pool_<pool>"` makes that pool's partition worker
 //! panic on the payment's `payment.created` record, once per process. The worker is
 //! restarted under `[supervisor.restart]` and applies the record on the next try.
+//! `payrail_fault = "fail_in_pool_<pool>"` makes the pool's handler return an error for
+//! that record on every attempt, so the record is dead-lettered.
 
 use crate::payment::PaymentEvent;
 use kafka_journal::consumer::{ConsumedRecord, HandlerError, PartitionHandler};
@@ -13,6 +15,7 @@ use std::sync::{Arc, Mutex};
 pub struct PanickingPool {
     inner: Arc<dyn PartitionHandler>,
     fault: String,
+    fail: String,
     fired: Mutex<HashSet<uuid::Uuid>>,
 }
 
@@ -22,22 +25,31 @@ impl PanickingPool {
         Arc::new(Self {
             inner,
             fault: format!("panic_in_pool_{pool}"),
+            fail: format!("fail_in_pool_{pool}"),
             fired: Mutex::new(HashSet::new()),
         })
     }
 
-    fn inject(&self, record: &ConsumedRecord) {
+    fn inject(&self, record: &ConsumedRecord) -> Result<(), HandlerError> {
         if record.event_type.as_deref() != Some("payment.created") {
-            return;
+            return Ok(());
         }
         let Ok(envelope) = record.decode::<PaymentEvent>() else {
-            return;
+            return Ok(());
         };
         let PaymentEvent::Created(created) = &envelope.payload else {
-            return;
+            return Ok(());
         };
-        if created.metadata.get("payrail_fault") != Some(&self.fault) {
-            return;
+        let fault = created.metadata.get("payrail_fault");
+        if fault == Some(&self.fail) {
+            return Err(format!(
+                "injected fault: {} on event {}",
+                self.fail, envelope.event_id
+            )
+            .into());
+        }
+        if fault != Some(&self.fault) {
+            return Ok(());
         }
         let first_time = match self.fired.lock() {
             Ok(mut fired) => fired.insert(envelope.event_id),
@@ -49,6 +61,7 @@ impl PanickingPool {
                 self.fault, envelope.event_id, envelope.payment_id
             );
         }
+        Ok(())
     }
 }
 
@@ -59,7 +72,7 @@ impl PartitionHandler for PanickingPool {
         conn: &mut PgConnection,
         record: &ConsumedRecord,
     ) -> Result<(), HandlerError> {
-        self.inject(record);
+        self.inject(record)?;
         self.inner.apply(conn, record).await
     }
 
@@ -69,7 +82,7 @@ impl PartitionHandler for PanickingPool {
         records: &[&ConsumedRecord],
     ) -> Result<(), HandlerError> {
         for record in records {
-            self.inject(record);
+            self.inject(record)?;
         }
         self.inner.apply_batch(conn, records).await
     }

@@ -291,7 +291,12 @@ impl Shared {
             }
             self.set_state(partition, generation, SlotState::Restarting);
             self.set_paused(partition, true);
-            match restarts.on_failure(Instant::now()) {
+            let decision = restarts.on_failure(Instant::now());
+            payrail_supervisor::telemetry::record_decision(
+                &format!("consumer:{}", self.spec.name),
+                &decision,
+            );
+            match decision {
                 RestartDecision::RestartAfter(delay) => {
                     warn!(
                         partition,

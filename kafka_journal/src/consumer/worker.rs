@@ -107,6 +107,8 @@ pub struct WorkerState {
     pub(crate) gap: GapGuard,
     /// The highest owner epoch applied so far, stored with the offset.
     pub(crate) fence: EpochFence,
+    /// `payrail_consumer_apply_delay_seconds` of this consumer and partition, made once.
+    pub(crate) apply_delay: metrics::Histogram,
 }
 
 /// Applies one partition's records in order, exactly once, in PostgreSQL transactions.
@@ -141,11 +143,17 @@ impl Actor for PartitionWorker {
             )
             .await?,
         );
+        let apply_delay = metrics::histogram!(
+            "payrail_consumer_apply_delay_seconds",
+            "consumer" => args.spec.name.clone(),
+            "partition" => args.partition.to_string()
+        );
         let state = WorkerState {
             args,
             next_offset,
             gap: GapGuard::default(),
             fence,
+            apply_delay,
         };
         if state.args.seek_on_start {
             let to = next_offset.map_or(Offset::Beginning, Offset::Offset);
@@ -240,7 +248,9 @@ impl WorkerState {
                 }
             }
         }
-        self.args.progress.record_applied(&records);
+        self.args
+            .progress
+            .record_applied(&records, &self.apply_delay);
         self.advance(last + 1);
         Ok(())
     }
@@ -375,6 +385,8 @@ impl WorkerState {
         )
         .await?;
         tx.commit().await?;
+        metrics::counter!("payrail_dead_letters_total", "consumer" => self.args.spec.name.clone())
+            .increment(1);
         Ok(())
     }
 }
