@@ -169,10 +169,7 @@ async fn every_route_answers_every_credential_as_its_scheme_says() {
         Credential::auth("another merchant's key", Some(format!("Bearer {key_b}"))),
         Credential::auth("merchant's own key", Some(format!("Bearer {key_a}"))),
         Credential::auth("admin token", Some(format!("Bearer {ADMIN_TOKEN}"))),
-        Credential::auth(
-            "wrong admin token",
-            Some(format!("Bearer {ADMIN_TOKEN}x")),
-        ),
+        Credential::auth("wrong admin token", Some(format!("Bearer {ADMIN_TOKEN}x"))),
         Credential {
             name: "psp signature",
             authorization: None,
@@ -267,9 +264,7 @@ async fn every_route_answers_every_credential_as_its_scheme_says() {
             let text = response.text().await.unwrap_or_default();
             let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let ok = match expect {
-                Expect::Refused => {
-                    status == 401 && json["error"]["type"] == "authentication_error"
-                }
+                Expect::Refused => status == 401 && json["error"]["type"] == "authentication_error",
                 Expect::Admitted => status != 401 && status < 500,
                 Expect::NotFound => status == 404,
             };
@@ -286,9 +281,7 @@ async fn every_route_answers_every_credential_as_its_scheme_says() {
                     ));
                 }
             }
-            *cells
-                .entry(format!("{:?}", expect))
-                .or_default() += 1;
+            *cells.entry(format!("{:?}", expect)).or_default() += 1;
             if !ok {
                 failures.push(format!(
                     "{method} {template} [{}] with {}: expected {expect:?}, got {status} {text}",
@@ -309,7 +302,9 @@ async fn every_route_answers_every_credential_as_its_scheme_says() {
     assert_eq!(cross_merchant_reads, 0);
     assert_eq!(total, routes.len() * credentials.len());
     // B's own data is there where B may read: the refusals above are not blanket 404s.
-    let own = api.get_payment(&key_b, b_payment.body["id"].as_str().unwrap()).await;
+    let own = api
+        .get_payment(&key_b, b_payment.body["id"].as_str().unwrap())
+        .await;
     assert_eq!(own.status, 200);
     assert_eq!(own.body["merchant_id"], merchant_b.as_str());
     drop(sandbox);

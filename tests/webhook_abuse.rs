@@ -48,7 +48,10 @@ async fn post(
     let response = request.send().await.expect("webhook sent");
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 async fn webhook_rows(pool: &sqlx::PgPool) -> Vec<(String, bool)> {
@@ -106,8 +109,8 @@ async fn abused_webhooks_change_nothing_and_a_replay_is_applied_once() {
 
     // (case, channel, signature header, body, expected status)
     let good = event("evt_abuse_good", &id, &merchant_id);
-    let mut oversized_event: Value = serde_json::from_str(&event("evt_big", &id, &merchant_id))
-        .expect("event json");
+    let mut oversized_event: Value =
+        serde_json::from_str(&event("evt_big", &id, &merchant_id)).expect("event json");
     oversized_event["data"]["object"]["padding"] = "x".repeat(MAX_BODY_BYTES).into();
     let oversized = oversized_event.to_string();
     let stale_body = event("evt_stale", &id, &merchant_id);
@@ -148,8 +151,20 @@ async fn abused_webhooks_change_nothing_and_a_replay_is_applied_once() {
             tampered_body.replace("card_declined", "card_Declined"),
             401,
         ),
-        ("malformed: garbage", "sandbox", Some("garbage".into()), good.clone(), 401),
-        ("malformed: empty", "sandbox", Some(String::new()), good.clone(), 401),
+        (
+            "malformed: garbage",
+            "sandbox",
+            Some("garbage".into()),
+            good.clone(),
+            401,
+        ),
+        (
+            "malformed: empty",
+            "sandbox",
+            Some(String::new()),
+            good.clone(),
+            401,
+        ),
         (
             "malformed: no v1",
             "sandbox",
@@ -195,7 +210,8 @@ async fn abused_webhooks_change_nothing_and_a_replay_is_applied_once() {
     ];
     assert!(oversized.len() > MAX_BODY_BYTES);
     for (case, channel, signature, body, expected) in &cases {
-        let (status, answer) = post(&client, base, channel, signature.as_deref(), body.clone()).await;
+        let (status, answer) =
+            post(&client, base, channel, signature.as_deref(), body.clone()).await;
         assert_eq!(status, *expected, "{case}: {answer}");
         assert!(
             answer["error"]["type"].is_string(),
@@ -211,7 +227,11 @@ async fn abused_webhooks_change_nothing_and_a_replay_is_applied_once() {
         before_events,
         "refused webhooks journal nothing"
     );
-    assert_eq!(webhook_rows(&pool).await, before_rows, "nor are they recorded");
+    assert_eq!(
+        webhook_rows(&pool).await,
+        before_rows,
+        "nor are they recorded"
+    );
     let still = api.get_payment(&key, &id).await;
     assert_eq!(still.body["status"], "processing");
     println!(
@@ -221,14 +241,40 @@ async fn abused_webhooks_change_nothing_and_a_replay_is_applied_once() {
     );
 
     // Replays: the same event, re-sent as is, re-signed later, and five at once.
-    let (status, first) = post(&client, base, "sandbox", Some(&sign(now, &good)), good.clone()).await;
-    assert_eq!((status, &first["received"]), (200, &Value::Bool(true)), "{first}");
+    let (status, first) = post(
+        &client,
+        base,
+        "sandbox",
+        Some(&sign(now, &good)),
+        good.clone(),
+    )
+    .await;
+    assert_eq!(
+        (status, &first["received"]),
+        (200, &Value::Bool(true)),
+        "{first}"
+    );
     assert!(first.get("duplicate").is_none(), "{first}");
-    let (status, again) = post(&client, base, "sandbox", Some(&sign(now, &good)), good.clone()).await;
-    assert_eq!((status, &again["duplicate"]), (200, &Value::Bool(true)), "{again}");
+    let (status, again) = post(
+        &client,
+        base,
+        "sandbox",
+        Some(&sign(now, &good)),
+        good.clone(),
+    )
+    .await;
+    assert_eq!(
+        (status, &again["duplicate"]),
+        (200, &Value::Bool(true)),
+        "{again}"
+    );
     let resigned = sign(chrono::Utc::now().timestamp() + 1, &good);
     let (status, again) = post(&client, base, "sandbox", Some(&resigned), good.clone()).await;
-    assert_eq!((status, &again["duplicate"]), (200, &Value::Bool(true)), "{again}");
+    assert_eq!(
+        (status, &again["duplicate"]),
+        (200, &Value::Bool(true)),
+        "{again}"
+    );
     let burst = futures::future::join_all((0..5).map(|_| {
         let signature = sign(now, &good);
         let body = good.clone();
@@ -246,9 +292,16 @@ async fn abused_webhooks_change_nothing_and_a_replay_is_applied_once() {
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = payment_events(&env, &id);
-    let new: Vec<&String> = after[before_events.len()..].iter().map(|(_, t)| t).collect();
+    let new: Vec<&String> = after[before_events.len()..]
+        .iter()
+        .map(|(_, t)| t)
+        .collect();
     assert_eq!(&after[..before_events.len()], &before_events[..]);
-    assert_eq!(new.len(), 1, "one transition for the replayed outcome: {new:?}");
+    assert_eq!(
+        new.len(),
+        1,
+        "one transition for the replayed outcome: {new:?}"
+    );
     assert_eq!(api.get_payment(&key, &id).await.body["status"], "failed");
     let rows = webhook_rows(&pool).await;
     assert_eq!(

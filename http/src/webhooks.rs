@@ -52,6 +52,7 @@ pub(crate) struct PspEventDataSchema {
     responses(
         (status = 200, description = "Received (also for duplicates and events of no payrail payment)", body = Object),
         (status = 400, description = "Malformed event", body = ErrorResponse),
+        (status = 415, description = "A body that is not JSON (Content-Type)", body = ErrorResponse),
         (status = 401, description = "Signature missing, malformed, not matching the body, or too old", body = ErrorResponse),
         (status = 404, description = "Unknown channel", body = ErrorResponse),
         (status = 503, description = "Not available now (Retry-After)", body = ErrorResponse),
