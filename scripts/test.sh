@@ -19,6 +19,14 @@ if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
     log "could not install aiosmtpd; the e-mail test will fail (it is not skipped)"
 fi
 
+# The API fuzz test (tests/fuzz_api.rs) runs schemathesis (PyPI) against a real node.
+if ! python3 -c 'import schemathesis' 2>/dev/null; then
+  log "installing schemathesis for the API fuzz test"
+  python3 -m pip install --quiet schemathesis 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages schemathesis 2>/dev/null ||
+    log "could not install schemathesis; the fuzz test will fail (it is not skipped)"
+fi
+
 # Databases left by earlier integration-test runs (each test makes its own). Without FORCE,
 # so databases of test runs still going (e.g. another checkout's) are left alone.
 if command -v psql >/dev/null; then

@@ -467,7 +467,7 @@ async fn bad_stale_or_missing_webhook_signatures_are_refused_and_change_nothing(
 
     let (body, _) = signed_event("evt_missing", &id, &merchant_id, now, WEBHOOK_SECRET);
     let missing = client.post(&url).body(body).send().await.unwrap();
-    assert_eq!(missing.status().as_u16(), 400);
+    assert_eq!(missing.status().as_u16(), 401);
 
     let (body, header) = signed_event(
         "evt_wrong_secret",

@@ -35,6 +35,7 @@ fn authorize_cluster(state: &AppState, given: &Option<String>) -> Result<(), Api
     responses(
         (status = 200, description = "How far the pools took the batch", body = Object),
         (status = 400, description = "Malformed batch", body = crate::error::ErrorResponse),
+        (status = 415, description = "A body that is not JSON (Content-Type)", body = crate::error::ErrorResponse),
         (status = 401, description = "No or wrong cluster secret", body = crate::error::ErrorResponse),
     )
 )]

@@ -165,6 +165,7 @@ pub(crate) struct RunBody {
     responses(
         (status = 201, description = "The settlements created", body = SettlementList),
         (status = 400, description = "Invalid cutoff", body = ErrorResponse),
+        (status = 415, description = "A body that is not JSON (Content-Type)", body = ErrorResponse),
         (status = 401, description = "No or wrong admin token", body = ErrorResponse),
     )
 )]

@@ -25,6 +25,8 @@ pub(crate) struct ListQuery {
 
 /// A page of notifications, newest first.
 #[derive(Serialize, utoipa::ToSchema)]
+// Its own component name: two `ListResponse`s would be one schema in the document.
+#[schema(as = NotificationList)]
 pub(crate) struct ListResponse {
     #[schema(value_type = String)]
     object: &'static str,

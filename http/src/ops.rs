@@ -263,6 +263,7 @@ pub async fn cluster_status(state: AppState, auth: Option<String>) -> Result<Res
     responses(
         (status = 201, description = "Created; `api_key` and `webhook_secret` are shown only now", body = payrail_actors::merchants::CreatedMerchant),
         (status = 400, description = "Invalid request", body = ErrorResponse),
+        (status = 415, description = "A body that is not JSON (Content-Type)", body = ErrorResponse),
         (status = 401, description = "No or wrong admin token", body = ErrorResponse),
     )
 )]

@@ -25,6 +25,7 @@ use warp::reply::Response;
     responses(
         (status = 201, description = "Created", body = payrail_actors::payment::PaymentView),
         (status = 400, description = "Invalid request", body = ErrorResponse),
+        (status = 415, description = "A body that is not JSON (Content-Type)", body = ErrorResponse),
         (status = 401, description = "No or unknown API key", body = ErrorResponse),
         (status = 413, description = "Body too large", body = ErrorResponse),
         (status = 422, description = "Idempotency-Key used with another body", body = ErrorResponse),
@@ -125,7 +126,9 @@ pub(crate) fn valid_payment_id(payment_id: &str) -> Result<(), ApiError> {
     request_body = validation::ConfirmBody,
     responses(
         (status = 200, description = "The payment after the command", body = payrail_actors::payment::PaymentView),
-        (status = 400, description = "Invalid request, or a transition the payment's status refuses", body = ErrorResponse),
+        (status = 400, description = "Invalid request, or the PSP refused it", body = ErrorResponse),
+        (status = 409, description = "A transition the payment's status refuses (`payment_status` says which)", body = ErrorResponse),
+        (status = 415, description = "A body that is not JSON (Content-Type)", body = ErrorResponse),
         (status = 401, description = "No or unknown API key", body = ErrorResponse),
         (status = 404, description = "No such payment", body = ErrorResponse),
         (status = 502, description = "The PSP did not answer; nothing recorded", body = ErrorResponse),
@@ -152,9 +155,12 @@ pub(crate) async fn confirm_payment(
     request_body(content = Option<validation::CaptureBody>, description = "Optional; empty captures the whole amount."),
     responses(
         (status = 200, description = "The payment after the command", body = payrail_actors::payment::PaymentView),
-        (status = 400, description = "Invalid request, or a transition the payment's status refuses", body = ErrorResponse),
+        (status = 400, description = "Invalid request, or the PSP refused it", body = ErrorResponse),
+        (status = 409, description = "A transition the payment's status refuses (`payment_status` says which)", body = ErrorResponse),
+        (status = 415, description = "A body that is not JSON (Content-Type)", body = ErrorResponse),
         (status = 401, description = "No or unknown API key", body = ErrorResponse),
         (status = 404, description = "No such payment", body = ErrorResponse),
+        (status = 502, description = "The PSP did not answer; nothing recorded", body = ErrorResponse),
         (status = 503, description = "Not available now (Retry-After)", body = ErrorResponse),
     )
 )]
@@ -178,9 +184,12 @@ pub(crate) async fn capture_payment(
     request_body(content = Option<validation::CancelBody>, description = "Optional."),
     responses(
         (status = 200, description = "The payment after the command", body = payrail_actors::payment::PaymentView),
-        (status = 400, description = "Invalid request, or a transition the payment's status refuses", body = ErrorResponse),
+        (status = 400, description = "Invalid request, or the PSP refused it", body = ErrorResponse),
+        (status = 409, description = "A transition the payment's status refuses (`payment_status` says which)", body = ErrorResponse),
+        (status = 415, description = "A body that is not JSON (Content-Type)", body = ErrorResponse),
         (status = 401, description = "No or unknown API key", body = ErrorResponse),
         (status = 404, description = "No such payment", body = ErrorResponse),
+        (status = 502, description = "The PSP did not answer; nothing recorded", body = ErrorResponse),
         (status = 503, description = "Not available now (Retry-After)", body = ErrorResponse),
     )
 )]
@@ -265,9 +274,12 @@ async fn payment_action(
     request_body(content = Option<validation::RefundBody>, description = "Optional; empty refunds what is left."),
     responses(
         (status = 201, description = "The refund", body = payrail_actors::payment::RefundView),
-        (status = 400, description = "Invalid request, or more than is refundable", body = ErrorResponse),
+        (status = 400, description = "Invalid request, more than is refundable, or the PSP refused it", body = ErrorResponse),
+        (status = 409, description = "Not refundable in the payment's status (`payment_status` says which)", body = ErrorResponse),
+        (status = 415, description = "A body that is not JSON (Content-Type)", body = ErrorResponse),
         (status = 401, description = "No or unknown API key", body = ErrorResponse),
         (status = 404, description = "No such payment", body = ErrorResponse),
+        (status = 502, description = "The PSP did not answer; nothing recorded", body = ErrorResponse),
         (status = 503, description = "Not available now (Retry-After)", body = ErrorResponse),
     )
 )]
@@ -334,6 +346,8 @@ pub(crate) struct ListQuery {
 
 /// A page of payments, newest first.
 #[derive(Serialize, utoipa::ToSchema)]
+// Its own component name: two `ListResponse`s would be one schema in the document.
+#[schema(as = PaymentList)]
 pub(crate) struct ListResponse {
     #[schema(value_type = String)]
     object: &'static str,

@@ -51,8 +51,9 @@ pub(crate) struct PspEventDataSchema {
     request_body = PspEventSchema,
     responses(
         (status = 200, description = "Received (also for duplicates and events of no payrail payment)", body = Object),
-        (status = 400, description = "Malformed event or signature header", body = ErrorResponse),
-        (status = 401, description = "Signature does not verify or is too old", body = ErrorResponse),
+        (status = 400, description = "Malformed event", body = ErrorResponse),
+        (status = 415, description = "A body that is not JSON (Content-Type)", body = ErrorResponse),
+        (status = 401, description = "Signature missing, malformed, not matching the body, or too old", body = ErrorResponse),
         (status = 404, description = "Unknown channel", body = ErrorResponse),
         (status = 503, description = "Not available now (Retry-After)", body = ErrorResponse),
     )
@@ -79,18 +80,15 @@ pub(crate) async fn psp_webhook(
                 state.psp_webhook_tolerance_s,
                 now,
             )
-            .map_err(|e| match e {
-                SignatureError::Missing | SignatureError::Malformed => {
-                    ApiError::invalid("signature_invalid", e.to_string(), Some("Stripe-Signature"))
-                }
-                SignatureError::Stale | SignatureError::Mismatch => ApiError {
-                    status: StatusCode::UNAUTHORIZED,
-                    kind: "authentication_error",
-                    code: "signature_invalid",
-                    message: e.to_string(),
-                    param: Some("Stripe-Signature".into()),
-                    payment_status: None,
-                },
+            // The signature is this route's credential: missing, malformed, stale or wrong,
+            // it is refused like any other credential (401, authentication_error).
+            .map_err(|e: SignatureError| ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                kind: "authentication_error",
+                code: "signature_invalid",
+                message: e.to_string(),
+                param: Some("Stripe-Signature".into()),
+                payment_status: None,
             })?;
             let event: PspEvent = parse_json(&body)?;
             let metadata = &event.data.object["metadata"];
