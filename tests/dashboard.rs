@@ -249,6 +249,7 @@ async fn dashboard_needs_credentials_and_serves_only_its_own_files() {
 
 /// Values the dashboard shows, read from the DOM by id / data-testid.
 const SNAPSHOT: &str = r#"(() => {
+  if (document.getElementById("error-banner") === null) return null; // not loaded yet
   const t = (id) => document.getElementById(id).textContent;
   const rows = (testid) => [...document.querySelectorAll(`[data-testid=${testid}]`)];
   return {
