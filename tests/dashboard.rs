@@ -304,6 +304,20 @@ async fn dashboard_shows_the_node_live_in_headless_chromium() {
         }));
     }
 
+    // The load's own rate, sampled every 100 ms: the page's creates/s is checked against
+    // the fastest second of it.
+    let samples = Arc::new(std::sync::Mutex::new(Vec::<(Instant, u64)>::new()));
+    let sampler = {
+        let (samples, created, stop) = (samples.clone(), created.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) && Instant::now() < load_deadline {
+                let now = (Instant::now(), created.load(Ordering::Relaxed));
+                samples.lock().expect("samples").push(now);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
     // The page authenticates with the URL's credentials; Chromium answers the Basic
     // challenge with them and sends them with the page's same-origin fetches.
     let page_url = format!(
@@ -322,12 +336,28 @@ async fn dashboard_shows_the_node_live_in_headless_chromium() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let load_rate = created.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-    println!("dashboard while loaded: {seen:#}\nload: {load_rate:.1} creates/s on average");
+    let fastest_second = {
+        let samples = samples.lock().expect("samples");
+        samples
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (at, n))| {
+                let (later_at, later_n) = samples[i..]
+                    .iter()
+                    .find(|(t, _)| t.duration_since(*at) >= Duration::from_millis(900))?;
+                Some((later_n - n) as f64 / later_at.duration_since(*at).as_secs_f64())
+            })
+            .fold(0.0, f64::max)
+    };
+    println!(
+        "dashboard while loaded: {seen:#}\nload: {load_rate:.1} creates/s on average, \
+         {fastest_second:.1} in its fastest second"
+    );
     let creates = number(&seen, "creates").unwrap_or(0.0);
     assert!(creates > 0.0, "creates/s while load runs: {seen}");
     assert!(
-        creates <= 3.0 * load_rate + 5.0,
-        "{creates} creates/s shown, {load_rate:.1}/s made"
+        creates <= 2.0 * fastest_second + 5.0,
+        "{creates} creates/s shown, {fastest_second:.1}/s made in the fastest second"
     );
     assert!(
         number(&seen, "requests").is_some_and(|r| r >= creates),
@@ -383,6 +413,7 @@ async fn dashboard_shows_the_node_live_in_headless_chromium() {
     for task in load {
         task.await.expect("load task");
     }
+    sampler.await.expect("sampler");
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut idle = Value::Null;
     while Instant::now() < deadline {

@@ -4,7 +4,7 @@
 "use strict";
 
 const POLL_MS = 1000;
-const FETCH_TIMEOUT_MS = 5000;
+const FETCH_TIMEOUT_MS = 8000;
 // Routes whose latency is not the merchants': the dashboard's own polls and admin calls.
 const NOT_MERCHANT_ROUTES = /^(\/metrics|\/v1\/admin\/|\/healthz|\/readyz|other)/;
 
@@ -253,6 +253,9 @@ async function get(path, as) {
     });
     if (!response.ok) throw new Error(path + " answered HTTP " + response.status);
     return as === "json" ? await response.json() : await response.text();
+  } catch (error) {
+    if (controller.signal.aborted) throw new Error(path + " did not answer in " + FETCH_TIMEOUT_MS / 1000 + " s");
+    throw error;
   } finally {
     clearTimeout(timer);
   }
