@@ -27,6 +27,11 @@ if ! python3 -c 'import schemathesis' 2>/dev/null; then
     log "could not install schemathesis; the fuzz test will fail (it is not skipped)"
 fi
 
+# The dashboard test (tests/dashboard.rs) runs the page in headless Chromium.
+command -v chromium >/dev/null ||
+  { log "installing chromium for the dashboard test"; apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } ||
+  log "could not install chromium; the dashboard test will fail (it is not skipped)"
+
 # Databases left by earlier integration-test runs (each test makes its own). Without FORCE,
 # so databases of test runs still going (e.g. another checkout's) are left alone.
 if command -v psql >/dev/null; then

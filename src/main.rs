@@ -5,6 +5,7 @@ mod cluster_node;
 mod config;
 mod dlq;
 mod node;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -56,6 +57,9 @@ enum Command {
     /// Reference benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// A node's status (GET /v1/admin/status) as tables: health, breaker, partitions, lag,
+    /// dead letters. Exit 0 when ready, 1 when not ready, 2 when it cannot be read.
+    Status(status::StatusArgs),
     /// The cluster: nodes, partitions, owners, epochs, lease expiry, pools' lag per node.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -172,8 +176,9 @@ fn main() -> ExitCode {
             }
         }
     };
-    // `payrail cluster status --json` prints JSON on stdout: its logs go to stderr.
-    let logs_to_stderr = matches!(cli.command, Command::Cluster(_));
+    // `payrail cluster status --json` and `payrail status --json` print JSON on stdout: their
+    // logs go to stderr.
+    let logs_to_stderr = matches!(cli.command, Command::Cluster(_) | Command::Status(_));
     let log = config.as_ref().map(|c| c.log.clone()).unwrap_or_default();
     init_logging(&log, logs_to_stderr);
     payrail_http::set_access_log(log.access_log);
@@ -190,6 +195,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let (Command::Status(args), Some(config)) = (&cli.command, &config) {
+        return runtime.block_on(status::run(config, args));
+    }
     let result = runtime.block_on(async {
         match (cli.command, config) {
             (Command::Node, Some(config)) => node::run(config).await,
@@ -232,7 +240,7 @@ fn main() -> ExitCode {
                 node::migrate(&db).await?;
                 cluster_node::print_status(&config, db, json).await
             }
-            (Command::PspSandbox(_), _) => Ok(()),
+            (Command::PspSandbox(_), _) | (Command::Status(_), _) => Ok(()),
             (_, None) => Err(anyhow::anyhow!("no configuration loaded")),
         }
     });

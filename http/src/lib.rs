@@ -4,6 +4,7 @@
 //! [`error::ApiError`]. Every body is size-limited (`http.max_body_bytes`).
 
 mod body;
+mod dashboard;
 pub mod error;
 pub mod forward;
 mod internal;
@@ -14,6 +15,7 @@ pub mod openapi;
 mod ops;
 mod payments;
 pub mod request_id;
+mod status;
 pub mod validation;
 mod webhooks;
 
@@ -128,13 +130,42 @@ pub(crate) async fn authenticate(
 }
 
 pub(crate) fn authorize_admin(state: &AppState, header: &Option<String>) -> Result<(), ApiError> {
-    let given = bearer(header).unwrap_or("");
-    let ok: bool = given.as_bytes().ct_eq(state.admin_token.as_bytes()).into();
-    if ok && !given.is_empty() {
+    if admin_credentials_valid(&state.admin_token, header.as_deref()) {
         Ok(())
     } else {
         Err(ApiError::unauthorized("Invalid or missing admin token"))
     }
+}
+
+/// The admin token from `Authorization: Bearer <token>`, or from `Authorization: Basic
+/// base64(<any user>:<token>)` so a browser's own Basic-auth prompt (and the credentials
+/// it then sends with the dashboard's same-origin fetches) works. Compared in constant
+/// time; an empty token never matches.
+fn admin_credentials_valid(admin_token: &str, header: Option<&str>) -> bool {
+    use base64::Engine;
+    let Some(header) = header else {
+        return false;
+    };
+    let given: Vec<u8> = if let Some(token) = header.strip_prefix("Bearer ").map(str::trim) {
+        token.as_bytes().to_vec()
+    } else {
+        let Some((scheme, encoded)) = header.trim().split_once(' ') else {
+            return false;
+        };
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return false;
+        }
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+            return false;
+        };
+        // user-id ":" password (RFC 7617); the user is not checked.
+        match decoded.iter().position(|b| *b == b':') {
+            Some(colon) => decoded[colon + 1..].to_vec(),
+            None => return false,
+        }
+    };
+    let ok: bool = given.ct_eq(admin_token.as_bytes()).into();
+    ok && !given.is_empty() && !admin_token.is_empty()
 }
 
 pub(crate) fn json(status: StatusCode, value: &impl Serialize) -> Response {
@@ -291,6 +322,11 @@ pub fn routes(
         .and(with(state.clone()))
         .and(auth)
         .and_then(ops::cluster_status);
+    let node_status = warp::path!("v1" / "admin" / "status")
+        .and(warp::get())
+        .and(with(state.clone()))
+        .and(auth)
+        .and_then(status::node_status);
     let internal_events = warp::path!("internal" / "v1" / "events")
         .and(warp::post())
         .and(with(state.clone()))
@@ -315,6 +351,10 @@ pub fn routes(
         .or(journal_admin)
         .unify()
         .or(cluster_admin)
+        .unify()
+        .or(node_status)
+        .unify()
+        .or(dashboard::routes(state.clone()))
         .unify()
         .or(metrics_route)
         .unify()
@@ -368,4 +408,77 @@ pub fn routes(
                 request_id = %request_id
             )
         }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admin_credentials_valid;
+    use base64::Engine;
+
+    const TOKEN: &str = "admin-token-0123456789";
+
+    fn basic(credentials: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        )
+    }
+
+    #[test]
+    fn the_admin_token_is_accepted_as_bearer_or_as_a_basic_password() {
+        assert!(admin_credentials_valid(
+            TOKEN,
+            Some(&format!("Bearer {TOKEN}"))
+        ));
+        assert!(admin_credentials_valid(
+            TOKEN,
+            Some(&basic(&format!("admin:{TOKEN}")))
+        ));
+        assert!(admin_credentials_valid(
+            TOKEN,
+            Some(&basic(&format!(":{TOKEN}")))
+        ));
+        // The scheme is case-insensitive (RFC 7617); a colon in the password is kept.
+        let lower = basic(&format!("anyone:{TOKEN}")).replacen("Basic", "basic", 1);
+        assert!(admin_credentials_valid(TOKEN, Some(&lower)));
+        assert!(admin_credentials_valid(
+            "a:b-0123456789abcdef",
+            Some(&basic("u:a:b-0123456789abcdef"))
+        ));
+    }
+
+    #[test]
+    fn bad_basic_credentials_are_refused() {
+        // Not base64.
+        assert!(!admin_credentials_valid(
+            TOKEN,
+            Some("Basic !!!not-base64!!!")
+        ));
+        // No colon between user and password.
+        assert!(!admin_credentials_valid(TOKEN, Some(&basic(TOKEN))));
+        // Wrong token, a prefix of it, the token as the user name.
+        assert!(!admin_credentials_valid(
+            TOKEN,
+            Some(&basic("admin:wrong-token-0123456789"))
+        ));
+        assert!(!admin_credentials_valid(
+            TOKEN,
+            Some(&basic(&format!("admin:{}", &TOKEN[..8])))
+        ));
+        assert!(!admin_credentials_valid(
+            TOKEN,
+            Some(&basic(&format!("{TOKEN}:")))
+        ));
+        // Empty token given, or none configured.
+        assert!(!admin_credentials_valid(TOKEN, Some(&basic("admin:"))));
+        assert!(!admin_credentials_valid("", Some(&basic("admin:"))));
+        assert!(!admin_credentials_valid("", Some("Bearer ")));
+        // Other schemes, no header, a bare scheme.
+        assert!(!admin_credentials_valid(
+            TOKEN,
+            Some(&format!("Token {TOKEN}"))
+        ));
+        assert!(!admin_credentials_valid(TOKEN, None));
+        assert!(!admin_credentials_valid(TOKEN, Some("Basic")));
+    }
 }

@@ -45,6 +45,18 @@ impl Modify for SecuritySchemes {
             ),
         );
         components.add_security_scheme(
+            "admin_basic",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "The admin token as the password of HTTP Basic (any user name): what a \
+                         browser sends for the dashboard.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
             "psp_signature",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "Stripe-Signature",
@@ -97,6 +109,10 @@ impl Modify for SecuritySchemes {
         crate::ops::journal_status,
         crate::ops::cluster_status,
         crate::metrics::scrape,
+        crate::status::node_status,
+        crate::dashboard::page,
+        crate::dashboard::script,
+        crate::dashboard::style,
         crate::internal::receive_events,
         openapi_json,
     ),

@@ -22,33 +22,34 @@ pub(crate) async fn healthz() -> Result<Response, Infallible> {
     Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
 }
 
+/// Whether the node can take commands, and why not: `/readyz` and `/v1/admin/status`.
 #[derive(Serialize, utoipa::ToSchema)]
-struct Readiness {
-    ready: bool,
+pub(crate) struct Readiness {
+    pub(crate) ready: bool,
     /// `ok` (the broker answers and no partition is in fallback), `fallback` (commands of
     /// some partitions are spooled: serving, durably) or `unavailable`.
     #[schema(value_type = String)]
-    journal: &'static str,
+    pub(crate) journal: &'static str,
     /// Owned partitions in journal fallback.
-    partitions_in_fallback: Vec<i32>,
+    pub(crate) partitions_in_fallback: Vec<i32>,
     /// Owned partitions that can neither use the journal nor enter fallback: the node
     /// started while the journal was unavailable and has no spool for them.
-    partitions_waiting_for_journal: Vec<i32>,
+    pub(crate) partitions_waiting_for_journal: Vec<i32>,
     /// The journal breaker: `closed`, `open` or `half_open`.
     #[schema(value_type = String)]
-    breaker: &'static str,
+    pub(crate) breaker: &'static str,
     /// The breaker's state changes since the node started.
-    breaker_transitions: u64,
-    database: bool,
+    pub(crate) breaker_transitions: u64,
+    pub(crate) database: bool,
     /// Every owned partition has caught up and has a running supervisor.
-    partitions: bool,
+    pub(crate) partitions: bool,
     /// Owned partitions without a running supervisor (restarting, or given up).
-    partitions_down: Vec<i32>,
+    pub(crate) partitions_down: Vec<i32>,
     /// Supervisors that gave up (restart intensity exceeded), most recent last.
     #[schema(value_type = Vec<Object>)]
-    gave_up: Vec<Escalation>,
+    pub(crate) gave_up: Vec<Escalation>,
     /// Why the node is not ready, in words; empty when ready.
-    reasons: Vec<String>,
+    pub(crate) reasons: Vec<String>,
 }
 
 /// `GET /readyz`: 200 when the node can take commands, 503 with the reasons otherwise.
@@ -62,6 +63,17 @@ struct Readiness {
     )
 )]
 pub async fn readyz(state: AppState) -> Result<Response, Infallible> {
+    let readiness = readiness(&state).await;
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok(json(status, &readiness))
+}
+
+/// Checks the journal, PostgreSQL and the partitions (each look-up bounded by 2 s).
+pub(crate) async fn readiness(state: &AppState) -> Readiness {
     let runtime = state.node.runtime();
     let journal = runtime.producer.is_reachable(Duration::from_secs(2)).await;
     let database = tokio::time::timeout(
@@ -119,28 +131,19 @@ pub async fn readyz(state: AppState) -> Result<Response, Infallible> {
             escalation.supervisor, escalation.child, escalation.reason
         ));
     }
-    let ready = reasons.is_empty();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    Ok(json(
-        status,
-        &Readiness {
-            ready,
-            journal: journal_state,
-            partitions_in_fallback: in_fallback,
-            partitions_waiting_for_journal: waiting,
-            breaker: breaker.as_str(),
-            breaker_transitions: runtime.health.transitions(),
-            database,
-            partitions: caught_up && partitions_down.is_empty(),
-            partitions_down,
-            gave_up,
-            reasons,
-        },
-    ))
+    Readiness {
+        ready: reasons.is_empty(),
+        journal: journal_state,
+        partitions_in_fallback: in_fallback,
+        partitions_waiting_for_journal: waiting,
+        breaker: breaker.as_str(),
+        breaker_transitions: runtime.health.transitions(),
+        database,
+        partitions: caught_up && partitions_down.is_empty(),
+        partitions_down,
+        gave_up,
+        reasons,
+    }
 }
 
 #[derive(Serialize)]

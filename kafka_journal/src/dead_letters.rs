@@ -169,6 +169,66 @@ pub async fn list(pool: &PgPool, consumer: &str) -> Result<Vec<DeadLetter>, sqlx
     .await
 }
 
+/// Dead letters of one consumer: all of them, and those not replayed yet.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetterCount {
+    pub consumer: String,
+    pub total: i64,
+    pub pending: i64,
+}
+
+/// One of the most recent dead letters, for operators (no record value).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct RecentDeadLetter {
+    pub consumer: String,
+    pub topic: String,
+    pub partition: i32,
+    #[sqlx(rename = "record_offset")]
+    pub offset: i64,
+    pub event_id: Option<Uuid>,
+    pub event_type: Option<String>,
+    pub error: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub replayed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Counts per consumer (every one of `consumers`, zero when it has none) and the `recent`
+/// most recent dead letters of those consumers, newest first.
+pub async fn summary(
+    pool: &PgPool,
+    consumers: &[String],
+    recent: i64,
+) -> Result<(Vec<DeadLetterCount>, Vec<RecentDeadLetter>), sqlx::Error> {
+    let counts: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT c.consumer, count(d.consumer), count(d.consumer) FILTER (WHERE d.replayed_at IS NULL)
+         FROM unnest($1::text[]) AS c(consumer)
+         LEFT JOIN journal_dead_letters d ON d.consumer = c.consumer
+         GROUP BY c.consumer ORDER BY c.consumer",
+    )
+    .bind(consumers)
+    .fetch_all(pool)
+    .await?;
+    let latest = sqlx::query_as(
+        "SELECT consumer, topic, partition, record_offset, event_id, event_type, error, created_at, replayed_at
+         FROM journal_dead_letters WHERE consumer = ANY($1)
+         ORDER BY created_at DESC, consumer, topic, partition, record_offset DESC
+         LIMIT $2",
+    )
+    .bind(consumers)
+    .bind(recent)
+    .fetch_all(pool)
+    .await?;
+    let counts = counts
+        .into_iter()
+        .map(|(consumer, total, pending)| DeadLetterCount {
+            consumer,
+            total,
+            pending,
+        })
+        .collect();
+    Ok((counts, latest))
+}
+
 /// A dead letter's record: event id, event type, content type, key, value.
 type StoredRecord = (
     Option<Uuid>,

@@ -153,6 +153,11 @@ impl ConsumerMonitor {
         }
     }
 
+    /// The consumers' names (their offsets' and dead letters' `consumer` key).
+    pub fn names(&self) -> Vec<String> {
+        self.consumers.iter().map(|c| c.spec.name.clone()).collect()
+    }
+
     fn client(&self) -> Result<Arc<BaseConsumer>, JournalError> {
         let mut slot = match self.client.lock() {
             Ok(slot) => slot,
