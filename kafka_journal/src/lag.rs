@@ -176,12 +176,6 @@ impl ConsumerMonitor {
         Ok(client)
     }
 
-    /// The consumers' names (what `journal_dead_letters.consumer` holds), without asking
-    /// the broker.
-    pub fn names(&self) -> Vec<String> {
-        self.consumers.iter().map(|c| c.spec.name.clone()).collect()
-    }
-
     /// Every consumer's partitions with their watermarks, and its lag histogram.
     pub async fn report(&self) -> Result<Vec<ConsumerLag>, JournalError> {
         let client = self.client()?;
