@@ -168,16 +168,42 @@ pub fn routes() -> &'static [(String, String)] {
 /// template it matches (`/v1/payments/{id}`), or `other`, so the label has a bounded number
 /// of values whatever paths clients send.
 pub fn route_template(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let matched = routes().iter().find(|(_, template)| {
-        let parts: Vec<&str> = template.trim_matches('/').split('/').collect();
-        parts.len() == segments.len()
-            && parts
-                .iter()
-                .zip(&segments)
-                .all(|(t, s)| t == s || (t.starts_with('{') && !s.is_empty()))
-    });
-    matched.map(|(_, t)| t.as_str()).unwrap_or("other")
+    // Runs on every request: the templates are split once, and a path is compared segment
+    // by segment without allocating.
+    let path = path.trim_matches('/');
+    templates()
+        .iter()
+        .find(|(parts, _)| {
+            let mut segments = path.split('/');
+            parts.iter().all(|part| match (part, segments.next()) {
+                (Some(literal), Some(segment)) => *literal == segment,
+                (None, Some(segment)) => !segment.is_empty(),
+                (_, None) => false,
+            }) && segments.next().is_none()
+        })
+        .map(|(_, template)| template.as_str())
+        .unwrap_or("other")
+}
+
+/// Each documented template once, split into segments (`None` for a parameter), in the
+/// order of [`routes`] (literal templates first).
+fn templates() -> &'static [(Vec<Option<String>>, String)] {
+    static TEMPLATES: OnceLock<Vec<(Vec<Option<String>>, String)>> = OnceLock::new();
+    TEMPLATES.get_or_init(|| {
+        let mut templates: Vec<(Vec<Option<String>>, String)> = Vec::new();
+        for (_, template) in routes() {
+            if templates.iter().any(|(_, t)| t == template) {
+                continue;
+            }
+            let parts = template
+                .trim_matches('/')
+                .split('/')
+                .map(|part| (!part.starts_with('{')).then(|| part.to_string()))
+                .collect();
+            templates.push((parts, template.clone()));
+        }
+        templates
+    })
 }
 
 /// `GET /openapi.json`: this document. Public, like the routes it describes.
@@ -220,6 +246,9 @@ mod tests {
         assert_eq!(route_template("/v1/payments/pay_1/explode"), "other");
         assert_eq!(route_template("/../../etc/passwd"), "other");
         assert_eq!(route_template("/v1/payments//capture"), "other");
+        assert_eq!(route_template("/v1/payments/pay_1/capture/x"), "other");
+        assert_eq!(route_template("/v1/admin/status"), "/v1/admin/status");
+        assert_eq!(route_template("/"), "other");
     }
 
     #[test]
