@@ -172,11 +172,15 @@ pub enum PoolKind {
 #[serde(deny_unknown_fields, default)]
 pub struct PoolsOptions {
     pub run: Vec<PoolKind>,
+    /// The pools this node runs read the journal through one fetch per partition (each
+    /// keeps its own offsets); `false`: each pool fetches on its own.
+    pub shared_fetch: bool,
 }
 
 impl Default for PoolsOptions {
     fn default() -> Self {
         Self {
+            shared_fetch: true,
             run: vec![
                 PoolKind::Analytics,
                 PoolKind::Ledger,

@@ -3,7 +3,9 @@
 use crate::config::{Config, PoolKind};
 use anyhow::{bail, Context};
 use kafka_journal::admin::{self, TopicSpec};
-use kafka_journal::consumer::{spawn_consumer, Assignment, ConsumerSpec, Supervision};
+use kafka_journal::consumer::{
+    spawn_consumer, spawn_consumers, Assignment, ConsumerSink, ConsumerSpec, Supervision,
+};
 use kafka_journal::spool::Spool;
 use kafka_journal::JournalProducer;
 use payrail_actors::fallback::{JournalFallback, PoolSink, SinkPool};
@@ -231,8 +233,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // owns, assigned by hand from PostgreSQL offsets rather than through a broker consumer
     // group: tansu's group coordinator left pools without partitions for minutes after a
     // restart (see docs/DECISIONS.md, "Subscriber pools").
-    let mut pools = Vec::new();
-    let mut sink_pools = Vec::new();
+    let mut sinks = Vec::new();
     for (kind, group, handler) in [
         (
             PoolKind::Analytics,
@@ -265,51 +266,73 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         } else {
             handler
         };
-        let consumer = spawn_consumer(
-            journal,
-            supervision.clone(),
-            ConsumerSpec {
+        sinks.push(ConsumerSink {
+            spec: ConsumerSpec {
                 name: journal.group(group),
                 topic: topic.clone(),
                 assignment: Assignment::Manual(ownership.owned()),
                 dead_letter_topic: Some(journal.dead_letter_topic(group)),
             },
-            pool.clone(),
-            handler.clone(),
-        )
-        .await?;
-        sink_pools.push(SinkPool {
-            consumer: consumer.spec.name.clone(),
             handler,
-            progress: consumer.progress.clone(),
         });
-        pools.push(consumer);
     }
-    let notifications = if config.pools.runs(PoolKind::Notification) {
-        Some(
-            payrail_actors::pools::notification::start(
-                journal,
-                supervision.clone(),
-                &config.notification,
-                &topic,
-                ownership.owned(),
-                pool.clone(),
-                producer.clone(),
-            )
-            .await?,
-        )
+    if config.pools.runs(PoolKind::Notification) {
+        sinks.push(payrail_actors::pools::notification::consumer_sink(
+            journal,
+            &config.notification,
+            &topic,
+            ownership.owned(),
+        ));
     } else {
         info!("notification pool not run on this node (pools.run)");
-        None
-    };
-
-    if let Some(notifications) = &notifications {
-        sink_pools.push(SinkPool {
-            consumer: notifications.consumer.spec.name.clone(),
-            handler: notifications.handler.clone(),
-            progress: notifications.consumer.progress.clone(),
-        });
     }
+    let notification_name = journal.group(payrail_actors::pools::notification::NOTIFICATION_GROUP);
+    let handlers: Vec<_> = sinks.iter().map(|sink| sink.handler.clone()).collect();
+    // One fetch per partition feeds every pool (`pools.shared_fetch`), or each its own.
+    let mut consumers = Vec::new();
+    if config.pools.shared_fetch && !sinks.is_empty() {
+        consumers = spawn_consumers(journal, supervision.clone(), sinks, pool.clone()).await?;
+    } else {
+        for sink in sinks {
+            consumers.push(
+                spawn_consumer(
+                    journal,
+                    supervision.clone(),
+                    sink.spec,
+                    pool.clone(),
+                    sink.handler,
+                )
+                .await?,
+            );
+        }
+    }
+    let mut pools = Vec::new();
+    let mut sink_pools = Vec::new();
+    let mut notifications = None;
+    for (consumer, handler) in consumers.into_iter().zip(handlers) {
+        sink_pools.push(SinkPool {
+            consumer: consumer.spec.name.clone(),
+            handler: handler.clone(),
+            progress: consumer.progress.clone(),
+        });
+        if consumer.spec.name == notification_name {
+            notifications = Some(
+                payrail_actors::pools::notification::start(
+                    journal,
+                    supervision.clone(),
+                    &config.notification,
+                    consumer,
+                    handler,
+                    pool.clone(),
+                    producer.clone(),
+                )
+                .await?,
+            );
+        } else {
+            pools.push(consumer);
+        }
+    }
+
     for sink_pool in &sink_pools {
         runtime.register_pool(sink_pool.progress.clone());
     }

@@ -209,7 +209,8 @@ pub struct ConsumerHandle {
 }
 
 impl ConsumerHandle {
-    /// Stops polling; workers finish their current batch.
+    /// Stops polling; workers finish their current batch. Stops every consumer that shares
+    /// this one's fetch.
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);
     }
@@ -217,7 +218,8 @@ impl ConsumerHandle {
     /// Makes a manually assigned consumer read exactly `partitions` from now on: a
     /// partition gained starts at its offset stored in PostgreSQL; a partition lost has
     /// its worker drained and stopped, and records of it still fetched are dropped. A
-    /// cluster node calls this as its leases change. No effect on a group consumer.
+    /// cluster node calls this as its leases change. No effect on a group consumer. Moves
+    /// every consumer that shares this one's fetch.
     pub fn assign(&self, partitions: impl IntoIterator<Item = i32>) {
         let wanted: BTreeSet<i32> = partitions.into_iter().collect();
         self.assignment.send_if_modified(|current| {
@@ -323,7 +325,7 @@ impl ConsumerContext for PoolContext {
     }
 }
 
-/// Starts a consumer for `spec` whose workers call `handler`.
+/// Starts a consumer for `spec` whose workers call `handler`: a fetch of its own.
 pub async fn spawn_consumer(
     options: &JournalOptions,
     supervision: Supervision,
@@ -331,74 +333,157 @@ pub async fn spawn_consumer(
     pool: PgPool,
     handler: Arc<dyn PartitionHandler>,
 ) -> Result<ConsumerHandle, JournalError> {
-    let workers: Workers = Arc::new(Mutex::new(HashMap::new()));
-    let group_id = match &spec.assignment {
-        Assignment::Group(group) => group.clone(),
-        Assignment::Manual(_) => format!("{}.manual.{}", spec.name, Uuid::now_v7()),
-    };
-    let manual = matches!(spec.assignment, Assignment::Manual(_));
-    let consumer = new_consumer(options, &spec.name, &group_id, manual, workers.clone())?;
-    let progress = ConsumerProgress::default();
+    let mut handles = spawn_consumers(
+        options,
+        supervision,
+        vec![ConsumerSink { spec, handler }],
+        pool,
+    )
+    .await?;
+    handles
+        .pop()
+        .ok_or_else(|| JournalError::Config("no consumer started".into()))
+}
 
-    match &spec.assignment {
-        Assignment::Group(_) => consumer.subscribe(&[spec.topic.as_str()])?,
+/// One consumer of a shared fetch: what it is and what applies its records.
+pub struct ConsumerSink {
+    pub spec: ConsumerSpec,
+    pub handler: Arc<dyn PartitionHandler>,
+}
+
+/// Starts consumers that share one fetch: one Kafka consumer reads each partition once and
+/// hands every batch to each sink's own worker for that partition.
+///
+/// Each sink keeps its own offsets, epoch fence, processed event ids, restarts and dead
+/// letters, exactly as with a fetch of its own. The fetch starts each partition at the
+/// lowest stored offset of the sinks; a sink drops what it applied already. A worker that
+/// seeks back (a restart, a gap) rewinds the shared fetch, and the others drop the records
+/// they see again. Each sink's worker holds at most `worker_mailbox` batches: a slow sink
+/// holds the others back only once that buffer is full, so they run ahead of it by at most
+/// `worker_mailbox × worker_batch_max` records per partition (see docs/DECISIONS.md,
+/// "One fetch for the pools").
+///
+/// Several sinks must read the same topic and be assigned by hand the same partitions; a
+/// handle's [`ConsumerHandle::assign`] and [`ConsumerHandle::stop`] act on all of them.
+pub async fn spawn_consumers(
+    options: &JournalOptions,
+    supervision: Supervision,
+    sinks: Vec<ConsumerSink>,
+    pool: PgPool,
+) -> Result<Vec<ConsumerHandle>, JournalError> {
+    let Some(first) = sinks.first() else {
+        return Err(JournalError::Config(
+            "a consumer needs at least one sink".into(),
+        ));
+    };
+    let topic = first.spec.topic.clone();
+    let assignment = first.spec.assignment.clone();
+    let name = sinks
+        .iter()
+        .map(|s| s.spec.name.as_str())
+        .collect::<Vec<_>>()
+        .join("+");
+    if sinks.len() > 1 {
+        for sink in &sinks {
+            let same_partitions = match (&sink.spec.assignment, &assignment) {
+                (Assignment::Manual(a), Assignment::Manual(b)) => {
+                    a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
+                }
+                _ => false,
+            };
+            if sink.spec.topic != topic || !same_partitions {
+                return Err(JournalError::Config(format!(
+                    "consumers sharing a fetch ({name}) must read the same topic and be assigned the same partitions by hand"
+                )));
+            }
+        }
+    }
+    let workers: Vec<Workers> = sinks
+        .iter()
+        .map(|_| Arc::new(Mutex::new(HashMap::new())))
+        .collect();
+    let group_id = match &assignment {
+        Assignment::Group(group) => group.clone(),
+        Assignment::Manual(_) => format!("{name}.manual.{}", Uuid::now_v7()),
+    };
+    let manual = matches!(assignment, Assignment::Manual(_));
+    let consumer = new_consumer(options, &name, &group_id, manual, workers[0].clone())?;
+    let progress: Vec<ConsumerProgress> =
+        sinks.iter().map(|_| ConsumerProgress::default()).collect();
+
+    match &assignment {
+        Assignment::Group(_) => consumer.subscribe(&[topic.as_str()])?,
         Assignment::Manual(partitions) => {
             let mut list = TopicPartitionList::new();
             for &partition in partitions {
-                let stored = offsets::load_next_offset(&pool, &spec.name, &spec.topic, partition)
-                    .await
-                    .map_err(|e| JournalError::Config(format!("loading offsets: {e}")))?;
-                let start = stored.unwrap_or(0);
-                progress.publish(partition, start);
-                list.add_partition_offset(&spec.topic, partition, Offset::Offset(start))?;
+                let mut start = i64::MAX;
+                for (sink, progress) in sinks.iter().zip(&progress) {
+                    let stored =
+                        offsets::load_next_offset(&pool, &sink.spec.name, &topic, partition)
+                            .await
+                            .map_err(|e| JournalError::Config(format!("loading offsets: {e}")))?;
+                    let stored = stored.unwrap_or(0);
+                    progress.publish(partition, stored);
+                    start = start.min(stored);
+                }
+                list.add_partition_offset(&topic, partition, Offset::Offset(start))?;
             }
             consumer.assign(&list)?;
         }
     }
 
-    let dead_letters = match &spec.dead_letter_topic {
-        Some(topic) => Some(Arc::new(
-            DeadLetterPublisher::new(options, topic.clone()).await?,
-        )),
-        None => None,
-    };
-    let initial: BTreeSet<i32> = match &spec.assignment {
+    let initial: BTreeSet<i32> = match &assignment {
         Assignment::Manual(partitions) => partitions.iter().copied().collect(),
         Assignment::Group(_) => BTreeSet::new(),
     };
-    let (assignment, assignment_rx) = watch::channel(initial.clone());
+    let (assignment_tx, assignment_rx) = watch::channel(initial.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        consumer,
-        spec: spec.clone(),
-        pool,
-        handler,
-        workers,
-        progress: progress.clone(),
-        mailbox: options.worker_mailbox,
-        max_attempts: options.worker_max_attempts,
-        retry_base: Duration::from_millis(options.worker_retry_base_ms),
-        supervision,
-        manual,
-        generations: AtomicU64::new(0),
-        shutdown: shutdown_rx.clone(),
-        dead_letters,
-    });
+    let shares_fetch = sinks.len() > 1;
+    let mut shared = Vec::with_capacity(sinks.len());
+    let mut handles = Vec::with_capacity(sinks.len());
+    for ((sink, workers), progress) in sinks.into_iter().zip(workers).zip(progress) {
+        let dead_letters = match &sink.spec.dead_letter_topic {
+            Some(topic) => Some(Arc::new(
+                DeadLetterPublisher::new(options, topic.clone()).await?,
+            )),
+            None => None,
+        };
+        shared.push(Arc::new(Shared {
+            consumer: consumer.clone(),
+            spec: sink.spec.clone(),
+            pool: pool.clone(),
+            handler: sink.handler,
+            workers,
+            progress: progress.clone(),
+            mailbox: options.worker_mailbox,
+            max_attempts: options.worker_max_attempts,
+            retry_base: Duration::from_millis(options.worker_retry_base_ms),
+            supervision: supervision.clone(),
+            manual,
+            shares_fetch,
+            generations: AtomicU64::new(0),
+            shutdown: shutdown_rx.clone(),
+            dead_letters,
+        }));
+        handles.push(ConsumerHandle {
+            progress,
+            shutdown: shutdown.clone(),
+            assignment: assignment_tx.clone(),
+            spec: sink.spec,
+        });
+    }
     let dispatcher = Dispatcher {
-        shared,
+        consumer,
+        manual,
+        sinks: shared,
         batch_max: options.worker_batch_max,
         assigned: initial,
         assignment: assignment_rx,
         assignment_open: true,
     };
-    let span = tracing::info_span!("consumer", consumer = %spec.name, topic = %spec.topic);
+    let span = tracing::info_span!("consumer", consumer = %name, topic = %topic);
     tokio::spawn(dispatcher.run(shutdown_rx).instrument(span));
-    Ok(ConsumerHandle {
-        progress,
-        shutdown,
-        assignment,
-        spec,
-    })
+    Ok(handles)
 }
 
 fn new_consumer(
@@ -439,5 +524,7 @@ mod assignment;
 mod assignment_tests;
 #[cfg(test)]
 mod fence_tests;
+#[cfg(test)]
+mod shared_fetch_tests;
 #[cfg(test)]
 mod tests;

@@ -311,6 +311,21 @@ impl PartitionHandler for LedgerProjector {
         }
         Ok(())
     }
+
+    /// The batch's creates in one statement per run of creates (see [`super::created`]).
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        records: &[&ConsumedRecord],
+    ) -> Result<(), HandlerError> {
+        super::created::apply_batch_with_creates(
+            self,
+            super::created::PaymentsTable::Ledger,
+            conn,
+            records,
+        )
+        .await
+    }
 }
 
 async fn payment_currency(

@@ -103,6 +103,21 @@ impl PartitionHandler for SettlementProjector {
         }
         Ok(())
     }
+
+    /// The batch's creates in one statement per run of creates (see [`super::created`]).
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        records: &[&ConsumedRecord],
+    ) -> Result<(), HandlerError> {
+        super::created::apply_batch_with_creates(
+            self,
+            super::created::PaymentsTable::Settlement,
+            conn,
+            records,
+        )
+        .await
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

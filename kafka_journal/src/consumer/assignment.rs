@@ -16,7 +16,9 @@ impl Dispatcher {
     /// stopped, so no worker of this consumer applies them any more), then gained ones
     /// from the offsets stored in PostgreSQL, where the previous reader left them.
     pub(super) async fn reassign(&mut self, wanted: BTreeSet<i32>) {
-        let topic = self.shared.spec.topic.clone();
+        let Some(topic) = self.sinks.first().map(|sink| sink.spec.topic.clone()) else {
+            return;
+        };
         let lost: Vec<i32> = self.assigned.difference(&wanted).copied().collect();
         let gained: Vec<i32> = wanted.difference(&self.assigned).copied().collect();
         if !lost.is_empty() {
@@ -25,19 +27,23 @@ impl Dispatcher {
                 list.add_partition(&topic, partition);
                 self.assigned.remove(&partition);
             }
-            if let Err(error) = self.shared.consumer.incremental_unassign(&list) {
+            if let Err(error) = self.consumer.incremental_unassign(&list) {
                 warn!(?lost, %error, "unassigning partitions failed");
             }
-            let actors: Vec<_> = {
-                let mut workers = lock_workers(&self.shared.workers);
-                lost.iter()
-                    .filter_map(|p| workers.remove(p))
-                    .filter_map(|slot| match slot.state {
-                        SlotState::Running { actor, .. } => Some(actor),
-                        _ => None,
-                    })
-                    .collect()
-            };
+            let actors: Vec<_> = self
+                .sinks
+                .iter()
+                .flat_map(|sink| {
+                    let mut workers = lock_workers(&sink.workers);
+                    lost.iter()
+                        .filter_map(|p| workers.remove(p))
+                        .filter_map(|slot| match slot.state {
+                            SlotState::Running { actor, .. } => Some(actor),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
             for actor in actors {
                 let _ = actor.call(WorkerMsg::Drain, Some(DRAIN_TIMEOUT)).await;
                 actor.stop(None);
@@ -49,23 +55,25 @@ impl Dispatcher {
         }
         let mut list = TopicPartitionList::new();
         let mut added = Vec::new();
-        for &partition in &gained {
-            let stored = offsets::load_next_offset(
-                &self.shared.pool,
-                &self.shared.spec.name,
-                &topic,
-                partition,
-            )
-            .await;
-            let start = match stored {
-                Ok(stored) => stored.unwrap_or(0),
-                Err(error) => {
-                    // Not assigned now; the next change of the assignment tries again.
-                    warn!(partition, %error, "loading the stored offset failed; partition not assigned");
-                    continue;
+        'gained: for &partition in &gained {
+            // Every sink's stored offset; the fetch starts at the lowest.
+            let mut starts = Vec::with_capacity(self.sinks.len());
+            for sink in &self.sinks {
+                let stored =
+                    offsets::load_next_offset(&sink.pool, &sink.spec.name, &topic, partition).await;
+                match stored {
+                    Ok(stored) => starts.push(stored.unwrap_or(0)),
+                    Err(error) => {
+                        // Not assigned now; the next change of the assignment tries again.
+                        warn!(partition, consumer = %sink.spec.name, %error, "loading the stored offset failed; partition not assigned");
+                        continue 'gained;
+                    }
                 }
-            };
-            self.shared.progress.publish(partition, start);
+            }
+            for (sink, start) in self.sinks.iter().zip(&starts) {
+                sink.progress.publish(partition, *start);
+            }
+            let start = starts.iter().copied().min().unwrap_or(0);
             if let Err(error) = list.add_partition_offset(&topic, partition, Offset::Offset(start))
             {
                 warn!(partition, %error, "partition not assigned");
@@ -73,7 +81,7 @@ impl Dispatcher {
             }
             added.push(partition);
         }
-        match self.shared.consumer.incremental_assign(&list) {
+        match self.consumer.incremental_assign(&list) {
             Ok(()) => {
                 self.assigned.extend(added.iter().copied());
                 info!(gained = ?added, "partitions assigned");

@@ -16,13 +16,19 @@ pub(crate) struct Shared {
     pub(crate) retry_base: Duration,
     pub(crate) supervision: Supervision,
     pub(crate) manual: bool,
+    /// Other consumers read from the same fetch, so a partition is never paused for this
+    /// one's sake (see [`Shared::set_paused`]).
+    pub(crate) shares_fetch: bool,
     pub(crate) generations: AtomicU64,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) dead_letters: Option<Arc<DeadLetterPublisher>>,
 }
 
 pub(crate) struct Dispatcher {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) consumer: SharedConsumer,
+    pub(crate) manual: bool,
+    /// The consumers this fetch feeds (one, unless the fetch is shared).
+    pub(crate) sinks: Vec<Arc<Shared>>,
     pub(crate) batch_max: usize,
     /// Manual assignment: the partitions read now. Records of any other are dropped.
     pub(crate) assigned: BTreeSet<i32>,
@@ -112,12 +118,16 @@ impl PollErrors {
 
 impl Dispatcher {
     pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        info!(manual = self.shared.manual, "consumer started");
+        info!(
+            manual = self.manual,
+            sinks = self.sinks.len(),
+            "consumer started"
+        );
         let mut poll_errors = PollErrors::default();
         loop {
             let first = tokio::select! {
                 _ = shutdown.changed() => break,
-                changed = self.assignment.changed(), if self.shared.manual && self.assignment_open => {
+                changed = self.assignment.changed(), if self.manual && self.assignment_open => {
                     if changed.is_err() {
                         // Every handle is gone: keep the current assignment.
                         self.assignment_open = false;
@@ -127,7 +137,7 @@ impl Dispatcher {
                     self.reassign(wanted).await;
                     continue;
                 }
-                msg = self.shared.consumer.recv() => msg,
+                msg = self.consumer.recv() => msg,
             };
             let mut batch = Vec::new();
             match first {
@@ -144,7 +154,7 @@ impl Dispatcher {
             }
             // Take whatever else is already fetched, up to the batch limit.
             while batch.len() < self.batch_max {
-                match futures::FutureExt::now_or_never(self.shared.consumer.recv()) {
+                match futures::FutureExt::now_or_never(self.consumer.recv()) {
                     Some(Ok(msg)) => batch.push(ConsumedRecord::from_message(&msg)),
                     _ => break,
                 }
@@ -157,15 +167,39 @@ impl Dispatcher {
                     .push(record);
             }
             for (partition, records) in by_partition {
-                if self.shared.manual && !self.assigned.contains(&partition) {
+                if self.manual && !self.assigned.contains(&partition) {
                     // Fetched before the partition was unassigned.
                     continue;
                 }
-                self.shared.dispatch(partition, records).await;
+                self.dispatch(partition, records).await;
             }
         }
-        self.shared.stop_workers();
+        for sink in &self.sinks {
+            sink.stop_workers();
+        }
         info!("consumer stopped");
+    }
+}
+
+impl Dispatcher {
+    /// Hands one partition's `records` to every sink that has not applied all of them yet
+    /// (a shared fetch rewound by one sink's seek brings the others records they applied).
+    async fn dispatch(&self, partition: i32, records: Vec<ConsumedRecord>) {
+        let Some(last) = records.last().map(|r| r.offset) else {
+            return;
+        };
+        let wanting: Vec<&Arc<Shared>> = self
+            .sinks
+            .iter()
+            .filter(|sink| last >= sink.progress.next_offset(partition))
+            .collect();
+        let Some((final_sink, others)) = wanting.split_last() else {
+            return;
+        };
+        for sink in others {
+            sink.dispatch(partition, records.clone()).await;
+        }
+        final_sink.dispatch(partition, records).await;
     }
 }
 
@@ -359,7 +393,12 @@ impl Shared {
 
     /// Stops fetching a partition while its worker is down (so the dispatcher does not
     /// fetch and drop its backlog in a loop), and fetches again once it is back.
+    /// A shared fetch is never paused for one sink: the others still read the partition,
+    /// and the restarted worker seeks back to its stored offset anyway.
     pub(crate) fn set_paused(&self, partition: i32, paused: bool) {
+        if self.shares_fetch {
+            return;
+        }
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.spec.topic, partition);
         let result = if paused {

@@ -127,7 +127,7 @@ async fn a_batch_queued_behind_a_seek_back_is_not_applied_past_the_gap() {
     let (_shutdown, shutdown_rx) = watch::channel(false);
     let progress = ConsumerProgress::default();
     let shared = Arc::new(Shared {
-        consumer,
+        consumer: consumer.clone(),
         spec: ConsumerSpec {
             name: name.clone(),
             topic: world.topic.clone(),
@@ -143,6 +143,7 @@ async fn a_batch_queued_behind_a_seek_back_is_not_applied_past_the_gap() {
         retry_base: Duration::from_millis(50),
         supervision: supervision(3, 50),
         manual: true,
+        shares_fetch: false,
         generations: AtomicU64::new(0),
         shutdown: shutdown_rx.clone(),
         dead_letters: None,
@@ -174,7 +175,9 @@ async fn a_batch_queued_behind_a_seek_back_is_not_applied_past_the_gap() {
     }
     let (_assignment, assignment_rx) = watch::channel(std::collections::BTreeSet::from([0]));
     let dispatcher = Dispatcher {
-        shared: shared.clone(),
+        consumer,
+        manual: true,
+        sinks: vec![shared.clone()],
         batch_max: 500,
         assigned: std::collections::BTreeSet::from([0]),
         assignment: assignment_rx,

@@ -23,7 +23,7 @@ pub mod store;
 use crate::payment::{Payment, PaymentEvent, PaymentView, RefundView};
 use crate::snapshots::{next_state, NextState};
 use kafka_journal::consumer::{
-    spawn_consumer, Assignment, ConsumedRecord, ConsumerHandle, ConsumerSpec, HandlerError,
+    Assignment, ConsumedRecord, ConsumerHandle, ConsumerSink, ConsumerSpec, HandlerError,
     PartitionHandler, Supervision,
 };
 use kafka_journal::{Envelope, JournalOptions, JournalProducer};
@@ -239,14 +239,34 @@ pub enum StartError {
     Delivery(#[from] delivery::DeliveryError),
 }
 
-/// Creates `<namespace>notification.dlq`, starts the pool's consumer on `partitions` of
-/// `topic` (the node's own; offsets from PostgreSQL) and this node's delivery task.
+/// The pool's consumer on `partitions` of `topic` (the node's own; offsets from
+/// PostgreSQL): its spec and projector, to run on a fetch of its own or a shared one.
+pub fn consumer_sink(
+    journal: &JournalOptions,
+    options: &NotificationOptions,
+    topic: &str,
+    partitions: Vec<i32>,
+) -> ConsumerSink {
+    ConsumerSink {
+        spec: ConsumerSpec {
+            name: journal.group(NOTIFICATION_GROUP),
+            topic: topic.to_string(),
+            assignment: Assignment::Manual(partitions),
+            dead_letter_topic: Some(journal.dead_letter_topic(NOTIFICATION_GROUP)),
+        },
+        handler: Arc::new(NotificationProjector::new(options)),
+    }
+}
+
+/// Creates `<namespace>notification.dlq` and starts this node's delivery task for the pool
+/// whose consumer (started from [`consumer_sink`]) is `consumer`, applying through
+/// `handler`.
 pub async fn start(
     journal: &JournalOptions,
     supervision: Supervision,
     options: &NotificationOptions,
-    topic: &str,
-    partitions: Vec<i32>,
+    consumer: ConsumerHandle,
+    handler: Arc<dyn kafka_journal::consumer::PartitionHandler>,
     pool: PgPool,
     producer: JournalProducer,
 ) -> Result<NotificationPool, StartError> {
@@ -264,22 +284,6 @@ pub async fn start(
     {
         tracing::warn!(topic = %dlq_topic, %error, "cannot create the notification dead-letter topic now");
     }
-    let group = journal.group(NOTIFICATION_GROUP);
-    let handler: Arc<dyn kafka_journal::consumer::PartitionHandler> =
-        Arc::new(NotificationProjector::new(options));
-    let consumer = spawn_consumer(
-        journal,
-        supervision.clone(),
-        ConsumerSpec {
-            name: group.clone(),
-            topic: topic.to_string(),
-            assignment: Assignment::Manual(partitions),
-            dead_letter_topic: Some(journal.dead_letter_topic(NOTIFICATION_GROUP)),
-        },
-        pool.clone(),
-        handler.clone(),
-    )
-    .await?;
     let delivery = delivery::spawn(
         pool,
         options.clone(),
