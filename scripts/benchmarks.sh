@@ -17,7 +17,8 @@
 # Env: PAYRAIL_BIN (default target/release/payrail), DURATION_S (10), WARMUP_S (3),
 # MERCHANTS (100), NODE_RUST_LOG ("info"), LOADTEST_FLAGS (extra loadtest flags), NODE_ENV
 # (extra VAR=value settings for the node, e.g. "PAYRAIL__LOG__ACCESS_LOG=false"), ORDER
-# (journal-first | create-first), PORT (node, 18080), SANDBOX_PORT (18091), CHECK=1 (exit 1
+# (journal-first | create-first), CONFIG (the config file every command reads, default ./config.toml;
+# for a binary of another commit, that commit's: `git show REV:config.toml >file`), PORT (node, 18080), SANDBOX_PORT (18091), CHECK=1 (exit 1
 # unless every run produced a result with successful requests: the CI check that keeps this
 # script runnable, with short durations and the debug binary).
 # PAYRAIL_BROKER_PORT: use the broker already listening there instead of a private one.
@@ -42,6 +43,7 @@ NODE_RUST_LOG="${NODE_RUST_LOG:-info}"
 PORT="${PORT:-18080}"
 SCENARIOS="${SCENARIOS:-create lifecycle mixed}"
 SANDBOX_PORT="${SANDBOX_PORT:-18091}"
+CONFIG="${CONFIG:-$PAYRAIL_ROOT/config.toml}"
 ADMIN_TOKEN="bench-admin-token-0123456789"
 WEBHOOK_SECRET="whsec_bench_0123456789abcdef"
 for scenario in $SCENARIOS; do
@@ -79,7 +81,11 @@ sandbox_pid=""
 broker_started=0
 stop_node() {
   for pid in $node_pid $sandbox_pid; do kill "$pid" 2>/dev/null || true; done
-  for pid in $node_pid $sandbox_pid; do wait "$pid" 2>/dev/null || true; done
+  for pid in $node_pid $sandbox_pid; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -0 "$pid" 2>/dev/null && { log "pid $pid still running 20 s after SIGTERM; SIGKILL"; kill -9 "$pid" 2>/dev/null || true; }
+    wait "$pid" 2>/dev/null || true
+  done
   node_pid=""
   sandbox_pid=""
 }
@@ -96,6 +102,7 @@ cleanup() {
   return 0
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM # exit runs the EXIT trap, so a stopped run stops what it started
 
 # A fresh broker store per profile, so no profile pays for another's records.
 start_broker() { # profile
@@ -111,7 +118,7 @@ start_broker() { # profile
 
 start_sandbox() { # dir
   log "starting the PSP sandbox on 127.0.0.1:$SANDBOX_PORT"
-  "$BIN" psp-sandbox --bind "127.0.0.1:$SANDBOX_PORT" \
+  "$BIN" --config "$CONFIG" psp-sandbox --bind "127.0.0.1:$SANDBOX_PORT" \
     --webhook-url "http://127.0.0.1:$PORT/webhooks/psp/sandbox" --webhook-secret "$WEBHOOK_SECRET" \
     >"$1/sandbox.log" 2>&1 &
   sandbox_pid=$!
@@ -140,7 +147,7 @@ start_node() { # profile dir
     PAYRAIL__PSP__SANDBOX_URL="http://127.0.0.1:$SANDBOX_PORT" \
     PAYRAIL__PSP__WEBHOOK_SECRET="$WEBHOOK_SECRET" \
     RUST_LOG="$NODE_RUST_LOG,librdkafka=warn,rdkafka=warn" \
-    "$BIN" node >"$2/node.log" 2>&1 &
+    "$BIN" --config "$CONFIG" node >"$2/node.log" 2>&1 &
   node_pid=$!
   for _ in $(seq 1 200); do
     kill -0 "$node_pid" 2>/dev/null || { log "node exited; see $2/node.log"; exit 1; }
@@ -157,11 +164,14 @@ cpu_snapshot() { # file
   broker_pid="$(ss -ltnpH "sport = :$PAYRAIL_BROKER_PORT" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2 || true)"
   python3 - "$broker_pid" "$node_pid" >"$1" <<'PY'
 import json, os, sys
-def ticks(pid):
+def ticks(pid, children=False):
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime
+        own = int(fields[11]) + int(fields[12])  # utime + stime
+        # cutime + cstime: children that exited (PostgreSQL backends that closed, counted
+        # by the postmaster that waited for them), so a closed connection's CPU is kept.
+        return own + (int(fields[13]) + int(fields[14]) if children else 0)
     except (OSError, ValueError, IndexError):
         return 0
 postgres = 0
@@ -169,7 +179,7 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
     try:
         with open(f"/proc/{pid}/comm") as f:
             if f.read().strip() == "postgres":
-                postgres += ticks(pid)
+                postgres += ticks(pid, children=True)
     except OSError:
         pass
 with open("/proc/stat") as f:
@@ -184,7 +194,7 @@ PY
 journal() { # dir connections run
   log "c=$2 run $3: bench journal"
   cpu_snapshot "$1/journal-c$2-r$3.cpu0"
-  "$BIN" bench journal --connections "$2" --duration "$DURATION_S" --warmup "$WARMUP_S" \
+  "$BIN" --config "$CONFIG" bench journal --connections "$2" --duration "$DURATION_S" --warmup "$WARMUP_S" \
     --merchants "$MERCHANTS" --json --no-progress >"$1/journal-c$2-r$3.json" ||
     log "c=$2 run $3: bench journal failed"
   cpu_snapshot "$1/journal-c$2-r$3.cpu1"
@@ -196,7 +206,7 @@ loadtest() { # dir connections run scenarios...
     log "c=$c run $run: loadtest $scenario"
     cpu_snapshot "$dir/$scenario-c$c-r$run.cpu0"
     # shellcheck disable=SC2086 # LOADTEST_FLAGS holds several flags on purpose
-    "$BIN" loadtest --target "http://127.0.0.1:$PORT" --admin-token "$ADMIN_TOKEN" \
+    "$BIN" --config "$CONFIG" loadtest --target "http://127.0.0.1:$PORT" --admin-token "$ADMIN_TOKEN" \
       --scenario "$scenario" --connections "$c" --duration "$DURATION_S" --warmup "$WARMUP_S" \
       --merchants "$MERCHANTS" ${LOADTEST_FLAGS:-} --json --no-progress \
       >"$dir/$scenario-c$c-r$run.json" || log "c=$c run $run: loadtest $scenario failed"

@@ -7,6 +7,7 @@
 //! unauthenticated request gets `WWW-Authenticate: Basic`, and the browser then sends the
 //! same credentials with the page's same-origin fetches. See docs/DECISIONS.md.
 
+use std::sync::Arc;
 use crate::{authorize_admin, with, AppState};
 use std::convert::Infallible;
 use warp::http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -22,7 +23,7 @@ const STYLE: &str = include_str!("../assets/dashboard/dashboard.css");
 const CSP: &str = "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// `/dashboard`, `/dashboard/dashboard.js`, `/dashboard/dashboard.css`.
-pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let auth = warp::header::optional::<String>("authorization");
     let page = warp::path!("dashboard")
         .and(warp::get())
@@ -53,7 +54,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Rej
         (status = 401, description = "No or wrong admin credentials; `WWW-Authenticate: Basic`", body = crate::error::ErrorResponse),
     )
 )]
-pub(crate) async fn page(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
+pub(crate) async fn page(state: Arc<AppState>, auth: Option<String>) -> Result<Response, Infallible> {
     serve(state, auth, INDEX, "text/html; charset=utf-8").await
 }
 
@@ -68,7 +69,7 @@ pub(crate) async fn page(state: AppState, auth: Option<String>) -> Result<Respon
         (status = 401, description = "No or wrong admin credentials", body = crate::error::ErrorResponse),
     )
 )]
-pub(crate) async fn script(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
+pub(crate) async fn script(state: Arc<AppState>, auth: Option<String>) -> Result<Response, Infallible> {
     serve(state, auth, SCRIPT, "text/javascript; charset=utf-8").await
 }
 
@@ -83,12 +84,12 @@ pub(crate) async fn script(state: AppState, auth: Option<String>) -> Result<Resp
         (status = 401, description = "No or wrong admin credentials", body = crate::error::ErrorResponse),
     )
 )]
-pub(crate) async fn style(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
+pub(crate) async fn style(state: Arc<AppState>, auth: Option<String>) -> Result<Response, Infallible> {
     serve(state, auth, STYLE, "text/css; charset=utf-8").await
 }
 
 async fn serve(
-    state: AppState,
+    state: Arc<AppState>,
     auth: Option<String>,
     body: &'static str,
     content_type: &'static str,

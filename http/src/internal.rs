@@ -2,6 +2,7 @@
 //! `POST /internal/v1/events` takes a partition's spooled events for this node's pools
 //! during a journal outage (see `payrail_actors::fallback::sink`).
 
+use std::sync::Arc;
 use crate::body::LimitedBody;
 use crate::error::ApiError;
 use crate::{json, respond, AppState};
@@ -40,7 +41,7 @@ fn authorize_cluster(state: &AppState, given: &Option<String>) -> Result<(), Api
     )
 )]
 pub async fn receive_events(
-    state: AppState,
+    state: Arc<AppState>,
     secret: Option<String>,
     body: LimitedBody,
 ) -> Result<Response, Infallible> {

@@ -27,6 +27,7 @@ use payrail_actors::NodeHandle;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -181,6 +182,10 @@ pub fn routes(
     state: AppState,
     max_body_bytes: u64,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    // One allocation for the node's life: each request's filter chain clones only this Arc
+    // (cloning the state itself copied its strings and the producer's config per request,
+    // ~20 % of the node's CPU per create; BENCHMARKS.md, issue 13).
+    let state = Arc::new(state);
     let auth = warp::header::optional::<String>("authorization");
     let body = body::limited_body(max_body_bytes);
     // A delivered batch is bounded by its event count, not the API's body limit.

@@ -11,7 +11,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -116,7 +116,7 @@ pub fn record_request(info: warp::log::Info<'_>) {
         (status = 401, description = "No or wrong admin token", body = crate::error::ErrorResponse),
     )
 )]
-pub async fn scrape(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
+pub async fn scrape(state: Arc<AppState>, auth: Option<String>) -> Result<Response, Infallible> {
     respond(
         async {
             authorize_admin(&state, &auth)?;

@@ -1,5 +1,6 @@
 //! Balance, ledger entries, settlements and analytics: read models served from PostgreSQL.
 
+use std::sync::Arc;
 use crate::body::LimitedBody;
 use crate::error::{ApiError, ErrorResponse};
 use crate::payments::valid_payment_id;
@@ -32,7 +33,7 @@ pub(crate) struct BalanceResponse {
         (status = 401, description = "No or unknown API key", body = ErrorResponse),
     )
 )]
-pub(crate) async fn balance(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
+pub(crate) async fn balance(state: Arc<AppState>, auth: Option<String>) -> Result<Response, Infallible> {
     use payrail_actors::pools::ledger::{merchant_balance, MERCHANT_AVAILABLE, MERCHANT_PENDING};
     respond(
         async {
@@ -96,7 +97,7 @@ pub(crate) struct SettlementList {
     )
 )]
 pub(crate) async fn ledger_entries(
-    state: AppState,
+    state: Arc<AppState>,
     query: EntriesQuery,
     auth: Option<String>,
 ) -> Result<Response, Infallible> {
@@ -170,7 +171,7 @@ pub(crate) struct RunBody {
     )
 )]
 pub(crate) async fn run_settlements(
-    state: AppState,
+    state: Arc<AppState>,
     auth: Option<String>,
     body: LimitedBody,
 ) -> Result<Response, Infallible> {
@@ -217,7 +218,7 @@ pub(crate) async fn run_settlements(
     )
 )]
 pub(crate) async fn pay_settlement(
-    state: AppState,
+    state: Arc<AppState>,
     id: String,
     auth: Option<String>,
 ) -> Result<Response, Infallible> {
@@ -243,7 +244,7 @@ pub(crate) async fn pay_settlement(
     )
 )]
 pub(crate) async fn list_settlements(
-    state: AppState,
+    state: Arc<AppState>,
     auth: Option<String>,
 ) -> Result<Response, Infallible> {
     respond(
@@ -277,7 +278,7 @@ pub(crate) async fn list_settlements(
     )
 )]
 pub(crate) async fn channel_metrics(
-    state: AppState,
+    state: Arc<AppState>,
     query: MetricsQuery,
     auth: Option<String>,
 ) -> Result<Response, Infallible> {
@@ -346,7 +347,7 @@ pub(crate) struct MetricsResponse {
     )
 )]
 pub(crate) async fn payment_metrics(
-    state: AppState,
+    state: Arc<AppState>,
     query: MetricsQuery,
     auth: Option<String>,
 ) -> Result<Response, Infallible> {

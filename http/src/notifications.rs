@@ -1,5 +1,6 @@
 //! `GET /v1/notifications` and `POST /v1/notifications/{id}/resend` (merchant API key).
 
+use std::sync::Arc;
 use crate::error::{ApiError, ErrorResponse};
 use crate::{authenticate, json, respond, with, AppState};
 use payrail_actors::pools::notification::store::{self, ResendError};
@@ -54,7 +55,7 @@ fn valid_notification_id(id: &str) -> bool {
     )
 )]
 pub(crate) async fn list(
-    state: AppState,
+    state: Arc<AppState>,
     query: ListQuery,
     auth: Option<String>,
 ) -> Result<Response, Infallible> {
@@ -115,7 +116,7 @@ pub(crate) async fn list(
     )
 )]
 pub(crate) async fn resend(
-    state: AppState,
+    state: Arc<AppState>,
     id: String,
     auth: Option<String>,
 ) -> Result<Response, Infallible> {
@@ -145,7 +146,7 @@ pub(crate) async fn resend(
 
 /// The notification routes.
 pub fn routes(
-    state: AppState,
+    state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let auth = warp::header::optional::<String>("authorization");
     let list = warp::path!("v1" / "notifications")

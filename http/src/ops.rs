@@ -1,5 +1,6 @@
 //! Operations endpoints: readiness, and the journal's fallback state for operators.
 
+use std::sync::Arc;
 use crate::body::LimitedBody;
 use crate::error::{ApiError, ErrorResponse};
 use crate::validation::{parse_json, CreateMerchantBody};
@@ -62,7 +63,7 @@ pub(crate) struct Readiness {
         (status = 503, description = "Not ready; `reasons` says why", body = Readiness),
     )
 )]
-pub async fn readyz(state: AppState) -> Result<Response, Infallible> {
+pub async fn readyz(state: Arc<AppState>) -> Result<Response, Infallible> {
     let readiness = readiness(&state).await;
     let status = if readiness.ready {
         StatusCode::OK
@@ -175,7 +176,7 @@ struct JournalStatus {
         (status = 503, description = "PostgreSQL unavailable", body = ErrorResponse),
     )
 )]
-pub async fn journal_status(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
+pub async fn journal_status(state: Arc<AppState>, auth: Option<String>) -> Result<Response, Infallible> {
     crate::respond(
         async {
             crate::authorize_admin(&state, &auth)?;
@@ -217,7 +218,7 @@ pub async fn journal_status(state: AppState, auth: Option<String>) -> Result<Res
         (status = 503, description = "PostgreSQL unavailable", body = ErrorResponse),
     )
 )]
-pub async fn cluster_status(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
+pub async fn cluster_status(state: Arc<AppState>, auth: Option<String>) -> Result<Response, Infallible> {
     crate::respond(
         async {
             crate::authorize_admin(&state, &auth)?;
@@ -271,7 +272,7 @@ pub async fn cluster_status(state: AppState, auth: Option<String>) -> Result<Res
     )
 )]
 pub(crate) async fn create_merchant(
-    state: AppState,
+    state: Arc<AppState>,
     auth: Option<String>,
     body: LimitedBody,
 ) -> Result<Response, Infallible> {
@@ -307,7 +308,7 @@ pub(crate) async fn create_merchant(
     )
 )]
 pub(crate) async fn consumer_lag(
-    state: AppState,
+    state: Arc<AppState>,
     auth: Option<String>,
 ) -> Result<Response, Infallible> {
     respond(

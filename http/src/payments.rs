@@ -1,5 +1,6 @@
 //! The merchant API's payment routes: create, read, confirm/capture/cancel, refund, list.
 
+use std::sync::Arc;
 use crate::body::LimitedBody;
 use crate::error::{ApiError, ErrorResponse};
 use crate::validation::{self, parse_json, CreatePaymentBody};
@@ -33,7 +34,7 @@ use warp::reply::Response;
     )
 )]
 pub(crate) async fn create_payment(
-    state: AppState,
+    state: Arc<AppState>,
     incoming: forward::Incoming,
     auth: Option<String>,
     idempotency_key: Option<String>,
@@ -86,7 +87,7 @@ pub(crate) async fn create_payment(
     )
 )]
 pub(crate) async fn get_payment(
-    state: AppState,
+    state: Arc<AppState>,
     incoming: forward::Incoming,
     payment_id: String,
     auth: Option<String>,
@@ -136,7 +137,7 @@ pub(crate) fn valid_payment_id(payment_id: &str) -> Result<(), ApiError> {
     )
 )]
 pub(crate) async fn confirm_payment(
-    state: AppState,
+    state: Arc<AppState>,
     incoming: forward::Incoming,
     payment_id: String,
     auth: Option<String>,
@@ -165,7 +166,7 @@ pub(crate) async fn confirm_payment(
     )
 )]
 pub(crate) async fn capture_payment(
-    state: AppState,
+    state: Arc<AppState>,
     incoming: forward::Incoming,
     payment_id: String,
     auth: Option<String>,
@@ -194,7 +195,7 @@ pub(crate) async fn capture_payment(
     )
 )]
 pub(crate) async fn cancel_payment(
-    state: AppState,
+    state: Arc<AppState>,
     incoming: forward::Incoming,
     payment_id: String,
     auth: Option<String>,
@@ -211,7 +212,7 @@ enum Action {
 }
 
 async fn payment_action(
-    state: AppState,
+    state: Arc<AppState>,
     incoming: forward::Incoming,
     payment_id: String,
     action: Action,
@@ -284,7 +285,7 @@ async fn payment_action(
     )
 )]
 pub(crate) async fn create_refund(
-    state: AppState,
+    state: Arc<AppState>,
     incoming: forward::Incoming,
     payment_id: String,
     auth: Option<String>,
@@ -371,7 +372,7 @@ pub(crate) struct ListResponse {
     )
 )]
 pub(crate) async fn list_payments(
-    state: AppState,
+    state: Arc<AppState>,
     query: ListQuery,
     auth: Option<String>,
 ) -> Result<Response, Infallible> {

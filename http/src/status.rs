@@ -6,6 +6,7 @@
 //! time; a part that fails carries an `error` string and the rest still answers, since the
 //! status matters most when something is down. No secret goes into it.
 
+use std::sync::Arc;
 use crate::ops::readiness;
 use crate::{authorize_admin, json, respond, AppState};
 use kafka_journal::dead_letters::{DeadLetterCount, RecentDeadLetter};
@@ -60,7 +61,7 @@ async fn bounded<T, E: std::fmt::Display>(
         (status = 401, description = "No or wrong admin credentials", body = crate::error::ErrorResponse),
     )
 )]
-pub async fn node_status(state: AppState, auth: Option<String>) -> Result<Response, Infallible> {
+pub async fn node_status(state: Arc<AppState>, auth: Option<String>) -> Result<Response, Infallible> {
     respond(
         async {
             authorize_admin(&state, &auth)?;

@@ -1,5 +1,6 @@
 //! `POST /webhooks/psp/{channel}`: the PSP's signed webhooks.
 
+use std::sync::Arc;
 use crate::body::LimitedBody;
 use crate::error::{ApiError, ErrorResponse};
 use crate::validation::parse_json;
@@ -59,7 +60,7 @@ pub(crate) struct PspEventDataSchema {
     )
 )]
 pub(crate) async fn psp_webhook(
-    state: AppState,
+    state: Arc<AppState>,
     incoming: forward::Incoming,
     channel: String,
     signature_header: Option<String>,

@@ -90,7 +90,8 @@ impl ClientContext for SignalingContext {
 #[derive(Clone)]
 pub struct JournalProducer {
     current: Arc<RwLock<(u64, Arc<FutureProducer<SignalingContext>>)>>,
-    config: ClientConfig,
+    /// Behind an `Arc`: the producer is cloned into every request's state.
+    config: Arc<ClientConfig>,
     signals: Arc<dyn JournalSignals>,
     client_errors: Arc<AtomicU64>,
     codec: CodecKind,
@@ -120,7 +121,7 @@ impl JournalProducer {
         let producer = Self::build(&config, &signals, &client_errors)?;
         Ok(Self {
             current: Arc::new(RwLock::new((0, Arc::new(producer)))),
-            config,
+            config: Arc::new(config),
             signals,
             client_errors,
             codec: options.codec,
