@@ -23,6 +23,9 @@ pub struct DatabaseOptions {
     pub max_connections: u32,
     /// Wait for a free connection at most (ms).
     pub acquire_timeout_ms: u64,
+    /// A pooled connection idle longer than this is pinged before use (ms); one in steady
+    /// use is not (a ping per query cost a round trip per query; BENCHMARKS.md, issue 13).
+    pub ping_idle_after_ms: u64,
 }
 
 impl Default for DatabaseOptions {
@@ -31,6 +34,7 @@ impl Default for DatabaseOptions {
             url: "postgres://postgres@127.0.0.1:5432/test".into(),
             max_connections: 16,
             acquire_timeout_ms: 5_000,
+            ping_idle_after_ms: 1_000,
         }
     }
 }

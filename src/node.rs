@@ -36,9 +36,22 @@ const TOPIC_CREATION_ATTEMPTS: u32 = 5;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+    let ping_idle_after = Duration::from_millis(config.database.ping_idle_after_ms);
     PgPoolOptions::new()
         .max_connections(config.database.max_connections)
         .acquire_timeout(Duration::from_millis(config.database.acquire_timeout_ms))
+        // sqlx pings every connection it hands out by default: a round trip before every
+        // query. Only a connection that sat idle (and may have been closed under it, e.g.
+        // by a PostgreSQL restart) is pinged; a failing one is replaced, as before.
+        .test_before_acquire(false)
+        .before_acquire(move |conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= ping_idle_after {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect(&config.database.url)
         .await
         .context("connecting to PostgreSQL (database.url)")
