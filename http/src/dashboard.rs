@@ -7,9 +7,9 @@
 //! unauthenticated request gets `WWW-Authenticate: Basic`, and the browser then sends the
 //! same credentials with the page's same-origin fetches. See docs/DECISIONS.md.
 
-use std::sync::Arc;
 use crate::{authorize_admin, with, AppState};
 use std::convert::Infallible;
+use std::sync::Arc;
 use warp::http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -23,7 +23,9 @@ const STYLE: &str = include_str!("../assets/dashboard/dashboard.css");
 const CSP: &str = "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// `/dashboard`, `/dashboard/dashboard.js`, `/dashboard/dashboard.css`.
-pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let auth = warp::header::optional::<String>("authorization");
     let page = warp::path!("dashboard")
         .and(warp::get())
@@ -54,7 +56,10 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error 
         (status = 401, description = "No or wrong admin credentials; `WWW-Authenticate: Basic`", body = crate::error::ErrorResponse),
     )
 )]
-pub(crate) async fn page(state: Arc<AppState>, auth: Option<String>) -> Result<Response, Infallible> {
+pub(crate) async fn page(
+    state: Arc<AppState>,
+    auth: Option<String>,
+) -> Result<Response, Infallible> {
     serve(state, auth, INDEX, "text/html; charset=utf-8").await
 }
 
@@ -69,7 +74,10 @@ pub(crate) async fn page(state: Arc<AppState>, auth: Option<String>) -> Result<R
         (status = 401, description = "No or wrong admin credentials", body = crate::error::ErrorResponse),
     )
 )]
-pub(crate) async fn script(state: Arc<AppState>, auth: Option<String>) -> Result<Response, Infallible> {
+pub(crate) async fn script(
+    state: Arc<AppState>,
+    auth: Option<String>,
+) -> Result<Response, Infallible> {
     serve(state, auth, SCRIPT, "text/javascript; charset=utf-8").await
 }
 
@@ -84,7 +92,10 @@ pub(crate) async fn script(state: Arc<AppState>, auth: Option<String>) -> Result
         (status = 401, description = "No or wrong admin credentials", body = crate::error::ErrorResponse),
     )
 )]
-pub(crate) async fn style(state: Arc<AppState>, auth: Option<String>) -> Result<Response, Infallible> {
+pub(crate) async fn style(
+    state: Arc<AppState>,
+    auth: Option<String>,
+) -> Result<Response, Infallible> {
     serve(state, auth, STYLE, "text/css; charset=utf-8").await
 }
 

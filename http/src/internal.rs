@@ -2,12 +2,12 @@
 //! `POST /internal/v1/events` takes a partition's spooled events for this node's pools
 //! during a journal outage (see `payrail_actors::fallback::sink`).
 
-use std::sync::Arc;
 use crate::body::LimitedBody;
 use crate::error::ApiError;
 use crate::{json, respond, AppState};
 use payrail_actors::fallback::sink::{DeliveredBatch, SinkError};
 use std::convert::Infallible;
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use warp::http::StatusCode;
 use warp::reply::Response;

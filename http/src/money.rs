@@ -1,6 +1,5 @@
 //! Balance, ledger entries, settlements and analytics: read models served from PostgreSQL.
 
-use std::sync::Arc;
 use crate::body::LimitedBody;
 use crate::error::{ApiError, ErrorResponse};
 use crate::payments::valid_payment_id;
@@ -9,6 +8,7 @@ use crate::{authenticate, authorize_admin, json, respond, AppState};
 use payrail_actors::pools::analytics;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
+use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
@@ -33,7 +33,10 @@ pub(crate) struct BalanceResponse {
         (status = 401, description = "No or unknown API key", body = ErrorResponse),
     )
 )]
-pub(crate) async fn balance(state: Arc<AppState>, auth: Option<String>) -> Result<Response, Infallible> {
+pub(crate) async fn balance(
+    state: Arc<AppState>,
+    auth: Option<String>,
+) -> Result<Response, Infallible> {
     use payrail_actors::pools::ledger::{merchant_balance, MERCHANT_AVAILABLE, MERCHANT_PENDING};
     respond(
         async {

@@ -1,11 +1,11 @@
 //! `GET /v1/notifications` and `POST /v1/notifications/{id}/resend` (merchant API key).
 
-use std::sync::Arc;
 use crate::error::{ApiError, ErrorResponse};
 use crate::{authenticate, json, respond, with, AppState};
 use payrail_actors::pools::notification::store::{self, ResendError};
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
+use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};

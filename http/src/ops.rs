@@ -1,6 +1,5 @@
 //! Operations endpoints: readiness, and the journal's fallback state for operators.
 
-use std::sync::Arc;
 use crate::body::LimitedBody;
 use crate::error::{ApiError, ErrorResponse};
 use crate::validation::{parse_json, CreateMerchantBody};
@@ -8,6 +7,7 @@ use crate::{authorize_admin, json, respond, AppState};
 use payrail_supervisor::Escalation;
 use serde::Serialize;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -176,7 +176,10 @@ struct JournalStatus {
         (status = 503, description = "PostgreSQL unavailable", body = ErrorResponse),
     )
 )]
-pub async fn journal_status(state: Arc<AppState>, auth: Option<String>) -> Result<Response, Infallible> {
+pub async fn journal_status(
+    state: Arc<AppState>,
+    auth: Option<String>,
+) -> Result<Response, Infallible> {
     crate::respond(
         async {
             crate::authorize_admin(&state, &auth)?;
@@ -218,7 +221,10 @@ pub async fn journal_status(state: Arc<AppState>, auth: Option<String>) -> Resul
         (status = 503, description = "PostgreSQL unavailable", body = ErrorResponse),
     )
 )]
-pub async fn cluster_status(state: Arc<AppState>, auth: Option<String>) -> Result<Response, Infallible> {
+pub async fn cluster_status(
+    state: Arc<AppState>,
+    auth: Option<String>,
+) -> Result<Response, Infallible> {
     crate::respond(
         async {
             crate::authorize_admin(&state, &auth)?;

@@ -1,6 +1,5 @@
 //! The merchant API's payment routes: create, read, confirm/capture/cancel, refund, list.
 
-use std::sync::Arc;
 use crate::body::LimitedBody;
 use crate::error::{ApiError, ErrorResponse};
 use crate::validation::{self, parse_json, CreatePaymentBody};
@@ -9,6 +8,7 @@ use bytes::Bytes;
 use payrail_actors::payment::Command;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
+use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::reply::Response;
 

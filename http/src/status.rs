@@ -6,7 +6,6 @@
 //! time; a part that fails carries an `error` string and the rest still answers, since the
 //! status matters most when something is down. No secret goes into it.
 
-use std::sync::Arc;
 use crate::ops::readiness;
 use crate::{authorize_admin, json, respond, AppState};
 use kafka_journal::dead_letters::{DeadLetterCount, RecentDeadLetter};
@@ -14,6 +13,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -61,7 +61,10 @@ async fn bounded<T, E: std::fmt::Display>(
         (status = 401, description = "No or wrong admin credentials", body = crate::error::ErrorResponse),
     )
 )]
-pub async fn node_status(state: Arc<AppState>, auth: Option<String>) -> Result<Response, Infallible> {
+pub async fn node_status(
+    state: Arc<AppState>,
+    auth: Option<String>,
+) -> Result<Response, Infallible> {
     respond(
         async {
             authorize_admin(&state, &auth)?;

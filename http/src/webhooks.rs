@@ -1,6 +1,5 @@
 //! `POST /webhooks/psp/{channel}`: the PSP's signed webhooks.
 
-use std::sync::Arc;
 use crate::body::LimitedBody;
 use crate::error::{ApiError, ErrorResponse};
 use crate::validation::parse_json;
@@ -8,6 +7,7 @@ use crate::{forward, json, respond, AppState};
 use payrail_actors::payment::Command;
 use serde::Deserialize;
 use std::convert::Infallible;
+use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
