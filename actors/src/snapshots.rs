@@ -84,45 +84,193 @@ impl PartitionHandler for SnapshotProjector {
         self.apply_event(conn, record.partition, &envelope).await
     }
 
-    /// A partition's first events (creates) are written with two statements per batch (the
-    /// snapshots, then the idempotency keys of those actually written); any other event is
-    /// applied on its own, after the creates before it, so the outcome is that of applying
-    /// the records in order.
+    /// A batch in a few statements: the snapshots of the payments it continues are read with
+    /// one query (locked), every event is applied in order to the states in memory (a
+    /// payment's first event starts from nothing, as in `apply`), and the results are
+    /// written with two upserts (first events with their idempotency keys, then the
+    /// others), each guarded by `sequence < EXCLUDED.sequence`. The outcome is that of
+    /// applying the records one by one: `evolve` is deterministic, so a payment's state
+    /// after its events is the same whether the intermediate ones are written or not, and
+    /// the guard keeps a row that is already further along (a redelivery) untouched.
     async fn apply_batch(
         &self,
         conn: &mut PgConnection,
         records: &[&ConsumedRecord],
     ) -> Result<(), HandlerError> {
-        let mut creates = NewSnapshots::default();
+        let mut events = Vec::with_capacity(records.len());
         for record in records {
-            let envelope = record.decode::<PaymentEvent>()?;
-            if envelope.sequence > 1 || creates.holds(&envelope.payment_id) {
-                creates.write(conn).await?;
-                if envelope.sequence > 1 {
-                    self.apply_event(conn, record.partition, &envelope).await?;
-                    continue;
-                }
+            events.push((record.partition, record.decode::<PaymentEvent>()?));
+        }
+        // Payments continued by this batch whose first event is not in it before them.
+        let mut started = std::collections::HashSet::new();
+        let mut to_read = Vec::new();
+        for (_, envelope) in &events {
+            if envelope.sequence <= 1 {
+                started.insert(envelope.payment_id.as_str());
+            } else if !started.contains(envelope.payment_id.as_str()) {
+                to_read.push(envelope.payment_id.clone());
             }
+        }
+        to_read.sort_unstable();
+        to_read.dedup();
+        let mut states = read_snapshots(conn, &to_read).await?;
+
+        let mut creates = NewSnapshots::default();
+        let mut updates = UpdatedSnapshots::default();
+        for (partition, envelope) in &events {
+            if envelope.sequence <= 1 && states.contains_key(&envelope.payment_id) {
+                // A first event of a payment this batch already holds: `apply` would find
+                // its row and write nothing.
+                continue;
+            }
+            if envelope.sequence > 1
+                && states
+                    .get(&envelope.payment_id)
+                    .is_some_and(|current| current.sequence + 1 < envelope.sequence)
+            {
+                // This batch lacks events between the state it holds and this one (they were
+                // applied before, e.g. from the journal fallback's spool): judge the event
+                // against the stored row, as `apply` would, after writing what is pending.
+                creates.write(conn).await?;
+                updates.write(conn).await?;
+                states.remove(&envelope.payment_id);
+                states.extend(
+                    read_snapshots(conn, std::slice::from_ref(&envelope.payment_id)).await?,
+                );
+            }
+            let prior = if envelope.sequence <= 1 {
+                None
+            } else {
+                match states.get(&envelope.payment_id) {
+                    Some(current) if current.sequence >= envelope.sequence => continue,
+                    Some(current) => Some(current.clone()),
+                    None => None,
+                }
+            };
             let ctx = EventContext {
                 payment_id: &envelope.payment_id,
                 merchant_id: &envelope.merchant_id,
                 sequence: envelope.sequence,
                 occurred_at_micros: envelope.occurred_at_micros,
             };
-            let Some(mut payment) = evolve(None, ctx, &envelope.payload) else {
-                continue; // not a first event after all: nothing to project (as `apply`)
+            let Some(mut payment) = evolve(prior, ctx, &envelope.payload) else {
+                continue; // the event does not apply to the state (as `apply`)
             };
             payment.sequence = envelope.sequence;
-            let idempotency = match &envelope.payload {
-                PaymentEvent::Created(created) => created
-                    .idempotency_key
-                    .clone()
-                    .zip(created.request_fingerprint.clone()),
-                _ => None,
-            };
-            creates.push(payment, record.partition, idempotency)?;
+            states.insert(payment.id.clone(), payment.clone());
+            if envelope.sequence <= 1 {
+                let idempotency = match &envelope.payload {
+                    PaymentEvent::Created(created) => created
+                        .idempotency_key
+                        .clone()
+                        .zip(created.request_fingerprint.clone()),
+                    _ => None,
+                };
+                creates.push(payment, *partition, idempotency)?;
+            } else {
+                updates.set(payment, *partition);
+            }
         }
-        creates.write(conn).await
+        // First events before the events that continue them.
+        creates.write(conn).await?;
+        updates.write(conn).await
+    }
+}
+
+/// The stored snapshots of `payment_ids`, locked for the transaction (in id order, so two
+/// transactions locking several never wait for each other in a cycle).
+async fn read_snapshots(
+    conn: &mut PgConnection,
+    payment_ids: &[String],
+) -> Result<std::collections::HashMap<String, Payment>, HandlerError> {
+    let mut states = std::collections::HashMap::with_capacity(payment_ids.len());
+    if payment_ids.is_empty() {
+        return Ok(states);
+    }
+    let rows: Vec<(String, i64, serde_json::Value)> = sqlx::query_as(
+        "SELECT payment_id, sequence, state FROM payment_snapshots WHERE payment_id = ANY($1) ORDER BY payment_id FOR UPDATE",
+    )
+    .bind(payment_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (payment_id, sequence, state) in rows {
+        let mut payment: Payment = serde_json::from_value(state)?;
+        // The row's sequence is what `next_state` compares against.
+        payment.sequence = sequence as u64;
+        states.insert(payment_id, payment);
+    }
+    Ok(states)
+}
+
+/// The latest state of each payment a batch continued, written together by
+/// [`SnapshotProjector::apply_batch`].
+#[derive(Default)]
+struct UpdatedSnapshots {
+    /// payment id → (state, partition), the last event's state.
+    latest: std::collections::HashMap<String, (Payment, i32)>,
+}
+
+impl UpdatedSnapshots {
+    fn set(&mut self, payment: Payment, partition: i32) {
+        self.latest.insert(payment.id.clone(), (payment, partition));
+    }
+
+    /// Writes and forgets what is pending; a row already at or past a state is left alone.
+    async fn write(&mut self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+        if self.latest.is_empty() {
+            return Ok(());
+        }
+        let latest = std::mem::take(&mut self.latest);
+        let n = latest.len();
+        let (mut ids, mut merchants, mut partitions, mut sequences) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut states, mut created_at, mut statuses, mut pending_refunds) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (payment_id, (payment, partition)) in latest {
+            states.push(serde_json::to_value(&payment)?);
+            created_at.push(
+                chrono::DateTime::from_timestamp_micros(payment.created_at_micros)
+                    .unwrap_or_default(),
+            );
+            statuses.push(payment.status.as_str().to_string());
+            pending_refunds.push(
+                payment
+                    .refunds
+                    .iter()
+                    .any(|r| r.status == crate::payment::RefundStatus::Pending),
+            );
+            sequences.push(payment.sequence as i64);
+            partitions.push(partition);
+            merchants.push(payment.merchant_id);
+            ids.push(payment_id);
+        }
+        sqlx::query(
+            "INSERT INTO payment_snapshots (payment_id, merchant_id, partition, sequence, state, created_at, status, has_pending_refund)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::jsonb[], $6::timestamptz[], $7::text[], $8::bool[])
+             ON CONFLICT (payment_id) DO UPDATE
+             SET sequence = EXCLUDED.sequence, state = EXCLUDED.state, updated_at = now(),
+                 status = EXCLUDED.status, has_pending_refund = EXCLUDED.has_pending_refund
+             WHERE payment_snapshots.sequence < EXCLUDED.sequence",
+        )
+        .bind(&ids)
+        .bind(&merchants)
+        .bind(&partitions)
+        .bind(&sequences)
+        .bind(&states)
+        .bind(&created_at)
+        .bind(&statuses)
+        .bind(&pending_refunds)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
     }
 }
 
