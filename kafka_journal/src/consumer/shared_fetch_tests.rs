@@ -1,7 +1,7 @@
 //! Consumers that share one fetch ([`spawn_consumers`]), against the real broker and
 //! PostgreSQL: each keeps its own offsets and applies every record exactly once.
 
-use super::tests::{supervision, wait_until, WAIT};
+use super::tests::{once_each, supervision, wait_until, WAIT};
 use super::*;
 use crate::test_support::World;
 use sqlx::Row;
@@ -81,10 +81,6 @@ async fn applied_by(pool: &PgPool, sink: &str, partition: i32) -> BTreeMap<i64, 
     .iter()
     .map(|row| (row.get::<i64, _>("record_offset"), row.get::<i64, _>("n")))
     .collect()
-}
-
-fn once_each(offsets: std::ops::Range<i64>) -> BTreeMap<i64, i64> {
-    offsets.map(|o| (o, 1)).collect()
 }
 
 fn sink(world: &World, name: &str, handler: Arc<Sink>, partitions: Vec<i32>) -> ConsumerSink {
