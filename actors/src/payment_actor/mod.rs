@@ -107,6 +107,18 @@ impl Actor for PaymentActor {
         message: PaymentMsg,
         state: &mut PaymentState,
     ) -> Result<(), ActorProcessingErr> {
+        // Boxed: the actor's task keeps its future for its whole life, sized for the largest
+        // state of a command (an append, a PSP call); boxed, an idle actor holds a pointer.
+        Box::pin(handle_message(myself, message, state)).await
+    }
+}
+
+async fn handle_message(
+    myself: ActorRef<PaymentMsg>,
+    message: PaymentMsg,
+    state: &mut PaymentState,
+) -> Result<(), ActorProcessingErr> {
+    {
         let span = info_span!(
             "payment",
             payment_id = %state.args.payment_id,
