@@ -231,10 +231,6 @@ impl NotificationPool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("notification topics: {0}")]
-    Topics(String),
-    #[error("notification consumer: {0}")]
-    Consumer(#[from] kafka_journal::JournalError),
     #[error("notification delivery: {0}")]
     Delivery(#[from] delivery::DeliveryError),
 }
