@@ -8,11 +8,13 @@
 //! - [`fallback`]: the spool that keeps commands durable while the journal is down;
 //! - [`pools`]: the subscriber pools' read models;
 //! - [`merchants`]: merchant registry and API-key authentication;
+//! - [`idle_timer`]: when idle payment actors check whether to passivate;
 //! - [`telemetry`]: command latency, live actors and passivations as metrics.
 
 pub mod error;
 pub mod fallback;
 pub mod idempotency;
+pub mod idle_timer;
 pub mod merchant_actor;
 pub mod merchants;
 pub mod money;

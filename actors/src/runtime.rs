@@ -124,6 +124,9 @@ pub struct Runtime {
     pub psp: crate::psp::PspClient,
     pub fallback: crate::fallback::JournalFallback,
     pub ownership: PartitionOwnership,
+    /// Tells idle payment actors when to check whether to passivate (one task per node,
+    /// not one timer task per actor).
+    pub payment_idle: crate::idle_timer::IdleTimer<crate::payment_actor::PaymentMsg>,
     /// Per partition: one past the highest offset this node has journaled.
     produced: Vec<AtomicI64>,
     /// The pools of this node (besides the snapshot projector), whose progress bounds the
@@ -132,6 +135,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Must be called inside a tokio runtime (it starts the idle timer's task).
     pub fn new(parts: RuntimeParts) -> Arc<Self> {
         let partitions = parts.partitions;
         Arc::new(Self {
@@ -147,6 +151,9 @@ impl Runtime {
             psp: parts.psp,
             fallback: parts.fallback,
             ownership: parts.ownership,
+            payment_idle: crate::idle_timer::IdleTimer::start(|| {
+                crate::payment_actor::PaymentMsg::IdleCheck
+            }),
             produced: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
             pools: std::sync::RwLock::new(Vec::new()),
         })

@@ -42,7 +42,7 @@ pub enum PaymentMsg {
     /// From the sweeper: resolve a stale `processing`, expire a lapsed authorization,
     /// retry pending refunds.
     Poll(Option<Reply>),
-    /// Passivation timer.
+    /// From the node's idle timer ([`crate::idle_timer`]): passivate when idle long enough.
     IdleCheck,
     /// From the merchant, after it stopped routing here: every message before this one has
     /// been handled, so stopping drops nothing.
@@ -91,10 +91,13 @@ impl Actor for PaymentActor {
         args: PaymentArgs,
     ) -> Result<PaymentState, ActorProcessingErr> {
         let idle = Duration::from_millis(args.runtime.options.passivate_after_ms);
-        myself.send_after(idle, || PaymentMsg::IdleCheck);
+        let now = Instant::now();
+        args.runtime
+            .payment_idle
+            .check_at((now + idle).into(), myself);
         Ok(PaymentState {
             args,
-            last_active: Instant::now(),
+            last_active: now,
             retiring: false,
             stale: false,
             _live: crate::telemetry::Live::new(crate::telemetry::ActorKind::Payment),
@@ -151,7 +154,11 @@ async fn handle_message(
                         args.retire(&myself, false);
                     }
                 } else {
-                    myself.send_after(idle - quiet, || PaymentMsg::IdleCheck);
+                    // One check pending per actor: the next one is scheduled only here.
+                    let at = state.last_active + idle;
+                    args.runtime
+                        .payment_idle
+                        .check_at(at.into(), myself.clone());
                 }
                 return Ok(());
             }
