@@ -6,10 +6,16 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::RwLock;
 
 /// Entries kept in the authentication cache at most; the cache is cleared when full.
 const AUTH_CACHE_MAX: usize = 100_000;
+/// Unknown keys remembered at most, and for how long. A client retrying with a wrong key
+/// then costs a hash and a map lookup instead of a PostgreSQL query per request. Safe to
+/// cache: a key is 256 random bits, so nobody presents it before the merchant exists.
+const AUTH_MISSES_MAX: usize = 10_000;
+const AUTH_MISS_TTL: Duration = Duration::from_secs(10);
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Serialize)]
@@ -54,6 +60,8 @@ pub enum MerchantError {
 pub struct MerchantRegistry {
     pool: PgPool,
     cache: Arc<RwLock<HashMap<String, String>>>,
+    /// Hashes of keys no merchant has, with when they were looked up (negative cache).
+    misses: Arc<RwLock<HashMap<String, Instant>>>,
 }
 
 /// SHA-256 (hex) of an API key. Keys carry 256 random bits, so a fast hash is enough: there
@@ -73,6 +81,7 @@ impl MerchantRegistry {
         Self {
             pool,
             cache: Arc::new(RwLock::new(HashMap::new())),
+            misses: Arc::new(RwLock::new(HashMap::new())),
         }
     }
 
@@ -113,17 +122,38 @@ impl MerchantRegistry {
         if let Some(id) = self.cache.read().await.get(&hash) {
             return Ok(Some(id.clone()));
         }
+        if self
+            .misses
+            .read()
+            .await
+            .get(&hash)
+            .is_some_and(|at| at.elapsed() < AUTH_MISS_TTL)
+        {
+            return Ok(None);
+        }
         let id: Option<String> =
             sqlx::query_scalar("SELECT id FROM merchants WHERE api_key_hash = $1")
                 .bind(&hash)
                 .fetch_optional(&self.pool)
                 .await?;
-        if let Some(id) = &id {
-            let mut cache = self.cache.write().await;
-            if cache.len() >= AUTH_CACHE_MAX {
-                cache.clear();
+        match &id {
+            Some(id) => {
+                let mut cache = self.cache.write().await;
+                if cache.len() >= AUTH_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(hash, id.clone());
             }
-            cache.insert(hash, id.clone());
+            None => {
+                let mut misses = self.misses.write().await;
+                if misses.len() >= AUTH_MISSES_MAX {
+                    misses.retain(|_, at| at.elapsed() < AUTH_MISS_TTL);
+                    if misses.len() >= AUTH_MISSES_MAX {
+                        misses.clear();
+                    }
+                }
+                misses.insert(hash, Instant::now());
+            }
         }
         Ok(id)
     }
