@@ -27,11 +27,7 @@ fn payrail(env: &TestEnv, args: &[&str]) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_replay_marks_applied_events_and_keeps_failing_ones() {
     let env = TestEnv::new("dlq_cli").await;
-    let pool = env.pool().await;
-    sqlx::migrate!("./migrations")
-        .run(&pool)
-        .await
-        .expect("migrations");
+    let pool = env.migrated_pool().await;
     let consumer = format!("{}payrail.ledger", env.namespace);
     let (applied, broken) = (Uuid::now_v7(), Uuid::now_v7());
     // One dead letter whose event was applied meanwhile, one that cannot be decoded.

@@ -37,11 +37,7 @@ impl PartitionHandler for Recording {
 
 async fn sink(name: &str) -> (PoolSink, PgPool) {
     let env = TestEnv::new(name).await;
-    let pool = env.pool().await;
-    sqlx::migrate!("./migrations")
-        .run(&pool)
-        .await
-        .expect("migrations");
+    let pool = env.migrated_pool().await;
     sqlx::query("CREATE TABLE sink_applied (n BIGSERIAL PRIMARY KEY, label TEXT NOT NULL)")
         .execute(&pool)
         .await

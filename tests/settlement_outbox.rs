@@ -24,11 +24,7 @@ struct Outbox {
 impl Outbox {
     async fn new(name: &str) -> Self {
         let env = TestEnv::new(name).await;
-        let pool = env.pool().await;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .expect("migrations");
+        let pool = env.migrated_pool().await;
         let options = JournalOptions {
             brokers: env.brokers.clone(),
             partitions: PARTITIONS,

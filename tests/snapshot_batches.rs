@@ -181,13 +181,7 @@ fn record(envelope: &Envelope<PaymentEvent>, offset: i64) -> ConsumedRecord {
 }
 
 async fn database(name: &str) -> PgPool {
-    let env = TestEnv::new(name).await;
-    let pool = env.pool().await;
-    sqlx::migrate!("./migrations")
-        .run(&pool)
-        .await
-        .expect("migrations");
-    pool
+    TestEnv::new(name).await.migrated_pool().await
 }
 
 async fn one_by_one(pool: &PgPool, records: &[ConsumedRecord]) {

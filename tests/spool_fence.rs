@@ -19,11 +19,7 @@ const MERCHANT: &str = "mer_spool_fence";
 
 async fn fallback(name: &str) -> (JournalFallback, PgPool) {
     let env = TestEnv::new(name).await;
-    let pool = env.pool().await;
-    sqlx::migrate!("./migrations")
-        .run(&pool)
-        .await
-        .expect("migrations");
+    let pool = env.migrated_pool().await;
     let fallback = JournalFallback::new(
         Spool::new(pool.clone(), TOPIC, 1_000),
         "spool-fence.payrail.snapshots".into(),

@@ -106,6 +106,16 @@ impl TestEnv {
             .expect("test database")
     }
 
+    /// A pool on this test's database with every migration applied.
+    pub async fn migrated_pool(&self) -> PgPool {
+        let pool = self.pool().await;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .expect("migrations");
+        pool
+    }
+
     /// Environment for a node of this test.
     pub fn node_env(&self, port: u16) -> Vec<(String, String)> {
         vec![
