@@ -4,7 +4,7 @@
 use super::{MerchantMsg, MerchantState};
 use crate::error::CommandError;
 use crate::payment::{payment_id_for_key, Command};
-use crate::payment_actor::{CreateReply, PaymentMsg, Reply};
+use crate::payment_actor::{CreateMsg, CreateReply, PaymentMsg, Reply};
 use crate::snapshots;
 use ractor::{ActorProcessingErr, ActorRef};
 use tracing::warn;
@@ -159,11 +159,11 @@ impl MerchantState {
                 return Ok(());
             }
         };
-        if let Err(e) = actor.cast(PaymentMsg::Create {
+        if let Err(e) = actor.cast(PaymentMsg::Create(Box::new(CreateMsg {
             command,
             correlation_id,
             reply: reply_to,
-        }) {
+        }))) {
             warn!(error = %e, "payment actor gone before its create");
         }
         Ok(())

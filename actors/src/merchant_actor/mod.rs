@@ -10,7 +10,7 @@ use crate::idempotency::IdempotencyCache;
 use crate::payment::{Command, PaymentView};
 mod create;
 
-use crate::payment_actor::{PaymentActor, PaymentArgs, PaymentMsg, Reply};
+use crate::payment_actor::{CommandMsg, PaymentActor, PaymentArgs, PaymentMsg, Reply};
 use crate::runtime::Runtime;
 use crate::snapshots;
 use payrail_supervisor::{LazyRestarts, RestartDecision};
@@ -214,10 +214,12 @@ impl Actor for MerchantActor {
                     .route(
                         &myself,
                         payment_id,
-                        move |reply| PaymentMsg::Command {
-                            command,
-                            correlation_id,
-                            reply,
+                        move |reply| {
+                            PaymentMsg::Command(Box::new(CommandMsg {
+                                command,
+                                correlation_id,
+                                reply,
+                            }))
                         },
                         reply,
                     )

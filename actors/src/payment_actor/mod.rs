@@ -26,19 +26,13 @@ pub enum CreateReply {
     Merchant { idempotency_key: String },
 }
 
+/// Kept small (the large variants are boxed): ractor's task holds a message-sized slot in
+/// every idle actor's pending future, so each byte here is a byte of every live payment actor.
 pub enum PaymentMsg {
-    Create {
-        command: Command,
-        correlation_id: Option<String>,
-        reply: CreateReply,
-    },
+    Create(Box<CreateMsg>),
     Get(Option<Reply>),
     /// Any other command (confirm, capture, cancel, refund, recorded outcomes).
-    Command {
-        command: Command,
-        correlation_id: Option<String>,
-        reply: Option<Reply>,
-    },
+    Command(Box<CommandMsg>),
     /// From the sweeper: resolve a stale `processing`, expire a lapsed authorization,
     /// retry pending refunds.
     Poll(Option<Reply>),
@@ -47,6 +41,20 @@ pub enum PaymentMsg {
     /// From the merchant, after it stopped routing here: every message before this one has
     /// been handled, so stopping drops nothing.
     Stop,
+}
+
+const _: () = assert!(std::mem::size_of::<PaymentMsg>() <= 32);
+
+pub struct CreateMsg {
+    pub command: Command,
+    pub correlation_id: Option<String>,
+    pub reply: CreateReply,
+}
+
+pub struct CommandMsg {
+    pub command: Command,
+    pub correlation_id: Option<String>,
+    pub reply: Option<Reply>,
 }
 
 pub struct PaymentArgs {
@@ -173,11 +181,12 @@ async fn handle_message(
                 }
                 return Ok(());
             }
-            PaymentMsg::Create {
-                command,
-                correlation_id,
-                reply,
-            } => {
+            PaymentMsg::Create(create) => {
+                let CreateMsg {
+                    command,
+                    correlation_id,
+                    reply,
+                } = *create;
                 if let Command::Create(create) = &command {
                     args.inject_fault(Some(&create.metadata), "panic_on_", "create");
                 }
@@ -206,11 +215,12 @@ async fn handle_message(
                 }
                 return Ok(());
             }
-            PaymentMsg::Command {
-                command,
-                correlation_id,
-                reply,
-            } => {
+            PaymentMsg::Command(request) => {
+                let CommandMsg {
+                    command,
+                    correlation_id,
+                    reply,
+                } = *request;
                 let kind = command.kind();
                 args.inject_fault(None, "panic_on_", kind);
                 let result = args.execute(command, correlation_id).instrument(span).await;
@@ -246,14 +256,15 @@ impl PaymentMsg {
     /// Answers the caller waiting on this message, if any, with `error`.
     pub(crate) fn refuse(self, error: CommandError) {
         match self {
-            PaymentMsg::Get(Some(reply))
-            | PaymentMsg::Command {
-                reply: Some(reply), ..
-            }
-            | PaymentMsg::Poll(Some(reply)) => {
+            PaymentMsg::Get(Some(reply)) | PaymentMsg::Poll(Some(reply)) => {
                 let _ = reply.send(Err(error));
             }
-            PaymentMsg::Create { reply, .. } => match reply {
+            PaymentMsg::Command(request) => {
+                if let Some(reply) = request.reply {
+                    let _ = reply.send(Err(error));
+                }
+            }
+            PaymentMsg::Create(create) => match create.reply {
                 CreateReply::Caller(reply) => {
                     let _ = reply.send(Err(error));
                 }
