@@ -9,6 +9,9 @@ mod status;
 
 use clap::{Parser, Subcommand};
 
+/// How long the process waits for the async runtime's threads once a command is done.
+const RUNTIME_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// mimalloc instead of glibc's malloc: a profile of the node under load spent ~17 % of its
 /// CPU in glibc's allocator (`_int_malloc`, `malloc_consolidate`, `unlink_chunk`); see
 /// BENCHMARKS.md.
@@ -244,6 +247,10 @@ fn main() -> ExitCode {
             (_, None) => Err(anyhow::anyhow!("no configuration loaded")),
         }
     });
+    // Dropping the runtime would wait without bound for its blocking threads (librdkafka
+    // clients torn down against an unreachable broker among them); the node has flushed
+    // and stopped what matters by now, so the exit is bounded instead.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
