@@ -26,6 +26,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 stamp="$(date +%Y%m%d-%H%M%S)"
 OUT="${OUT:-$ROOT/.payrail/bench-$stamp}"
+# Relative to where it was called from; the script works from the repository root.
+mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
 OWN_BROKER_PORT="${PAYRAIL_BROKER_PORT:-}"
 export PAYRAIL_STATE="$OUT/broker-state"
 export PAYRAIL_BROKER_PORT="${OWN_BROKER_PORT:-${BENCH_BROKER_PORT:-19692}}"
