@@ -115,7 +115,9 @@ impl MerchantState {
                 return Ok(());
             }
         }
-        if self.payments.contains_key(&payment_id) || self.retiring.contains_key(&payment_id) {
+        if self.payments.contains_key(payment_id.as_str())
+            || self.retiring.contains_key(&payment_id)
+        {
             // Its actor lives, so it was created, yet the key's record is not readable.
             let _ = reply.send(Err(CommandError::NotReady(
                 "the payment exists but its idempotency record is not readable yet; retry".into(),

@@ -100,8 +100,11 @@ pub struct MerchantArgs {
 
 pub struct MerchantState {
     args: MerchantArgs,
-    payments: HashMap<String, ActorRef<PaymentMsg>>,
-    by_actor: HashMap<ActorId, String>,
+    /// The live payment actors; the id is shared with the actor's own args.
+    payments: HashMap<Arc<str>, ActorRef<PaymentMsg>>,
+    by_actor: HashMap<ActorId, Arc<str>>,
+    /// `args.merchant_id`, shared with every payment actor of this merchant.
+    shared_merchant_id: Arc<str>,
     /// Payment actors told to stop, with the messages for their payment that arrived since:
     /// they are routed to a rebuilt actor once the old one has stopped, so there is never
     /// more than one live actor per payment.
@@ -143,6 +146,7 @@ impl Actor for MerchantActor {
             || MerchantMsg::IdleCheck,
         );
         let memory_complete_from = args.runtime.produced_offset(args.partition);
+        let shared_merchant_id: Arc<str> = Arc::from(args.merchant_id.as_str());
         Ok(MerchantState {
             memory_complete_from,
             journal_end_needed: false,
@@ -152,6 +156,7 @@ impl Actor for MerchantActor {
             args,
             payments: HashMap::new(),
             by_actor: HashMap::new(),
+            shared_merchant_id,
             retiring: HashMap::new(),
             passivating: false,
             stopping: false,
@@ -194,11 +199,11 @@ impl Actor for MerchantActor {
                 state.stopping = true;
                 // Children that became live after the passivation request finish what was
                 // routed to them first.
-                let live: Vec<(String, ActorRef<PaymentMsg>)> = state.payments.drain().collect();
+                let live: Vec<(Arc<str>, ActorRef<PaymentMsg>)> = state.payments.drain().collect();
                 for (payment_id, actor) in live {
                     state
                         .retiring
-                        .insert(payment_id, (actor.get_id(), Vec::new()));
+                        .insert(payment_id.to_string(), (actor.get_id(), Vec::new()));
                     let _ = actor.cast(PaymentMsg::Stop);
                 }
                 state.finish_stopping(&myself);
@@ -272,10 +277,10 @@ impl Actor for MerchantActor {
                 if outcome_unknown {
                     state.journal_end_needed = true;
                 }
-                if let Some(current) = state.payments.get(&payment_id) {
+                if let Some(current) = state.payments.get(payment_id.as_str()) {
                     if current.get_id() == actor {
                         let current = current.clone();
-                        state.payments.remove(&payment_id);
+                        state.payments.remove(payment_id.as_str());
                         state.retiring.insert(payment_id, (actor, Vec::new()));
                         // Queued behind every message routed to it so far.
                         let _ = current.cast(PaymentMsg::Stop);
@@ -303,12 +308,13 @@ impl Actor for MerchantActor {
         let Some(payment_id) = state.by_actor.remove(&cell.get_id()) else {
             return Ok(());
         };
+        let payment_id = payment_id.to_string();
         if state
             .payments
-            .get(&payment_id)
+            .get(payment_id.as_str())
             .is_some_and(|a| a.get_id() == cell.get_id())
         {
-            state.payments.remove(&payment_id);
+            state.payments.remove(payment_id.as_str());
         }
         let held = match state.retiring.remove(&payment_id) {
             Some((actor, held)) if actor == cell.get_id() => held,
@@ -467,10 +473,11 @@ impl MerchantState {
             !self.payments.contains_key(payment_id),
             "one live actor per payment"
         );
+        let shared_id: Arc<str> = Arc::from(payment_id);
         let args = PaymentArgs {
             runtime: self.args.runtime.clone(),
-            payment_id: payment_id.to_string(),
-            merchant_id: self.args.merchant_id.clone(),
+            payment_id: shared_id.clone(),
+            merchant_id: self.shared_merchant_id.clone(),
             partition: self.args.partition,
             merchant: myself.clone(),
             state,
@@ -478,8 +485,8 @@ impl MerchantState {
         let (actor, _) = Actor::spawn_linked(None, PaymentActor, args, myself.get_cell())
             .await
             .map_err(|e| e.to_string())?;
-        self.payments.insert(payment_id.to_string(), actor.clone());
-        self.by_actor.insert(actor.get_id(), payment_id.to_string());
+        self.payments.insert(shared_id.clone(), actor.clone());
+        self.by_actor.insert(actor.get_id(), shared_id);
         Ok(actor)
     }
 }

@@ -45,10 +45,10 @@ impl PaymentArgs {
             Ok(fired) => fired,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if fired.contains(&self.payment_id) {
+        if fired.iter().any(|id| **id == *self.payment_id) {
             return;
         }
-        fired.push(self.payment_id.clone());
+        fired.push(self.payment_id.to_string());
         drop(fired);
         panic!("injected fault: {fault} in payment {}", self.payment_id);
     }
@@ -105,8 +105,8 @@ impl PaymentArgs {
                 event_id: Uuid::now_v7(),
                 event_type: event.event_type().to_string(),
                 schema_version: crate::payment::events::SCHEMA_VERSION,
-                payment_id: self.payment_id.clone(),
-                merchant_id: self.merchant_id.clone(),
+                payment_id: self.payment_id.to_string(),
+                merchant_id: self.merchant_id.to_string(),
                 sequence: base_sequence + i as u64 + 1,
                 occurred_at_micros: occurred_at,
                 correlation_id: correlation_id.clone(),

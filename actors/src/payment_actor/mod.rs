@@ -59,8 +59,10 @@ pub struct CommandMsg {
 
 pub struct PaymentArgs {
     pub runtime: Arc<Runtime>,
-    pub payment_id: String,
-    pub merchant_id: String,
+    /// Shared with the merchant's routing maps (one allocation per live payment, not three).
+    pub payment_id: Arc<str>,
+    /// Shared by every payment actor of the merchant.
+    pub merchant_id: Arc<str>,
     pub partition: i32,
     pub merchant: ActorRef<MerchantMsg>,
     /// `None` for a payment about to be created.
@@ -202,7 +204,7 @@ async fn handle_message(
                     CreateReply::Merchant { idempotency_key } => {
                         let _ = args.merchant.cast(MerchantMsg::CreateSettled {
                             idempotency_key,
-                            payment_id: args.payment_id.clone(),
+                            payment_id: args.payment_id.to_string(),
                             result,
                         });
                     }
@@ -281,7 +283,7 @@ impl PaymentArgs {
     /// Asks the merchant to stop routing here and then stop this actor.
     fn retire(&self, myself: &ActorRef<PaymentMsg>, outcome_unknown: bool) {
         let _ = self.merchant.cast(MerchantMsg::Retire {
-            payment_id: self.payment_id.clone(),
+            payment_id: self.payment_id.to_string(),
             actor: myself.get_id(),
             outcome_unknown,
         });
