@@ -77,6 +77,11 @@ async fn internal_events_need_the_cluster_secret_and_a_valid_batch() {
     .to_string();
     let (status, body) = post(&node, Some(SECRET), bad_partition).await;
     assert_error(status, &body, 400);
+    // The valid batch's fields in an array: serde would fill the struct positionally.
+    let positional = json!([env.topic(), 0, 0, null, null, []]).to_string();
+    let (status, body) = post(&node, Some(SECRET), positional).await;
+    assert_error(status, &body, 400);
+    assert_eq!(body["error"]["code"], "invalid_event_batch", "{body}");
 
     let (status, body) = post(&node, Some(SECRET), valid).await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -49,6 +49,14 @@ pub async fn receive_events(
         async {
             authorize_cluster(&state, &secret)?;
             let body = body?;
+            // A batch is an object: serde would also fill it from an array, positionally.
+            if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(ApiError::invalid(
+                    "invalid_event_batch",
+                    "the event batch must be a JSON object",
+                    None,
+                ));
+            }
             let batch: DeliveredBatch = serde_json::from_slice(&body).map_err(|e| {
                 ApiError::invalid(
                     "invalid_event_batch",
