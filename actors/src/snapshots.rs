@@ -25,51 +25,27 @@ impl SnapshotProjector {
             NextState::Store(next) => *next,
             NextState::AlreadyApplied | NextState::NotApplicable => return Ok(()),
         };
-        let created_at =
-            chrono::DateTime::from_timestamp_micros(next.created_at_micros).unwrap_or_default();
-        let has_pending_refund = next
-            .refunds
-            .iter()
-            .any(|r| r.status == crate::payment::RefundStatus::Pending);
-        let written = sqlx::query(
-            "INSERT INTO payment_snapshots (payment_id, merchant_id, partition, sequence, state, created_at, status, has_pending_refund)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (payment_id) DO UPDATE
-             SET sequence = EXCLUDED.sequence, state = EXCLUDED.state, updated_at = now(),
-                 status = EXCLUDED.status, has_pending_refund = EXCLUDED.has_pending_refund
-             WHERE payment_snapshots.sequence < EXCLUDED.sequence",
-        )
-        .bind(&next.id)
-        .bind(&next.merchant_id)
-        .bind(partition)
-        .bind(next.sequence as i64)
-        .bind(serde_json::to_value(&next)?)
-        .bind(created_at)
-        .bind(next.status.as_str())
-        .bind(has_pending_refund)
-        .execute(&mut *conn)
-        .await?;
-        if written.rows_affected() == 0 {
-            return Ok(()); // the snapshot is already at or past this event
+        // The same statements as a batch's, with one row.
+        if envelope.sequence <= 1 {
+            let mut created = NewSnapshots::default();
+            created.push(next, partition, creation_key(&envelope.payload))?;
+            return created.write(conn).await;
         }
-        if let PaymentEvent::Created(created) = &envelope.payload {
-            if let (Some(key), Some(fingerprint)) =
-                (&created.idempotency_key, &created.request_fingerprint)
-            {
-                sqlx::query(
-                    "INSERT INTO idempotency_keys (merchant_id, idempotency_key, request_fingerprint, payment_id, response)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                )
-                .bind(&next.merchant_id)
-                .bind(key)
-                .bind(fingerprint)
-                .bind(&next.id)
-                .bind(serde_json::to_value(PaymentView::from(&next))?)
-                .execute(&mut *conn)
-                .await?;
-            }
-        }
+        let mut row = SnapshotRows::default();
+        row.push(&next, partition)?;
+        row.upsert(conn).await?;
         Ok(())
+    }
+}
+
+/// The idempotency key and request fingerprint of a create made under a key.
+fn creation_key(event: &PaymentEvent) -> Option<(String, String)> {
+    match event {
+        PaymentEvent::Created(created) => created
+            .idempotency_key
+            .clone()
+            .zip(created.request_fingerprint.clone()),
+        _ => None,
     }
 }
 
@@ -159,14 +135,7 @@ impl PartitionHandler for SnapshotProjector {
             payment.sequence = envelope.sequence;
             states.insert(payment.id.clone(), payment.clone());
             if envelope.sequence <= 1 {
-                let idempotency = match &envelope.payload {
-                    PaymentEvent::Created(created) => created
-                        .idempotency_key
-                        .clone()
-                        .zip(created.request_fingerprint.clone()),
-                    _ => None,
-                };
-                creates.push(payment, *partition, idempotency)?;
+                creates.push(payment, *partition, creation_key(&envelope.payload))?;
             } else {
                 updates.set(payment, *partition);
             }
@@ -220,56 +189,11 @@ impl UpdatedSnapshots {
         if self.latest.is_empty() {
             return Ok(());
         }
-        let latest = std::mem::take(&mut self.latest);
-        let n = latest.len();
-        let (mut ids, mut merchants, mut partitions, mut sequences) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut states, mut created_at, mut statuses, mut pending_refunds) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (payment_id, (payment, partition)) in latest {
-            states.push(serde_json::to_value(&payment)?);
-            created_at.push(
-                chrono::DateTime::from_timestamp_micros(payment.created_at_micros)
-                    .unwrap_or_default(),
-            );
-            statuses.push(payment.status.as_str().to_string());
-            pending_refunds.push(
-                payment
-                    .refunds
-                    .iter()
-                    .any(|r| r.status == crate::payment::RefundStatus::Pending),
-            );
-            sequences.push(payment.sequence as i64);
-            partitions.push(partition);
-            merchants.push(payment.merchant_id);
-            ids.push(payment_id);
+        let mut rows = SnapshotRows::default();
+        for (payment, partition) in std::mem::take(&mut self.latest).into_values() {
+            rows.push(&payment, partition)?;
         }
-        sqlx::query(
-            "INSERT INTO payment_snapshots (payment_id, merchant_id, partition, sequence, state, created_at, status, has_pending_refund)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::jsonb[], $6::timestamptz[], $7::text[], $8::bool[])
-             ON CONFLICT (payment_id) DO UPDATE
-             SET sequence = EXCLUDED.sequence, state = EXCLUDED.state, updated_at = now(),
-                 status = EXCLUDED.status, has_pending_refund = EXCLUDED.has_pending_refund
-             WHERE payment_snapshots.sequence < EXCLUDED.sequence",
-        )
-        .bind(&ids)
-        .bind(&merchants)
-        .bind(&partitions)
-        .bind(&sequences)
-        .bind(&states)
-        .bind(&created_at)
-        .bind(&statuses)
-        .bind(&pending_refunds)
-        .execute(&mut *conn)
-        .await?;
+        rows.upsert(conn).await?;
         Ok(())
     }
 }
@@ -343,10 +267,9 @@ pub async fn list_payments(
     Ok((payments, has_more))
 }
 
-/// First events of payments waiting to be written together by
-/// [`SnapshotProjector::apply_batch`].
+/// Rows of `payment_snapshots`, column by column, written with one statement.
 #[derive(Default)]
-struct NewSnapshots {
+struct SnapshotRows {
     payment_ids: Vec<String>,
     merchant_ids: Vec<String>,
     partitions: Vec<i32>,
@@ -354,89 +277,114 @@ struct NewSnapshots {
     states: Vec<serde_json::Value>,
     created_at: Vec<chrono::DateTime<chrono::Utc>>,
     statuses: Vec<String>,
-    /// (key, fingerprint, response) of creates made under an idempotency key, by payment.
-    idempotency: std::collections::HashMap<String, (String, String, serde_json::Value)>,
-    /// Position of each payment in the vectors above.
-    index: std::collections::HashMap<String, usize>,
+    pending_refunds: Vec<bool>,
 }
 
-impl NewSnapshots {
-    fn holds(&self, payment_id: &str) -> bool {
-        self.index.contains_key(payment_id)
-    }
-
-    fn push(
-        &mut self,
-        payment: Payment,
-        partition: i32,
-        idempotency: Option<(String, String)>,
-    ) -> Result<(), HandlerError> {
+impl SnapshotRows {
+    fn push(&mut self, payment: &Payment, partition: i32) -> Result<(), HandlerError> {
         debug_assert!(
-            !self.holds(&payment.id),
+            !self.payment_ids.contains(&payment.id),
             "one row per payment and statement"
         );
-        // The fallible parts first, so the vectors never get out of step.
-        let state = serde_json::to_value(&payment)?;
-        if let Some((key, fingerprint)) = idempotency {
-            let response = serde_json::to_value(PaymentView::from(&payment))?;
-            self.idempotency
-                .insert(payment.id.clone(), (key, fingerprint, response));
-        }
+        // The fallible part first, so the columns never get out of step.
+        self.states.push(serde_json::to_value(payment)?);
         self.created_at.push(
             chrono::DateTime::from_timestamp_micros(payment.created_at_micros).unwrap_or_default(),
         );
         self.statuses.push(payment.status.as_str().to_string());
+        self.pending_refunds.push(
+            payment
+                .refunds
+                .iter()
+                .any(|r| r.status == crate::payment::RefundStatus::Pending),
+        );
         self.sequences.push(payment.sequence as i64);
         self.partitions.push(partition);
         self.merchant_ids.push(payment.merchant_id.clone());
-        self.states.push(state);
-        self.index
-            .insert(payment.id.clone(), self.payment_ids.len());
-        self.payment_ids.push(payment.id);
+        self.payment_ids.push(payment.id.clone());
         Ok(())
     }
 
-    /// Writes and forgets what is pending. A snapshot that exists already is left alone
-    /// (as in `apply`), and so is its idempotency key.
-    async fn write(&mut self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+    /// Inserts each row, or advances a stored one; a stored row already at or past a row's
+    /// sequence is left alone. Returns the ids of the rows written.
+    async fn upsert(&self, conn: &mut PgConnection) -> Result<Vec<String>, HandlerError> {
         if self.payment_ids.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let pending = std::mem::take(self);
-        let written: Vec<String> = sqlx::query_scalar(
+        Ok(sqlx::query_scalar(
             "INSERT INTO payment_snapshots (payment_id, merchant_id, partition, sequence, state, created_at, status, has_pending_refund)
-             SELECT p, m, pa, sq, st, c, s, false
-             FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::jsonb[], $6::timestamptz[], $7::text[])
-                  AS t(p, m, pa, sq, st, c, s)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::jsonb[], $6::timestamptz[], $7::text[], $8::bool[])
              ON CONFLICT (payment_id) DO UPDATE
              SET sequence = EXCLUDED.sequence, state = EXCLUDED.state, updated_at = now(),
                  status = EXCLUDED.status, has_pending_refund = EXCLUDED.has_pending_refund
              WHERE payment_snapshots.sequence < EXCLUDED.sequence
              RETURNING payment_id",
         )
-        .bind(&pending.payment_ids)
-        .bind(&pending.merchant_ids)
-        .bind(&pending.partitions)
-        .bind(&pending.sequences)
-        .bind(&pending.states)
-        .bind(&pending.created_at)
-        .bind(&pending.statuses)
+        .bind(&self.payment_ids)
+        .bind(&self.merchant_ids)
+        .bind(&self.partitions)
+        .bind(&self.sequences)
+        .bind(&self.states)
+        .bind(&self.created_at)
+        .bind(&self.statuses)
+        .bind(&self.pending_refunds)
         .fetch_all(&mut *conn)
-        .await?;
+        .await?)
+    }
+}
+
+/// First events of payments waiting to be written together by
+/// [`SnapshotProjector::apply_batch`], with the idempotency records of those written.
+#[derive(Default)]
+struct NewSnapshots {
+    rows: SnapshotRows,
+    /// (merchant, key, fingerprint, response) of creates made under an idempotency key,
+    /// by payment.
+    idempotency: std::collections::HashMap<String, (String, String, String, serde_json::Value)>,
+}
+
+impl NewSnapshots {
+    fn push(
+        &mut self,
+        payment: Payment,
+        partition: i32,
+        idempotency: Option<(String, String)>,
+    ) -> Result<(), HandlerError> {
+        // The fallible parts first, so the rows and the records stay in step.
+        let record = match idempotency {
+            Some((key, fingerprint)) => Some((
+                payment.merchant_id.clone(),
+                key,
+                fingerprint,
+                serde_json::to_value(PaymentView::from(&payment))?,
+            )),
+            None => None,
+        };
+        self.rows.push(&payment, partition)?;
+        if let Some(record) = record {
+            self.idempotency.insert(payment.id, record);
+        }
+        Ok(())
+    }
+
+    /// Writes and forgets what is pending. A snapshot that exists already is left alone
+    /// (as in `apply`), and so is its idempotency key.
+    async fn write(&mut self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+        let pending = std::mem::take(self);
+        let written = pending.rows.upsert(conn).await?;
         let mut idempotency = pending.idempotency;
         let (mut merchants, mut keys, mut fingerprints, mut payments, mut responses) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for payment_id in written {
-            let Some((key, fingerprint, response)) = idempotency.remove(&payment_id) else {
+            let Some((merchant, key, fingerprint, response)) = idempotency.remove(&payment_id)
+            else {
                 continue;
             };
-            if let Some(&i) = pending.index.get(&payment_id) {
-                merchants.push(pending.merchant_ids[i].clone());
-                keys.push(key);
-                fingerprints.push(fingerprint);
-                payments.push(payment_id);
-                responses.push(response);
-            }
+            merchants.push(merchant);
+            keys.push(key);
+            fingerprints.push(fingerprint);
+            payments.push(payment_id);
+            responses.push(response);
         }
         if !keys.is_empty() {
             sqlx::query(
