@@ -131,127 +131,125 @@ async fn handle_message(
     message: PaymentMsg,
     state: &mut PaymentState,
 ) -> Result<(), ActorProcessingErr> {
-    {
-        let span = info_span!(
-            "payment",
-            payment_id = %state.args.payment_id,
-            merchant_id = %state.args.merchant_id,
-            partition = state.args.partition
-        );
-        if !matches!(message, PaymentMsg::IdleCheck) {
-            state.last_active = Instant::now();
-        }
-        if matches!(message, PaymentMsg::Stop) {
-            myself.stop(None);
-            return Ok(());
-        }
-        if state.stale {
-            message.refuse(CommandError::NotReady(
-                "the payment is being rebuilt from the journal; retry".into(),
-            ));
-            return Ok(());
-        }
-        let args = &mut state.args;
-        let result = match message {
-            PaymentMsg::Stop => return Ok(()),
-            PaymentMsg::IdleCheck => {
-                let idle = Duration::from_millis(args.runtime.options.passivate_after_ms);
-                let quiet = state.last_active.elapsed();
-                if quiet >= idle {
-                    if !state.retiring {
-                        state.retiring = true;
-                        crate::telemetry::passivated(crate::telemetry::ActorKind::Payment);
-                        args.retire(&myself, false);
-                    }
-                } else {
-                    // One check pending per actor: the next one is scheduled only here.
-                    let at = state.last_active + idle;
-                    args.runtime
-                        .payment_idle
-                        .check_at(at.into(), myself.clone());
-                }
-                return Ok(());
-            }
-            PaymentMsg::Get(reply) => {
-                if let Some(reply) = reply {
-                    let result = args
-                        .state
-                        .as_ref()
-                        .map(PaymentView::from)
-                        .ok_or(CommandError::NotFound);
-                    let _ = reply.send(result);
-                }
-                return Ok(());
-            }
-            PaymentMsg::Create(create) => {
-                let CreateMsg {
-                    command,
-                    correlation_id,
-                    reply,
-                } = *create;
-                if let Command::Create(create) = &command {
-                    args.inject_fault(Some(&create.metadata), "panic_on_", "create");
-                }
-                let result = args
-                    .run(vec![command], correlation_id)
-                    .instrument(span)
-                    .await;
-                let outcome_unknown = matches!(result, Err(CommandError::JournalOutcomeUnknown(_)));
-                match reply {
-                    CreateReply::Caller(port) => {
-                        let _ = port.send(result);
-                    }
-                    CreateReply::Merchant { idempotency_key } => {
-                        let _ = args.merchant.cast(MerchantMsg::CreateSettled {
-                            idempotency_key,
-                            payment_id: args.payment_id.to_string(),
-                            result,
-                        });
-                    }
-                }
-                if args.state.is_none() {
-                    // Refused, or its outcome unknown: nothing of it is held here.
-                    state.retiring = true;
-                    state.stale = outcome_unknown;
-                    args.retire(&myself, outcome_unknown);
-                }
-                return Ok(());
-            }
-            PaymentMsg::Command(request) => {
-                let CommandMsg {
-                    command,
-                    correlation_id,
-                    reply,
-                } = *request;
-                let kind = command.kind();
-                args.inject_fault(None, "panic_on_", kind);
-                let result = args.execute(command, correlation_id).instrument(span).await;
-                if result.is_ok() {
-                    args.inject_fault(None, "panic_after_append_on_", kind);
-                }
-                let outcome = result.as_ref().err().cloned();
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
-                }
-                outcome
-            }
-            PaymentMsg::Poll(reply) => {
-                let result = args.poll().instrument(span).await;
-                let outcome = result.as_ref().err().cloned();
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
-                }
-                outcome
-            }
-        };
-        if matches!(result, Some(CommandError::JournalOutcomeUnknown(_))) {
-            // The journal may or may not hold the events: this actor's state is stale. The
-            // merchant rebuilds the payment from the journal for its next command.
-            state.stale = true;
-            state.args.retire(&myself, true);
-        }
-        Ok(())
+    let span = info_span!(
+        "payment",
+        payment_id = %state.args.payment_id,
+        merchant_id = %state.args.merchant_id,
+        partition = state.args.partition
+    );
+    if !matches!(message, PaymentMsg::IdleCheck) {
+        state.last_active = Instant::now();
     }
+    if matches!(message, PaymentMsg::Stop) {
+        myself.stop(None);
+        return Ok(());
+    }
+    if state.stale {
+        message.refuse(CommandError::NotReady(
+            "the payment is being rebuilt from the journal; retry".into(),
+        ));
+        return Ok(());
+    }
+    let args = &mut state.args;
+    let result = match message {
+        PaymentMsg::Stop => return Ok(()),
+        PaymentMsg::IdleCheck => {
+            let idle = Duration::from_millis(args.runtime.options.passivate_after_ms);
+            let quiet = state.last_active.elapsed();
+            if quiet >= idle {
+                if !state.retiring {
+                    state.retiring = true;
+                    crate::telemetry::passivated(crate::telemetry::ActorKind::Payment);
+                    args.retire(&myself, false);
+                }
+            } else {
+                // One check pending per actor: the next one is scheduled only here.
+                let at = state.last_active + idle;
+                args.runtime
+                    .payment_idle
+                    .check_at(at.into(), myself.clone());
+            }
+            return Ok(());
+        }
+        PaymentMsg::Get(reply) => {
+            if let Some(reply) = reply {
+                let result = args
+                    .state
+                    .as_ref()
+                    .map(PaymentView::from)
+                    .ok_or(CommandError::NotFound);
+                let _ = reply.send(result);
+            }
+            return Ok(());
+        }
+        PaymentMsg::Create(create) => {
+            let CreateMsg {
+                command,
+                correlation_id,
+                reply,
+            } = *create;
+            if let Command::Create(create) = &command {
+                args.inject_fault(Some(&create.metadata), "panic_on_", "create");
+            }
+            let result = args
+                .run(vec![command], correlation_id)
+                .instrument(span)
+                .await;
+            let outcome_unknown = matches!(result, Err(CommandError::JournalOutcomeUnknown(_)));
+            match reply {
+                CreateReply::Caller(port) => {
+                    let _ = port.send(result);
+                }
+                CreateReply::Merchant { idempotency_key } => {
+                    let _ = args.merchant.cast(MerchantMsg::CreateSettled {
+                        idempotency_key,
+                        payment_id: args.payment_id.to_string(),
+                        result,
+                    });
+                }
+            }
+            if args.state.is_none() {
+                // Refused, or its outcome unknown: nothing of it is held here.
+                state.retiring = true;
+                state.stale = outcome_unknown;
+                args.retire(&myself, outcome_unknown);
+            }
+            return Ok(());
+        }
+        PaymentMsg::Command(request) => {
+            let CommandMsg {
+                command,
+                correlation_id,
+                reply,
+            } = *request;
+            let kind = command.kind();
+            args.inject_fault(None, "panic_on_", kind);
+            let result = args.execute(command, correlation_id).instrument(span).await;
+            if result.is_ok() {
+                args.inject_fault(None, "panic_after_append_on_", kind);
+            }
+            let outcome = result.as_ref().err().cloned();
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+            outcome
+        }
+        PaymentMsg::Poll(reply) => {
+            let result = args.poll().instrument(span).await;
+            let outcome = result.as_ref().err().cloned();
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+            outcome
+        }
+    };
+    if matches!(result, Some(CommandError::JournalOutcomeUnknown(_))) {
+        // The journal may or may not hold the events: this actor's state is stale. The
+        // merchant rebuilds the payment from the journal for its next command.
+        state.stale = true;
+        state.args.retire(&myself, true);
+    }
+    Ok(())
 }
 
 impl PaymentMsg {
