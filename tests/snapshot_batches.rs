@@ -80,7 +80,7 @@ fn journal(payment_id: &str, commands: &[Command]) -> Vec<Envelope<PaymentEvent>
     envelopes
 }
 
-/// Five payments along different paths, their events interleaved as one partition's log.
+/// Six payments along different paths, their events interleaved as one partition's log.
 fn partition_log() -> Vec<ConsumedRecord> {
     let journals = [
         journal(
@@ -137,6 +137,22 @@ fn partition_log() -> Vec<ConsumedRecord> {
                     code: "card_declined".into(),
                     message: "declined".into(),
                 }),
+            ],
+        ),
+        journal(
+            "pay_refund_pending",
+            &[
+                create(600, CaptureMethod::Automatic, Some("key-refund-pending")),
+                confirm(),
+                outcome(Outcome::Succeeded {
+                    psp_reference: None,
+                    amount_captured: 600,
+                }),
+                Command::CreateRefund {
+                    refund_id: "re_2".into(),
+                    amount: Some(100),
+                    reason: None,
+                },
             ],
         ),
         journal(
@@ -214,12 +230,32 @@ async fn stored(
     Vec<(String, i64, String, String, bool)>,
     Vec<(String, String, String)>,
 ) {
-    let snapshots = sqlx::query_as(
+    let snapshots: Vec<(String, i64, String, String, bool)> = sqlx::query_as(
         "SELECT payment_id, sequence, state::text, status, has_pending_refund FROM payment_snapshots ORDER BY payment_id",
     )
     .fetch_all(pool)
     .await
     .expect("snapshots");
+    // The columns read without the JSON (status, pending refund, sequence) agree with it.
+    for (payment_id, sequence, state, status, pending) in &snapshots {
+        let state: serde_json::Value = serde_json::from_str(state).expect("state json");
+        assert_eq!(
+            state["sequence"], *sequence,
+            "{payment_id}: sequence column"
+        );
+        assert_eq!(
+            state["status"],
+            status.as_str(),
+            "{payment_id}: status column"
+        );
+        let has_pending = state["refunds"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["status"] == "pending"));
+        assert_eq!(
+            has_pending, *pending,
+            "{payment_id}: has_pending_refund column"
+        );
+    }
     let keys = sqlx::query_as(
         "SELECT idempotency_key, payment_id, response::text FROM idempotency_keys ORDER BY idempotency_key",
     )
@@ -235,8 +271,12 @@ async fn a_batch_leaves_what_applying_its_records_one_by_one_leaves() {
     let expected = database("snapbatch_ref").await;
     one_by_one(&expected, &log).await;
     let expected = stored(&expected).await;
-    assert_eq!(expected.0.len(), 5, "five snapshots");
-    assert_eq!(expected.1.len(), 3, "three idempotency records");
+    assert_eq!(expected.0.len(), 6, "six snapshots");
+    assert_eq!(expected.1.len(), 4, "four idempotency records");
+    assert!(
+        expected.0.iter().any(|row| row.4),
+        "a payment ends with a pending refund"
+    );
     for size in [2, 3, 7, log.len()] {
         let pool = database(&format!("snapbatch_{size}")).await;
         in_batches(&pool, &log, size).await;
