@@ -40,7 +40,7 @@ ensure_tansu_installed() {
   if command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
     return 0
   fi
-  log "installing tansu $TANSU_VERSION with the sqlite storage (cargo install; ~15 minutes once)"
+  log "installing the broker, tansu $TANSU_VERSION (cargo install, once per machine): about 25-30 minutes on two cores, longer beside another build; later runs start at once"
   cargo install tansu --locked --version "$TANSU_VERSION" --features libsql
 }
 
