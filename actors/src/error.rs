@@ -18,6 +18,12 @@ pub enum CommandError {
     /// the same Idempotency-Key converges on the same payment id.
     #[error("the journal append's outcome is unknown: {0}")]
     JournalOutcomeUnknown(String),
+    /// The partition was spooling and the spool transaction failed after it began (e.g.
+    /// the connection dropped after COMMIT reached PostgreSQL): it may or may not have
+    /// committed. The journal was not written, so the payment is rebuilt from its snapshot,
+    /// which the same transaction wrote; a retry is decided on that, never on the old state.
+    #[error("the spool write's outcome is unknown: {0}")]
+    SpoolOutcomeUnknown(String),
     #[error("the node is not ready: {0}")]
     NotReady(String),
     #[error("the payment processor is unavailable: {0}")]

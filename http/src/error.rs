@@ -174,7 +174,7 @@ impl From<CommandError> for ApiError {
                 "journal_unavailable",
                 "The payment journal is unavailable; nothing was recorded. Retry with the same Idempotency-Key.",
             ),
-            CommandError::JournalOutcomeUnknown(_) => Self::unavailable(
+            CommandError::JournalOutcomeUnknown(_) | CommandError::SpoolOutcomeUnknown(_) => Self::unavailable(
                 "journal_outcome_unknown",
                 "The payment journal did not confirm the write; it may or may not have been recorded. Retry with the same Idempotency-Key: a retry never records it twice.",
             ),

@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod chaos;
 pub mod cluster;
+pub mod outage;
 pub mod proxy;
 
 use rdkafka::config::ClientConfig;

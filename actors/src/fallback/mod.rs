@@ -99,6 +99,32 @@ pub enum FallbackError {
     Projection(String),
     #[error("partition {partition}: the lease of epoch {epoch} was taken over; nothing spooled")]
     Superseded { partition: i32, epoch: u64 },
+    /// The spool transaction failed after it began: PostgreSQL may have committed it (a
+    /// connection cut after COMMIT reached the server) or not. The caller must treat what
+    /// it tried to write as possibly written.
+    #[error("the spool write's outcome is unknown: {0}")]
+    OutcomeUnknown(String),
+}
+
+impl FallbackError {
+    /// Whether nothing was written for sure (the write was refused, or never began). Every
+    /// other failure happened inside a transaction that may have committed.
+    pub fn nothing_written(&self) -> bool {
+        !matches!(self, FallbackError::OutcomeUnknown(_))
+    }
+}
+
+/// Maps a failure inside a begun spool transaction: refusals decided before anything was
+/// sent (a full spool, a moved lease, a record without an event id) stay definite; anything
+/// else (a query or the COMMIT failing, a projection error) may have been committed.
+fn inside_transaction(error: FallbackError) -> FallbackError {
+    match error {
+        FallbackError::Spool(SpoolError::Full(_))
+        | FallbackError::Spool(SpoolError::MissingEventId)
+        | FallbackError::Superseded { .. }
+        | FallbackError::OutcomeUnknown(_) => error,
+        other => FallbackError::OutcomeUnknown(other.to_string()),
+    }
 }
 
 /// Journaled records of one partition not yet applied by the snapshot projector.
@@ -298,39 +324,74 @@ impl JournalFallback {
         let end = journal_end();
         let projected = projected_next();
         let floor = applied_floor().min(projected);
-        let (offsets, tail): (Vec<i64>, Vec<OutgoingRecord>) = {
+        let tail_lost = {
             let tail = match slot.tail.lock() {
                 Ok(tail) => tail,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            if tail.lost_through >= projected || projected < 0 {
-                return Err(FallbackError::TailLost(partition));
-            }
-            // Pushed in acknowledgement order, which concurrent appends make differ from
-            // offset order: copied in offset order, as a pool applies them.
-            let mut copied: Vec<(i64, OutgoingRecord)> = tail
-                .records
-                .iter()
-                .filter(|(offset, _)| *offset >= floor && *offset < end)
-                .map(|(offset, record)| (*offset, record.clone()))
-                .collect();
-            copied.sort_by_key(|(offset, _)| *offset);
-            copied.into_iter().unzip()
+            tail.lost_through >= projected || projected < 0
         };
+        if tail_lost {
+            return Err(FallbackError::TailLost(partition));
+        }
         let mut tx = pool.begin().await.map_err(SpoolError::from)?;
-        self.spool
-            .append_journaled_in(&mut tx, partition, &tail, &offsets, Some(end), floor)
-            .await?;
-        project(&mut tx, &self.snapshot_consumer, &tail).await?;
-        tx.commit().await.map_err(SpoolError::from)?;
+        let copied = async {
+            // An earlier entry whose COMMIT answer was lost may have landed: its fallback
+            // row and copied records are there. Adopt that episode (copying only what was
+            // journaled after its watermark) instead of copying the same event ids again,
+            // which the spool's unique event id would refuse on every later try.
+            let earlier = self.spool.lock_episode_in(&mut tx, partition).await?;
+            let from = match earlier {
+                Some(watermark) => floor.max(watermark.unwrap_or(floor)),
+                None => floor,
+            };
+            let (offsets, tail) = self.copy_tail(slot, from, end);
+            self.spool
+                .append_journaled_in(&mut tx, partition, &tail, &offsets, Some(end), floor)
+                .await?;
+            if earlier.is_some() {
+                self.spool
+                    .raise_watermark_in(&mut tx, partition, end)
+                    .await?;
+            }
+            project(&mut tx, &self.snapshot_consumer, &tail).await?;
+            tx.commit().await.map_err(SpoolError::from)?;
+            Ok((tail.len(), earlier.is_some()))
+        }
+        .await;
+        let (copied, adopted) = copied.map_err(inside_transaction)?;
         slot.active.store(true, Ordering::Release);
         info!(
             partition,
             journal_end = end,
-            journaled_copied = tail.len(),
+            journaled_copied = copied,
+            adopted_earlier_entry = adopted,
             "partition entered journal fallback"
         );
         Ok(())
+    }
+
+    /// The tail's records journaled at offsets in `from..end`, in offset order.
+    fn copy_tail(
+        &self,
+        slot: &PartitionFallback,
+        from: i64,
+        end: i64,
+    ) -> (Vec<i64>, Vec<OutgoingRecord>) {
+        let tail = match slot.tail.lock() {
+            Ok(tail) => tail,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Pushed in acknowledgement order, which concurrent appends make differ from
+        // offset order: copied in offset order, as a pool applies them.
+        let mut copied: Vec<(i64, OutgoingRecord)> = tail
+            .records
+            .iter()
+            .filter(|(offset, _)| *offset >= from && *offset < end)
+            .map(|(offset, record)| (*offset, record.clone()))
+            .collect();
+        copied.sort_by_key(|(offset, _)| *offset);
+        copied.into_iter().unzip()
     }
 
     /// Spools `records` of `partition` (in fallback, under its gate) and projects them into
@@ -344,15 +405,20 @@ impl JournalFallback {
     ) -> Result<(), FallbackError> {
         debug_assert!(gate.spooling, "spooled only in fallback, under the gate");
         let mut tx = pool.begin().await.map_err(SpoolError::from)?;
-        fence_spool(&mut tx, partition, records).await?;
-        // Projected first: the spool append locks the partition's fallback row (its
-        // sequence) until the commit, serialising the partition's writers; the projection
-        // touches only this payment's rows and need not run under that lock.
-        project(&mut tx, &self.snapshot_consumer, records).await?;
-        self.spool
-            .append_in(&mut tx, partition, records, None)
-            .await?;
-        tx.commit().await.map_err(SpoolError::from)?;
+        let written = async {
+            fence_spool(&mut tx, partition, records).await?;
+            // Projected first: the spool append locks the partition's fallback row (its
+            // sequence) until the commit, serialising the partition's writers; the
+            // projection touches only this payment's rows and need not run under that lock.
+            project(&mut tx, &self.snapshot_consumer, records).await?;
+            self.spool
+                .append_in(&mut tx, partition, records, None)
+                .await?;
+            tx.commit().await.map_err(SpoolError::from)?;
+            Ok(())
+        }
+        .await;
+        written.map_err(inside_transaction)?;
         self.spooled_total
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         Ok(())

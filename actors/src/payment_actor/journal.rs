@@ -15,6 +15,21 @@ use uuid::Uuid;
 /// Rounds of entering fallback and taking the gate before a persist gives up.
 const FALLBACK_ENTRY_ATTEMPTS: usize = 3;
 
+/// Whether an injected fault fires now: each (payment, fault) once per process, so the retry
+/// after it works.
+fn fire_once(payment_id: &str, fault: &str) -> bool {
+    static FIRED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    let mut fired = match FIRED.lock() {
+        Ok(fired) => fired,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if fired.iter().any(|(p, f)| p == payment_id && f == fault) {
+        return false;
+    }
+    fired.push((payment_id.to_string(), fault.to_string()));
+    true
+}
+
 impl PaymentArgs {
     /// Fault injection (test only, `actors.fault_injection`): the payment's metadata
     /// `payrail_fault = "panic_on_<command>"` panics before the command,
@@ -40,17 +55,9 @@ impl PaymentArgs {
         if *fault != format!("{stage}{command}") {
             return;
         }
-        static FIRED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-        let mut fired = match FIRED.lock() {
-            Ok(fired) => fired,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if fired.iter().any(|id| **id == *self.payment_id) {
-            return;
+        if fire_once(&self.payment_id, fault) {
+            panic!("injected fault: {fault} in payment {}", self.payment_id);
         }
-        fired.push(self.payment_id.to_string());
-        drop(fired);
-        panic!("injected fault: {fault} in payment {}", self.payment_id);
     }
 
     /// Fault injection (test only): `payrail_fault = "stall_before_append"` holds each of
@@ -226,19 +233,57 @@ impl PaymentArgs {
         attempted: Option<String>,
     ) -> Result<(), CommandError> {
         let runtime = &self.runtime;
-        match runtime
+        let result = runtime
             .fallback
             .append(gate, self.partition, records, &runtime.pool)
-            .await
-        {
+            .await;
+        match self.lose_spool_ack_if_asked(records, result) {
             Ok(()) => Ok(()),
             Err(error) => {
                 warn!(partition = self.partition, %error, "spooling failed");
+                // Only a write that surely left nothing behind is "nothing recorded"; a
+                // spool COMMIT whose answer was lost may have landed, and deciding the
+                // retry on this actor's old state would spool a second event at the same
+                // sequence (a double refund). Outcome unknown: the actor is rebuilt from
+                // the store before its next command.
                 Err(match (attempted, error) {
                     (Some(append), _) => CommandError::JournalOutcomeUnknown(append),
+                    (None, error) if !error.nothing_written() => {
+                        CommandError::SpoolOutcomeUnknown(error.to_string())
+                    }
                     (None, error) => CommandError::JournalUnavailable(error.to_string()),
                 })
             }
         }
+    }
+
+    /// Fault injection (test only): `payrail_fault = "lose_spool_ack_on_<event type>"`
+    /// turns the first successful spool write of such an event into the error a connection
+    /// cut after COMMIT gives: the rows are committed, the node hears a failure.
+    fn lose_spool_ack_if_asked(
+        &self,
+        records: &[OutgoingRecord],
+        result: Result<(), crate::fallback::FallbackError>,
+    ) -> Result<(), crate::fallback::FallbackError> {
+        if result.is_err() || !self.runtime.options.fault_injection {
+            return result;
+        }
+        let Some(fault) = self
+            .state
+            .as_ref()
+            .and_then(|p| p.metadata.get("payrail_fault"))
+        else {
+            return result;
+        };
+        let hit = records
+            .iter()
+            .any(|r| *fault == format!("lose_spool_ack_on_{}", r.headers.event_type));
+        if hit && fire_once(&self.payment_id, fault) {
+            warn!(payment_id = %self.payment_id, "injected fault: spool COMMIT acknowledgement lost");
+            return Err(crate::fallback::FallbackError::OutcomeUnknown(
+                "connection reset after COMMIT (injected)".into(),
+            ));
+        }
+        result
     }
 }

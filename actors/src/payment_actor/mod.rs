@@ -195,7 +195,11 @@ async fn handle_message(
                 .run(vec![command], correlation_id)
                 .instrument(span)
                 .await;
-            let outcome_unknown = matches!(result, Err(CommandError::JournalOutcomeUnknown(_)));
+            let outcome_unknown = matches!(
+                result,
+                Err(CommandError::JournalOutcomeUnknown(_) | CommandError::SpoolOutcomeUnknown(_))
+            );
+            let journal_unknown = matches!(result, Err(CommandError::JournalOutcomeUnknown(_)));
             match reply {
                 CreateReply::Caller(port) => {
                     let _ = port.send(result);
@@ -212,7 +216,7 @@ async fn handle_message(
                 // Refused, or its outcome unknown: nothing of it is held here.
                 state.retiring = true;
                 state.stale = outcome_unknown;
-                args.retire(&myself, outcome_unknown);
+                args.retire(&myself, journal_unknown);
             }
             return Ok(());
         }
@@ -243,11 +247,20 @@ async fn handle_message(
             outcome
         }
     };
-    if matches!(result, Some(CommandError::JournalOutcomeUnknown(_))) {
-        // The journal may or may not hold the events: this actor's state is stale. The
-        // merchant rebuilds the payment from the journal for its next command.
-        state.stale = true;
-        state.args.retire(&myself, true);
+    match result {
+        Some(CommandError::JournalOutcomeUnknown(_)) => {
+            // The journal may or may not hold the events: this actor's state is stale. The
+            // merchant rebuilds the payment from the journal for its next command.
+            state.stale = true;
+            state.args.retire(&myself, true);
+        }
+        Some(CommandError::SpoolOutcomeUnknown(_)) => {
+            // The spool transaction may or may not have committed; the snapshot it wrote
+            // with the events (or did not) is the truth: rebuilt from it, no journal needed.
+            state.stale = true;
+            state.args.retire(&myself, false);
+        }
+        _ => {}
     }
     Ok(())
 }

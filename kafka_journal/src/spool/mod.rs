@@ -228,6 +228,45 @@ impl Spool {
         Ok(sequences)
     }
 
+    /// Locks `partition`'s fallback row in the caller's transaction and returns the journal's
+    /// high watermark recorded when it began (`Some(None)`: not recorded), or `None` when
+    /// the partition is not in fallback.
+    pub async fn lock_episode_in(
+        &self,
+        conn: &mut PgConnection,
+        partition: i32,
+    ) -> Result<Option<Option<i64>>, SpoolError> {
+        Ok(sqlx::query_scalar(
+            "SELECT high_watermark_at_start FROM journal_fallback
+             WHERE topic = $1 AND partition = $2 FOR UPDATE",
+        )
+        .bind(&self.topic)
+        .bind(partition)
+        .fetch_optional(&mut *conn)
+        .await?)
+    }
+
+    /// Raises the high watermark recorded for `partition`'s fallback to `high_watermark`
+    /// (an adopted episode now covers the journal up to there).
+    pub async fn raise_watermark_in(
+        &self,
+        conn: &mut PgConnection,
+        partition: i32,
+        high_watermark: i64,
+    ) -> Result<(), SpoolError> {
+        sqlx::query(
+            "UPDATE journal_fallback
+                SET high_watermark_at_start = GREATEST(COALESCE(high_watermark_at_start, 0), $3)
+             WHERE topic = $1 AND partition = $2",
+        )
+        .bind(&self.topic)
+        .bind(partition)
+        .bind(high_watermark)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
     /// Partitions in fallback with the journal's high watermark recorded when each began.
     pub async fn partitions_in_fallback(&self) -> Result<Vec<(i32, Option<i64>)>, SpoolError> {
         Ok(sqlx::query_as(
