@@ -1,9 +1,9 @@
 //! Topic admin: explicit creation, because payrail never relies on broker auto-creation.
 
+use crate::client_log::QuietContext;
 use crate::options::JournalOptions;
 use crate::producer::JournalError;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
@@ -22,9 +22,9 @@ pub async fn ensure_topics(
     options: &JournalOptions,
     topics: &[TopicSpec],
 ) -> Result<Vec<String>, JournalError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let admin: AdminClient<QuietContext> = ClientConfig::new()
         .set("bootstrap.servers", &options.brokers)
-        .create()
+        .create_with_context(QuietContext::new(options.client_log("payrail-admin")))
         .map_err(|e| JournalError::Config(e.to_string()))?;
     let timeout = Duration::from_millis(options.admin_timeout_ms);
     let new_topics: Vec<NewTopic<'_>> = topics

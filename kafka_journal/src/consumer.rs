@@ -283,9 +283,18 @@ fn lock_workers(workers: &Workers) -> std::sync::MutexGuard<'_, HashMap<i32, Wor
 pub struct PoolContext {
     workers: Workers,
     drain_timeout: Duration,
+    log: crate::client_log::ClientLog,
 }
 
-impl ClientContext for PoolContext {}
+impl ClientContext for PoolContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.log.error(&error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.log.log(level, facility, message);
+    }
+}
 
 impl ConsumerContext for PoolContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -496,6 +505,7 @@ fn new_consumer(
     let context = PoolContext {
         workers,
         drain_timeout: Duration::from_millis(options.session_timeout_ms),
+        log: options.client_log(&format!("payrail-{name}")),
     };
     let consumer: StreamConsumer<PoolContext> = ClientConfig::new()
         .set("bootstrap.servers", &options.brokers)

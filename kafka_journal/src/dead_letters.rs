@@ -5,6 +5,7 @@
 //! and parked in `journal_dead_letters`; then the partition moves on. The topic is for
 //! other systems and operators; the table is what `payrail dlq replay` works from.
 
+use crate::client_log::QuietContext;
 use crate::consumer::{ConsumedRecord, PartitionHandler};
 use crate::envelope::EventHeaders;
 use crate::offsets;
@@ -31,7 +32,7 @@ impl DeadLetterHeaders {
 
 /// Publishes a pool's poison records to its dead-letter topic.
 pub struct DeadLetterPublisher {
-    producer: FutureProducer,
+    producer: FutureProducer<QuietContext>,
     topic: String,
     /// Set once the topic is known to exist.
     created: tokio::sync::OnceCell<()>,
@@ -57,13 +58,15 @@ impl DeadLetterPublisher {
                 false
             }
         };
-        let producer: FutureProducer = ClientConfig::new()
+        let producer: FutureProducer<QuietContext> = ClientConfig::new()
             .set("bootstrap.servers", &options.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", options.produce_timeout_ms.to_string())
             .set("client.id", "payrail-dead-letters")
-            .create()
+            .create_with_context(QuietContext::new(
+                options.client_log("payrail-dead-letters"),
+            ))
             .map_err(|e| JournalError::Config(e.to_string()))?;
         Ok(Self {
             producer,

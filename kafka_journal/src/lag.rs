@@ -10,6 +10,7 @@
 //! [`ConsumerMonitor`] adds the broker's high watermarks to give the lag in records, for
 //! `GET /v1/admin/consumers` and the load generator.
 
+use crate::client_log::{ClientLog, QuietContext};
 use crate::consumer::ConsumerHandle;
 use crate::options::JournalOptions;
 use crate::producer::JournalError;
@@ -140,7 +141,8 @@ pub struct ConsumerMonitor {
     timeout: Duration,
     /// One metadata client, made on first use and kept: a watermark look-up on a new client
     /// would cost a connection each time.
-    client: Arc<Mutex<Option<Arc<BaseConsumer>>>>,
+    client: Arc<Mutex<Option<Arc<BaseConsumer<QuietContext>>>>>,
+    client_log_every_ms: u64,
 }
 
 impl ConsumerMonitor {
@@ -148,6 +150,7 @@ impl ConsumerMonitor {
         Self {
             consumers: Arc::new(consumers),
             brokers: options.brokers.clone(),
+            client_log_every_ms: options.client_log_every_ms,
             timeout: Duration::from_millis(options.admin_timeout_ms),
             client: Arc::new(Mutex::new(None)),
         }
@@ -158,7 +161,7 @@ impl ConsumerMonitor {
         self.consumers.iter().map(|c| c.spec.name.clone()).collect()
     }
 
-    fn client(&self) -> Result<Arc<BaseConsumer>, JournalError> {
+    fn client(&self) -> Result<Arc<BaseConsumer<QuietContext>>, JournalError> {
         let mut slot = match self.client.lock() {
             Ok(slot) => slot,
             Err(poisoned) => poisoned.into_inner(),
@@ -166,10 +169,14 @@ impl ConsumerMonitor {
         if let Some(client) = slot.as_ref() {
             return Ok(client.clone());
         }
-        let client: Arc<BaseConsumer> = Arc::new(
+        let log = ClientLog::new(
+            "payrail-lag",
+            Duration::from_millis(self.client_log_every_ms),
+        );
+        let client: Arc<BaseConsumer<QuietContext>> = Arc::new(
             ClientConfig::new()
                 .set("bootstrap.servers", &self.brokers)
-                .create()
+                .create_with_context(QuietContext::new(log))
                 .map_err(|e| JournalError::Config(e.to_string()))?,
         );
         *slot = Some(client.clone());

@@ -12,6 +12,7 @@
 //!   committing its consumed offset in the same PostgreSQL transaction as its writes.
 
 pub mod admin;
+pub mod client_log;
 pub mod codec;
 pub mod consumer;
 pub mod dead_letters;

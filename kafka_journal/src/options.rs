@@ -44,6 +44,9 @@ pub struct JournalOptions {
     /// librdkafka `fetch.wait.max.ms`: the longest a fetch waits for `fetch_min_bytes` (ms);
     /// bounds the extra lag this adds to pools.
     pub fetch_wait_max_ms: u32,
+    /// Shortest time between two log lines of one kind of librdkafka error or log message
+    /// per client (ms); repeats in between are counted, not written (see `client_log`).
+    pub client_log_every_ms: u64,
 }
 
 impl Default for JournalOptions {
@@ -65,6 +68,7 @@ impl Default for JournalOptions {
             replication_factor: 1,
             fetch_min_bytes: 65_536,
             fetch_wait_max_ms: 100,
+            client_log_every_ms: 60_000,
         }
     }
 }
@@ -73,6 +77,14 @@ impl JournalOptions {
     /// The full name of topic `name` in this deployment's namespace.
     pub fn topic(&self, name: &str) -> String {
         format!("{}{}", self.namespace, name)
+    }
+
+    /// The bounded log of librdkafka client `client`'s messages.
+    pub fn client_log(&self, client: &str) -> crate::client_log::ClientLog {
+        crate::client_log::ClientLog::new(
+            client,
+            std::time::Duration::from_millis(self.client_log_every_ms),
+        )
     }
 
     /// The full name of consumer group `name` in this deployment's namespace.
@@ -87,6 +99,9 @@ impl JournalOptions {
 
     /// Checks every value; the error names the key and what is allowed.
     pub fn validate(&self) -> Result<(), String> {
+        if !(100..=3_600_000).contains(&self.client_log_every_ms) {
+            return Err("journal.client_log_every_ms: allowed 100..=3600000".into());
+        }
         if !(1..=16).contains(&self.replication_factor) {
             return Err("journal.replication_factor: allowed 1..=16".into());
         }

@@ -1,6 +1,7 @@
 //! [`JournalProducer`]: appends records to the journal and returns only once the broker has
 //! acknowledged them (idempotent producer, `acks=all`, explicit partition).
 
+use crate::client_log::ClientLog;
 use crate::codec::{Codec, CodecError, CodecKind};
 use crate::envelope::{Envelope, EventHeaders};
 use crate::options::JournalOptions;
@@ -71,13 +72,18 @@ impl JournalSignals for BreakerSignals {
 pub struct SignalingContext {
     signals: Arc<dyn JournalSignals>,
     client_errors: Arc<AtomicU64>,
+    log: Arc<ClientLog>,
 }
 
 impl ClientContext for SignalingContext {
     fn error(&self, error: KafkaError, reason: &str) {
         self.client_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%error, reason, "journal client error");
+        self.log.error(&error, reason);
         self.signals.client_error(&error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.log.log(level, facility, message);
     }
 }
 
@@ -94,6 +100,9 @@ pub struct JournalProducer {
     config: Arc<ClientConfig>,
     signals: Arc<dyn JournalSignals>,
     client_errors: Arc<AtomicU64>,
+    /// Shared by every producer this handle builds, so a replaced producer does not start
+    /// its log limits over.
+    log: Arc<ClientLog>,
     codec: CodecKind,
     timeout: Duration,
 }
@@ -118,12 +127,14 @@ impl JournalProducer {
                 options.max_buffered_records.to_string(),
             )
             .set("client.id", "payrail-journal");
-        let producer = Self::build(&config, &signals, &client_errors)?;
+        let log = Arc::new(options.client_log("payrail-journal"));
+        let producer = Self::build(&config, &signals, &client_errors, &log)?;
         Ok(Self {
             current: Arc::new(RwLock::new((0, Arc::new(producer)))),
             config: Arc::new(config),
             signals,
             client_errors,
+            log,
             codec: options.codec,
             timeout: Duration::from_millis(options.produce_timeout_ms),
         })
@@ -133,10 +144,12 @@ impl JournalProducer {
         config: &ClientConfig,
         signals: &Arc<dyn JournalSignals>,
         client_errors: &Arc<AtomicU64>,
+        log: &Arc<ClientLog>,
     ) -> Result<FutureProducer<SignalingContext>, JournalError> {
         let context = SignalingContext {
             signals: signals.clone(),
             client_errors: client_errors.clone(),
+            log: log.clone(),
         };
         config
             .create_with_context(context)
@@ -155,7 +168,8 @@ impl JournalProducer {
 
     /// Replaces producer `generation` with a fresh one (no-op if already replaced).
     fn reset(&self, generation: u64) {
-        let Ok(fresh) = Self::build(&self.config, &self.signals, &self.client_errors) else {
+        let Ok(fresh) = Self::build(&self.config, &self.signals, &self.client_errors, &self.log)
+        else {
             return;
         };
         let mut guard = match self.current.write() {

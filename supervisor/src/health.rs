@@ -128,10 +128,19 @@ impl JournalHealth {
             self.inner.since_ms.store(now_ms(), Ordering::Release);
         }
         self.inner.transitions.fetch_add(1, Ordering::Relaxed);
-        if to == OPEN {
-            tracing::warn!(from = name(from), to = name(to), "journal breaker");
-        } else {
-            tracing::info!(from = name(from), to = name(to), "journal breaker");
+        // One line per outage, not per probe: closed → open and back to closed are what an
+        // operator acts on; the open ⇄ half-open cycle of each failed probe is debug (the
+        // transitions are counted in /metrics).
+        match (from, to) {
+            (CLOSED, OPEN) => {
+                tracing::warn!(from = name(from), to = name(to), "journal breaker opened")
+            }
+            (_, CLOSED) => tracing::info!(
+                from = name(from),
+                to = name(to),
+                "journal breaker closed: the journal is back"
+            ),
+            _ => tracing::debug!(from = name(from), to = name(to), "journal breaker"),
         }
         true
     }

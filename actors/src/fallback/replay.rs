@@ -13,7 +13,7 @@ use payrail_supervisor::{Admission, BreakerState};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Appends in flight are abandoned at most this often (see `replay_forever`).
 const ABANDON_AT_MOST_EVERY: Duration = Duration::from_secs(60);
@@ -130,8 +130,14 @@ async fn replay_partition(runtime: &Runtime, partition: i32) {
                 );
             }
             Err(error) => {
+                // A failed probe of an outage is the breaker's news (it logs the outage's
+                // start and end); a failure while the breaker was closed is worth a line.
+                if runtime.health.state() == BreakerState::Closed {
+                    warn!(partition, %error, "replaying the spool failed; retrying later");
+                } else {
+                    debug!(partition, %error, "replaying the spool failed; retrying later");
+                }
                 runtime.health.record_failure();
-                warn!(partition, %error, "replaying the spool failed; retrying later");
                 return;
             }
         }

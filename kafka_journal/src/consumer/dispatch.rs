@@ -69,17 +69,21 @@ impl ConsumedRecord {
     }
 }
 
-/// Consumer poll errors, drained without waiting and logged at most once a second.
+/// Consumer poll errors, drained without waiting, logged once per run of failures.
 ///
 /// librdkafka queues a client error (e.g. `AllBrokersDown`) on every failed reconnect while
 /// the broker is away. Waiting after each one (as this loop once did, 200 ms) left a
 /// consumer started during an outage draining its backlog for minutes after the broker
 /// returned, consuming nothing meanwhile. Only an error storm far beyond any reconnect
-/// rate pauses the loop, so a persistent error cannot spin a core.
+/// rate pauses the loop, so a persistent error cannot spin a core. The log gets one line
+/// when polls start failing and one when they succeed again, with the count: an outage is
+/// two lines per consumer, not one a second (issue 22).
 #[derive(Default)]
 pub(crate) struct PollErrors {
     pub(crate) window_started: Option<std::time::Instant>,
     pub(crate) in_window: u32,
+    /// Errors since the last successful poll.
+    pub(crate) in_run: u64,
 }
 
 impl PollErrors {
@@ -91,18 +95,18 @@ impl PollErrors {
     /// Counts `error`; returns how long to pause, if at all.
     pub(crate) fn record(&mut self, error: &rdkafka::error::KafkaError) -> Option<Duration> {
         let now = std::time::Instant::now();
+        metrics::counter!("payrail_journal_consumer_poll_errors_total").increment(1);
+        if self.in_run == 0 {
+            warn!(%error, "consumer polls failing (logged again when they succeed)");
+        } else {
+            debug!(%error, "consumer poll error");
+        }
+        self.in_run += 1;
         match self.window_started {
             Some(started) if now.duration_since(started) < Self::WINDOW => {
                 self.in_window += 1;
             }
             _ => {
-                if self.in_window > 1 {
-                    warn!(
-                        errors = self.in_window,
-                        "consumer poll errors in the last window"
-                    );
-                }
-                warn!(%error, "consumer poll error");
                 self.window_started = Some(now);
                 self.in_window = 1;
             }
@@ -110,9 +114,14 @@ impl PollErrors {
         (self.in_window >= Self::STORM).then_some(Self::STORM_PAUSE)
     }
 
+    /// A poll succeeded.
     pub(crate) fn clear(&mut self) {
+        if self.in_run > 0 {
+            info!(errors = self.in_run, "consumer polls succeed again");
+        }
         self.window_started = None;
         self.in_window = 0;
+        self.in_run = 0;
     }
 }
 
