@@ -17,7 +17,7 @@ fn level_and_message(line: &str) -> Option<(String, String)> {
         .find(|level| plain.contains(&format!(" {level} ")))?;
     let after = plain.split(": ").nth(1).unwrap_or(&plain);
     let message: String = after
-        .split(|c: char| c == '=')
+        .split('=')
         .next()
         .unwrap_or(after)
         .chars()
