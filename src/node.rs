@@ -92,9 +92,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         journal,
         Arc::new(kafka_journal::producer::BreakerSignals(health.clone())),
     )?;
-    let reachable = producer
-        .is_reachable(Duration::from_millis(journal.admin_timeout_ms))
-        .await;
+    // Not reachable as soon as librdkafka reports every broker down (the breaker trips),
+    // rather than after the whole admin timeout: a node restarted during an outage serves
+    // from its spool within seconds (issue 22).
+    let reachable = {
+        let tripped = async {
+            while health.state() == payrail_supervisor::BreakerState::Closed {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            reachable = producer.is_reachable(Duration::from_millis(journal.admin_timeout_ms)) => reachable,
+            () = tripped => false,
+        }
+    };
     if reachable {
         ensure_topics(&config, &topic).await?;
     } else {

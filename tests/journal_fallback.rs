@@ -199,6 +199,40 @@ async fn a_node_killed_during_the_outage_restarts_and_serves_from_its_spool() {
     assert_in_sequence(&journal, &after_crash);
 }
 
+/// A node restarted while the broker is still down serves from its snapshots and spool
+/// within 10 s, with the shipped admin timeout (10 s): start-up once created each pool's
+/// dead-letter topic in turn, waiting out that timeout for each, and listened only after
+/// ~48 s (issue 22, defect 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_during_an_outage_serves_within_10_s() {
+    let mut w = outage_world(
+        "fallback_restart_time",
+        &[("PAYRAIL__JOURNAL__ADMIN_TIMEOUT_MS", "10000")],
+    )
+    .await;
+    let before = w.create("before", MANUAL).await;
+    w.broker.kill9();
+    w.create("during", MANUAL).await;
+    w.wait_all_in_fallback().await;
+    w.node.kill9();
+    let port = w.node.port;
+    let started = Instant::now();
+    w.node = start_node(&w.env, port, &w.node_extra).await;
+    let after_restart = w.create("after-restart", BODY).await;
+    let serving_after = started.elapsed();
+    eprintln!("restarted during the outage; served a create after {serving_after:?}");
+    assert!(
+        serving_after <= Duration::from_secs(10),
+        "served only after {serving_after:?} (at most 10 s)\n{}",
+        w.node.log_tail()
+    );
+    let read = w.api.get_payment(&w.key, &before).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    w.broker.restart();
+    w.wait_replayed(Duration::from_secs(60)).await;
+    assert_in_sequence(&journaled_events(&w.env), &after_restart);
+}
+
 /// A node started during an outage has consumers that never reached the broker; librdkafka
 /// queues a client error for each failed reconnect meanwhile. When the broker returns, the
 /// pools must consume at once, not after draining that backlog one error at a time (they

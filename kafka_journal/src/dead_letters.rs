@@ -15,6 +15,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -35,29 +36,18 @@ pub struct DeadLetterPublisher {
     producer: FutureProducer<QuietContext>,
     topic: String,
     /// Set once the topic is known to exist.
-    created: tokio::sync::OnceCell<()>,
+    created: Arc<tokio::sync::OnceCell<()>>,
     options: JournalOptions,
     partitions: u32,
     timeout: Duration,
 }
 
 impl DeadLetterPublisher {
-    /// Creates `topic` (with the journal's partition count) if it is missing, and a producer
-    /// for it. When the journal is unreachable (a node started during an outage) the topic
-    /// is created on the first publish instead, so the pool still starts.
+    /// A producer for `topic`, and in the background the topic itself (with the journal's
+    /// partition count) if it is missing. Never waits for the broker: a node started during
+    /// an outage once spent 10 s per pool here before it listened (issue 22); a topic not
+    /// made in the background is made on the first publish.
     pub async fn new(options: &JournalOptions, topic: String) -> Result<Self, JournalError> {
-        let spec = crate::admin::TopicSpec {
-            name: topic.clone(),
-            partitions: options.partitions,
-        };
-        let created = match crate::admin::ensure_topics(options, std::slice::from_ref(&spec)).await
-        {
-            Ok(_) => true,
-            Err(error) => {
-                tracing::warn!(%topic, %error, "cannot create the dead-letter topic now; it is created on first use");
-                false
-            }
-        };
         let producer: FutureProducer<QuietContext> = ClientConfig::new()
             .set("bootstrap.servers", &options.brokers)
             .set("enable.idempotence", "true")
@@ -68,14 +58,32 @@ impl DeadLetterPublisher {
                 options.client_log("payrail-dead-letters"),
             ))
             .map_err(|e| JournalError::Config(e.to_string()))?;
-        Ok(Self {
+        let publisher = Self {
             producer,
             topic,
-            created: tokio::sync::OnceCell::new_with(created.then_some(())),
+            created: Arc::new(tokio::sync::OnceCell::new()),
             options: options.clone(),
             partitions: options.partitions,
             timeout: Duration::from_millis(options.produce_timeout_ms),
-        })
+        };
+        let (created, options, spec) = (
+            publisher.created.clone(),
+            publisher.options.clone(),
+            publisher.spec(),
+        );
+        tokio::spawn(async move {
+            if let Err(error) = created.get_or_try_init(|| create(&options, spec)).await {
+                tracing::warn!(%error, "cannot create the dead-letter topic now; it is created on first use");
+            }
+        });
+        Ok(publisher)
+    }
+
+    fn spec(&self) -> crate::admin::TopicSpec {
+        crate::admin::TopicSpec {
+            name: self.topic.clone(),
+            partitions: self.partitions,
+        }
     }
 
     pub fn topic(&self) -> &str {
@@ -91,17 +99,7 @@ impl DeadLetterPublisher {
         error: &str,
     ) -> Result<(), JournalError> {
         self.created
-            .get_or_try_init(|| async {
-                crate::admin::ensure_topics(
-                    &self.options,
-                    &[crate::admin::TopicSpec {
-                        name: self.topic.clone(),
-                        partitions: self.partitions,
-                    }],
-                )
-                .await
-                .map(|_| ())
-            })
+            .get_or_try_init(|| create(&self.options, self.spec()))
             .await?;
         let partition = record.partition.to_string();
         let offset = record.offset.to_string();
@@ -336,4 +334,14 @@ pub async fn replay(
         }
     }
     Ok(report)
+}
+
+/// Creates the dead-letter topic `spec` if it is missing.
+async fn create(
+    options: &JournalOptions,
+    spec: crate::admin::TopicSpec,
+) -> Result<(), JournalError> {
+    crate::admin::ensure_topics(options, std::slice::from_ref(&spec))
+        .await
+        .map(|_| ())
 }

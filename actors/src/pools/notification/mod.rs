@@ -267,19 +267,24 @@ pub async fn start(
     producer: JournalProducer,
 ) -> Result<NotificationPool, StartError> {
     let dlq_topic = journal.topic(DLQ_TOPIC);
-    // Created again on the first dead letter when the journal is unreachable now (a node
-    // started during an outage), so the pool still starts.
-    if let Err(error) = kafka_journal::admin::ensure_topics(
-        journal,
-        &[kafka_journal::admin::TopicSpec {
+    // Made in the background, and again on the first dead letter when the journal is
+    // unreachable now: a node started during an outage must not wait for the broker here
+    // before it listens (issue 22).
+    let (options_for_topic, spec) = (
+        journal.clone(),
+        kafka_journal::admin::TopicSpec {
             name: dlq_topic.clone(),
             partitions: journal.partitions,
-        }],
-    )
-    .await
-    {
-        tracing::warn!(topic = %dlq_topic, %error, "cannot create the notification dead-letter topic now");
-    }
+        },
+    );
+    tokio::spawn(async move {
+        if let Err(error) =
+            kafka_journal::admin::ensure_topics(&options_for_topic, std::slice::from_ref(&spec))
+                .await
+        {
+            tracing::warn!(topic = %spec.name, %error, "cannot create the notification dead-letter topic now");
+        }
+    });
     let delivery = delivery::spawn(
         pool,
         options.clone(),
