@@ -503,4 +503,28 @@ async fn a_spool_left_by_a_node_that_died_in_an_outage_is_replayed_by_the_new_ow
         .await
         .expect("spool rows");
     assert_eq!(left, 0, "the spool was replayed and emptied");
+    // The dead owner's fallback row goes with its spool (issue 22, defect 4): otherwise the
+    // new owner's next outage inherits its watermark, and /readyz shows the partition in
+    // fallback forever.
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM journal_fallback WHERE partition = $1")
+            .bind(partition)
+            .fetch_one(&pool)
+            .await
+            .expect("fallback rows");
+    assert_eq!(rows, 0, "the previous owner's fallback row is gone");
+    let journal = apis[0]
+        .send(
+            reqwest::Method::GET,
+            "/v1/admin/journal",
+            Some(common::ADMIN_TOKEN),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(journal.status, 200, "{}", journal.body);
+    let listed = journal.body["partitions_in_fallback"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|d| d["partition"] == partition));
+    assert!(!listed, "{}", journal.body);
 }

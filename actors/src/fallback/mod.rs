@@ -425,22 +425,23 @@ impl JournalFallback {
     }
 
     /// Ends `partition`'s fallback if its spool is empty (under the gate, so no persist
-    /// is in flight); returns whether it is out of fallback.
+    /// is in flight); returns whether it is out of fallback. The fallback row is removed
+    /// even when this node never entered that fallback: a previous owner that died or lost
+    /// the partition during an outage leaves its row behind, and a new owner must not
+    /// inherit its watermark (nor show the partition in fallback forever).
     pub async fn leave_if_empty(&self, partition: i32) -> Result<bool, SpoolError> {
         let slot = self.partition(partition);
         let _exclusive = slot.gate.write().await;
-        if !slot.active.load(Ordering::Acquire) {
-            return Ok(true);
+        if !self.spool.finish_if_empty(partition).await? {
+            return Ok(false);
         }
-        if self.spool.finish_if_empty(partition).await? {
-            slot.active.store(false, Ordering::Release);
+        if slot.active.swap(false, Ordering::AcqRel) {
             info!(
                 partition,
                 "partition left journal fallback (spool replayed)"
             );
-            return Ok(true);
         }
-        Ok(false)
+        Ok(true)
     }
 
     pub(crate) fn count_replayed(&self, n: u64) {

@@ -171,7 +171,16 @@ pub async fn replay_left_spool(runtime: &Runtime, partition: i32) {
     let pause = Duration::from_millis(runtime.fallback.options().replay_interval_ms);
     loop {
         match runtime.fallback.spool().pending(partition, 1).await {
-            Ok(pending) if pending.is_empty() => return,
+            // Its fallback row goes too: the next outage starts an episode of this owner's.
+            Ok(pending) if pending.is_empty() => {
+                match runtime.fallback.leave_if_empty(partition).await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(error) => {
+                        warn!(partition, %error, "ending the previous owner's fallback failed; retrying")
+                    }
+                }
+            }
             Ok(_) => info!(partition, "replaying the spool the previous owner left"),
             Err(error) => warn!(partition, %error, "reading the spool failed; retrying"),
         }
