@@ -81,6 +81,11 @@ pub struct ClusterOptions {
     /// two thirds to four thirds of it (expiry, then the next keeper round), plus the
     /// takeover's catch-up. Default 3000 (see docs/DECISIONS.md, "Cluster").
     pub lease_ms: u64,
+    /// The node stops acknowledging this long (ms) before its lease could expire, by its
+    /// own monotonic clock from the last renewal it sent. It must cover a forward step of
+    /// the database's clock (expiry is measured on it) and the time a reply takes to leave
+    /// the node; see docs/DECISIONS.md, "Clock steps". 0 (the default): `lease_ms / 6`.
+    pub safety_margin_ms: u64,
     /// How long a partition being handed over waits for its commands in flight (ms).
     /// Default 3000.
     pub drain_timeout_ms: u64,
@@ -103,6 +108,7 @@ impl Default for ClusterOptions {
             node_id: String::new(),
             advertise_url: String::new(),
             lease_ms: 3_000,
+            safety_margin_ms: 0,
             drain_timeout_ms: 3_000,
             catch_up_timeout_ms: 60_000,
             forward_timeout_ms: 10_000,
@@ -118,6 +124,7 @@ impl std::fmt::Debug for ClusterOptions {
             .field("node_id", &self.node_id)
             .field("advertise_url", &self.advertise_url)
             .field("lease_ms", &self.lease_ms)
+            .field("safety_margin_ms", &self.safety_margin_ms)
             .finish()
     }
 }
@@ -138,6 +145,9 @@ impl ClusterOptions {
         }
         if !(300..=600_000).contains(&self.lease_ms) {
             return Err("cluster.lease_ms: allowed 300..=600000".into());
+        }
+        if self.safety_margin_ms * 2 > self.lease_ms {
+            return Err("cluster.safety_margin_ms: allowed 0..=lease_ms/2 (0: lease_ms/6)".into());
         }
         if !(100..=600_000).contains(&self.drain_timeout_ms) {
             return Err("cluster.drain_timeout_ms: allowed 100..=600000".into());

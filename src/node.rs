@@ -486,6 +486,7 @@ async fn lease_keeper(config: &Config) -> anyhow::Result<payrail_cluster::LeaseK
         node_id: cluster.node_id.clone(),
         advertise_url,
         lease_ms: cluster.lease_ms,
+        safety_margin_ms: (cluster.safety_margin_ms > 0).then_some(cluster.safety_margin_ms),
         partitions: config.journal.partitions,
         drain_timeout_ms: cluster.drain_timeout_ms,
         ..Default::default()

@@ -49,6 +49,19 @@ fn an_out_of_range_value_stops_the_node_naming_the_key_and_the_range() {
 }
 
 #[test]
+fn a_lease_safety_margin_past_half_the_lease_is_refused() {
+    let (code, _, stderr) = payrail(
+        &["node"],
+        &[
+            ("PAYRAIL__CLUSTER__LEASE_MS", "3000"),
+            ("PAYRAIL__CLUSTER__SAFETY_MARGIN_MS", "2000"),
+        ],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cluster.safety_margin_ms"), "{stderr}");
+}
+
+#[test]
 fn bad_brokers_bind_and_database_url_are_refused_with_their_key() {
     for (key, value, name) in [
         ("PAYRAIL__JOURNAL__BROKERS", "no-port", "journal.brokers"),
