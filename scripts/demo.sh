@@ -22,11 +22,19 @@ started_broker=0
 log "building payrail"
 cargo build --quiet --bin payrail
 
+# A database and a topic namespace of its own for each run: consumer offsets stored by an
+# earlier run (against another broker, e.g. a fresh clone's) must not point past this
+# broker's journal, and nothing of a run is left in the shared database.
+stamp="$(date +%Y%m%d%H%M%S)_$$"
+demo_db="payrail_demo_$stamp"
+psql "$PAYRAIL_DATABASE_URL" -qtAX -c "CREATE DATABASE \"$demo_db\"" >/dev/null
+export PAYRAIL__DATABASE__URL="${PAYRAIL_DATABASE_URL%/*}/$demo_db"
+export PAYRAIL__JOURNAL__NAMESPACE="demo-$stamp."
+
 secret() { python3 -c "import secrets; print('$1' + secrets.token_hex(24))"; }
 export PAYRAIL__HTTP__BIND="${PAYRAIL__HTTP__BIND:-127.0.0.1:18080}"
 export PAYRAIL__HTTP__ADMIN_TOKEN="${PAYRAIL__HTTP__ADMIN_TOKEN:-$(secret admin_)}"
 export PAYRAIL__JOURNAL__BROKERS="127.0.0.1:$PAYRAIL_BROKER_PORT"
-export PAYRAIL__DATABASE__URL="$PAYRAIL_DATABASE_URL"
 export PAYRAIL__PSP__WEBHOOK_SECRET="${PAYRAIL__PSP__WEBHOOK_SECRET:-$(secret whsec_)}"
 export PAYRAIL__CLUSTER__SECRET="${PAYRAIL__CLUSTER__SECRET:-$(secret cluster_)}"
 sandbox_bind="${PAYRAIL_DEMO_SANDBOX_BIND:-127.0.0.1:18090}"
@@ -42,6 +50,7 @@ node_pid=$!
 cleanup() {
   kill "$node_pid" "$sandbox_pid" 2>/dev/null || true
   wait "$node_pid" "$sandbox_pid" 2>/dev/null || true
+  psql "$PAYRAIL_DATABASE_URL" -qtAX -c "DROP DATABASE IF EXISTS \"$demo_db\"" >/dev/null 2>&1 || true
   [ "$started_broker" = 1 ] && stop_broker
   return 0
 }
