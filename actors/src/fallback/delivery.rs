@@ -9,7 +9,7 @@ use crate::runtime::Runtime;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -211,7 +211,7 @@ async fn deliver_forever(
             }
         }
         ready.sort_by_key(|(stream, ..)| last_sent.get(stream).copied());
-        for (stream, sender, pool, position) in ready {
+        for (stream, sender, pool, position) in fair_order(ready, &busy) {
             if busy.len() >= options.delivery_concurrency {
                 break;
             }
@@ -220,6 +220,54 @@ async fn deliver_forever(
             in_flight.push(async move { (stream, sender.deliver(pool, position).await) });
         }
     }
+}
+
+/// `ready` (longest-waiting first) reordered so that the free slots go round the pools:
+/// each next pick is from the pool with the fewest sends in flight, the longest-waiting
+/// first among equals. Without it a slow pool (one spending its whole apply budget per
+/// batch on every partition) takes every slot it frees again at once — its streams are
+/// always the longest-waiting — and the other pools' read models wait behind it (measured:
+/// analytics 3.6 s behind during an outage with the ledger slowed). Work-conserving: a
+/// pool alone with work still gets every slot.
+fn fair_order<T>(
+    ready: Vec<(Stream, T, Option<String>, i64)>,
+    busy: &HashSet<Stream>,
+) -> Vec<(Stream, T, Option<String>, i64)> {
+    let mut in_flight: HashMap<Option<String>, usize> = HashMap::new();
+    for stream in busy {
+        *in_flight.entry(stream.pool.clone()).or_insert(0) += 1;
+    }
+    // Per pool, its streams in the input order, each with its rank in that order.
+    let mut queues: Vec<(Option<String>, VecDeque<(usize, _)>)> = Vec::new();
+    for (rank, entry) in ready.into_iter().enumerate() {
+        match queues.iter_mut().find(|(pool, _)| *pool == entry.0.pool) {
+            Some((_, queue)) => queue.push_back((rank, entry)),
+            None => queues.push((entry.0.pool.clone(), VecDeque::from([(rank, entry)]))),
+        }
+    }
+    let mut ordered = Vec::new();
+    // The pool with the fewest in flight; among equals, the one whose next stream has
+    // waited longest.
+    while let Some((pool, queue)) = queues
+        .iter_mut()
+        .filter_map(|(pool, queue)| {
+            let rank = queue.front()?.0;
+            Some((
+                (in_flight.get(pool).copied().unwrap_or(0), rank),
+                pool,
+                queue,
+            ))
+        })
+        .min_by_key(|(key, ..)| *key)
+        .map(|(_, pool, queue)| (pool, queue))
+    {
+        let Some((_, entry)) = queue.pop_front() else {
+            break;
+        };
+        *in_flight.entry(pool.clone()).or_insert(0) += 1;
+        ordered.push(entry);
+    }
+    ordered
 }
 
 /// One delivery stream: a target's pool (or, before its pools are known, the target) for
@@ -338,5 +386,71 @@ impl Sender {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(pool: &str, partition: i32) -> Stream {
+        Stream {
+            target: 0,
+            pool: Some(pool.to_string()),
+            partition,
+            episode: 1,
+        }
+    }
+
+    fn picks(ready: &[Stream], busy: &HashSet<Stream>, slots: usize) -> Vec<Stream> {
+        let ready = ready
+            .iter()
+            .map(|s| (s.clone(), (), s.pool.clone(), 0))
+            .collect();
+        fair_order(ready, busy)
+            .into_iter()
+            .take(slots)
+            .map(|(s, ..)| s)
+            .collect()
+    }
+
+    #[test]
+    fn a_slow_pool_does_not_take_the_slots_it_frees_from_the_other_pools() {
+        // The ledger holds 6 of 8 slots; two of its streams came back and, having waited
+        // longest, sort first. The 2 free slots go to the pools with nothing in flight.
+        let busy: HashSet<Stream> = (0..6).map(|p| stream("ledger", p)).collect();
+        let mut ready: Vec<Stream> = (6..8).map(|p| stream("ledger", p)).collect();
+        ready.extend((0..8).map(|p| stream("analytics", p)));
+        ready.extend((0..8).map(|p| stream("settlement", p)));
+        let chosen = picks(&ready, &busy, 2);
+        assert_eq!(
+            chosen,
+            vec![stream("analytics", 0), stream("settlement", 0)]
+        );
+    }
+
+    #[test]
+    fn a_pool_alone_with_work_gets_every_slot() {
+        let ready: Vec<Stream> = (0..8).map(|p| stream("ledger", p)).collect();
+        assert_eq!(picks(&ready, &HashSet::new(), 8), ready);
+    }
+
+    #[test]
+    fn among_pools_with_as_many_in_flight_the_longest_waiting_stream_goes_first() {
+        let ready = vec![
+            stream("analytics", 3),
+            stream("ledger", 1),
+            stream("analytics", 4),
+            stream("ledger", 2),
+        ];
+        assert_eq!(
+            picks(&ready, &HashSet::new(), 4),
+            vec![
+                stream("analytics", 3),
+                stream("ledger", 1),
+                stream("analytics", 4),
+                stream("ledger", 2)
+            ]
+        );
     }
 }
