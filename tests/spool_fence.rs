@@ -11,8 +11,10 @@ use kafka_journal::spool::Spool;
 use kafka_journal::{JournalOptions, JournalProducer};
 use payrail_actors::fallback::{FallbackError, JournalFallback, SpoolOptions};
 use payrail_actors::money::Currency;
+use payrail_cluster::{LeaseStore, StoreError};
 use sqlx::PgPool;
 use std::sync::Arc;
+use std::time::Duration;
 
 const TOPIC: &str = "spool-fence.payment.events";
 const MERCHANT: &str = "mer_spool_fence";
@@ -103,4 +105,94 @@ async fn a_single_nodes_records_need_no_lease() {
         .await
         .expect("epoch 0: no lease to check");
     assert_eq!(counts(&pool).await, (1, 1));
+}
+
+/// Holds partition 0's fallback row, which a spool append locks after its lease fence: an
+/// append started meanwhile holds its lease-row lock and waits.
+async fn hold_fallback_row(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut blocker = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM journal_fallback WHERE topic = $1 AND partition = 0 FOR UPDATE")
+        .bind(TOPIC)
+        .fetch_one(&mut *blocker)
+        .await
+        .expect("the fallback row");
+    blocker
+}
+
+/// Waits until a statement of this database waits for a lock (the append, past its fence).
+async fn until_a_statement_waits(pool: &PgPool) {
+    for _ in 0..250 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("pg_locks");
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the append never waited for the fallback row");
+}
+
+#[tokio::test]
+async fn a_renewal_does_not_wait_for_a_spool_transaction_in_flight() {
+    let (fallback, pool) = fallback("spool_fence_renew").await;
+    let gate = fallback.gate(0).await;
+    // The shipped renewal bound: a renewal slower than this drops the lease.
+    let store = LeaseStore::new(pool.clone(), Duration::from_millis(500));
+    let records = [created(2)];
+    let blocker = hold_fallback_row(&pool).await;
+    let (appended, renewed) = tokio::join!(fallback.append(&gate, 0, &records, &pool), async {
+        until_a_statement_waits(&pool).await;
+        let renewed = store.renew("node-b", &[(0, 2)], 60_000).await;
+        blocker.commit().await.expect("commit");
+        renewed
+    });
+    assert_eq!(
+        renewed.expect("renewed within 500 ms while the spool transaction is open"),
+        vec![0]
+    );
+    appended.expect("spooled under the current epoch");
+    assert_eq!(counts(&pool).await, (1, 1));
+}
+
+#[tokio::test]
+async fn a_takeover_waits_for_the_old_epochs_spool_transaction_in_flight() {
+    let (fallback, pool) = fallback("spool_fence_takeover").await;
+    // Node b's lease (epoch 2) expired: node c may take the partition.
+    sqlx::query("UPDATE partition_leases SET expires_at = clock_timestamp() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .expect("expire");
+    let gate = fallback.gate(0).await;
+    let store = LeaseStore::new(pool.clone(), Duration::from_millis(500));
+    let records = [created(2)];
+    let blocker = hold_fallback_row(&pool).await;
+    let (appended, early) = tokio::join!(fallback.append(&gate, 0, &records, &pool), async {
+        until_a_statement_waits(&pool).await;
+        let early = store
+            .acquire(0, "node-c", "http://127.0.0.1:2", 60_000)
+            .await;
+        blocker.commit().await.expect("commit");
+        early
+    });
+    assert!(
+        matches!(early, Err(StoreError::Timeout { .. })),
+        "the takeover must wait for the spool transaction of epoch 2: {early:?}"
+    );
+    appended.expect("committed before the takeover: spooled under epoch 2");
+    assert_eq!(
+        counts(&pool).await,
+        (1, 1),
+        "in the spool the new owner replays"
+    );
+    let lease = store
+        .acquire(0, "node-c", "http://127.0.0.1:2", 60_000)
+        .await
+        .expect("acquire")
+        .expect("taken after the spool commit");
+    assert_eq!(lease.epoch, 3);
 }

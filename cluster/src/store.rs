@@ -149,6 +149,13 @@ impl LeaseStore {
 
     /// Takes `partition` for `node_id` if it is free, released or expired, raising its epoch
     /// by one in the same statement; `None` if another node holds it unexpired.
+    ///
+    /// The row is first locked `FOR UPDATE`, in the same transaction: the upsert alone
+    /// changes no key column, so it would take only `FOR NO KEY UPDATE`, which does not wait
+    /// for the spool's `FOR KEY SHARE` fence (`fallback::fence_spool`). With the lock, a
+    /// takeover waits for every spool transaction of the old epoch to commit (its rows are
+    /// then in the spool the new owner replays) — while the old owner's renewals, also
+    /// `NO KEY UPDATE`, never wait for spool traffic (issue 22, defect 7).
     pub async fn acquire(
         &self,
         partition: i32,
@@ -169,14 +176,23 @@ impl LeaseStore {
              WHERE {TAKEABLE} \
              RETURNING epoch, expires_at"
         );
-        let q = sqlx::query(&sql)
-            .bind(partition)
-            .bind(node_id)
-            .bind(url)
-            .bind(millis(lease_ms));
-        let row = self
-            .bounded("acquire", q.fetch_optional(&self.pool))
-            .await?;
+        let take = async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT 1 FROM partition_leases WHERE partition = $1 FOR UPDATE")
+                .bind(partition)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let row = sqlx::query(&sql)
+                .bind(partition)
+                .bind(node_id)
+                .bind(url)
+                .bind(millis(lease_ms))
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(row)
+        };
+        let row = self.bounded("acquire", take).await?;
         let Some(row) = row else { return Ok(None) };
         let read = |row: &sqlx::postgres::PgRow| -> Result<(i64, DateTime<Utc>), sqlx::Error> {
             Ok((row.try_get("epoch")?, row.try_get("expires_at")?))

@@ -455,11 +455,14 @@ impl JournalFallback {
 }
 
 /// A cluster node spools only under the lease its records carry: the lease row is read
-/// `FOR SHARE` in the spool transaction, so a new owner's acquire (which raises the epoch)
-/// waits for this commit and then finds these rows in the spool it replays before its
-/// marker, or this transaction sees the raised epoch and writes nothing — no spooled row
-/// and, above all, no snapshot from a node that lost the partition. Records of a single
-/// node (epoch 0) have no lease to check.
+/// `FOR KEY SHARE` in the spool transaction, so a new owner's acquire (which locks the row
+/// `FOR UPDATE` before raising the epoch) waits for this commit and then finds these rows
+/// in the spool it replays before its marker, or this transaction sees the raised epoch
+/// and writes nothing — no spooled row and, above all, no snapshot from a node that lost
+/// the partition. `KEY SHARE`, not `SHARE`: the owner's own renewal (`NO KEY UPDATE`)
+/// must not queue behind its spool traffic, or a busy spool would cost it every lease in
+/// the middle of an outage (issue 22, defect 7). Records of a single node (epoch 0) have
+/// no lease to check.
 async fn fence_spool(
     tx: &mut sqlx::PgConnection,
     partition: i32,
@@ -471,7 +474,7 @@ async fn fence_spool(
         return Ok(());
     }
     let current: Option<i64> =
-        sqlx::query_scalar("SELECT epoch FROM partition_leases WHERE partition = $1 FOR SHARE")
+        sqlx::query_scalar("SELECT epoch FROM partition_leases WHERE partition = $1 FOR KEY SHARE")
             .bind(partition)
             .fetch_optional(&mut *tx)
             .await
