@@ -67,8 +67,16 @@ impl Membership {
                 .filter(|(p, e)| held.get(p) != Some(e))
                 .map(|(p, _)| *p)
                 .collect();
+            // Every lost partition refuses new commands at once, before any is drained:
+            // draining them one after another left the later ones taking commands (zombie
+            // writes) for the drains of those before (issue 22, defect 3).
+            for partition in &lost {
+                serving.remove(partition);
+                self.node.ownership().revoke(*partition);
+            }
+            // Then each is drained: its commands in flight may finish (their
+            // acknowledgement still checks the lease).
             for partition in lost {
-                serving.remove(&partition);
                 let left = self.node.stop_partition(partition, drain).await;
                 info!(
                     partition,

@@ -528,3 +528,74 @@ async fn a_spool_left_by_a_node_that_died_in_an_outage_is_replayed_by_the_new_ow
         .is_some_and(|a| a.iter().any(|d| d["partition"] == partition));
     assert!(!listed, "{}", journal.body);
 }
+
+/// A node that sees it lost several leases at once stops taking commands on all of them at
+/// once, before it drains any: draining them one after another left the later partitions
+/// served — taking commands, zombie writes — for the drains of those before (issue 22,
+/// defect 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_loses_its_leases_stops_serving_them_all_before_draining_any() {
+    let _cluster = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let env = TestEnv::new("cluster_revoke_all").await;
+    let node = cluster_node(
+        &env,
+        "node-a",
+        &[
+            ("PAYRAIL__ACTORS__FAULT_INJECTION", "true"),
+            ("PAYRAIL__ACTORS__FAULT_STALL_MS", "5000"),
+            ("PAYRAIL__ACTORS__COMMAND_TIMEOUT_MS", "30000"),
+            ("PAYRAIL__CLUSTER__DRAIN_TIMEOUT_MS", "8000"),
+        ],
+    )
+    .await;
+    let api = Api::new(&node);
+    let owners = settled(&[&api], Duration::from_secs(90)).await;
+    assert_eq!(owners.len(), PARTITIONS as usize, "one node serves them all");
+    let merchants = merchants_on_every_partition(&api, 1).await;
+    // A command on the first partition (the first drained) is in flight, held before its
+    // append for 5 s.
+    let first = *owners.keys().next().expect("a partition");
+    let (_, stalled_key) = merchants[&first][0].clone();
+    let stalled = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.create_payment(
+                &stalled_key,
+                Some("held-in-flight"),
+                r#"{"amount":1500,"currency":"eur","metadata":{"payrail_fault":"stall_before_append"}}"#,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Another node takes every lease under a new epoch (as after a pause past the lease).
+    let pool = env.pool().await;
+    sqlx::query(
+        "UPDATE partition_leases SET owner_node_id = 'node-thief', owner_url = 'http://127.0.0.1:9', \
+         epoch = epoch + 1, expires_at = clock_timestamp() + interval '1 minute', renewed_at = clock_timestamp()",
+    )
+    .execute(&pool)
+    .await
+    .expect("take the leases");
+    let taken = Instant::now();
+    // Seen at the node's next renewal (every lease / 3): then it serves none of them, while
+    // the held command is still in flight on the first.
+    let stopped = common::eventually(Duration::from_secs(10), || async {
+        serving(&api).await.filter(|s| s.is_empty()).map(|_| ())
+    })
+    .await;
+    let after = taken.elapsed();
+    let still_in_flight = !stalled.is_finished();
+    println!("every partition stopped {after:?} after the leases were taken; the held command still in flight: {still_in_flight}");
+    assert!(stopped.is_some(), "the node still serves partitions");
+    assert!(
+        still_in_flight,
+        "every partition must stop before the first one's drain ends ({after:?})"
+    );
+    let held = stalled.await.expect("the held request");
+    assert!(
+        !(200..300).contains(&held.status),
+        "the held command answered 2xx under a lost lease: {}",
+        held.body
+    );
+}
