@@ -550,7 +550,11 @@ async fn a_node_that_loses_its_leases_stops_serving_them_all_before_draining_any
     .await;
     let api = Api::new(&node);
     let owners = settled(&[&api], Duration::from_secs(90)).await;
-    assert_eq!(owners.len(), PARTITIONS as usize, "one node serves them all");
+    assert_eq!(
+        owners.len(),
+        PARTITIONS as usize,
+        "one node serves them all"
+    );
     let merchants = merchants_on_every_partition(&api, 1).await;
     // A command on the first partition (the first drained) is in flight, held before its
     // append for 5 s.
