@@ -120,14 +120,14 @@ async fn a_fallback_entry_whose_commit_answer_was_lost_is_adopted_by_the_next_en
     let first = node_fallback(&pool);
     first.journaled(0, journaled.clone(), &[0, 1], 0);
     first
-        .enter(0, || 2, || 0, || 0, &pool)
+        .enter(0, 0, || 2, || 0, || 0, &pool)
         .await
         .expect("the first entry");
     let unheard = node_fallback(&pool);
     unheard.journaled(0, journaled.clone(), &[0, 1], 0);
     // Record 2 was journaled after the first entry's watermark.
     unheard.journaled(0, vec![journaled_create(3)], &[2], 0);
-    let entered = unheard.enter(0, || 3, || 0, || 0, &pool).await;
+    let entered = unheard.enter(0, 0, || 3, || 0, || 0, &pool).await;
     assert!(
         entered.is_ok(),
         "the next entry adopts the earlier one: {entered:?}"

@@ -20,6 +20,17 @@ const TOPIC: &str = "spool-fence.payment.events";
 const MERCHANT: &str = "mer_spool_fence";
 
 async fn fallback(name: &str) -> (JournalFallback, PgPool) {
+    let (fallback, pool) = not_in_fallback(name).await;
+    fallback
+        .enter(0, 2, || 0, || 0, || 0, &pool)
+        .await
+        .expect("partition 0 enters fallback");
+    (fallback, pool)
+}
+
+/// Partition 0, not in fallback, its journal's end known; node b holds it at epoch 2 (it
+/// took it from an owner at epoch 1).
+async fn not_in_fallback(name: &str) -> (JournalFallback, PgPool) {
     let env = TestEnv::new(name).await;
     let pool = env.migrated_pool().await;
     let fallback = JournalFallback::new(
@@ -29,11 +40,6 @@ async fn fallback(name: &str) -> (JournalFallback, PgPool) {
         1,
     );
     fallback.mark_end_known(0);
-    fallback
-        .enter(0, || 0, || 0, || 0, &pool)
-        .await
-        .expect("partition 0 enters fallback");
-    // Node b holds partition 0 at epoch 2 (it took it from an owner at epoch 1).
     sqlx::query(
         "INSERT INTO partition_leases (partition, owner_node_id, owner_url, epoch, expires_at, renewed_at)
          VALUES (0, 'node-b', 'http://127.0.0.1:1', 2, clock_timestamp() + interval '1 minute', clock_timestamp())",
@@ -195,4 +201,38 @@ async fn a_takeover_waits_for_the_old_epochs_spool_transaction_in_flight() {
         .expect("acquire")
         .expect("taken after the spool commit");
     assert_eq!(lease.epoch, 3);
+}
+
+/// A paused owner that resumes after a takeover and then sees the journal fail must not
+/// copy what it journaled into the spool or project it into the snapshots (issue 22,
+/// defect 3): a phantom payment the new owner would answer 201 for on the client's retry.
+#[tokio::test]
+async fn a_node_whose_lease_was_taken_over_copies_and_projects_nothing_on_entering_fallback() {
+    let (fallback, pool) = not_in_fallback("spool_fence_enter_old").await;
+    // Journaled at offset 0 under epoch 1, not yet projected; then the journal fails.
+    fallback.journaled(0, vec![created(1)], &[0], 0);
+    let refused = fallback.enter(0, 1, || 1, || 0, || 0, &pool).await;
+    assert!(
+        matches!(
+            refused,
+            Err(FallbackError::Superseded {
+                partition: 0,
+                epoch: 1
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(counts(&pool).await, (0, 0), "nothing copied, no snapshot");
+    assert!(!fallback.is_active(0));
+}
+
+#[tokio::test]
+async fn the_owner_of_the_current_epoch_copies_and_projects_its_tail_on_entering_fallback() {
+    let (fallback, pool) = not_in_fallback("spool_fence_enter_current").await;
+    fallback.journaled(0, vec![created(2)], &[0], 0);
+    fallback
+        .enter(0, 2, || 1, || 0, || 0, &pool)
+        .await
+        .expect("entered under the current epoch");
+    assert_eq!(counts(&pool).await, (1, 1), "copied and projected");
 }

@@ -203,9 +203,14 @@ impl Runtime {
         &self,
         partition: i32,
     ) -> Result<(), crate::fallback::FallbackError> {
+        let epoch = self
+            .ownership
+            .epoch(partition)
+            .ok_or(crate::fallback::FallbackError::NotServed(partition))?;
         self.fallback
             .enter(
                 partition,
+                epoch,
                 || self.produced_offset(partition),
                 || self.snapshots.next_offset(partition),
                 || self.applied_floor(partition),

@@ -99,6 +99,9 @@ pub enum FallbackError {
     Projection(String),
     #[error("partition {partition}: the lease of epoch {epoch} was taken over; nothing spooled")]
     Superseded { partition: i32, epoch: u64 },
+    /// This node does not serve the partition (any more): it must not spool for it.
+    #[error("partition {0} is not served by this node; nothing spooled")]
+    NotServed(i32),
     /// The spool transaction failed after it began: PostgreSQL may have committed it (a
     /// connection cut after COMMIT reached the server) or not. The caller must treat what
     /// it tried to write as possibly written.
@@ -122,6 +125,7 @@ fn inside_transaction(error: FallbackError) -> FallbackError {
         FallbackError::Spool(SpoolError::Full(_))
         | FallbackError::Spool(SpoolError::MissingEventId)
         | FallbackError::Superseded { .. }
+        | FallbackError::NotServed(_)
         | FallbackError::OutcomeUnknown(_) => error,
         other => FallbackError::OutcomeUnknown(other.to_string()),
     }
@@ -302,9 +306,16 @@ impl JournalFallback {
     /// records not yet applied by every local consumer into the spool (with their journal
     /// offsets) and projects them into the snapshots. Refused when the snapshot projector
     /// lagged by more than the tail kept in memory.
+    ///
+    /// `epoch` is the lease this node serves the partition under (0: a single node). Like a
+    /// spool append, the entry is fenced by it (`fence_epoch`), and only records written
+    /// under it are projected: a paused owner resuming after a takeover must not copy its
+    /// fenced records into the snapshots and idempotency keys (issue 22, defect 3) — a
+    /// phantom 201 at the new owner on the client's retry.
     pub async fn enter(
         &self,
         partition: i32,
+        epoch: u64,
         journal_end: impl FnOnce() -> i64,
         projected_next: impl FnOnce() -> i64,
         applied_floor: impl FnOnce() -> i64,
@@ -340,6 +351,7 @@ impl JournalFallback {
             // row and copied records are there. Adopt that episode (copying only what was
             // journaled after its watermark) instead of copying the same event ids again,
             // which the spool's unique event id would refuse on every later try.
+            fence_epoch(&mut tx, partition, epoch).await?;
             let earlier = self.spool.lock_episode_in(&mut tx, partition).await?;
             let from = match earlier {
                 Some(watermark) => floor.max(watermark.unwrap_or(floor)),
@@ -354,7 +366,15 @@ impl JournalFallback {
                     .raise_watermark_in(&mut tx, partition, end)
                     .await?;
             }
-            project(&mut tx, &self.snapshot_consumer, &tail).await?;
+            // Records of an earlier epoch of this node's were projected before it took the
+            // partition back (a takeover waits for the snapshots to pass its marker); any
+            // written after that marker are fenced and must take effect nowhere.
+            let own: Vec<OutgoingRecord> = tail
+                .iter()
+                .filter(|r| r.headers.owner_epoch == epoch)
+                .cloned()
+                .collect();
+            project(&mut tx, &self.snapshot_consumer, &own).await?;
             tx.commit().await.map_err(SpoolError::from)?;
             Ok((tail.len(), earlier.is_some()))
         }
@@ -470,6 +490,15 @@ async fn fence_spool(
 ) -> Result<(), FallbackError> {
     let epoch = records.first().map_or(0, |r| r.headers.owner_epoch);
     debug_assert!(records.iter().all(|r| r.headers.owner_epoch == epoch));
+    fence_epoch(tx, partition, epoch).await
+}
+
+/// The lease check of [`fence_spool`] for `epoch` (0: a single node, nothing to check).
+async fn fence_epoch(
+    tx: &mut sqlx::PgConnection,
+    partition: i32,
+    epoch: u64,
+) -> Result<(), FallbackError> {
     if epoch == 0 {
         return Ok(());
     }
