@@ -58,6 +58,19 @@ fn created(epoch: u64) -> OutgoingRecord {
     producer.record(TOPIC, 0, epoch, &envelope).expect("record")
 }
 
+fn assert_superseded_at_epoch_1(refused: Result<(), FallbackError>) {
+    assert!(
+        matches!(
+            refused,
+            Err(FallbackError::Superseded {
+                partition: 0,
+                epoch: 1
+            })
+        ),
+        "{refused:?}"
+    );
+}
+
 async fn counts(pool: &PgPool) -> (i64, i64) {
     let spooled: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_spool")
         .fetch_one(pool)
@@ -78,16 +91,7 @@ async fn a_node_whose_lease_was_taken_over_spools_nothing_and_projects_no_snapsh
     let gate = fallback.gate(0).await;
     assert!(gate.spooling);
     let refused = fallback.append(&gate, 0, &[created(1)], &pool).await;
-    assert!(
-        matches!(
-            refused,
-            Err(FallbackError::Superseded {
-                partition: 0,
-                epoch: 1
-            })
-        ),
-        "{refused:?}"
-    );
+    assert_superseded_at_epoch_1(refused);
     assert_eq!(counts(&pool).await, (0, 0), "nothing spooled, no snapshot");
 }
 
@@ -212,16 +216,7 @@ async fn a_node_whose_lease_was_taken_over_copies_and_projects_nothing_on_enteri
     // Journaled at offset 0 under epoch 1, not yet projected; then the journal fails.
     fallback.journaled(0, vec![created(1)], &[0], 0);
     let refused = fallback.enter(0, 1, || 1, || 0, || 0, &pool).await;
-    assert!(
-        matches!(
-            refused,
-            Err(FallbackError::Superseded {
-                partition: 0,
-                epoch: 1
-            })
-        ),
-        "{refused:?}"
-    );
+    assert_superseded_at_epoch_1(refused);
     assert_eq!(counts(&pool).await, (0, 0), "nothing copied, no snapshot");
     assert!(!fallback.is_active(0));
 }

@@ -347,11 +347,11 @@ impl JournalFallback {
         }
         let mut tx = pool.begin().await.map_err(SpoolError::from)?;
         let copied = async {
+            fence_epoch(&mut tx, partition, epoch).await?;
             // An earlier entry whose COMMIT answer was lost may have landed: its fallback
             // row and copied records are there. Adopt that episode (copying only what was
             // journaled after its watermark) instead of copying the same event ids again,
             // which the spool's unique event id would refuse on every later try.
-            fence_epoch(&mut tx, partition, epoch).await?;
             let earlier = self.spool.lock_episode_in(&mut tx, partition).await?;
             let from = match earlier {
                 Some(watermark) => floor.max(watermark.unwrap_or(floor)),

@@ -187,18 +187,15 @@ impl PaymentArgs {
                             debug_assert_eq!(receipt.partition, partition);
                             runtime.record_produced(receipt.partition, receipt.offset);
                         }
-                        // Kept for a later fallback entry only under a lease still held:
-                        // a write whose lease lapsed in flight may follow a new owner's
-                        // marker, and must not be copied or projected (issue 22, defect 3).
-                        let epoch = records.first().map_or(0, |r| r.headers.owner_epoch);
-                        if runtime.ownership.may_acknowledge(partition, epoch) {
-                            runtime.fallback.journaled(
-                                partition,
-                                records,
-                                &offsets,
-                                runtime.applied_floor(partition),
-                            );
-                        }
+                        // Every journaled record goes to the tail, lease lapsed or not: a
+                        // gap there would let a pool skip a record the journal holds. A
+                        // fenced one is kept out of the snapshots by `enter()`'s fence.
+                        runtime.fallback.journaled(
+                            partition,
+                            records,
+                            &offsets,
+                            runtime.applied_floor(partition),
+                        );
                         return Ok(());
                     }
                     Err(error) => {
