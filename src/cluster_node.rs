@@ -138,7 +138,7 @@ impl Membership {
                     match outcome {
                         Ok(marker) if self.leases.valid(partition) == Some(epoch) => {
                             self.runtime.record_produced(partition, marker);
-                            self.runtime.fallback.mark_end_known(partition);
+                            self.runtime.fallback.mark_end_known(partition, marker + 1);
                             self.node.start_partition(partition, epoch);
                             serving.insert(partition, epoch);
                             info!(partition, epoch, marker_offset = marker, "partition taken over; serving");

@@ -244,7 +244,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         if high > 0 {
             runtime.record_produced(partition, high - 1);
         }
-        runtime.fallback.mark_end_known(partition);
+        runtime.fallback.mark_end_known(partition, high);
     }
     let replayer = payrail_actors::fallback::spawn_replayer(runtime.clone());
     node.mark_ready();

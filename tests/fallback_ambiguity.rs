@@ -106,7 +106,7 @@ fn node_fallback(pool: &sqlx::PgPool) -> JournalFallback {
         SpoolOptions::default(),
         1,
     );
-    fallback.mark_end_known(0);
+    fallback.mark_end_known(0, 0);
     fallback
 }
 

@@ -8,8 +8,9 @@ mod common;
 
 use common::*;
 use kafka_journal::consumer::{ConsumedRecord, ConsumerProgress, HandlerError, PartitionHandler};
+use kafka_journal::spool::Spool;
 use payrail_actors::fallback::sink::{DeliveredBatch, DeliveredEvent};
-use payrail_actors::fallback::{PoolSink, SinkPool};
+use payrail_actors::fallback::{JournalFallback, PoolSink, SinkPool, SpoolOptions};
 use sqlx::{PgConnection, PgPool};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -27,8 +28,13 @@ impl PartitionHandler for Recording {
         conn: &mut PgConnection,
         record: &ConsumedRecord,
     ) -> Result<(), HandlerError> {
+        // A label the test wrote, or (an encoded envelope) the event's offset.
+        let label = String::from_utf8(record.value.clone())
+            .ok()
+            .filter(|text| !text.contains('\0'))
+            .unwrap_or_else(|| format!("journal@{}", record.offset));
         sqlx::query("INSERT INTO sink_applied (label) VALUES ($1)")
-            .bind(String::from_utf8_lossy(&record.value).into_owned())
+            .bind(label)
             .execute(conn)
             .await?;
         Ok(())
@@ -252,4 +258,128 @@ async fn a_superseded_owners_event_is_applied_nowhere_by_the_sink() {
         .await
         .expect("epoch");
     assert_eq!(epoch, 2);
+}
+
+// Issue 22, defect 1: the promise a fallback entry writes (`copied_from`) must hold for
+// the pool that relies on it. The tail in memory holds only what this node journaled since
+// it learnt the journal's end, less what its bound pushed out; a pool behind that must not
+// be told the copies are complete, or it jumps past records it never applied.
+
+/// A create journaled to partition 1 (a real envelope: entering fallback projects it).
+fn journaled_create(n: u64) -> kafka_journal::producer::OutgoingRecord {
+    let producer = kafka_journal::JournalProducer::new(
+        &kafka_journal::JournalOptions::default(),
+        Arc::new(kafka_journal::producer::NoSignals),
+    )
+    .expect("producer");
+    let currency = payrail_actors::money::Currency::parse("EUR").expect("currency");
+    let envelope =
+        payrail_loadtest::bench::created_envelope(&format!("mer_tail_{n}"), n, 1_000, currency);
+    producer.record(TOPIC, 1, 0, &envelope).expect("record")
+}
+
+/// A node's fallback for the sink's topic that learnt the journal's end at `end`, keeping
+/// at most `tail_max` unapplied records, that then journaled `offsets` (applied by every
+/// consumer below `floor`).
+fn node_fallback(
+    pool: &PgPool,
+    end: i64,
+    tail_max: usize,
+    offsets: &[i64],
+    floor: i64,
+) -> JournalFallback {
+    let fallback = JournalFallback::new(
+        Spool::new(pool.clone(), TOPIC, 1_000),
+        "sink-test.payrail.snapshots".into(),
+        SpoolOptions {
+            unprojected_tail_max: tail_max,
+            ..SpoolOptions::default()
+        },
+        3,
+    );
+    fallback.mark_end_known(1, end);
+    for offset in offsets {
+        fallback.journaled(1, vec![journaled_create(*offset as u64)], &[*offset], floor);
+    }
+    fallback
+}
+
+/// What the node's delivery sends the pool for partition 1: the spool's rows with the
+/// episode's watermark and promise.
+async fn delivered(fallback: &JournalFallback) -> DeliveredBatch {
+    let episodes = fallback.spool().episodes().await.expect("episodes");
+    let (_, _, high, copied_from) = episodes
+        .into_iter()
+        .find(|(partition, ..)| *partition == 1)
+        .expect("partition 1 in fallback");
+    let rows = fallback.spool().after(1, 0, 1_000).await.expect("rows");
+    DeliveredBatch {
+        topic: TOPIC.into(),
+        partition: 1,
+        high_watermark_at_start: high.expect("watermark"),
+        copied_from,
+        pool: None,
+        events: rows
+            .into_iter()
+            .filter_map(DeliveredEvent::from_spooled)
+            .collect(),
+    }
+}
+
+/// A pool at `pool_at` when a node that learnt the journal's end at `end` (keeping
+/// `tail_max` records) journaled `offsets` up to 7 and entered fallback; the node's
+/// delivery then reached the pool. What the pool took, what it applied, where it stands.
+async fn pool_after_the_entry(
+    name: &str,
+    pool_at: i64,
+    end: i64,
+    tail_max: usize,
+    offsets: &[i64],
+) -> (Vec<String>, Vec<String>, Option<i64>) {
+    let (sink, pool) = sink(name).await;
+    set_offset(&pool, pool_at).await;
+    let fallback = node_fallback(&pool, end, tail_max, offsets, pool_at);
+    fallback
+        .enter(1, 0, || 7, || 7, || pool_at, &pool)
+        .await
+        .expect("entered");
+    let outcome = sink
+        .apply(&delivered(&fallback).await)
+        .await
+        .expect("answered");
+    (
+        outcome.held_back,
+        applied(&pool).await,
+        stored_offset(&pool).await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_behind_where_a_restarted_node_began_waits_for_the_journal() {
+    // Behind (at 2) when the node restarted at journal end 5.
+    let (held_back, applied, offset) =
+        pool_after_the_entry("tail_restarted", 2, 5, 100, &[5, 6]).await;
+    assert_eq!(held_back, vec![CONSUMER.to_string()]);
+    assert!(applied.is_empty(), "records 2..=4 are in no copy");
+    assert_eq!(offset, Some(2), "no jump past 2..=4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_the_tails_bound_pushed_past_waits_for_the_journal() {
+    // The tail keeps 2 records: 3 and 4 are pushed out before the pool applied them (the
+    // snapshot projector had: only a pool's loss, which does not stop the entry).
+    let (held_back, applied, offset) =
+        pool_after_the_entry("tail_overflowed", 3, 0, 2, &[3, 4, 5, 6]).await;
+    assert_eq!(held_back, vec![CONSUMER.to_string()]);
+    assert!(applied.is_empty(), "records 3 and 4 are in no copy");
+    assert_eq!(offset, Some(3), "no jump past 3 and 4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_where_the_tail_is_complete_catches_up_from_the_copies() {
+    let (held_back, applied, offset) =
+        pool_after_the_entry("tail_complete", 5, 5, 100, &[5, 6]).await;
+    assert!(held_back.is_empty(), "{held_back:?}");
+    assert_eq!(applied, ["journal@5", "journal@6"]);
+    assert_eq!(offset, Some(7));
 }

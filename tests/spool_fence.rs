@@ -39,7 +39,7 @@ async fn not_in_fallback(name: &str) -> (JournalFallback, PgPool) {
         SpoolOptions::default(),
         1,
     );
-    fallback.mark_end_known(0);
+    fallback.mark_end_known(0, 0);
     sqlx::query(
         "INSERT INTO partition_leases (partition, owner_node_id, owner_url, epoch, expires_at, renewed_at)
          VALUES (0, 'node-b', 'http://127.0.0.1:1', 2, clock_timestamp() + interval '1 minute', clock_timestamp())",

@@ -331,23 +331,10 @@ impl Sender {
             }
         };
         let high_watermark = self.high_watermark_at_start.max(replayed_end.unwrap_or(0));
-        let mut events = Vec::with_capacity(rows.len());
-        for row in rows {
-            let Ok(event_id) = uuid::Uuid::parse_str(&row.record.headers.event_id) else {
-                continue;
-            };
-            events.push(DeliveredEvent {
-                spool_sequence: row.sequence,
-                journal_offset: row.journal_offset,
-                key: row.record.key,
-                event_id,
-                event_type: row.record.headers.event_type,
-                schema_version: row.record.headers.schema_version,
-                content_type: row.record.headers.content_type,
-                value_hex: hex::encode(&row.record.value),
-                owner_epoch: row.record.headers.owner_epoch,
-            });
-        }
+        let events: Vec<DeliveredEvent> = rows
+            .into_iter()
+            .filter_map(DeliveredEvent::from_spooled)
+            .collect();
         let batch = DeliveredBatch {
             topic: spool.topic().to_string(),
             partition,

@@ -131,12 +131,38 @@ fn inside_transaction(error: FallbackError) -> FallbackError {
     }
 }
 
-/// Journaled records of one partition not yet applied by the snapshot projector.
-#[derive(Default)]
+/// Journaled records of one partition not yet applied by every local consumer.
 struct UnprojectedTail {
     records: VecDeque<(i64, OutgoingRecord)>,
     /// The highest offset dropped from `records` before the projector applied it (-1).
     lost_through: i64,
+    /// The highest offset dropped from `records` for any reason (-1): applied by every
+    /// consumer registered then, or pushed out by the bound.
+    dropped_through: i64,
+    /// Every record journaled to the partition at or past this offset was pushed here
+    /// (dropped ones aside): the journal's end when this node learnt it (at start, at a
+    /// takeover's marker, or when a fallback it resumed at start ended). Before that the
+    /// tail holds only part of the journal — a previous process's or owner's records are
+    /// not in it. `None`: not known (resumed in fallback at start).
+    complete_from: Option<i64>,
+}
+
+impl UnprojectedTail {
+    fn new() -> Self {
+        Self {
+            records: VecDeque::new(),
+            lost_through: -1,
+            dropped_through: -1,
+            complete_from: None,
+        }
+    }
+
+    /// The lowest offset from which the tail holds every journaled record still needed:
+    /// a consumer at or past it finds all it lacks below the journal's end here.
+    fn complete_from(&self) -> Option<i64> {
+        self.complete_from
+            .map(|from| from.max(self.dropped_through + 1))
+    }
 }
 
 struct PartitionFallback {
@@ -184,10 +210,7 @@ impl JournalFallback {
                     gate: RwLock::new(()),
                     active: AtomicBool::new(false),
                     end_known: AtomicBool::new(false),
-                    tail: Mutex::new(UnprojectedTail {
-                        records: VecDeque::new(),
-                        lost_through: -1,
-                    }),
+                    tail: Mutex::new(UnprojectedTail::new()),
                 })
                 .collect(),
             spooled_total: AtomicU64::new(0),
@@ -233,16 +256,21 @@ impl JournalFallback {
         self.partition(partition).end_known.load(Ordering::Acquire)
     }
 
-    /// The journal's end of `partition` is known (read at start, or it was in fallback).
-    pub fn mark_end_known(&self, partition: i32) {
-        self.partition(partition)
-            .end_known
-            .store(true, Ordering::Release);
+    /// The journal's end of `partition` is known: `end` (read at start, or one past a
+    /// takeover's marker). Every record journaled from `end` on is this node's and enters
+    /// the tail, so the tail is complete from there (issue 22, defect 1).
+    pub fn mark_end_known(&self, partition: i32, end: i64) {
+        let slot = self.partition(partition);
+        let mut tail = lock_tail(slot);
+        tail.complete_from = Some(end);
+        slot.end_known.store(true, Ordering::Release);
     }
 
-    /// At start: `partition` was left in fallback (its spool is authoritative).
+    /// At start: `partition` was left in fallback (its spool is authoritative). The tail
+    /// is complete from nowhere until that fallback ends.
     pub fn resume_active(&self, partition: i32) {
         let slot = self.partition(partition);
+        lock_tail(slot).complete_from = None;
         slot.end_known.store(true, Ordering::Release);
         slot.active.store(true, Ordering::Release);
     }
@@ -276,18 +304,19 @@ impl JournalFallback {
         applied_floor: i64,
     ) {
         debug_assert_eq!(records.len(), offsets.len());
-        let mut tail = match self.partition(partition).tail.lock() {
-            Ok(tail) => tail,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut tail = lock_tail(self.partition(partition));
         // Roughly in offset order (acknowledgement order): trimming from the front may keep
         // a few applied records longer, never drops an unapplied one.
-        while tail
+        while let Some(offset) = tail
             .records
             .front()
-            .is_some_and(|(offset, _)| *offset < applied_floor)
+            .map(|(offset, _)| *offset)
+            .filter(|offset| *offset < applied_floor)
         {
             tail.records.pop_front();
+            // Applied by every consumer registered now; one that registers later (or
+            // whose position is unknown) must not count on the tail below it.
+            tail.dropped_through = tail.dropped_through.max(offset);
         }
         for (record, offset) in records.into_iter().zip(offsets) {
             tail.records.push_back((*offset, record));
@@ -297,6 +326,7 @@ impl JournalFallback {
                 // Lost for whoever has not applied it; only the snapshot projector's loss
                 // stops a fallback (checked on entry), a pool's only delays it.
                 tail.lost_through = tail.lost_through.max(offset);
+                tail.dropped_through = tail.dropped_through.max(offset);
             }
         }
     }
@@ -335,16 +365,22 @@ impl JournalFallback {
         let end = journal_end();
         let projected = projected_next();
         let floor = applied_floor().min(projected);
-        let tail_lost = {
-            let tail = match slot.tail.lock() {
-                Ok(tail) => tail,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            tail.lost_through >= projected || projected < 0
+        let (tail_lost, complete_from) = {
+            let tail = lock_tail(slot);
+            (
+                tail.lost_through >= projected || projected < 0,
+                tail.complete_from(),
+            )
         };
         if tail_lost {
             return Err(FallbackError::TailLost(partition));
         }
+        // What the spool promises a pool (issue 22, defect 1): from this offset on, every
+        // journal record below `end` is among the copies. A pool behind it (it lagged past
+        // the tail's bound, the node restarted or took the partition over while it was
+        // behind, its position is unknown) takes copies only at its exact next offset and
+        // otherwise waits for the journal; it never skips what it has not applied.
+        let copied_from = complete_from.map(|from| from.max(floor));
         let mut tx = pool.begin().await.map_err(SpoolError::from)?;
         let copied = async {
             fence_epoch(&mut tx, partition, epoch).await?;
@@ -359,11 +395,11 @@ impl JournalFallback {
             };
             let (offsets, tail) = self.copy_tail(slot, from, end);
             self.spool
-                .append_journaled_in(&mut tx, partition, &tail, &offsets, Some(end), floor)
+                .append_journaled_in(&mut tx, partition, &tail, &offsets, Some(end), copied_from)
                 .await?;
             if earlier.is_some() {
                 self.spool
-                    .raise_watermark_in(&mut tx, partition, end)
+                    .raise_watermark_in(&mut tx, partition, end, copied_from)
                     .await?;
             }
             // Records of an earlier epoch of this node's were projected before it took the
@@ -398,10 +434,7 @@ impl JournalFallback {
         from: i64,
         end: i64,
     ) -> (Vec<i64>, Vec<OutgoingRecord>) {
-        let tail = match slot.tail.lock() {
-            Ok(tail) => tail,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let tail = lock_tail(slot);
         // Pushed in acknowledgement order, which concurrent appends make differ from
         // offset order: copied in offset order, as a pool applies them.
         let mut copied: Vec<(i64, OutgoingRecord)> = tail
@@ -449,11 +482,25 @@ impl JournalFallback {
     /// even when this node never entered that fallback: a previous owner that died or lost
     /// the partition during an outage leaves its row behind, and a new owner must not
     /// inherit its watermark (nor show the partition in fallback forever).
-    pub async fn leave_if_empty(&self, partition: i32) -> Result<bool, SpoolError> {
+    ///
+    /// `journal_end` (one past the last record this node journaled) is where the tail
+    /// becomes complete if it was not (a fallback resumed at start): from here on every
+    /// record journaled to the partition is a direct append of this node's.
+    pub async fn leave_if_empty(
+        &self,
+        partition: i32,
+        journal_end: impl FnOnce() -> i64,
+    ) -> Result<bool, SpoolError> {
         let slot = self.partition(partition);
         let _exclusive = slot.gate.write().await;
         if !self.spool.finish_if_empty(partition).await? {
             return Ok(false);
+        }
+        {
+            let mut tail = lock_tail(slot);
+            if tail.complete_from.is_none() {
+                tail.complete_from = Some(journal_end());
+            }
         }
         if slot.active.swap(false, Ordering::AcqRel) {
             info!(
@@ -471,6 +518,13 @@ impl JournalFallback {
     /// Partitions in fallback with their spool depth (operators' view).
     pub async fn depths(&self) -> Result<Vec<SpoolDepth>, SpoolError> {
         self.spool.depths().await
+    }
+}
+
+fn lock_tail(slot: &PartitionFallback) -> std::sync::MutexGuard<'_, UnprojectedTail> {
+    match slot.tail.lock() {
+        Ok(tail) => tail,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

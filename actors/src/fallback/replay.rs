@@ -84,7 +84,10 @@ async fn replay_partition(runtime: &Runtime, partition: i32) {
         };
         let Some(last) = pending.last().map(|r| r.sequence) else {
             if runtime.health.state() == BreakerState::Closed {
-                match fallback.leave_if_empty(partition).await {
+                match fallback
+                    .leave_if_empty(partition, || runtime.produced_offset(partition))
+                    .await
+                {
                     Ok(_) => {}
                     Err(error) => warn!(partition, %error, "ending the fallback failed"),
                 }
@@ -154,7 +157,7 @@ async fn learn_journal_end(runtime: &Runtime, partition: i32) {
         if end > 0 {
             runtime.record_produced(partition, end - 1);
         }
-        runtime.fallback.mark_end_known(partition);
+        runtime.fallback.mark_end_known(partition, end);
         info!(
             partition,
             journal_end = end,
@@ -173,7 +176,11 @@ pub async fn replay_left_spool(runtime: &Runtime, partition: i32) {
         match runtime.fallback.spool().pending(partition, 1).await {
             // Its fallback row goes too: the next outage starts an episode of this owner's.
             Ok(pending) if pending.is_empty() => {
-                match runtime.fallback.leave_if_empty(partition).await {
+                match runtime
+                    .fallback
+                    .leave_if_empty(partition, || runtime.produced_offset(partition))
+                    .await
+                {
                     Ok(true) => return,
                     Ok(false) => {}
                     Err(error) => {

@@ -68,6 +68,25 @@ pub struct DeliveredEvent {
     pub owner_epoch: u64,
 }
 
+impl DeliveredEvent {
+    /// A spooled row as it is delivered; `None` for a row without a valid event id (the
+    /// spool refuses those, so none is there).
+    pub fn from_spooled(row: kafka_journal::spool::SpooledRecord) -> Option<Self> {
+        let event_id = Uuid::parse_str(&row.record.headers.event_id).ok()?;
+        Some(Self {
+            spool_sequence: row.sequence,
+            journal_offset: row.journal_offset,
+            key: row.record.key,
+            event_id,
+            event_type: row.record.headers.event_type,
+            schema_version: row.record.headers.schema_version,
+            content_type: row.record.headers.content_type,
+            value_hex: hex::encode(&row.record.value),
+            owner_epoch: row.record.headers.owner_epoch,
+        })
+    }
+}
+
 /// What the pools took of a batch.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SinkOutcome {

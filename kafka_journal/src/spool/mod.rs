@@ -114,7 +114,8 @@ impl Spool {
 
     /// Like [`Spool::append_in`] for records already in the journal at `journal_offsets`
     /// (copied when the partition enters fallback; see the migration 0022): every record
-    /// journaled from `copied_from` up to `high_watermark` (migration 0023).
+    /// journaled from `copied_from` up to `high_watermark` (migration 0023); `None`: no
+    /// such promise (a pool takes the copies only at its exact next offset).
     pub async fn append_journaled_in(
         &self,
         conn: &mut PgConnection,
@@ -122,7 +123,7 @@ impl Spool {
         records: &[OutgoingRecord],
         journal_offsets: &[i64],
         high_watermark: Option<i64>,
-        copied_from: i64,
+        copied_from: Option<i64>,
     ) -> Result<Vec<i64>, SpoolError> {
         assert_eq!(
             records.len(),
@@ -136,7 +137,7 @@ impl Spool {
             records,
             &offsets,
             high_watermark,
-            Some(copied_from),
+            copied_from,
         )
         .await
     }
@@ -247,21 +248,28 @@ impl Spool {
     }
 
     /// Raises the high watermark recorded for `partition`'s fallback to `high_watermark`
-    /// (an adopted episode now covers the journal up to there).
+    /// (an adopted episode now covers the journal up to there), and its `copied_from` to
+    /// what the adopting entry can promise.
     pub async fn raise_watermark_in(
         &self,
         conn: &mut PgConnection,
         partition: i32,
         high_watermark: i64,
+        copied_from: Option<i64>,
     ) -> Result<(), SpoolError> {
+        // The promise holds for the whole episode only where both entries made it: the
+        // later of the two offsets, or none (GREATEST alone would skip a NULL).
         sqlx::query(
             "UPDATE journal_fallback
-                SET high_watermark_at_start = GREATEST(COALESCE(high_watermark_at_start, 0), $3)
+                SET high_watermark_at_start = GREATEST(COALESCE(high_watermark_at_start, 0), $3),
+                    copied_from = CASE WHEN copied_from IS NULL OR $4::bigint IS NULL THEN NULL
+                                       ELSE GREATEST(copied_from, $4::bigint) END
              WHERE topic = $1 AND partition = $2",
         )
         .bind(&self.topic)
         .bind(partition)
         .bind(high_watermark)
+        .bind(copied_from)
         .execute(&mut *conn)
         .await?;
         Ok(())
