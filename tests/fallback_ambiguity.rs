@@ -27,15 +27,7 @@ async fn a_lost_spool_commit_answer_never_yields_a_second_event_at_the_same_sequ
     .await;
     let body = r#"{"amount":5000,"currency":"eur","metadata":{"payrail_fault":"lose_spool_ack_on_refund.succeeded"}}"#;
     let id = w.create("paid", body).await;
-    let confirmed = w
-        .post(
-            &format!("/v1/payments/{id}/confirm"),
-            None,
-            r#"{"payment_method":"pm_card_visa"}"#,
-        )
-        .await;
-    assert_eq!(confirmed.status, 200, "{}", confirmed.body);
-    assert_eq!(confirmed.body["status"], "succeeded", "{}", confirmed.body);
+    assert_eq!(w.confirm(&id).await, "succeeded");
 
     w.broker.kill9();
     w.wait_all_in_fallback().await;
@@ -81,6 +73,56 @@ async fn a_lost_spool_commit_answer_never_yields_a_second_event_at_the_same_sequ
     let types = assert_in_sequence(&journaled_events(&w.env), &id);
     let refunds_succeeded = types.iter().filter(|t| *t == "refund.succeeded").count();
     assert_eq!(refunds_succeeded, 1, "{types:?}");
+    w.node.kill9();
+}
+
+/// Issue 22, defect 8: a journal append the node gave up on can still land (a hung broker
+/// writes what it had read when it resumes). With the fallback unable to take the records,
+/// the command answers 503 `journal_outcome_unknown`; before the fix the payment was
+/// rebuilt from the journal at once and the retry decided the capture again — a second
+/// `payment.succeeded` with a new event id at the same sequence once the first landed.
+/// Now the actor keeps the records in doubt and writes them again (same event ids) before
+/// it decides anything else on the payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_landing_append_never_yields_a_second_event_at_its_sequence() {
+    let mut w = outage_world(
+        "late_append",
+        &[
+            ("PAYRAIL__ACTORS__FAULT_INJECTION", "true"),
+            ("PAYRAIL__ACTORS__FAULT_STALL_MS", "3000"),
+            // No fallback: the ambiguous append cannot be settled through the spool.
+            ("PAYRAIL__SPOOL__MAX_ROWS", "0"),
+        ],
+    )
+    .await;
+    let body = r#"{"amount":5000,"currency":"eur","capture_method":"manual","metadata":{"payrail_fault":"append_late_on_payment.succeeded"}}"#;
+    let id = w.create("late", body).await;
+    assert_eq!(w.confirm(&id).await, "requires_capture");
+
+    let capture_path = format!("/v1/payments/{id}/capture");
+    let first = w.post(&capture_path, Some("capture-once"), "{}").await;
+    assert_eq!(first.status, 503, "{}", first.body);
+    assert_eq!(
+        first.body["error"]["code"], "journal_outcome_unknown",
+        "{}",
+        first.body
+    );
+    // The client retries at once, before the first append lands.
+    let retried = w.post(&capture_path, Some("capture-retried"), "{}").await;
+    assert!(retried.status < 500, "{} {}", retried.status, retried.body);
+    let read = w.api.get_payment(&w.key, &id).await;
+    assert_eq!(read.body["status"], "succeeded", "{}", read.body);
+    assert_eq!(read.body["amount_captured"], 5000, "{}", read.body);
+
+    // The first append lands now; the journal holds one capture at its sequence.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let types = assert_in_sequence(&journaled_events(&w.env), &id);
+    assert_eq!(
+        types.iter().filter(|t| *t == "payment.succeeded").count(),
+        1,
+        "{types:?}\n{}",
+        w.node.log_tail()
+    );
     w.node.kill9();
 }
 

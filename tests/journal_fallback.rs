@@ -21,15 +21,7 @@ const MANUAL: &str = r#"{"amount":1000,"currency":"eur","capture_method":"manual
 async fn commands_are_acknowledged_while_the_broker_is_down_and_replayed_in_order() {
     let mut w = outage_world("fallback_order", &[]).await;
     let before = w.create("before", MANUAL).await;
-    let r = w
-        .post(
-            &format!("/v1/payments/{before}/confirm"),
-            None,
-            r#"{"payment_method":"pm_card_visa"}"#,
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["status"], "requires_capture");
+    assert_eq!(w.confirm(&before).await, "requires_capture");
 
     w.broker.kill9();
     let died = Instant::now();

@@ -79,6 +79,19 @@ impl Outage {
             .await
     }
 
+    /// Confirms `id` with a card the sandbox approves; asserts 200 and returns the status.
+    pub async fn confirm(&self, id: &str) -> String {
+        let r = self
+            .post(
+                &format!("/v1/payments/{id}/confirm"),
+                None,
+                r#"{"payment_method":"pm_card_visa"}"#,
+            )
+            .await;
+        assert_eq!(r.status, 200, "confirm: {}", r.body);
+        r.body["status"].as_str().unwrap_or_default().to_string()
+    }
+
     pub async fn create(&self, idem: &str, body: &str) -> String {
         let r = self.post("/v1/payments", Some(idem), body).await;
         assert!(

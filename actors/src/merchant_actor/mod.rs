@@ -481,6 +481,7 @@ impl MerchantState {
             partition: self.args.partition,
             merchant: myself.clone(),
             state,
+            in_doubt: None,
         };
         let (actor, _) = Actor::spawn_linked(None, PaymentActor, args, myself.get_cell())
             .await

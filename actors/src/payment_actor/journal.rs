@@ -9,6 +9,15 @@ use kafka_journal::envelope::now_micros;
 use kafka_journal::producer::OutgoingRecord;
 use kafka_journal::Envelope;
 use std::collections::BTreeMap;
+
+/// A command's records whose journal append had an unknown outcome, kept by the payment
+/// actor until they are written again (see `PaymentArgs::settle_in_doubt`).
+pub struct InDoubt {
+    records: Vec<OutgoingRecord>,
+    envelopes: Vec<Envelope<PaymentEvent>>,
+    /// The lease epoch they carry.
+    epoch: u64,
+}
 use tracing::warn;
 use uuid::Uuid;
 
@@ -126,7 +135,30 @@ impl PaymentArgs {
             .map(|e| producer.record(&self.runtime.topic, self.partition, epoch, e))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| CommandError::Internal(e.to_string()))?;
-        self.write(records).await?;
+        if let Err((error, records)) = self.write(records).await {
+            if matches!(error, CommandError::JournalOutcomeUnknown(_)) && self.state.is_some() {
+                // A journal append that may still land (a hung broker writes what it had
+                // read long after the node gave up): this command's records stay here and
+                // are written again, same event ids, before anything else is decided on
+                // this payment — never a second event at their sequence (issue 22, defect 8).
+                self.in_doubt = Some(InDoubt {
+                    records,
+                    envelopes,
+                    epoch,
+                });
+            }
+            return Err(error);
+        }
+        self.acknowledge(epoch, &envelopes)
+    }
+
+    /// After the records of `envelopes` were persisted under `epoch`: checks the lease and
+    /// applies them to the state.
+    fn acknowledge(
+        &mut self,
+        epoch: u64,
+        envelopes: &[Envelope<PaymentEvent>],
+    ) -> Result<(), CommandError> {
         // No acknowledgement without a valid lease: if it lapsed while the append was in
         // flight, another node may own the partition and its marker may precede these
         // records, which then take effect nowhere. The outcome is unknown to the client,
@@ -146,7 +178,7 @@ impl PaymentArgs {
             )));
         }
         let mut state = self.state.take();
-        for envelope in &envelopes {
+        for envelope in envelopes {
             let ctx = EventContext {
                 payment_id: &envelope.payment_id,
                 merchant_id: &envelope.merchant_id,
@@ -166,19 +198,82 @@ impl PaymentArgs {
         Ok(())
     }
 
+    /// Writes the records of a command whose journal append had an unknown outcome again,
+    /// with their event ids (a reader takes an event id once, so a late copy of the first
+    /// append is harmless), and applies them. Until that succeeds nothing else is decided
+    /// on this payment. `Err` keeps them in doubt; a moved lease hands the question to the
+    /// new owner (its marker fences a late copy) and this actor is rebuilt.
+    pub(super) async fn settle_in_doubt(&mut self) -> Result<(), CommandError> {
+        let Some(doubt) = self.in_doubt.take() else {
+            return Ok(());
+        };
+        if self.runtime.ownership.epoch(self.partition) != Some(doubt.epoch) {
+            return Err(CommandError::JournalOutcomeUnknown(format!(
+                "partition {} changed owner while a write was in doubt",
+                self.partition
+            )));
+        }
+        let spooled = match doubt
+            .records
+            .first()
+            .map(|r| Uuid::parse_str(&r.headers.event_id))
+        {
+            Some(Ok(first)) => self.runtime.fallback.spool().holds_event(first).await,
+            _ => Ok(false),
+        };
+        let spooled = match spooled {
+            Ok(spooled) => spooled,
+            Err(error) => {
+                self.in_doubt = Some(doubt);
+                return Err(CommandError::JournalOutcomeUnknown(format!(
+                    "an earlier write is still in doubt ({error}); retry"
+                )));
+            }
+        };
+        if !spooled {
+            if let Err((error, records)) = self.write(doubt.records).await {
+                self.in_doubt = Some(InDoubt { records, ..doubt });
+                return Err(match error {
+                    CommandError::JournalUnavailable(reason) => {
+                        CommandError::JournalOutcomeUnknown(format!(
+                            "an earlier write is still in doubt: {reason}"
+                        ))
+                    }
+                    other => other,
+                });
+            }
+        }
+        warn!(
+            payment_id = %self.payment_id,
+            events = doubt.envelopes.len(),
+            already_spooled = spooled,
+            "a write in doubt was settled by writing it again"
+        );
+        self.acknowledge(doubt.epoch, &doubt.envelopes)
+    }
+
     /// The journal append, or the spool; see [`crate::fallback`]. An append that failed
     /// has an unknown outcome: its records are spooled with the same event ids (readers
     /// ignore the second copy), so the command is still acknowledged.
-    async fn write(&self, records: Vec<OutgoingRecord>) -> Result<(), CommandError> {
+    /// On failure the records come back with the error.
+    async fn write(
+        &self,
+        records: Vec<OutgoingRecord>,
+    ) -> Result<(), (CommandError, Vec<OutgoingRecord>)> {
         let runtime = &self.runtime;
         let partition = self.partition;
         let mut attempted = None;
         {
             let gate = runtime.fallback.gate(partition).await;
             if gate.spooling {
-                return self.spool(&gate, &records, None).await;
+                return self
+                    .spool(&gate, &records, None)
+                    .await
+                    .map_err(|error| (error, records));
             }
-            if runtime.health.admit() != payrail_supervisor::Admission::Refused {
+            if self.append_late_if_asked(&records) {
+                attempted = Some("the append timed out (injected; it lands late)".into());
+            } else if runtime.health.admit() != payrail_supervisor::Admission::Refused {
                 match runtime.producer.append(&records).await {
                     Ok(receipts) => {
                         runtime.health.record_success();
@@ -211,22 +306,27 @@ impl PaymentArgs {
         for _ in 0..FALLBACK_ENTRY_ATTEMPTS {
             if let Err(error) = runtime.enter_fallback(partition).await {
                 warn!(partition, %error, "cannot enter journal fallback");
-                return Err(match attempted {
+                let error = match attempted {
                     Some(append) => CommandError::JournalOutcomeUnknown(append),
                     None => CommandError::JournalUnavailable(error.to_string()),
-                });
+                };
+                return Err((error, records));
             }
             let gate = runtime.fallback.gate(partition).await;
             if gate.spooling {
-                return self.spool(&gate, &records, attempted).await;
+                return self
+                    .spool(&gate, &records, attempted)
+                    .await
+                    .map_err(|error| (error, records));
             }
         }
-        Err(match attempted {
+        let error = match attempted {
             Some(append) => CommandError::JournalOutcomeUnknown(append),
             None => {
                 CommandError::JournalUnavailable("the partition's fallback keeps ending".into())
             }
-        })
+        };
+        Err((error, records))
     }
 
     async fn spool(
@@ -258,6 +358,40 @@ impl PaymentArgs {
                 })
             }
         }
+    }
+
+    /// Fault injection (test only): `payrail_fault = "append_late_on_<event type>"` makes
+    /// the first append of such an event look timed out to this node while it reaches the
+    /// journal `actors.fault_stall_ms` later — what a hung broker does with a request it
+    /// had read before it stopped.
+    fn append_late_if_asked(&self, records: &[OutgoingRecord]) -> bool {
+        let options = &self.runtime.options;
+        if !options.fault_injection {
+            return false;
+        }
+        let Some(fault) = self
+            .state
+            .as_ref()
+            .and_then(|p| p.metadata.get("payrail_fault"))
+        else {
+            return false;
+        };
+        let hit = records
+            .iter()
+            .any(|r| *fault == format!("append_late_on_{}", r.headers.event_type));
+        if !hit || !fire_once(&self.payment_id, fault) {
+            return false;
+        }
+        warn!(payment_id = %self.payment_id, "injected fault: the append lands late");
+        let (runtime, late) = (self.runtime.clone(), records.to_vec());
+        let delay = std::time::Duration::from_millis(options.fault_stall_ms);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Err(error) = runtime.producer.append(&late).await {
+                warn!(%error, "the injected late append failed");
+            }
+        });
+        true
     }
 
     /// Fault injection (test only): `payrail_fault = "lose_spool_ack_on_<event type>"`

@@ -45,6 +45,9 @@ pub enum PaymentMsg {
 
 const _: () = assert!(std::mem::size_of::<PaymentMsg>() <= 32);
 
+/// How soon an actor holding a write in doubt tries it again when no command comes.
+const IN_DOUBT_RETRY: Duration = Duration::from_secs(1);
+
 pub struct CreateMsg {
     pub command: Command,
     pub correlation_id: Option<String>,
@@ -67,6 +70,9 @@ pub struct PaymentArgs {
     pub merchant: ActorRef<MerchantMsg>,
     /// `None` for a payment about to be created.
     pub state: Option<Payment>,
+    /// A command's records whose journal append had an unknown outcome: written again
+    /// before anything else is decided here (issue 22, defect 8).
+    pub in_doubt: Option<journal::InDoubt>,
 }
 
 pub struct PaymentState {
@@ -149,6 +155,28 @@ async fn handle_message(
             "the payment is being rebuilt from the journal; retry".into(),
         ));
         return Ok(());
+    }
+    // A write in doubt is settled before anything is read or decided (and retried by the
+    // idle check, so an actor left alone settles too).
+    if state.args.in_doubt.is_some() {
+        if let Err(error) = state.args.settle_in_doubt().instrument(span.clone()).await {
+            if matches!(message, PaymentMsg::IdleCheck) {
+                let at = Instant::now() + IN_DOUBT_RETRY;
+                state
+                    .args
+                    .runtime
+                    .payment_idle
+                    .check_at(at.into(), myself.clone());
+            } else {
+                message.refuse(error.clone());
+            }
+            if state.args.in_doubt.is_none() {
+                // The partition moved: the new owner settles it; rebuilt from the store.
+                state.stale = true;
+                state.args.retire(&myself, true);
+            }
+            return Ok(());
+        }
     }
     let args = &mut state.args;
     let result = match message {
@@ -248,6 +276,9 @@ async fn handle_message(
         }
     };
     match result {
+        Some(CommandError::JournalOutcomeUnknown(_)) if state.args.in_doubt.is_some() => {
+            // Kept here and written again first (see `settle_in_doubt`).
+        }
         Some(CommandError::JournalOutcomeUnknown(_)) => {
             // The journal may or may not hold the events: this actor's state is stale. The
             // merchant rebuilds the payment from the journal for its next command.

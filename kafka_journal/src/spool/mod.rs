@@ -275,6 +275,17 @@ impl Spool {
         Ok(())
     }
 
+    /// Whether the spool holds the event `event_id` (a spool write whose COMMIT answer was
+    /// lost may have put it there).
+    pub async fn holds_event(&self, event_id: Uuid) -> Result<bool, SpoolError> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM journal_spool WHERE event_id = $1)")
+                .bind(event_id)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// Partitions in fallback with the journal's high watermark recorded when each began.
     pub async fn partitions_in_fallback(&self) -> Result<Vec<(i32, Option<i64>)>, SpoolError> {
         Ok(sqlx::query_as(
