@@ -446,3 +446,34 @@ async fn metrics_count_restarts_give_ups_passivations_and_dead_letters() {
     );
     c.finish(&s);
 }
+
+/// Issue 23: the `method` label is one of the methods the API knows or `other`; a client
+/// sending made-up methods does not mint a series per method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_share_one_label_value() {
+    let env = TestEnv::new("metrics_methods").await;
+    let node = NodeProcess::start(&env, &[]).await;
+    let api = Api::new(&node);
+    for n in 0..20 {
+        let method = reqwest::Method::from_bytes(format!("MADEUP{n}").as_bytes())
+            .expect("a valid method token");
+        let reply = api.send(method, "/v1/payments", None, None, None).await;
+        assert!(reply.status >= 400, "{} {}", reply.status, reply.body);
+    }
+    let s = scrape_until(&api, Duration::from_secs(10), |s| {
+        s.sum("payrail_http_requests_total", &[("method", "other")]) >= 20.0
+    })
+    .await;
+    let minted: Vec<&String> = s
+        .samples
+        .iter()
+        .filter_map(|(_, labels, _)| labels.get("method"))
+        .filter(|m| m.starts_with("MADEUP"))
+        .collect();
+    assert!(minted.is_empty(), "label values minted: {minted:?}");
+    assert!(
+        s.sum("payrail_http_requests_total", &[("method", "other")]) >= 20.0,
+        "{}",
+        s.text
+    );
+}

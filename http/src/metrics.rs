@@ -69,6 +69,22 @@ pub fn set_access_log(enabled: bool) {
     ACCESS_LOG.store(enabled, Ordering::Relaxed);
 }
 
+/// The `method` label: the methods the API knows, every other one `other` — a client's
+/// made-up methods must not mint label values (series) without end (issue 23).
+fn method_label(method: &warp::http::Method) -> &'static str {
+    use warp::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Counts and times one request (`warp::log::custom`) and writes its access line: one per
 /// request, with the route template and never the query string, body or credentials.
 pub fn record_request(info: warp::log::Info<'_>) {
@@ -78,13 +94,13 @@ pub fn record_request(info: warp::log::Info<'_>) {
         return;
     }
     let route = crate::openapi::route_template(info.path());
-    let method = info.method().as_str().to_string();
+    let method = method_label(info.method());
     let status = info.status().as_u16();
     let elapsed = info.elapsed();
     if counted {
-        metrics::counter!("payrail_http_requests_total", "method" => method.clone(), "route" => route, "status" => status.to_string())
+        metrics::counter!("payrail_http_requests_total", "method" => method, "route" => route, "status" => status.to_string())
             .increment(1);
-        metrics::histogram!("payrail_http_request_duration_seconds", "method" => method.clone(), "route" => route)
+        metrics::histogram!("payrail_http_request_duration_seconds", "method" => method, "route" => route)
             .record(elapsed.as_secs_f64());
     }
     if logged {

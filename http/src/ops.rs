@@ -64,13 +64,35 @@ pub(crate) struct Readiness {
     )
 )]
 pub async fn readyz(state: Arc<AppState>) -> Result<Response, Infallible> {
-    let readiness = readiness(&state).await;
+    let readiness = readiness(&state).await.without_details();
     let status = if readiness.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     Ok(json(status, &readiness))
+}
+
+impl Readiness {
+    /// What anyone may read (`/readyz` has no authentication): which supervisors gave up
+    /// names merchants and payments and carries panic text, so only their number is told
+    /// here; the operators' `GET /v1/admin/status` has the details.
+    fn without_details(mut self) -> Self {
+        let gave_up = std::mem::take(&mut self.gave_up);
+        debug_assert!(
+            self.reasons.len() >= gave_up.len(),
+            "one reason per escalation"
+        );
+        self.reasons
+            .truncate(self.reasons.len().saturating_sub(gave_up.len()));
+        if !gave_up.is_empty() {
+            self.reasons.push(format!(
+                "{} supervisor(s) gave up (restart intensity exceeded); details in GET /v1/admin/status",
+                gave_up.len()
+            ));
+        }
+        self
+    }
 }
 
 /// Checks the journal, PostgreSQL and the partitions (each look-up bounded by 2 s).
@@ -126,6 +148,7 @@ pub(crate) async fn readiness(state: &AppState) -> Readiness {
             "partitions without a running supervisor: {partitions_down:?}"
         ));
     }
+    // Last, one per escalation (`without_details` counts on it).
     for escalation in &gave_up {
         reasons.push(format!(
             "{} gave up on {}: {}",
