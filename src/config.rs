@@ -14,7 +14,8 @@ use payrail_supervisor::{GiveUpPolicy, RestartPolicy};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[database]` in config.toml. `Debug` shows the URL without its password.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseOptions {
     /// PostgreSQL URL.
@@ -26,6 +27,46 @@ pub struct DatabaseOptions {
     /// A pooled connection idle longer than this is pinged before use (ms); one in steady
     /// use is not (a ping per query cost a round trip per query; BENCHMARKS.md, issue 13).
     pub ping_idle_after_ms: u64,
+}
+
+impl std::fmt::Debug for DatabaseOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured: a field added later must be placed here, secret or not.
+        let Self {
+            url,
+            max_connections,
+            acquire_timeout_ms,
+            ping_idle_after_ms,
+        } = self;
+        f.debug_struct("DatabaseOptions")
+            .field("url", &redact_url(url))
+            .field("max_connections", max_connections)
+            .field("acquire_timeout_ms", acquire_timeout_ms)
+            .field("ping_idle_after_ms", ping_idle_after_ms)
+            .finish()
+    }
+}
+
+/// `url` with the password of its user info (`user:password@`) and any `password=`
+/// parameter replaced, for logs and `Debug`.
+pub fn redact_url(url: &str) -> String {
+    let mut shown = url.to_string();
+    if let Some(scheme_end) = shown.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = shown[rest..]
+            .find(['/', '?'])
+            .map_or(shown.len(), |i| rest + i);
+        if let Some(at) = shown[rest..authority_end].rfind('@').map(|i| rest + i) {
+            if let Some(colon) = shown[rest..at].find(':').map(|i| rest + i) {
+                shown.replace_range(colon + 1..at, "<redacted>");
+            }
+        }
+    }
+    if let Some(start) = shown.find("password=").map(|i| i + "password=".len()) {
+        let end = shown[start..].find('&').map_or(shown.len(), |i| start + i);
+        shown.replace_range(start..end, "<redacted>");
+    }
+    shown
 }
 
 impl Default for DatabaseOptions {
@@ -337,5 +378,42 @@ impl Config {
             return Err("supervisor.restart.max_restarts: must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let mut config = Config::default();
+        config.http.admin_token = "admin-token-AAAA-0123456789".into();
+        config.psp.webhook_secret = "psp-secret-BBBB-0123456789".into();
+        config.cluster.secret = "cluster-secret-CCCC-0123456789".into();
+        config.database.url =
+            "postgres://payrail:db-pass-DDDD@db.internal:5432/payrail?sslmode=require&password=db-pass-EEEE"
+                .into();
+        let shown = format!("{config:?}");
+        for secret in ["AAAA", "BBBB", "CCCC", "DDDD", "EEEE"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("db.internal:5432"), "{shown}");
+    }
+
+    #[test]
+    fn a_database_url_is_shown_without_its_password() {
+        assert_eq!(
+            redact_url("postgres://u:p4ss@h:5432/db"),
+            "postgres://u:<redacted>@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:5432/test"),
+            "postgres://postgres@127.0.0.1:5432/test"
+        );
+        assert_eq!(
+            redact_url("postgres://h/db?password=p4ss&sslmode=require"),
+            "postgres://h/db?password=<redacted>&sslmode=require"
+        );
     }
 }

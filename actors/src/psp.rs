@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// `[psp]` in config.toml.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[psp]` in config.toml. `Debug` leaves the webhook secret out.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PspOptions {
     /// Base URL of the sandbox processor (channel `sandbox`).
@@ -33,6 +33,36 @@ pub struct PspOptions {
     pub sweep_interval_ms: u64,
     /// Payments the sweeper handles per round at most.
     pub sweep_batch: i64,
+}
+
+impl std::fmt::Debug for PspOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured: a field added later must be placed here, secret or not.
+        let Self {
+            sandbox_url,
+            webhook_secret: _,
+            webhook_tolerance_s,
+            request_timeout_ms,
+            max_attempts,
+            retry_base_ms,
+            poll_after_ms,
+            authorization_ttl_ms,
+            sweep_interval_ms,
+            sweep_batch,
+        } = self;
+        f.debug_struct("PspOptions")
+            .field("sandbox_url", sandbox_url)
+            .field("webhook_secret", &"<redacted>")
+            .field("webhook_tolerance_s", webhook_tolerance_s)
+            .field("request_timeout_ms", request_timeout_ms)
+            .field("max_attempts", max_attempts)
+            .field("retry_base_ms", retry_base_ms)
+            .field("poll_after_ms", poll_after_ms)
+            .field("authorization_ttl_ms", authorization_ttl_ms)
+            .field("sweep_interval_ms", sweep_interval_ms)
+            .field("sweep_batch", sweep_batch)
+            .finish()
+    }
 }
 
 impl Default for PspOptions {

@@ -91,12 +91,18 @@ impl ApiError {
         }
     }
 
-    pub fn internal(message: impl Into<String>) -> Self {
+    /// A failure of the node's own (a database error, a bug). `detail` goes to the log,
+    /// in the request's span (its request id), never to the client: database error text
+    /// tells an attacker about the schema and the infrastructure.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(%detail, "internal error");
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             kind: "api_error",
             code: "internal_error",
-            message: message.into(),
+            message:
+                "An internal error occurred; the Request-Id header names it in the node's log."
+                    .into(),
             param: None,
             payment_status: None,
         }
@@ -203,10 +209,7 @@ impl From<CommandError> for ApiError {
                 "timeout",
                 "The command did not complete in time. Retry with the same Idempotency-Key.",
             ),
-            CommandError::Internal(reason) => {
-                tracing::error!(%reason, "internal error");
-                Self::internal("An internal error occurred")
-            }
+            CommandError::Internal(reason) => Self::internal(reason),
         }
     }
 }
@@ -257,4 +260,25 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::conver
         )
     };
     Ok(error.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_error_tells_the_client_nothing_of_its_cause() {
+        let detail = r#"error returned from database: relation "merchants" does not exist"#;
+        let error = ApiError::internal(detail);
+        assert_eq!(error.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(error.code, "internal_error");
+        assert!(!error.message.contains("database"), "{}", error.message);
+        assert!(!error.message.contains("merchants"), "{}", error.message);
+        let from_actor = ApiError::from(CommandError::Internal(detail.into()));
+        assert!(
+            !from_actor.message.contains("database"),
+            "{}",
+            from_actor.message
+        );
+    }
 }

@@ -33,8 +33,8 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-/// `[http]` in config.toml.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[http]` in config.toml. `Debug` leaves the admin token out.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpOptions {
     /// Address the API listens on.
@@ -43,6 +43,22 @@ pub struct HttpOptions {
     pub admin_token: String,
     /// Largest request body accepted (bytes).
     pub max_body_bytes: u64,
+}
+
+impl std::fmt::Debug for HttpOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured: a field added later must be placed here, secret or not.
+        let Self {
+            bind,
+            admin_token: _,
+            max_body_bytes,
+        } = self;
+        f.debug_struct("HttpOptions")
+            .field("bind", bind)
+            .field("admin_token", &"<redacted>")
+            .field("max_body_bytes", max_body_bytes)
+            .finish()
+    }
 }
 
 impl Default for HttpOptions {

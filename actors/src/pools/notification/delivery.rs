@@ -32,8 +32,9 @@ pub enum DeliveryError {
     Email(#[from] EmailError),
 }
 
-/// A claimed notification with what sending it needs.
-#[derive(Debug, sqlx::FromRow)]
+/// A claimed notification with what sending it needs. No `Debug`: it holds the
+/// merchant's webhook signing secret.
+#[derive(sqlx::FromRow)]
 struct Claimed {
     id: String,
     channel: String,
