@@ -64,7 +64,7 @@ pub(crate) struct Readiness {
     )
 )]
 pub async fn readyz(state: Arc<AppState>) -> Result<Response, Infallible> {
-    let readiness = readiness(&state).await.without_details();
+    let readiness = readiness(&state, Details::Hidden).await;
     let status = if readiness.ready {
         StatusCode::OK
     } else {
@@ -73,30 +73,17 @@ pub async fn readyz(state: Arc<AppState>) -> Result<Response, Infallible> {
     Ok(json(status, &readiness))
 }
 
-impl Readiness {
-    /// What anyone may read (`/readyz` has no authentication): which supervisors gave up
-    /// names merchants and payments and carries panic text, so only their number is told
-    /// here; the operators' `GET /v1/admin/status` has the details.
-    fn without_details(mut self) -> Self {
-        let gave_up = std::mem::take(&mut self.gave_up);
-        debug_assert!(
-            self.reasons.len() >= gave_up.len(),
-            "one reason per escalation"
-        );
-        self.reasons
-            .truncate(self.reasons.len().saturating_sub(gave_up.len()));
-        if !gave_up.is_empty() {
-            self.reasons.push(format!(
-                "{} supervisor(s) gave up (restart intensity exceeded); details in GET /v1/admin/status",
-                gave_up.len()
-            ));
-        }
-        self
-    }
+/// Whether a readiness answer names what gave up. `/readyz` has no authentication, and a
+/// supervisor's give-up names merchants and payments and carries panic text: there only
+/// their number is told; the operators' `GET /v1/admin/status` shows them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Details {
+    Shown,
+    Hidden,
 }
 
 /// Checks the journal, PostgreSQL and the partitions (each look-up bounded by 2 s).
-pub(crate) async fn readiness(state: &AppState) -> Readiness {
+pub(crate) async fn readiness(state: &AppState, details: Details) -> Readiness {
     let runtime = state.node.runtime();
     let journal = runtime.producer.is_reachable(Duration::from_secs(2)).await;
     let database = tokio::time::timeout(
@@ -148,13 +135,26 @@ pub(crate) async fn readiness(state: &AppState) -> Readiness {
             "partitions without a running supervisor: {partitions_down:?}"
         ));
     }
-    // Last, one per escalation (`without_details` counts on it).
-    for escalation in &gave_up {
-        reasons.push(format!(
-            "{} gave up on {}: {}",
-            escalation.supervisor, escalation.child, escalation.reason
-        ));
-    }
+    let gave_up = match details {
+        Details::Shown => {
+            for escalation in &gave_up {
+                reasons.push(format!(
+                    "{} gave up on {}: {}",
+                    escalation.supervisor, escalation.child, escalation.reason
+                ));
+            }
+            gave_up
+        }
+        Details::Hidden => {
+            if !gave_up.is_empty() {
+                reasons.push(format!(
+                    "{} supervisor(s) gave up (restart intensity exceeded); details in GET /v1/admin/status",
+                    gave_up.len()
+                ));
+            }
+            Vec::new()
+        }
+    };
     Readiness {
         ready: reasons.is_empty(),
         journal: journal_state,

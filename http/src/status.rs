@@ -6,7 +6,7 @@
 //! time; a part that fails carries an `error` string and the rest still answers, since the
 //! status matters most when something is down. No secret goes into it.
 
-use crate::ops::readiness;
+use crate::ops::{readiness, Details};
 use crate::{authorize_admin, json, respond, AppState};
 use kafka_journal::dead_letters::{DeadLetterCount, RecentDeadLetter};
 use serde::Serialize;
@@ -86,7 +86,7 @@ async fn status(state: &AppState) -> Value {
         }
     };
     let (ready, spool, consumers, dead, leases) = tokio::join!(
-        readiness(state),
+        readiness(state, Details::Shown),
         bounded("the spool", runtime.fallback.depths()),
         bounded("the journal's watermarks", state.consumers.report()),
         bounded(
