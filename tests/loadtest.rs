@@ -299,7 +299,7 @@ async fn loadtest_lifecycle_creates_confirms_captures_and_refunds_in_the_journal
 async fn loadtest_mixed_sends_every_kind_of_the_mix() {
     let env = TestEnv::new("loadtest_mixed").await;
     let (node, _sandbox) = node_with_sandbox(&env).await;
-    let report = scenario_loadtest(&node.base, "mixed", 4, 200).await;
+    let report = scenario_loadtest(&node.base, "mixed", 4, 300).await;
 
     for kind in ["create", "confirm", "capture", "refund", "get", "list"] {
         assert!(ok_of(&report, kind) > 0, "{kind}: {report}");

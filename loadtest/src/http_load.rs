@@ -27,9 +27,9 @@ pub enum Scenario {
     /// also sends the node a signed webhook) → capture → refund (all or part). Needs a node
     /// with a PSP sandbox (`payrail psp-sandbox`).
     Lifecycle,
-    /// Per iteration, by weight: create 50, lifecycle 15, create+confirm with automatic
-    /// capture 15, GET of a payment this connection created 15, GET /v1/payments?limit=10 5.
-    /// Needs a PSP sandbox like `lifecycle`.
+    /// Per 100 iterations, interleaved evenly: create 50, lifecycle 15, create+confirm with
+    /// automatic capture 15, GET of a payment this connection created 15,
+    /// GET /v1/payments?limit=10 5. Needs a PSP sandbox like `lifecycle`.
     Mixed,
 }
 

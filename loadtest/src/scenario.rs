@@ -6,7 +6,8 @@
 //!   sandbox, which also sends the node a signed webhook) → capture (all) → refund (all or a
 //!   random part). If confirm answers `processing`, the worker polls the payment until the
 //!   webhook moved it on, recorded as one [`KIND_WEBHOOK_WAIT`] (bounded by `--timeout-ms`).
-//! - `mixed`: each iteration is one [`Action`] drawn by the weights of [`MIX`].
+//! - `mixed`: each iteration is the next [`Action`] of an evenly interleaved round of
+//!   [`MIX`] (each action its weight times per 100 iterations).
 //!
 //! A failed step (transport error, unexpected HTTP status, or a payment in another status
 //! than the step leads to) is an error of that step's kind and ends the iteration. No step
@@ -97,17 +98,39 @@ pub fn mix_description() -> String {
     parts.join(", ")
 }
 
-/// Draws an action by the weights of [`MIX`].
-pub fn pick_action(rng: &mut impl Rng) -> Action {
-    let total: u32 = MIX.iter().map(|(_, w)| w).sum();
-    let mut ticket = rng.gen_range(0..total.max(1));
-    for (action, weight) in MIX {
-        if ticket < weight {
-            return action;
+/// Slots in one round of the mix: the weights sum to this, so each round holds every
+/// action exactly its weight times.
+pub const MIX_ROUND: usize = 100;
+
+/// One round of the mix, interleaved by smooth weighted round-robin (nginx's upstream
+/// balancing): every action appears exactly its weight times, spread evenly rather than
+/// drawn at random, so a short run still sends every kind and two runs send the same mix.
+pub fn mix_round() -> Vec<Action> {
+    let total: i64 = MIX.iter().map(|(_, w)| i64::from(*w)).sum();
+    let mut current = [0i64; MIX.len()];
+    let mut round = Vec::with_capacity(MIX_ROUND);
+    for _ in 0..MIX_ROUND {
+        for (credit, (_, weight)) in current.iter_mut().zip(MIX) {
+            *credit += i64::from(weight);
         }
-        ticket -= weight;
+        let mut best = 0;
+        for (i, credit) in current.iter().enumerate() {
+            if *credit > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        round.push(MIX[best].0);
     }
-    Action::Create
+    round
+}
+
+/// Where connection `connection` of `connections` starts in [`mix_round`]: the
+/// connections start evenly apart, so together they walk the whole round from the start.
+pub fn mix_phase(connection: u32, connections: u32) -> usize {
+    let connections = usize::try_from(connections.max(1)).unwrap_or(1);
+    let connection = usize::try_from(connection).unwrap_or(0) % connections;
+    connection * MIX_ROUND / connections
 }
 
 /// What one iteration means for `--rate`, for the report.
@@ -216,6 +239,9 @@ pub(crate) struct Worker {
     target: usize,
     rng: StdRng,
     recorder: Recorder,
+    /// The mix's round and where this connection is in it (`mixed` only).
+    mix: Vec<Action>,
+    mix_next: usize,
     /// Payments this worker created (merchant index, id), newest last, for the mix's reads.
     recent: VecDeque<(usize, String)>,
 }
@@ -223,11 +249,14 @@ pub(crate) struct Worker {
 impl Worker {
     pub fn new(shared: Arc<Shared>, connection: u32) -> Self {
         let target = connection as usize % shared.targets.len().max(1);
+        let shared_connections = shared.connections;
         Self {
             shared,
             target,
             rng: StdRng::from_entropy(),
             recorder: Recorder::default(),
+            mix: mix_round(),
+            mix_next: mix_phase(connection, shared_connections),
             recent: VecDeque::new(),
         }
     }
@@ -247,7 +276,12 @@ impl Worker {
             Scenario::Create => self.create(merchant, start).await.map(drop),
             Scenario::Lifecycle => self.lifecycle(merchant, start).await,
             Scenario::Mixed => {
-                let action = pick_action(&mut self.rng);
+                let action = self
+                    .mix
+                    .get(self.mix_next % self.mix.len().max(1))
+                    .copied()
+                    .unwrap_or(Action::Create);
+                self.mix_next = (self.mix_next + 1) % MIX_ROUND;
                 self.action(action, merchant, start).await
             }
         };
@@ -536,28 +570,47 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    #[test]
-    fn mix_weights_sum_to_100_and_draws_follow_them() {
-        assert_eq!(MIX.iter().map(|(_, w)| w).sum::<u32>(), 100);
-        let mut rng = StdRng::seed_from_u64(7);
-        let mut seen: BTreeMap<&str, u32> = BTreeMap::new();
-        let draws = 100_000;
-        for _ in 0..draws {
-            *seen.entry(pick_action(&mut rng).name()).or_default() += 1;
+    fn counts(actions: &[Action]) -> BTreeMap<&'static str, u32> {
+        let mut seen = BTreeMap::new();
+        for action in actions {
+            *seen.entry(action.name()).or_default() += 1;
         }
+        seen
+    }
+
+    #[test]
+    fn a_round_of_the_mix_holds_each_action_exactly_its_weight_times() {
+        assert_eq!(MIX.iter().map(|(_, w)| w).sum::<u32>(), MIX_ROUND as u32);
+        let round = mix_round();
+        assert_eq!(round.len(), MIX_ROUND);
+        let seen = counts(&round);
         for (action, weight) in MIX {
-            let got = seen.get(action.name()).copied().unwrap_or(0);
-            let expected = draws / 100 * weight;
-            assert!(
-                got.abs_diff(expected) < draws / 100,
-                "{}: {got} vs {expected}",
-                action.name()
-            );
+            assert_eq!(seen.get(action.name()).copied(), Some(weight), "{seen:?}");
         }
         assert_eq!(
             mix_description(),
             "create 50, lifecycle 15, create_confirm 15, get 15, list 5"
         );
+    }
+
+    #[test]
+    fn every_action_appears_within_a_fifth_of_a_round_from_any_point() {
+        // Interleaved, not blocked: the rarest action (5 of 100) comes every 20 slots, so
+        // any 20 consecutive iterations of one connection hold every action.
+        let round = mix_round();
+        for start in 0..MIX_ROUND {
+            let window: Vec<Action> = (0..20).map(|i| round[(start + i) % MIX_ROUND]).collect();
+            assert_eq!(counts(&window).len(), MIX.len(), "from slot {start}");
+        }
+    }
+
+    #[test]
+    fn connections_start_evenly_apart_in_the_round() {
+        assert_eq!(mix_phase(0, 4), 0);
+        assert_eq!(mix_phase(1, 4), 25);
+        assert_eq!(mix_phase(3, 4), 75);
+        assert_eq!(mix_phase(5, 4), 25);
+        assert_eq!(mix_phase(0, 0), 0);
     }
 
     #[test]
