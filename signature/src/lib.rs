@@ -10,6 +10,10 @@ type HmacSha256 = Hmac<Sha256>;
 /// The default tolerance between the signed timestamp and now, in seconds.
 pub const DEFAULT_TOLERANCE_S: i64 = 300;
 
+/// At most this many `v1` entries are accepted in one header: a sender rolling its secret
+/// needs two; hundreds would only make each request cost hundreds of HMAC comparisons.
+pub const MAX_SIGNATURES: usize = 8;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
     #[error("the signature header is missing")]
@@ -73,7 +77,12 @@ pub fn verify(
                         .map_err(|_| SignatureError::Malformed)?,
                 )
             }
-            "v1" => candidates.push(hex::decode(value).map_err(|_| SignatureError::Malformed)?),
+            "v1" => {
+                if candidates.len() == MAX_SIGNATURES {
+                    return Err(SignatureError::Malformed);
+                }
+                candidates.push(hex::decode(value).map_err(|_| SignatureError::Malformed)?)
+            }
             _ => {}
         }
     }
@@ -81,7 +90,10 @@ pub fn verify(
     if candidates.is_empty() {
         return Err(SignatureError::Malformed);
     }
-    if (now - timestamp).abs() > tolerance_s {
+    // `abs_diff` cannot overflow, whatever `t` the sender wrote (i64::MIN included); a
+    // negative tolerance accepts nothing.
+    let tolerance = u64::try_from(tolerance_s).unwrap_or(0);
+    if now.abs_diff(timestamp) > tolerance {
         return Err(SignatureError::Stale);
     }
     let expected = mac(secret.as_bytes(), timestamp, body);
@@ -109,6 +121,34 @@ mod tests {
     fn any_matching_v1_is_enough() {
         let good = sign("whsec", 1_000, b"x");
         let h = format!("t=1000,v1={},v1={good}", "00".repeat(32));
+        assert_eq!(verify(Some(&h), b"x", "whsec", 300, 1_000), Ok(()));
+    }
+
+    #[test]
+    fn a_timestamp_at_the_ends_of_the_range_is_stale_not_a_panic() {
+        let body = b"{}";
+        for t in [i64::MIN, i64::MAX] {
+            let h = format!("t={t},v1={}", sign("whsec", t, body));
+            assert_eq!(
+                verify(Some(&h), body, "whsec", 300, 1_000),
+                Err(SignatureError::Stale),
+                "t={t}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_header_with_more_v1_entries_than_the_cap_is_malformed() {
+        let good = sign("whsec", 1_000, b"x");
+        let filler = format!("v1={},", "00".repeat(32)).repeat(MAX_SIGNATURES);
+        let h = format!("t=1000,{filler}v1={good}");
+        assert_eq!(
+            verify(Some(&h), b"x", "whsec", 300, 1_000),
+            Err(SignatureError::Malformed)
+        );
+        // Up to the cap, any matching entry is still enough.
+        let filler = format!("v1={},", "00".repeat(32)).repeat(MAX_SIGNATURES - 1);
+        let h = format!("t=1000,{filler}v1={good}");
         assert_eq!(verify(Some(&h), b"x", "whsec", 300, 1_000), Ok(()));
     }
 
