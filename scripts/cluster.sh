@@ -18,7 +18,19 @@ BASE_PORT="${BASE_PORT:-18180}"
 dir="$PAYRAIL_STATE/cluster"
 mkdir -p "$dir"
 
-export PAYRAIL__HTTP__ADMIN_TOKEN="${PAYRAIL__HTTP__ADMIN_TOKEN:-cluster-admin-token-0123456789}"
+# Secrets of this cluster, generated on first use and kept beside its state (mode 600), so
+# that `status` and `stop` later speak to the nodes `start` brought up; the environment wins.
+if [ ! -f "$dir/secrets.env" ]; then
+  (umask 077
+   { echo "admin_token=$(random_secret cladmin_)"
+     echo "webhook_secret=$(random_secret whsec_)"
+     echo "cluster_secret=$(random_secret cluster_)"; } > "$dir/secrets.env")
+fi
+# shellcheck disable=SC1091
+source "$dir/secrets.env"
+export PAYRAIL__HTTP__ADMIN_TOKEN="${PAYRAIL__HTTP__ADMIN_TOKEN:-$admin_token}"
+export PAYRAIL__PSP__WEBHOOK_SECRET="${PAYRAIL__PSP__WEBHOOK_SECRET:-$webhook_secret}"
+export PAYRAIL__CLUSTER__SECRET="${PAYRAIL__CLUSTER__SECRET:-$cluster_secret}"
 export PAYRAIL__JOURNAL__BROKERS="127.0.0.1:$PAYRAIL_BROKER_PORT"
 export PAYRAIL__JOURNAL__PARTITIONS="${PAYRAIL__JOURNAL__PARTITIONS:-6}"
 export PAYRAIL__DATABASE__URL="$PAYRAIL_DATABASE_URL"

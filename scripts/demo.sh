@@ -31,12 +31,11 @@ psql "$PAYRAIL_DATABASE_URL" -qtAX -c "CREATE DATABASE \"$demo_db\"" >/dev/null
 export PAYRAIL__DATABASE__URL="${PAYRAIL_DATABASE_URL%/*}/$demo_db"
 export PAYRAIL__JOURNAL__NAMESPACE="demo-$stamp."
 
-secret() { python3 -c "import secrets; print('$1' + secrets.token_hex(24))"; }
 export PAYRAIL__HTTP__BIND="${PAYRAIL__HTTP__BIND:-127.0.0.1:18080}"
-export PAYRAIL__HTTP__ADMIN_TOKEN="${PAYRAIL__HTTP__ADMIN_TOKEN:-$(secret admin_)}"
+export PAYRAIL__HTTP__ADMIN_TOKEN="${PAYRAIL__HTTP__ADMIN_TOKEN:-$(random_secret admin_)}"
 export PAYRAIL__JOURNAL__BROKERS="127.0.0.1:$PAYRAIL_BROKER_PORT"
-export PAYRAIL__PSP__WEBHOOK_SECRET="${PAYRAIL__PSP__WEBHOOK_SECRET:-$(secret whsec_)}"
-export PAYRAIL__CLUSTER__SECRET="${PAYRAIL__CLUSTER__SECRET:-$(secret cluster_)}"
+export PAYRAIL__PSP__WEBHOOK_SECRET="${PAYRAIL__PSP__WEBHOOK_SECRET:-$(random_secret whsec_)}"
+export PAYRAIL__CLUSTER__SECRET="${PAYRAIL__CLUSTER__SECRET:-$(random_secret cluster_)}"
 sandbox_bind="${PAYRAIL_DEMO_SANDBOX_BIND:-127.0.0.1:18090}"
 export PAYRAIL__PSP__SANDBOX_URL="http://$sandbox_bind"
 base="http://$PAYRAIL__HTTP__BIND"

@@ -35,6 +35,10 @@ ensure_postgres() {
   return 1
 }
 
+# A random secret with prefix $1 (48 hex digits): scripts never run with config.toml's
+# development placeholders.
+random_secret() { python3 -c "import secrets; print('$1' + secrets.token_hex(24))"; }
+
 # tansu, the Kafka-compatible broker used in development and CI (see DESIGN.md).
 ensure_tansu_installed() {
   if command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then

@@ -145,7 +145,9 @@ pub struct ClusterOptions {
 impl Default for ClusterOptions {
     fn default() -> Self {
         Self {
-            secret: "cluster_dev_secret_change_me_0123456789".into(),
+            // None ships: config.toml names a development placeholder, refused beyond
+            // loopback (`Config::check_secrets`).
+            secret: String::new(),
             node_id: String::new(),
             advertise_url: String::new(),
             lease_ms: 3_000,
@@ -377,8 +379,61 @@ impl Config {
         if self.supervisor.restart.max_restarts == 0 {
             return Err("supervisor.restart.max_restarts: must be at least 1".into());
         }
-        Ok(())
+        self.check_secrets()
     }
+
+    /// A node listening beyond loopback refuses to start with a missing or placeholder
+    /// secret, naming each key and the variable that sets it: the shipped config.toml's
+    /// development values are public, and with the PSP's anyone could sign a webhook. On
+    /// loopback they stay usable for development.
+    fn check_secrets(&self) -> Result<(), String> {
+        let beyond_loopback = self
+            .http
+            .bind
+            .parse::<std::net::SocketAddr>()
+            .map_or(true, |addr| !addr.ip().is_loopback());
+        if !beyond_loopback {
+            return Ok(());
+        }
+        let unsafe_keys: Vec<String> = [
+            (
+                "http.admin_token",
+                "PAYRAIL__HTTP__ADMIN_TOKEN",
+                &self.http.admin_token,
+            ),
+            (
+                "psp.webhook_secret",
+                "PAYRAIL__PSP__WEBHOOK_SECRET",
+                &self.psp.webhook_secret,
+            ),
+            (
+                "cluster.secret",
+                "PAYRAIL__CLUSTER__SECRET",
+                &self.cluster.secret,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, _, value)| is_placeholder_secret(value))
+        .map(|(key, variable, _)| format!("{key} (set {variable})"))
+        .collect();
+        if unsafe_keys.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "http.bind {} listens beyond loopback with a missing or placeholder secret: {}; give each a random value of at least 16 characters (e.g. `openssl rand -hex 32`), the cluster secret the same on every node",
+            self.http.bind,
+            unsafe_keys.join(", ")
+        ))
+    }
+}
+
+/// Missing, or a development value: those config.toml ships are all marked `change_me`.
+fn is_placeholder_secret(secret: &str) -> bool {
+    let lower = secret.to_ascii_lowercase();
+    lower.trim().is_empty()
+        || ["change_me", "change-me", "changeme"]
+            .iter()
+            .any(|m| lower.contains(m))
 }
 
 #[cfg(test)]
@@ -399,6 +454,50 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert!(shown.contains("db.internal:5432"), "{shown}");
+    }
+
+    fn shipped() -> Config {
+        Config::load(Path::new("config.toml"), true).expect("the shipped config.toml loads")
+    }
+
+    #[test]
+    fn the_shipped_secrets_are_placeholders() {
+        let config = shipped();
+        for value in [
+            &config.http.admin_token,
+            &config.psp.webhook_secret,
+            &config.cluster.secret,
+        ] {
+            assert!(is_placeholder_secret(value), "{} is usable", value.len());
+        }
+        assert!(is_placeholder_secret(&ClusterOptions::default().secret));
+    }
+
+    #[test]
+    fn the_shipped_secrets_are_refused_beyond_loopback_naming_each_key() {
+        let mut config = shipped();
+        config.http.bind = "0.0.0.0:8080".into();
+        let refusal = config.validate().expect_err("placeholders beyond loopback");
+        for name in [
+            "http.admin_token (set PAYRAIL__HTTP__ADMIN_TOKEN)",
+            "psp.webhook_secret (set PAYRAIL__PSP__WEBHOOK_SECRET)",
+            "cluster.secret (set PAYRAIL__CLUSTER__SECRET)",
+        ] {
+            assert!(refusal.contains(name), "{name}: {refusal}");
+        }
+    }
+
+    #[test]
+    fn real_secrets_pass_beyond_loopback_and_placeholders_on_loopback() {
+        let mut config = shipped();
+        assert_eq!(config.validate(), Ok(()), "loopback: development values");
+        config.http.bind = "0.0.0.0:8080".into();
+        config.http.admin_token = "3f9c1a7e5b2d4c6a8e0f1b3d5a7c9e1f".into();
+        config.psp.webhook_secret = "whsec_8b1d3f5a7c9e0b2d4f6a8c0e".into();
+        config.cluster.secret = "c1d3f5a7b9e0c2d4f6a8b0e2d4f6a8c0".into();
+        assert_eq!(config.validate(), Ok(()));
+        config.cluster.secret = "cluster-secret-CHANGE_ME-0123".into();
+        assert!(config.validate().is_err(), "marked change_me in any case");
     }
 
     #[test]

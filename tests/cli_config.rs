@@ -76,6 +76,38 @@ fn bad_brokers_bind_and_database_url_are_refused_with_their_key() {
 }
 
 #[test]
+fn a_node_beyond_loopback_refuses_to_start_with_a_placeholder_secret() {
+    // The shipped config.toml's development secrets; the admin token as shipped too.
+    let (code, _, stderr) = payrail(
+        &["node"],
+        &[
+            ("PAYRAIL__HTTP__BIND", "0.0.0.0:18089"),
+            ("PAYRAIL__HTTP__ADMIN_TOKEN", "dev-admin-token-change-me"),
+        ],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    for variable in [
+        "PAYRAIL__HTTP__ADMIN_TOKEN",
+        "PAYRAIL__PSP__WEBHOOK_SECRET",
+        "PAYRAIL__CLUSTER__SECRET",
+    ] {
+        assert!(stderr.contains(variable), "{variable}: {stderr}");
+    }
+    // Only the placeholders are named.
+    let (code, _, stderr) = payrail(
+        &["node"],
+        &[
+            ("PAYRAIL__HTTP__BIND", "0.0.0.0:18089"),
+            ("PAYRAIL__PSP__WEBHOOK_SECRET", "whsec_7d1f3a5c9e0b2d4f6a8c"),
+        ],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("PAYRAIL__CLUSTER__SECRET"), "{stderr}");
+    assert!(!stderr.contains("PAYRAIL__PSP__WEBHOOK_SECRET"), "{stderr}");
+    assert!(!stderr.contains("PAYRAIL__HTTP__ADMIN_TOKEN"), "{stderr}");
+}
+
+#[test]
 fn pools_run_refuses_unknown_and_repeated_pools() {
     let (code, _, stderr) = payrail(&["node"], &[("PAYRAIL__POOLS__RUN", "[analytics,bogus]")]);
     assert_eq!(code, 2, "{stderr}");

@@ -73,6 +73,8 @@ pub struct TestEnv {
     pub namespace: String,
     pub brokers: String,
     pub dir: PathBuf,
+    /// This test's cluster secret, shared by its nodes (never config.toml's placeholder).
+    pub cluster_secret: String,
 }
 
 impl TestEnv {
@@ -94,6 +96,7 @@ impl TestEnv {
             brokers: brokers(),
             dir,
             id,
+            cluster_secret: format!("it-cluster-{}", uuid::Uuid::now_v7().simple()),
         }
     }
 
@@ -131,6 +134,10 @@ impl TestEnv {
             ("PAYRAIL__DATABASE__MAX_CONNECTIONS".into(), "8".into()),
             ("PAYRAIL__HTTP__BIND".into(), format!("127.0.0.1:{port}")),
             ("PAYRAIL__HTTP__ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+            (
+                "PAYRAIL__CLUSTER__SECRET".into(),
+                self.cluster_secret.clone(),
+            ),
         ]
     }
 }
