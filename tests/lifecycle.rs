@@ -236,6 +236,35 @@ async fn refund_retried_with_the_same_key_refunds_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_retried_with_the_same_key_and_another_amount_is_refused() {
+    let w = world("refund_idem_mismatch", &[], &[]).await;
+    let id = w.create(r#"{"amount":800,"currency":"eur"}"#).await;
+    assert_eq!(
+        w.confirm(&id, "pm_card_visa").await.body["status"],
+        "succeeded"
+    );
+    let path = format!("/v1/payments/{id}/refunds");
+    let refund = |amount: &'static str| {
+        w.api.send(
+            reqwest::Method::POST,
+            &path,
+            Some(&w.key),
+            Some("refund-1"),
+            Some(format!(r#"{{"amount":{amount}}}"#)),
+        )
+    };
+    let first = refund("300").await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let other = refund("500").await;
+    assert_eq!(other.status, 422, "{}", other.body);
+    assert_eq!(other.body["error"]["code"], "idempotency_key_in_use");
+    // Nothing changed: one refund of 300.
+    let payment = w.get(&id).await;
+    assert_eq!(payment["amount_refunded"], 300, "{payment}");
+    assert_eq!(payment["refunds"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_card_stays_processing_until_its_webhook_arrives() {
     let w = world(
         "delayed",

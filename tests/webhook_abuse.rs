@@ -12,13 +12,13 @@ use std::time::Duration;
 const TOLERANCE_S: i64 = 60;
 const MAX_BODY_BYTES: usize = 4096;
 
-fn event(id: &str, payment_id: &str, merchant_id: &str) -> String {
+fn event(id: &str, intent: &str, payment_id: &str, merchant_id: &str) -> String {
     serde_json::json!({
         "id": id,
         "object": "event",
         "type": "payment_intent.payment_failed",
         "data": {"object": {
-            "id": "pi_abuse", "object": "payment_intent", "amount": 100, "currency": "eur",
+            "id": intent, "object": "payment_intent", "amount": 100, "currency": "eur",
             "status": "requires_payment_method", "amount_capturable": 0, "amount_received": 0,
             "metadata": {"payment_id": payment_id, "merchant_id": merchant_id},
             "last_payment_error": {"code": "card_declined", "message": "abuse"}
@@ -100,6 +100,10 @@ async fn abused_webhooks_change_nothing_and_a_replay_is_applied_once() {
         )
         .await;
     assert_eq!(confirmed.body["status"], "processing", "{}", confirmed.body);
+    let intent = confirmed.body["processor_reference"]
+        .as_str()
+        .expect("the payment's intent")
+        .to_string();
     let pool = env.pool().await;
     let before_events = payment_events(&env, &id);
     let before_rows = webhook_rows(&pool).await;
@@ -108,15 +112,15 @@ async fn abused_webhooks_change_nothing_and_a_replay_is_applied_once() {
     let now = chrono::Utc::now().timestamp();
 
     // (case, channel, signature header, body, expected status)
-    let good = event("evt_abuse_good", &id, &merchant_id);
+    let good = event("evt_abuse_good", &intent, &id, &merchant_id);
     let mut oversized_event: Value =
-        serde_json::from_str(&event("evt_big", &id, &merchant_id)).expect("event json");
+        serde_json::from_str(&event("evt_big", &intent, &id, &merchant_id)).expect("event json");
     oversized_event["data"]["object"]["padding"] = "x".repeat(MAX_BODY_BYTES).into();
     let oversized = oversized_event.to_string();
-    let stale_body = event("evt_stale", &id, &merchant_id);
-    let future_body = event("evt_future", &id, &merchant_id);
-    let tampered_body = event("evt_tampered", &id, &merchant_id);
-    let wrong_secret = event("evt_wrong_secret", &id, &merchant_id);
+    let stale_body = event("evt_stale", &intent, &id, &merchant_id);
+    let future_body = event("evt_future", &intent, &id, &merchant_id);
+    let tampered_body = event("evt_tampered", &intent, &id, &merchant_id);
+    let wrong_secret = event("evt_wrong_secret", &intent, &id, &merchant_id);
     let cases: Vec<(&str, &str, Option<String>, String, u16)> = vec![
         ("no signature", "sandbox", None, good.clone(), 401),
         (
@@ -234,6 +238,30 @@ async fn abused_webhooks_change_nothing_and_a_replay_is_applied_once() {
     );
     let still = api.get_payment(&key, &id).await;
     assert_eq!(still.body["status"], "processing");
+
+    // Correctly signed, but for another intent whose metadata names this payment (the
+    // metadata is the sender's to write): received, and it changes nothing.
+    let foreign = event("evt_foreign_intent", "pi_someone_else", &id, &merchant_id);
+    let (status, answer) = post(
+        &client,
+        base,
+        "sandbox",
+        Some(&sign(now, &foreign)),
+        foreign,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["ignored"].is_string(), "{answer}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        payment_events(&env, &id),
+        before_events,
+        "a foreign intent journals nothing"
+    );
+    assert_eq!(
+        api.get_payment(&key, &id).await.body["status"],
+        "processing"
+    );
     println!(
         "webhook abuse: {} refused cases, journal unchanged ({} events of the payment)",
         cases.len(),
@@ -286,7 +314,7 @@ async fn abused_webhooks_change_nothing_and_a_replay_is_applied_once() {
         assert_eq!(*status, 200, "{answer}");
     }
     // A second event id for the same outcome: received, but the payment is already failed.
-    let other = event("evt_abuse_other", &id, &merchant_id);
+    let other = event("evt_abuse_other", &intent, &id, &merchant_id);
     let (status, answer) = post(&client, base, "sandbox", Some(&sign(now, &other)), other).await;
     assert_eq!(status, 200, "{answer}");
 

@@ -175,6 +175,9 @@ impl PspIntent {
 pub struct PspRefund {
     pub id: String,
     pub status: String,
+    /// The intent refunded; a webhook's refund must name the payment's own.
+    #[serde(default)]
+    pub payment_intent: Option<String>,
     #[serde(default)]
     pub metadata: HashMap<String, String>,
 }

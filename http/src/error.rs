@@ -167,8 +167,13 @@ impl From<CommandError> for ApiError {
                 Self::invalid("amount_too_large", refusal.to_string(), Some("amount"))
             }
             CommandError::Refused(Refusal::UnknownRefund) => Self::not_found("No such refund"),
+            // Only a PSP webhook sends these, and it answers 200 `ignored` itself.
+            CommandError::Refused(refusal @ Refusal::ForeignIntent) => {
+                Self::invalid("psp_reference_mismatch", refusal.to_string(), None)
+            }
             CommandError::Refused(Refusal::NotFound) => Self::not_found("No such payment"),
-            CommandError::IdempotencyMismatch => Self {
+            CommandError::IdempotencyMismatch
+            | CommandError::Refused(Refusal::IdempotencyMismatch) => Self {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
                 kind: "idempotency_error",
                 code: "idempotency_key_in_use",

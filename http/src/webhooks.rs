@@ -131,29 +131,42 @@ pub(crate) async fn psp_webhook(
             let command = if event.kind.starts_with("payment_intent.") {
                 let intent: payrail_actors::psp::PspIntent = serde_json::from_value(event.data.object.clone())
                     .map_err(|e| ApiError::invalid("parameter_invalid", e.to_string(), Some("data.object")))?;
-                Some(Command::RecordOutcome(intent.outcome()))
+                Some(Command::FromProcessor {
+                    psp_reference: intent.id.clone(),
+                    command: Box::new(Command::RecordOutcome(intent.outcome())),
+                })
             } else if event.kind.starts_with("refund.") {
                 let refund: payrail_actors::psp::PspRefund = serde_json::from_value(event.data.object.clone())
                     .map_err(|e| ApiError::invalid("parameter_invalid", e.to_string(), Some("data.object")))?;
                 match (refund.metadata.get("refund_id"), refund.status.as_str()) {
-                    (Some(refund_id), "succeeded" | "failed") => Some(Command::RecordRefundOutcome {
-                        refund_id: refund_id.clone(),
-                        succeeded: refund.status == "succeeded",
-                        psp_reference: Some(refund.id.clone()),
-                        code: (refund.status == "failed").then(|| "refund_failed".to_string()),
+                    (Some(refund_id), "succeeded" | "failed") => Some(Command::FromProcessor {
+                        // A refund names the intent it refunds; none matches no payment.
+                        psp_reference: refund.payment_intent.clone().unwrap_or_default(),
+                        command: Box::new(Command::RecordRefundOutcome {
+                            refund_id: refund_id.clone(),
+                            succeeded: refund.status == "succeeded",
+                            psp_reference: Some(refund.id.clone()),
+                            code: (refund.status == "failed").then(|| "refund_failed".to_string()),
+                        }),
                     }),
                     _ => None,
                 }
             } else {
                 None
             };
+            let mut ignored = None;
             if let Some(command) = command {
                 match state
                     .node
                     .command(merchant_id, payment_id, command, Some(event.id.clone()))
                     .await
                 {
-                    Ok(_) | Err(payrail_actors::CommandError::NotFound) | Err(payrail_actors::CommandError::Refused(_)) => {}
+                    Ok(_) | Err(payrail_actors::CommandError::NotFound) => {}
+                    Err(payrail_actors::CommandError::Refused(refusal)) => {
+                        // Received (the sender must not retry it), but it changed nothing.
+                        tracing::warn!(merchant_id, payment_id, event_id = %event.id, %refusal, "PSP webhook refused");
+                        ignored = Some(refusal.to_string());
+                    }
                     Err(error) => return Err(error.into()),
                 }
             }
@@ -163,7 +176,10 @@ pub(crate) async fn psp_webhook(
                 .execute(&state.pool)
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
-            Ok(json(StatusCode::OK, &serde_json::json!({"received": true})))
+            Ok(json(StatusCode::OK, &match ignored {
+                Some(why) => serde_json::json!({"received": true, "ignored": why}),
+                None => serde_json::json!({"received": true}),
+            }))
         }
         .await,
     )

@@ -17,6 +17,11 @@
 //! | `succeeded`               | `CreateRefund { amount }`  | `refund.created`        | `succeeded` (+ refund)    |
 //! | `succeeded`               | `RecordRefundOutcome`      | `refund.succeeded`/`failed` | `succeeded`           |
 //!
+//! A webhook's outcome arrives as `FromProcessor { psp_reference, command }` and is refused
+//! unless `psp_reference` is the payment's own intent: a signed event of another intent
+//! whose metadata names this payment (the metadata is the sender's to write) changes
+//! nothing.
+//!
 //! Outcomes from the processor arrive more than once and out of order (synchronous answer,
 //! webhooks, polling). An outcome that the state already reflects, or that is older than the
 //! state (e.g. `authorized` after `succeeded`), yields no events and no refusal, so
@@ -88,6 +93,9 @@ pub struct Refund {
     pub status: RefundStatus,
     pub reason: Option<String>,
     pub created_at_micros: i64,
+    /// See [`PaymentEvent::RefundCreated`]; none in snapshots taken before it existed.
+    #[serde(default)]
+    pub request_fingerprint: Option<String>,
 }
 
 /// A payment's state: everything needed to decide the next command.
@@ -197,12 +205,20 @@ pub enum Command {
         refund_id: String,
         amount: Option<i64>,
         reason: Option<String>,
+        /// With an Idempotency-Key: the hash of the request's amount (or none) and reason.
+        request_fingerprint: Option<String>,
     },
     RecordRefundOutcome {
         refund_id: String,
         succeeded: bool,
         psp_reference: Option<String>,
         code: Option<String>,
+    },
+    /// `command` (`RecordOutcome` or `RecordRefundOutcome`) as a processor's webhook
+    /// reports it for the intent `psp_reference`: decided only if that is the payment's.
+    FromProcessor {
+        psp_reference: String,
+        command: Box<Command>,
     },
 }
 
@@ -218,6 +234,7 @@ impl Command {
             Command::Expire => "expire",
             Command::CreateRefund { .. } => "refund",
             Command::RecordRefundOutcome { .. } => "record_refund_outcome",
+            Command::FromProcessor { command, .. } => command.kind(),
         }
     }
 }
@@ -242,6 +259,10 @@ pub enum Refusal {
     RefundExceedsCaptured { requested: i64, refundable: i64 },
     #[error("no such refund")]
     UnknownRefund,
+    #[error("the idempotency key was first used with other parameters")]
+    IdempotencyMismatch,
+    #[error("the processor's event is for another intent than this payment's")]
+    ForeignIntent,
 }
 
 fn invalid(payment: &Payment, action: &'static str) -> Refusal {
@@ -328,12 +349,24 @@ pub fn decide(state: Option<&Payment>, command: &Command) -> Result<Vec<PaymentE
             refund_id,
             amount,
             reason,
+            request_fingerprint,
         } => {
+            if let Some(first) = payment.refund(refund_id) {
+                // The same refund id is the same Idempotency-Key: a retry of the same
+                // request finds the first refund; another request under it is refused.
+                let same_request = match (&first.request_fingerprint, request_fingerprint) {
+                    (Some(first), Some(retry)) => first == retry,
+                    // Written before fingerprints: compare what both still say.
+                    _ => amount.is_none_or(|a| a == first.amount) && reason == &first.reason,
+                };
+                return if same_request {
+                    Ok(vec![])
+                } else {
+                    Err(Refusal::IdempotencyMismatch)
+                };
+            }
             if payment.status != S::Succeeded {
                 return Err(invalid(payment, "be refunded"));
-            }
-            if payment.refund(refund_id).is_some() {
-                return Ok(vec![]);
             }
             let refundable = payment.refundable();
             let requested = amount.unwrap_or(refundable);
@@ -350,6 +383,7 @@ pub fn decide(state: Option<&Payment>, command: &Command) -> Result<Vec<PaymentE
                 refund_id: refund_id.clone(),
                 amount: requested,
                 reason: reason.clone(),
+                request_fingerprint: request_fingerprint.clone(),
             }])
         }
         Command::RecordRefundOutcome {
@@ -373,6 +407,19 @@ pub fn decide(state: Option<&Payment>, command: &Command) -> Result<Vec<PaymentE
                     code: code.clone().unwrap_or_else(|| "refund_failed".into()),
                 }
             }])
+        }
+        Command::FromProcessor {
+            psp_reference,
+            command,
+        } => {
+            let reported = matches!(
+                **command,
+                Command::RecordOutcome(_) | Command::RecordRefundOutcome { .. }
+            );
+            if !reported || payment.psp_reference.as_deref() != Some(psp_reference.as_str()) {
+                return Err(Refusal::ForeignIntent);
+            }
+            decide(Some(payment), command)
         }
     }
 }
@@ -522,12 +569,14 @@ pub fn evolve(
             refund_id,
             amount,
             reason,
+            request_fingerprint,
         } => payment.refunds.push(Refund {
             id: refund_id.clone(),
             amount: *amount,
             status: RefundStatus::Pending,
             reason: reason.clone(),
             created_at_micros: ctx.occurred_at_micros,
+            request_fingerprint: request_fingerprint.clone(),
         }),
         PaymentEvent::RefundSucceeded { refund_id, .. } => {
             if let Some(refund) = payment.refunds.iter_mut().find(|r| &r.id == refund_id) {

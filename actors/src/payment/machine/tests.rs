@@ -165,6 +165,7 @@ fn illegal_transitions_are_refused_with_the_current_status() {
         refund_id: "re_1".into(),
         amount: None,
         reason: None,
+        request_fingerprint: None,
     };
     assert!(matches!(
         decide(Some(&state), &refund),
@@ -193,6 +194,7 @@ fn refunds_add_up_and_cannot_exceed_the_captured_amount() {
             refund_id: id.into(),
             amount: Some(amount),
             reason: None,
+            request_fingerprint: None,
         });
         commands.push(Command::RecordRefundOutcome {
             refund_id: id.into(),
@@ -207,6 +209,7 @@ fn refunds_add_up_and_cannot_exceed_the_captured_amount() {
         refund_id: "re_3".into(),
         amount: Some(201),
         reason: None,
+        request_fingerprint: None,
     };
     assert_eq!(
         decide(Some(&state), &too_much),
@@ -219,6 +222,7 @@ fn refunds_add_up_and_cannot_exceed_the_captured_amount() {
         refund_id: "re_3".into(),
         amount: None,
         reason: None,
+        request_fingerprint: None,
     };
     let events = decide(Some(&state), &rest).unwrap();
     assert_eq!(
@@ -226,7 +230,8 @@ fn refunds_add_up_and_cannot_exceed_the_captured_amount() {
         vec![PaymentEvent::RefundCreated {
             refund_id: "re_3".into(),
             amount: 200,
-            reason: None
+            reason: None,
+            request_fingerprint: None,
         }]
     );
 }
@@ -242,6 +247,7 @@ fn a_failed_refund_frees_its_amount() {
         refund_id: "re_1".into(),
         amount: Some(1000),
         reason: None,
+        request_fingerprint: None,
     });
     commands.push(Command::RecordRefundOutcome {
         refund_id: "re_1".into(),
@@ -252,6 +258,131 @@ fn a_failed_refund_frees_its_amount() {
     let state = run(&commands).0.unwrap();
     assert_eq!(state.refundable(), 1000);
     assert_eq!(state.amount_refunded, 0);
+}
+
+/// A payment of 1000 captured at once, then `command`.
+fn paid_1000_then(command: Command) -> Payment {
+    let commands = [
+        create(1000, CaptureMethod::Automatic),
+        confirm(),
+        visa_succeeded(1000),
+        command,
+    ];
+    run(&commands).0.unwrap()
+}
+
+fn keyed_refund(amount: Option<i64>, fingerprint: &str) -> Command {
+    Command::CreateRefund {
+        refund_id: "re_key".into(),
+        amount,
+        reason: None,
+        request_fingerprint: Some(fingerprint.into()),
+    }
+}
+
+#[test]
+fn a_refund_retried_under_its_key_with_another_body_is_refused_not_replayed() {
+    let state = paid_1000_then(keyed_refund(Some(300), "fp-300"));
+    // The same request again finds the first refund: no event.
+    assert_eq!(
+        decide(Some(&state), &keyed_refund(Some(300), "fp-300")),
+        Ok(vec![])
+    );
+    // Another amount under the same key is not silently answered with the first refund.
+    assert_eq!(
+        decide(Some(&state), &keyed_refund(Some(500), "fp-500")),
+        Err(Refusal::IdempotencyMismatch)
+    );
+    assert_eq!(state.refunds.len(), 1);
+}
+
+#[test]
+fn a_refund_journaled_before_fingerprints_compares_amount_and_reason() {
+    let state = paid_1000_then(Command::CreateRefund {
+        refund_id: "re_key".into(),
+        amount: Some(300),
+        reason: None,
+        request_fingerprint: None,
+    });
+    assert_eq!(
+        decide(Some(&state), &keyed_refund(Some(300), "fp-300")),
+        Ok(vec![])
+    );
+    assert_eq!(
+        decide(Some(&state), &keyed_refund(None, "fp-none")),
+        Ok(vec![])
+    );
+    assert_eq!(
+        decide(Some(&state), &keyed_refund(Some(301), "fp-301")),
+        Err(Refusal::IdempotencyMismatch)
+    );
+}
+
+fn from_processor(intent: &str, command: Command) -> Command {
+    Command::FromProcessor {
+        psp_reference: intent.into(),
+        command: Box::new(command),
+    }
+}
+
+#[test]
+fn a_webhook_outcome_for_another_intent_is_refused() {
+    let state = run(&[create(1000, CaptureMethod::Automatic), confirm()])
+        .0
+        .unwrap();
+    let foreign = Outcome::Succeeded {
+        psp_reference: Some("pi_other".into()),
+        amount_captured: 1000,
+    };
+    assert_eq!(
+        decide(
+            Some(&state),
+            &from_processor("pi_other", Command::RecordOutcome(foreign))
+        ),
+        Err(Refusal::ForeignIntent)
+    );
+    // The payment's own intent is decided as the outcome itself.
+    let events = decide(Some(&state), &from_processor("pi_1", visa_succeeded(1000))).unwrap();
+    assert_eq!(events, decide(Some(&state), &visa_succeeded(1000)).unwrap());
+}
+
+#[test]
+fn a_refund_webhook_for_another_intent_is_refused() {
+    let state = paid_1000_then(Command::CreateRefund {
+        refund_id: "re_1".into(),
+        amount: Some(1000),
+        reason: None,
+        request_fingerprint: None,
+    });
+    let failed = Command::RecordRefundOutcome {
+        refund_id: "re_1".into(),
+        succeeded: false,
+        psp_reference: Some("re_psp".into()),
+        code: None,
+    };
+    // A failed refund frees its amount: from a foreign intent that would allow refunding twice.
+    assert_eq!(
+        decide(Some(&state), &from_processor("pi_other", failed.clone())),
+        Err(Refusal::ForeignIntent)
+    );
+    assert!(decide(Some(&state), &from_processor("pi_1", failed))
+        .unwrap()
+        .iter()
+        .any(|e| e.event_type() == "refund.failed"));
+}
+
+#[test]
+fn only_processor_reports_can_come_from_the_processor() {
+    let state = run(&[create(1000, CaptureMethod::Automatic), confirm()])
+        .0
+        .unwrap();
+    assert_eq!(
+        decide(
+            Some(&state),
+            &from_processor("pi_1", Command::Cancel { reason: None })
+        ),
+        Err(Refusal::ForeignIntent)
+    );
 }
 
 #[test]
@@ -324,6 +455,7 @@ fn any_command() -> impl Strategy<Value = Command> {
                 refund_id,
                 amount,
                 reason: None,
+                request_fingerprint: None,
             }
         }),
         (refund_id, any::<bool>()).prop_map(|(refund_id, succeeded)| {
