@@ -221,7 +221,9 @@ impl From<CommandError> for ApiError {
 
 /// Maps warp's own rejections (no route, wrong method, body too large, …) to error objects.
 pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::convert::Infallible> {
-    let error = if rejection.is_not_found() {
+    let error = if let Some(crate::guard::Refused(error)) = rejection.find() {
+        error.clone()
+    } else if rejection.is_not_found() {
         ApiError::not_found("Unrecognized request URL")
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError {

@@ -7,6 +7,7 @@ mod body;
 mod dashboard;
 pub mod error;
 pub mod forward;
+mod guard;
 mod internal;
 pub mod metrics;
 mod money;
@@ -388,7 +389,7 @@ pub fn routes(
         .and(auth)
         .and_then(money::payment_metrics);
 
-    healthz
+    let routes = healthz
         .or(openapi_json)
         .unify()
         .or(readyz)
@@ -412,7 +413,9 @@ pub fn routes(
         .or(money)
         .unify()
         .or(notifications::routes(state.clone()))
-        .unify()
+        .unify();
+    guard::state_changing()
+        .and(routes)
         .recover(error::recover)
         .unify()
         .with(warp::log::custom(metrics::record_request))

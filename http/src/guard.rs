@@ -1,0 +1,221 @@
+//! What every state-changing request (any method but GET, HEAD and OPTIONS) passes before a
+//! route sees it, whatever its body: a declared Content-Type must be JSON, and a browser's
+//! request must come from the node's own origin.
+//!
+//! Why: admin routes accept the dashboard's Basic credentials, which a browser attaches by
+//! itself. A page elsewhere can make the operator's browser send a "simple" cross-site
+//! request (a form post: `application/x-www-form-urlencoded`, `text/plain` or
+//! `multipart/form-data`, no preflight) to, say, `/v1/settlements/run`. Refusing those media
+//! types on every state-changing route, even with an empty body, and refusing a foreign
+//! `Origin` (or `Sec-Fetch-Site: cross-site`) closes that path. Clients that are not
+//! browsers send neither header and are unaffected.
+
+use crate::error::ApiError;
+use warp::http::{Method, StatusCode};
+use warp::Filter;
+
+/// A request refused before routing; `error::recover` answers it.
+#[derive(Debug)]
+pub(crate) struct Refused(pub ApiError);
+
+impl warp::reject::Reject for Refused {}
+
+/// The filter in front of every route.
+pub(crate) fn state_changing() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::method()
+        .and(warp::header::headers_cloned())
+        .and_then(
+            |method: Method, headers: warp::http::HeaderMap| async move {
+                let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+                check(
+                    &method,
+                    &Headers {
+                        content_type: text("content-type"),
+                        origin: text("origin"),
+                        host: text("host"),
+                        fetch_site: text("sec-fetch-site"),
+                    },
+                )
+                .map_err(|e| warp::reject::custom(Refused(e)))
+            },
+        )
+        .untuple_one()
+}
+
+/// The request headers the check reads (`None`: absent).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Headers<'a> {
+    pub content_type: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    pub host: Option<&'a str>,
+    pub fetch_site: Option<&'a str>,
+}
+
+/// Refuses a state-changing request with a non-JSON Content-Type (415) or from another
+/// origin (403). Safe methods pass untouched.
+pub(crate) fn check(method: &Method, headers: &Headers<'_>) -> Result<(), ApiError> {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    if let Some(content_type) = headers.content_type {
+        let media_type = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if media_type != "application/json" && !media_type.ends_with("+json") {
+            return Err(unsupported_media_type(&media_type));
+        }
+    }
+    if let Some(site) = headers.fetch_site {
+        if !matches!(site.trim(), "same-origin" | "none") {
+            return Err(foreign_origin());
+        }
+    }
+    if let Some(origin) = headers.origin {
+        let authority = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        let same = match (authority, headers.host) {
+            (Some(authority), Some(host)) => authority.eq_ignore_ascii_case(host.trim()),
+            _ => false, // `null`, another scheme, or no Host to compare with
+        };
+        if !same {
+            return Err(foreign_origin());
+        }
+    }
+    Ok(())
+}
+
+fn unsupported_media_type(media_type: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        kind: "invalid_request_error",
+        code: "unsupported_media_type",
+        message: format!(
+            "The request body must be JSON: send the header `Content-Type: application/json` \
+             or none (this request said `{}`; curl's -d sends application/x-www-form-urlencoded \
+             unless told otherwise)",
+            printable(media_type)
+        ),
+        param: Some("Content-Type".into()),
+        payment_status: None,
+    }
+}
+
+fn foreign_origin() -> ApiError {
+    ApiError {
+        status: StatusCode::FORBIDDEN,
+        kind: "invalid_request_error",
+        code: "origin_forbidden",
+        message: "A state-changing request from another origin is refused".into(),
+        param: Some("Origin".into()),
+        payment_status: None,
+    }
+}
+
+/// The client's media type as it may appear in an error message: visible ASCII, at most 64
+/// characters, so nothing a client sends can shape the answer beyond that.
+fn printable(media_type: &str) -> String {
+    media_type
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(headers: Headers<'_>) -> Result<(), u16> {
+        check(&Method::POST, &headers).map_err(|e| e.status.as_u16())
+    }
+
+    #[test]
+    fn a_form_or_text_content_type_is_refused_even_without_a_body() {
+        for content_type in [
+            "application/x-www-form-urlencoded",
+            "text/plain;charset=UTF-8",
+            "multipart/form-data; boundary=x",
+        ] {
+            let headers = Headers {
+                content_type: Some(content_type),
+                ..Headers::default()
+            };
+            assert_eq!(post(headers), Err(415), "{content_type}");
+        }
+    }
+
+    #[test]
+    fn json_or_no_content_type_passes() {
+        for content_type in [
+            None,
+            Some("application/json"),
+            Some("application/merge-patch+json; charset=utf-8"),
+        ] {
+            let headers = Headers {
+                content_type,
+                ..Headers::default()
+            };
+            assert_eq!(post(headers), Ok(()), "{content_type:?}");
+        }
+    }
+
+    #[test]
+    fn a_foreign_origin_is_refused_and_the_nodes_own_passes() {
+        let own = Headers {
+            origin: Some("http://127.0.0.1:8080"),
+            host: Some("127.0.0.1:8080"),
+            ..Headers::default()
+        };
+        assert_eq!(post(own), Ok(()));
+        for origin in ["https://evil.example", "null", "http://127.0.0.1:8081"] {
+            let foreign = Headers {
+                origin: Some(origin),
+                host: Some("127.0.0.1:8080"),
+                ..Headers::default()
+            };
+            assert_eq!(post(foreign), Err(403), "{origin}");
+        }
+        let cross_site = Headers {
+            fetch_site: Some("cross-site"),
+            ..Headers::default()
+        };
+        assert_eq!(post(cross_site), Err(403));
+    }
+
+    #[test]
+    fn a_refused_media_type_says_what_to_send_bounded_and_printable() {
+        let form = Headers {
+            content_type: Some("application/x-www-form-urlencoded"),
+            ..Headers::default()
+        };
+        let Err(error) = check(&Method::POST, &form) else {
+            panic!("a form was taken");
+        };
+        assert!(error.message.contains("Content-Type: application/json"));
+        assert!(error.message.contains("application/x-www-form-urlencoded"));
+        let hostile = format!("text/{}\u{7}\n", "x".repeat(500));
+        let headers = Headers {
+            content_type: Some(&hostile),
+            ..Headers::default()
+        };
+        let Err(error) = check(&Method::POST, &headers) else {
+            panic!("a text body was taken");
+        };
+        assert!(error.message.len() < 300, "{}", error.message);
+        assert!(!error.message.contains('\u{7}'));
+    }
+
+    #[test]
+    fn safe_methods_are_not_checked() {
+        let form = Headers {
+            content_type: Some("text/plain"),
+            origin: Some("https://evil.example"),
+            ..Headers::default()
+        };
+        assert_eq!(check(&Method::GET, &form).map_err(|e| e.status), Ok(()));
+    }
+}
