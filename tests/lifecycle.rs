@@ -450,6 +450,7 @@ async fn duplicated_and_reordered_webhooks_add_no_events() {
 
 fn signed_event(
     id: &str,
+    intent: &str,
     payment_id: &str,
     merchant_id: &str,
     t: i64,
@@ -461,7 +462,7 @@ fn signed_event(
         "type": "payment_intent.payment_failed",
         "created": t,
         "data": {"object": {
-            "id": "pi_forged", "object": "payment_intent", "amount": 100, "currency": "eur",
+            "id": intent, "object": "payment_intent", "amount": 100, "currency": "eur",
             "status": "requires_payment_method", "amount_capturable": 0, "amount_received": 0,
             "metadata": {"payment_id": payment_id, "merchant_id": merchant_id},
             "last_payment_error": {"code": "card_declined", "message": "forged"}
@@ -485,21 +486,31 @@ async fn bad_stale_or_missing_webhook_signatures_are_refused_and_change_nothing(
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(
-        w.confirm(&id, "pm_card_delayed").await.body["status"],
-        "processing"
-    );
+    let confirmed = w.confirm(&id, "pm_card_delayed").await;
+    assert_eq!(confirmed.body["status"], "processing");
+    let intent = confirmed.body["processor_reference"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let before = payment_events(&w.env, &id);
     let url = format!("{}/webhooks/psp/sandbox", w.node.base);
     let client = reqwest::Client::new();
     let now = chrono::Utc::now().timestamp();
 
-    let (body, _) = signed_event("evt_missing", &id, &merchant_id, now, WEBHOOK_SECRET);
+    let (body, _) = signed_event(
+        "evt_missing",
+        &intent,
+        &id,
+        &merchant_id,
+        now,
+        WEBHOOK_SECRET,
+    );
     let missing = client.post(&url).body(body).send().await.unwrap();
     assert_eq!(missing.status().as_u16(), 401);
 
     let (body, header) = signed_event(
         "evt_wrong_secret",
+        &intent,
         &id,
         &merchant_id,
         now,
@@ -514,7 +525,14 @@ async fn bad_stale_or_missing_webhook_signatures_are_refused_and_change_nothing(
         .unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
 
-    let (body, header) = signed_event("evt_stale", &id, &merchant_id, now - 301, WEBHOOK_SECRET);
+    let (body, header) = signed_event(
+        "evt_stale",
+        &intent,
+        &id,
+        &merchant_id,
+        now - 301,
+        WEBHOOK_SECRET,
+    );
     let stale = client
         .post(&url)
         .header("Stripe-Signature", header)
@@ -526,7 +544,14 @@ async fn bad_stale_or_missing_webhook_signatures_are_refused_and_change_nothing(
     let error: Value = stale.json().await.unwrap();
     assert_eq!(error["error"]["code"], "signature_invalid");
 
-    let (body, header) = signed_event("evt_tampered", &id, &merchant_id, now, WEBHOOK_SECRET);
+    let (body, header) = signed_event(
+        "evt_tampered",
+        &intent,
+        &id,
+        &merchant_id,
+        now,
+        WEBHOOK_SECRET,
+    );
     let tampered = client
         .post(&url)
         .header("Stripe-Signature", header)
@@ -545,7 +570,7 @@ async fn bad_stale_or_missing_webhook_signatures_are_refused_and_change_nothing(
     assert_eq!(w.get(&id).await["status"], "processing");
 
     // The same event correctly signed is accepted: the refusals above were for the signature.
-    let (body, header) = signed_event("evt_good", &id, &merchant_id, now, WEBHOOK_SECRET);
+    let (body, header) = signed_event("evt_good", &intent, &id, &merchant_id, now, WEBHOOK_SECRET);
     let good = client
         .post(&url)
         .header("Stripe-Signature", header)

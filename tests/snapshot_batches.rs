@@ -96,7 +96,6 @@ fn partition_log() -> Vec<ConsumedRecord> {
                     refund_id: "re_1".into(),
                     amount: Some(300),
                     reason: None,
-                    request_fingerprint: None,
                 },
                 Command::RecordRefundOutcome {
                     refund_id: "re_1".into(),
@@ -153,7 +152,6 @@ fn partition_log() -> Vec<ConsumedRecord> {
                     refund_id: "re_2".into(),
                     amount: Some(100),
                     reason: None,
-                    request_fingerprint: None,
                 },
             ],
         ),

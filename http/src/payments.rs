@@ -314,15 +314,10 @@ pub(crate) async fn create_refund(
                 }
                 None => format!("re_{}", uuid::Uuid::now_v7().simple()),
             };
-            let request_fingerprint = key.as_ref().map(|_| {
-                let canonical = serde_json::json!({ "amount": b.amount, "reason": b.reason });
-                hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
-            });
             let command = Command::CreateRefund {
                 refund_id: refund_id.clone(),
                 amount: b.amount,
                 reason: b.reason,
-                request_fingerprint,
             };
             let correlation_id = key.or_else(|| Some(crate::request_id::of(&incoming.headers)));
             let view = state

@@ -78,11 +78,6 @@ pub enum PaymentEvent {
         refund_id: String,
         amount: i64,
         reason: Option<String>,
-        /// Hash of the request as asked (amount or none, reason) when it carried an
-        /// Idempotency-Key: a retry with the key and another body is refused, not replayed.
-        /// Absent in events written before it existed.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        request_fingerprint: Option<String>,
     },
     /// `refund.succeeded`
     RefundSucceeded {

@@ -440,13 +440,11 @@ impl PaymentArgs {
                 refund_id,
                 amount,
                 reason,
-                request_fingerprint,
             } => {
                 let command = Command::CreateRefund {
                     refund_id: refund_id.clone(),
                     amount,
                     reason,
-                    request_fingerprint,
                 };
                 // Reserve the amount in the journal first, then ask the processor.
                 self.run(vec![command], correlation_id.clone()).await?;

@@ -165,7 +165,6 @@ fn illegal_transitions_are_refused_with_the_current_status() {
         refund_id: "re_1".into(),
         amount: None,
         reason: None,
-        request_fingerprint: None,
     };
     assert!(matches!(
         decide(Some(&state), &refund),
@@ -194,7 +193,6 @@ fn refunds_add_up_and_cannot_exceed_the_captured_amount() {
             refund_id: id.into(),
             amount: Some(amount),
             reason: None,
-            request_fingerprint: None,
         });
         commands.push(Command::RecordRefundOutcome {
             refund_id: id.into(),
@@ -209,7 +207,6 @@ fn refunds_add_up_and_cannot_exceed_the_captured_amount() {
         refund_id: "re_3".into(),
         amount: Some(201),
         reason: None,
-        request_fingerprint: None,
     };
     assert_eq!(
         decide(Some(&state), &too_much),
@@ -222,7 +219,6 @@ fn refunds_add_up_and_cannot_exceed_the_captured_amount() {
         refund_id: "re_3".into(),
         amount: None,
         reason: None,
-        request_fingerprint: None,
     };
     let events = decide(Some(&state), &rest).unwrap();
     assert_eq!(
@@ -231,7 +227,6 @@ fn refunds_add_up_and_cannot_exceed_the_captured_amount() {
             refund_id: "re_3".into(),
             amount: 200,
             reason: None,
-            request_fingerprint: None,
         }]
     );
 }
@@ -247,7 +242,6 @@ fn a_failed_refund_frees_its_amount() {
         refund_id: "re_1".into(),
         amount: Some(1000),
         reason: None,
-        request_fingerprint: None,
     });
     commands.push(Command::RecordRefundOutcome {
         refund_id: "re_1".into(),
@@ -271,51 +265,39 @@ fn paid_1000_then(command: Command) -> Payment {
     run(&commands).0.unwrap()
 }
 
-fn keyed_refund(amount: Option<i64>, fingerprint: &str) -> Command {
+fn keyed_refund(amount: Option<i64>, reason: Option<&str>) -> Command {
     Command::CreateRefund {
         refund_id: "re_key".into(),
         amount,
-        reason: None,
-        request_fingerprint: Some(fingerprint.into()),
+        reason: reason.map(str::to_string),
     }
 }
 
 #[test]
-fn a_refund_retried_under_its_key_with_another_body_is_refused_not_replayed() {
-    let state = paid_1000_then(keyed_refund(Some(300), "fp-300"));
+fn a_refund_retried_under_its_key_with_another_amount_or_reason_is_refused() {
+    let state = paid_1000_then(keyed_refund(Some(300), None));
     // The same request again finds the first refund: no event.
     assert_eq!(
-        decide(Some(&state), &keyed_refund(Some(300), "fp-300")),
+        decide(Some(&state), &keyed_refund(Some(300), None)),
         Ok(vec![])
     );
-    // Another amount under the same key is not silently answered with the first refund.
+    // Another amount or reason under the same key is not answered with the first refund.
     assert_eq!(
-        decide(Some(&state), &keyed_refund(Some(500), "fp-500")),
+        decide(Some(&state), &keyed_refund(Some(500), None)),
+        Err(Refusal::IdempotencyMismatch)
+    );
+    assert_eq!(
+        decide(Some(&state), &keyed_refund(Some(300), Some("duplicate"))),
         Err(Refusal::IdempotencyMismatch)
     );
     assert_eq!(state.refunds.len(), 1);
 }
 
 #[test]
-fn a_refund_journaled_before_fingerprints_compares_amount_and_reason() {
-    let state = paid_1000_then(Command::CreateRefund {
-        refund_id: "re_key".into(),
-        amount: Some(300),
-        reason: None,
-        request_fingerprint: None,
-    });
-    assert_eq!(
-        decide(Some(&state), &keyed_refund(Some(300), "fp-300")),
-        Ok(vec![])
-    );
-    assert_eq!(
-        decide(Some(&state), &keyed_refund(None, "fp-none")),
-        Ok(vec![])
-    );
-    assert_eq!(
-        decide(Some(&state), &keyed_refund(Some(301), "fp-301")),
-        Err(Refusal::IdempotencyMismatch)
-    );
+fn a_refund_retried_under_its_key_without_an_amount_finds_the_first() {
+    // "What is left" under the key that refunded 300: what the key refunded stands.
+    let state = paid_1000_then(keyed_refund(Some(300), None));
+    assert_eq!(decide(Some(&state), &keyed_refund(None, None)), Ok(vec![]));
 }
 
 fn from_processor(intent: &str, command: Command) -> Command {
@@ -352,7 +334,6 @@ fn a_refund_webhook_for_another_intent_is_refused() {
         refund_id: "re_1".into(),
         amount: Some(1000),
         reason: None,
-        request_fingerprint: None,
     });
     let failed = Command::RecordRefundOutcome {
         refund_id: "re_1".into(),
@@ -455,7 +436,6 @@ fn any_command() -> impl Strategy<Value = Command> {
                 refund_id,
                 amount,
                 reason: None,
-                request_fingerprint: None,
             }
         }),
         (refund_id, any::<bool>()).prop_map(|(refund_id, succeeded)| {

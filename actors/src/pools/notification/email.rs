@@ -195,7 +195,6 @@ mod tests {
                 status: RefundStatus::Succeeded,
                 reason: None,
                 created_at_micros: 0,
-                request_fingerprint: None,
             }],
             psp_reference: None,
             failure_code: None,
