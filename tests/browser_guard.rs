@@ -18,6 +18,9 @@ fn basic() -> String {
     format!("Basic {credentials}")
 }
 
+/// (case, headers sent, expected status).
+type Attack = (&'static str, Vec<(&'static str, &'static str)>, u16);
+
 async fn settlements(pool: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM settlements")
         .fetch_one(pool)
@@ -73,7 +76,7 @@ async fn a_cross_site_form_post_runs_no_settlement_and_a_same_origin_one_does() 
 
     let client = reqwest::Client::new();
     let url = format!("{}/v1/settlements/run", node.base);
-    let attacks: Vec<(&str, Vec<(&str, &str)>, u16)> = vec![
+    let attacks: Vec<Attack> = vec![
         (
             "urlencoded form",
             vec![("content-type", "application/x-www-form-urlencoded")],
