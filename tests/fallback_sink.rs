@@ -383,3 +383,74 @@ async fn a_pool_where_the_tail_is_complete_catches_up_from_the_copies() {
     assert_eq!(applied, ["journal@5", "journal@6"]);
     assert_eq!(offset, Some(7));
 }
+
+/// A node that journaled 5 and 6 from end 5 and entered fallback at 7, its pool at 5: the
+/// batch its delivery sends, as the network brings it.
+async fn entered_and_delivered(name: &str) -> (PoolSink, PgPool, DeliveredBatch) {
+    let (sink, pool) = sink(name).await;
+    set_offset(&pool, 5).await;
+    let fallback = node_fallback(&pool, 5, 100, &[5, 6], 5);
+    fallback
+        .enter(1, 0, || 7, || 7, || 5, &pool)
+        .await
+        .expect("entered");
+    let batch = delivered(&fallback).await;
+    assert_eq!(batch.events.len(), 2, "the two copies");
+    (sink, pool, batch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_is_the_spools_is_admitted_with_the_spools_watermark_and_promise() {
+    let (sink, _pool, mut batch) = entered_and_delivered("admit_genuine").await;
+    let (high, copied_from) = (batch.high_watermark_at_start, batch.copied_from);
+    // A sender that says less than the spool: the spool's later watermark holds.
+    batch.high_watermark_at_start = 0;
+    let admitted = sink.admit(batch).await.expect("the spool's own rows");
+    assert_eq!(admitted.high_watermark_at_start, high);
+    assert_eq!(admitted.copied_from, copied_from);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_is_not_the_spools_is_refused_and_moves_no_offset_or_epoch() {
+    type Forgery = (&'static str, fn(&mut DeliveredBatch));
+    let forgeries: [Forgery; 5] = [
+        ("journal offset far ahead", |b| {
+            b.events[0].journal_offset = Some(1_000_000_000)
+        }),
+        ("owner epoch far ahead", |b| {
+            b.events[0].owner_epoch = 1 << 40
+        }),
+        ("another value", |b| {
+            b.events[1].value_hex = hex::encode("forged")
+        }),
+        ("another event id", |b| {
+            b.events[1].event_id = Uuid::now_v7()
+        }),
+        ("a sequence the spool never had", |b| {
+            b.events[1].spool_sequence = 999
+        }),
+    ];
+    let (sink, pool, genuine) = entered_and_delivered("admit_forged").await;
+    for (case, forge) in forgeries {
+        let mut batch = genuine.clone();
+        forge(&mut batch);
+        let refused = sink.admit(batch).await;
+        assert!(
+            matches!(
+                refused,
+                Err(payrail_actors::fallback::sink::SinkError::Invalid(_))
+            ),
+            "{case}: {refused:?}"
+        );
+    }
+    let epoch: i64 = sqlx::query_scalar(
+        "SELECT owner_epoch FROM journal_offsets WHERE consumer = $1 AND partition = 1",
+    )
+    .bind(CONSUMER)
+    .fetch_one(&pool)
+    .await
+    .expect("offset row");
+    assert_eq!(stored_offset(&pool).await, Some(5), "no offset moved");
+    assert_eq!(epoch, 0, "no epoch moved");
+    assert!(applied(&pool).await.is_empty());
+}

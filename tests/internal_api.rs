@@ -83,7 +83,33 @@ async fn internal_events_need_the_cluster_secret_and_a_valid_batch() {
     assert_error(status, &body, 400);
     assert_eq!(body["error"]["code"], "invalid_event_batch", "{body}");
 
+    // Well-formed, but for a partition in no journal outage: nothing of it is the spool's.
     let (status, body) = post(&node, Some(SECRET), valid).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["applied_through"], 0, "{body}");
+    assert_error(status, &body, 400);
+    assert_eq!(body["error"]["code"], "invalid_event_batch", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_batch_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new("internal_unauth").await;
+    let node = NodeProcess::start(&env, &[("PAYRAIL__CLUSTER__SECRET", SECRET)]).await;
+    // Announce 8 MiB, send none of it: the answer comes from the headers alone.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /internal/v1/events HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        node.port,
+        8 * 1024 * 1024
+    );
+    stream.write_all(head.as_bytes()).await.expect("headers");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("answered without the body")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("authentication_error"), "{answer}");
 }

@@ -25,6 +25,23 @@ fn authorize_cluster(state: &AppState, given: &Option<String>) -> Result<(), Api
     }
 }
 
+/// Passes only a request carrying the cluster secret; refuses the rest before the route
+/// reads its body (an unauthenticated sender makes the node buffer nothing).
+pub(crate) fn cluster_authenticated(
+    state: Arc<AppState>,
+) -> impl warp::Filter<Extract = (), Error = warp::Rejection> + Clone {
+    use warp::Filter;
+    warp::header::optional::<String>(payrail_actors::fallback::CLUSTER_SECRET_HEADER)
+        .and_then(move |given: Option<String>| {
+            let state = state.clone();
+            async move {
+                authorize_cluster(&state, &given)
+                    .map_err(|e| warp::reject::custom(crate::guard::Refused(e)))
+            }
+        })
+        .untuple_one()
+}
+
 /// `POST /internal/v1/events`: applies a batch to the pools this node runs and answers
 /// how far they took it (`applied_through`) and which held events back.
 #[utoipa::path(
@@ -42,12 +59,10 @@ fn authorize_cluster(state: &AppState, given: &Option<String>) -> Result<(), Api
 )]
 pub async fn receive_events(
     state: Arc<AppState>,
-    secret: Option<String>,
     body: LimitedBody,
 ) -> Result<Response, Infallible> {
     respond(
         async {
-            authorize_cluster(&state, &secret)?;
             let body = body?;
             // A batch is an object: serde would also fill it from an array, positionally.
             if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -64,12 +79,15 @@ pub async fn receive_events(
                     None,
                 )
             })?;
-            let outcome = state.pool_sink.apply(&batch).await.map_err(|e| match e {
+            let sink_error = |e| match e {
                 SinkError::Invalid(message) => {
                     ApiError::invalid("invalid_event_batch", message, None)
                 }
                 other => ApiError::unavailable("pools_unavailable", other.to_string()),
-            })?;
+            };
+            state.pool_sink.validate(&batch).map_err(sink_error)?;
+            let batch = state.pool_sink.admit(batch).await.map_err(sink_error)?;
+            let outcome = state.pool_sink.apply(&batch).await.map_err(sink_error)?;
             Ok(json(StatusCode::OK, &outcome))
         }
         .await,

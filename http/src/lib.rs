@@ -90,9 +90,6 @@ impl HttpOptions {
     }
 }
 
-/// Largest body of an internal request (a batch of spooled events, hex-encoded).
-const INTERNAL_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
-
 /// What the handlers need.
 #[derive(Clone)]
 pub struct AppState {
@@ -205,8 +202,8 @@ pub fn routes(
     let state = Arc::new(state);
     let auth = warp::header::optional::<String>("authorization");
     let body = body::limited_body(max_body_bytes);
-    // A delivered batch is bounded by its event count, not the API's body limit.
-    let internal_body = body::limited_body(INTERNAL_MAX_BODY_BYTES);
+    // A delivered batch has its own bound (count and bytes), not the API's body limit.
+    let internal_body = body::limited_body(payrail_actors::fallback::sink::MAX_BATCH_BODY_BYTES);
 
     let healthz = warp::path!("healthz")
         .and(warp::get())
@@ -352,9 +349,8 @@ pub fn routes(
     let internal_events = warp::path!("internal" / "v1" / "events")
         .and(warp::post())
         .and(with(state.clone()))
-        .and(warp::header::optional::<String>(
-            payrail_actors::fallback::CLUSTER_SECRET_HEADER,
-        ))
+        // From the headers, before a byte of the body is read.
+        .and(internal::cluster_authenticated(state.clone()))
         .and(internal_body)
         .and_then(internal::receive_events);
     let money = balance_route

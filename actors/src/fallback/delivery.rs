@@ -4,7 +4,7 @@
 //! Each target's position is kept per partition and fallback episode; a target answers
 //! how far its pools have taken the batch, and what they held back is sent again.
 
-use super::sink::{DeliveredBatch, DeliveredEvent, SinkOutcome};
+use super::sink::{DeliveredBatch, DeliveredEvent, SinkOutcome, MAX_BATCH_VALUE_HEX_BYTES};
 use crate::runtime::Runtime;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -331,9 +331,15 @@ impl Sender {
             }
         };
         let high_watermark = self.high_watermark_at_start.max(replayed_end.unwrap_or(0));
+        let mut value_bytes = 0;
         let events: Vec<DeliveredEvent> = rows
             .into_iter()
             .filter_map(DeliveredEvent::from_spooled)
+            .take_while(|event| {
+                let first = value_bytes == 0;
+                value_bytes += event.value_hex.len();
+                first || value_bytes <= MAX_BATCH_VALUE_HEX_BYTES
+            })
             .collect();
         let batch = DeliveredBatch {
             topic: spool.topic().to_string(),

@@ -24,6 +24,15 @@ use uuid::Uuid;
 /// Events per delivered batch at most (the receiver refuses more).
 pub const MAX_EVENTS_PER_BATCH: usize = 5_000;
 
+/// The sender cuts a batch once its events' hex values reach this many bytes (a batch
+/// holds at least one event; one is far smaller than this, bounded by the API's body limit).
+pub const MAX_BATCH_VALUE_HEX_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest request body the receiver reads, after authenticating the sender from its
+/// headers: the values' bound above plus the JSON around at most `MAX_EVENTS_PER_BATCH`
+/// events (~300 bytes each).
+pub const MAX_BATCH_BODY_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Time one pool spends on one batch at most before it commits what it applied and
 /// answers: a slow pool makes progress in every request, well within the sender's timeout.
 const APPLY_BUDGET: std::time::Duration = std::time::Duration::from_millis(300);
@@ -111,6 +120,9 @@ pub enum SinkError {
     Handler { pool: String, error: String },
 }
 
+/// What identifies a spool row's event: id, journal offset, owner epoch, SHA-256 of value.
+type SpooledIdentity = (Uuid, Option<i64>, i64, Vec<u8>);
+
 /// A pool of this node, as the sink applies to it.
 #[derive(Clone)]
 pub struct SinkPool {
@@ -188,6 +200,76 @@ impl PoolSink {
             });
         }
         Ok(records)
+    }
+
+    /// What a batch from the network may be applied as: every event must be the spool's
+    /// row at its sequence — same event id, journal offset, owner epoch and value (the
+    /// nodes share the database) — and the episode's watermark and promise are the
+    /// spool's, not the sender's (the later watermark and promise of the two, or none).
+    /// So a forged or buggy batch cannot move a pool's offset past a journaled record, its
+    /// fence epoch past the lease's, or apply anything that was not acknowledged. A batch
+    /// whose rows were replayed and trimmed meanwhile is refused too: the sender reads the
+    /// spool again, and the pools find those records in the journal.
+    pub async fn admit(&self, batch: DeliveredBatch) -> Result<DeliveredBatch, SinkError> {
+        use sha2::{Digest, Sha256};
+        let episode: Option<(Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT high_watermark_at_start, copied_from, replayed_end FROM journal_fallback
+             WHERE topic = $1 AND partition = $2",
+        )
+        .bind(&batch.topic)
+        .bind(batch.partition)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((Some(high), copied_from, replayed_end)) = episode else {
+            return Err(SinkError::Invalid(format!(
+                "partition {} has no fallback episode with a watermark",
+                batch.partition
+            )));
+        };
+        let sequences: Vec<i64> = batch.events.iter().map(|e| e.spool_sequence).collect();
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(i64, Uuid, Option<i64>, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT sequence, event_id, journal_offset, owner_epoch, sha256(value) FROM journal_spool
+             WHERE topic = $1 AND partition = $2 AND sequence = ANY($3)",
+        )
+        .bind(&batch.topic)
+        .bind(batch.partition)
+        .bind(&sequences)
+        .fetch_all(&self.pool)
+        .await?;
+        let spooled: std::collections::HashMap<i64, SpooledIdentity> = rows
+            .into_iter()
+            .map(|(sequence, id, offset, epoch, digest)| (sequence, (id, offset, epoch, digest)))
+            .collect();
+        for event in &batch.events {
+            let value = hex::decode(&event.value_hex)
+                .map_err(|_| SinkError::Invalid("value_hex is not hex".into()))?;
+            let delivered = (
+                event.event_id,
+                event.journal_offset,
+                i64::try_from(event.owner_epoch).unwrap_or(i64::MAX),
+                Sha256::digest(&value).to_vec(),
+            );
+            if spooled.get(&event.spool_sequence) != Some(&delivered) {
+                return Err(SinkError::Invalid(format!(
+                    "the event at spool sequence {} is not the spool's",
+                    event.spool_sequence
+                )));
+            }
+        }
+        let high = batch
+            .high_watermark_at_start
+            .max(high)
+            .max(replayed_end.unwrap_or(0));
+        let copied_from = match (batch.copied_from, copied_from) {
+            (Some(sent), Some(stored)) => Some(sent.max(stored)),
+            _ => None,
+        };
+        Ok(DeliveredBatch {
+            high_watermark_at_start: high,
+            copied_from,
+            ..batch
+        })
     }
 
     /// Applies `batch` to the pools it addresses, each in its own transaction and all at
