@@ -256,6 +256,65 @@ pub enum SettlementError {
     Journal(#[from] kafka_journal::JournalError),
 }
 
+/// What a settlement run writes in the caller's transaction: every open item up to
+/// `cutoff` closed into settlements (one per merchant and currency) and their ledger
+/// transfers. Returns the new settlements' ids; their events are journaled by the outbox
+/// ([`SettlementService::emit_pending`]) after the caller commits.
+pub async fn close_open_items(
+    conn: &mut PgConnection,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<String>, SettlementError> {
+    let items: Vec<(Uuid, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT event_id, merchant_id, currency, gross, fee FROM settlement_items
+         WHERE settlement_id IS NULL AND occurred_at <= $1 ORDER BY merchant_id, currency FOR UPDATE",
+    )
+    .bind(cutoff)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut groups: std::collections::BTreeMap<(String, String), (Vec<Uuid>, i64, i64, i64)> =
+        Default::default();
+    for (event_id, merchant_id, currency, gross, fee) in items {
+        let entry = groups.entry((merchant_id, currency)).or_default();
+        entry.0.push(event_id);
+        if gross >= 0 {
+            entry.1 += gross;
+        } else {
+            entry.2 += -gross;
+        }
+        entry.3 += fee;
+    }
+    let mut ids = Vec::new();
+    for ((merchant_id, currency), (events, captured, refunded, fees)) in groups {
+        let id = format!("stl_{}", Uuid::now_v7().simple());
+        let net = captured - refunded - fees;
+        sqlx::query(
+            "INSERT INTO settlements (id, merchant_id, currency, captured, refunded, fees, net, item_count, cutoff, status)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'created')",
+        )
+        .bind(&id)
+        .bind(&merchant_id)
+        .bind(&currency)
+        .bind(captured)
+        .bind(refunded)
+        .bind(fees)
+        .bind(net)
+        .bind(events.len() as i64)
+        .bind(cutoff)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("UPDATE settlement_items SET settlement_id = $1 WHERE event_id = ANY($2)")
+            .bind(&id)
+            .bind(&events)
+            .execute(&mut *conn)
+            .await?;
+        ledger::settlement_transaction(&id, &merchant_id, &currency, net)?
+            .post(&mut *conn, &format!("settlement:{id}"))
+            .await?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
 /// Settlement runs and payouts; cheap to clone.
 #[derive(Clone)]
 pub struct SettlementService {
@@ -273,54 +332,7 @@ impl SettlementService {
         cutoff: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<SettlementView>, SettlementError> {
         let mut tx = self.pool.begin().await?;
-        let items: Vec<(Uuid, String, String, i64, i64)> = sqlx::query_as(
-            "SELECT event_id, merchant_id, currency, gross, fee FROM settlement_items
-             WHERE settlement_id IS NULL AND occurred_at <= $1 ORDER BY merchant_id, currency FOR UPDATE",
-        )
-        .bind(cutoff)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut groups: std::collections::BTreeMap<(String, String), (Vec<Uuid>, i64, i64, i64)> =
-            Default::default();
-        for (event_id, merchant_id, currency, gross, fee) in items {
-            let entry = groups.entry((merchant_id, currency)).or_default();
-            entry.0.push(event_id);
-            if gross >= 0 {
-                entry.1 += gross;
-            } else {
-                entry.2 += -gross;
-            }
-            entry.3 += fee;
-        }
-        let mut ids = Vec::new();
-        for ((merchant_id, currency), (events, captured, refunded, fees)) in groups {
-            let id = format!("stl_{}", Uuid::now_v7().simple());
-            let net = captured - refunded - fees;
-            sqlx::query(
-                "INSERT INTO settlements (id, merchant_id, currency, captured, refunded, fees, net, item_count, cutoff, status)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'created')",
-            )
-            .bind(&id)
-            .bind(&merchant_id)
-            .bind(&currency)
-            .bind(captured)
-            .bind(refunded)
-            .bind(fees)
-            .bind(net)
-            .bind(events.len() as i64)
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE settlement_items SET settlement_id = $1 WHERE event_id = ANY($2)")
-                .bind(&id)
-                .bind(&events)
-                .execute(&mut *tx)
-                .await?;
-            ledger::settlement_transaction(&id, &merchant_id, &currency, net)?
-                .post(&mut tx, &format!("settlement:{id}"))
-                .await?;
-            ids.push(id);
-        }
+        let ids = close_open_items(&mut tx, cutoff).await?;
         tx.commit().await?;
         self.emit_pending().await;
         let mut created = Vec::new();
