@@ -217,9 +217,9 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
         )
     };
 
-    // Analytics.
+    // Analytics. Amounts are summed in i128, as the rollups hold them (NUMERIC, read as text).
     type Key = (String, chrono::NaiveDate, String);
-    let mut analytics: BTreeMap<Key, [i64; 9]> = BTreeMap::new();
+    let mut analytics: BTreeMap<Key, [i128; 9]> = BTreeMap::new();
     let day_of = |p: &Payment| {
         chrono::DateTime::from_timestamp_micros(p.created_at_micros)
             .map(|d| d.date_naive())
@@ -227,20 +227,20 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
     };
     // Each payment adds to its merchant's row and to its channel's row (the channel rollup
     // has no fees).
-    let mut channels: BTreeMap<Key, [i64; 9]> = BTreeMap::new();
+    let mut channels: BTreeMap<Key, [i128; 9]> = BTreeMap::new();
     let failed: std::collections::HashSet<&String> = failed.iter().collect();
     for p in payments.values() {
-        let mut row = [0i64; 9];
+        let mut row = [0i128; 9];
         row[0] = 1;
-        row[1] = p.amount;
+        row[1] = p.amount.into();
         if p.status == payrail_actors::payment::PaymentStatus::Succeeded {
             row[2] = 1;
-            row[3] = p.amount_captured;
-            row[8] = fee_of(&p.merchant_id, p.amount_captured);
+            row[3] = p.amount_captured.into();
+            row[8] = fee_of(&p.merchant_id, p.amount_captured).into();
         }
         if failed.contains(&p.id) {
             row[4] = 1;
-            row[5] = p.amount;
+            row[5] = p.amount.into();
         }
         for r in p
             .refunds
@@ -248,10 +248,10 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
             .filter(|r| r.status == RefundStatus::Succeeded)
         {
             row[6] += 1;
-            row[7] += r.amount;
+            row[7] += i128::from(r.amount);
         }
         let (day, currency) = (day_of(p), p.currency.code().to_string());
-        let add = |into: &mut [i64; 9], row: &[i64; 9]| {
+        let add = |into: &mut [i128; 9], row: &[i128; 9]| {
             into.iter_mut().zip(row).for_each(|(total, v)| *total += v)
         };
         add(
@@ -267,16 +267,29 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
             .unwrap_or_else(|| DEFAULT_CHANNEL.to_string());
         add(channels.entry((channel, day, currency)).or_default(), &row);
     }
-    let stored: Vec<(String, chrono::NaiveDate, String, i64, i64, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT merchant_id, day, currency, created_count, created_amount, succeeded_count, succeeded_amount,
-                failed_count, failed_amount, refunded_count, refunded_amount, fees FROM analytics_merchant_daily",
+    let stored: Vec<(String, chrono::NaiveDate, String, i64, String, i64, String, i64, String, i64, String, String)> = sqlx::query_as(
+        "SELECT merchant_id, day, currency, created_count, created_amount::TEXT, succeeded_count, succeeded_amount::TEXT,
+                failed_count, failed_amount::TEXT, refunded_count, refunded_amount::TEXT, fees::TEXT FROM analytics_merchant_daily",
     )
     .fetch_all(pool)
     .await?;
-    let stored: BTreeMap<Key, [i64; 9]> = stored
+    let stored: BTreeMap<Key, [i128; 9]> = stored
         .into_iter()
-        .map(|(m, d, c, a, b, e, f, g, h, i, j, k)| ((m, d, c), [a, b, e, f, g, h, i, j, k]))
-        .collect();
+        .map(|(m, d, c, a, b, e, f, g, h, i, j, k)| {
+            let row = [
+                a.into(),
+                amount(&b)?,
+                e.into(),
+                amount(&f)?,
+                g.into(),
+                amount(&h)?,
+                i.into(),
+                amount(&j)?,
+                amount(&k)?,
+            ];
+            Ok(((m, d, c), row))
+        })
+        .collect::<anyhow::Result<_>>()?;
     for key in analytics
         .keys()
         .chain(stored.keys())
@@ -284,18 +297,31 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
     {
         diffs.check(&format!("analytics {key:?} [created, amount, succeeded, amount, failed, amount, refunded, amount, fees]"), analytics.get(key), stored.get(key));
     }
-    let stored: Vec<(String, chrono::NaiveDate, String, i64, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT channel, day, currency, sum(created_count)::BIGINT, sum(created_amount)::BIGINT,
-                sum(succeeded_count)::BIGINT, sum(succeeded_amount)::BIGINT, sum(failed_count)::BIGINT,
-                sum(failed_amount)::BIGINT, sum(refunded_count)::BIGINT, sum(refunded_amount)::BIGINT
+    let stored: Vec<(String, chrono::NaiveDate, String, i64, String, i64, String, i64, String, i64, String)> = sqlx::query_as(
+        "SELECT channel, day, currency, sum(created_count)::BIGINT, sum(created_amount)::TEXT,
+                sum(succeeded_count)::BIGINT, sum(succeeded_amount)::TEXT, sum(failed_count)::BIGINT,
+                sum(failed_amount)::TEXT, sum(refunded_count)::BIGINT, sum(refunded_amount)::TEXT
          FROM analytics_channel_daily GROUP BY channel, day, currency",
     )
     .fetch_all(pool)
     .await?;
-    let stored: BTreeMap<Key, [i64; 9]> = stored
+    let stored: BTreeMap<Key, [i128; 9]> = stored
         .into_iter()
-        .map(|(ch, d, c, a, b, e, f, g, h, i, j)| ((ch, d, c), [a, b, e, f, g, h, i, j, 0]))
-        .collect();
+        .map(|(ch, d, c, a, b, e, f, g, h, i, j)| {
+            let row = [
+                a.into(),
+                amount(&b)?,
+                e.into(),
+                amount(&f)?,
+                g.into(),
+                amount(&h)?,
+                i.into(),
+                amount(&j)?,
+                0,
+            ];
+            Ok(((ch, d, c), row))
+        })
+        .collect::<anyhow::Result<_>>()?;
     for key in channels
         .keys()
         .chain(stored.keys())
@@ -453,6 +479,12 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
     }
     println!("audit: {} differences", diffs.0.len());
     Ok(diffs.0.is_empty())
+}
+
+/// An analytics amount read as text (`NUMERIC(38,0)`, which fits `i128`).
+fn amount(text: &str) -> anyhow::Result<i128> {
+    text.parse()
+        .with_context(|| format!("analytics amount {text:?} is not an i128"))
 }
 
 /// Resets a pool's read model and replays the whole journal into it. Run it with the

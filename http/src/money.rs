@@ -292,12 +292,29 @@ pub(crate) async fn channel_metrics(
             let data = analytics::channel_metrics(&state.pool, day)
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
-            Ok(json(
-                StatusCode::OK,
-                &serde_json::json!({"object": "channel_metrics", "date": date, "data": data}),
-            ))
+            Ok(channel_metrics_reply(date, data))
         }
         .await,
+    )
+}
+
+/// Every channel's totals for one UTC day. A struct rather than `json!`: the amounts are
+/// `i128`, which a `serde_json::Value` cannot hold past `u64::MAX` (`json!` would panic).
+#[derive(Serialize)]
+struct ChannelMetricsResponse {
+    object: &'static str,
+    date: String,
+    data: Vec<analytics::ChannelMetrics>,
+}
+
+fn channel_metrics_reply(date: String, data: Vec<analytics::ChannelMetrics>) -> Response {
+    json(
+        StatusCode::OK,
+        &ChannelMetricsResponse {
+            object: "channel_metrics",
+            date,
+            data,
+        },
     )
 }
 
@@ -373,4 +390,45 @@ pub(crate) async fn payment_metrics(
         }
         .await,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn channel_metrics_past_u64_max_are_answered_exactly() {
+        let past = i128::from(u64::MAX) + 1;
+        let metrics = analytics::CurrencyMetrics {
+            currency: "eur".into(),
+            created_count: 2,
+            created_amount: past,
+            succeeded_count: 0,
+            succeeded_amount: 0,
+            failed_count: 0,
+            failed_amount: 0,
+            refunded_count: 0,
+            refunded_amount: 0,
+            success_rate_bps: 0,
+            average_amount: past / 2,
+            completed_orders: 0,
+            revenue: 0,
+            fees: 0,
+            net_revenue: 0,
+        };
+        let data = vec![analytics::ChannelMetrics {
+            channel: "web".into(),
+            metrics,
+        }];
+        let reply = channel_metrics_reply("2023-11-14".into(), data);
+        assert_eq!(reply.status(), StatusCode::OK);
+        let body = warp::hyper::body::to_bytes(reply.into_body())
+            .await
+            .expect("body");
+        let body = String::from_utf8(body.to_vec()).expect("UTF-8");
+        assert!(
+            body.contains(&format!("\"created_amount\":{past}")),
+            "{body}"
+        );
+    }
 }

@@ -278,46 +278,71 @@ impl PartitionHandler for AnalyticsProjector {
     }
 }
 
+/// A merchant's or a channel's totals for one UTC day and currency. Amounts are integers in
+/// minor units; as sums of many payments, they may exceed 64 bits.
+// Amounts are i128: the rollups hold them as NUMERIC(38,0), every value of which fits, so
+// past i64::MAX they stay exact. JSON carries them as plain integers.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct CurrencyMetrics {
     pub currency: String,
     pub created_count: i64,
-    pub created_amount: i64,
+    pub created_amount: i128,
     pub succeeded_count: i64,
-    pub succeeded_amount: i64,
+    pub succeeded_amount: i128,
     pub failed_count: i64,
-    pub failed_amount: i64,
+    pub failed_amount: i128,
     pub refunded_count: i64,
-    pub refunded_amount: i64,
+    pub refunded_amount: i128,
     /// succeeded ÷ (succeeded + failed), in basis points (10000 = 100 %); integer, no floats.
     pub success_rate_bps: i64,
     /// Average created amount, minor units, rounded down.
-    pub average_amount: i64,
+    pub average_amount: i128,
     pub completed_orders: i64,
     /// Captured amount.
-    pub revenue: i64,
-    pub fees: i64,
+    pub revenue: i128,
+    pub fees: i128,
     /// revenue − fees − refunded.
-    pub net_revenue: i64,
+    pub net_revenue: i128,
 }
 
-fn derive(mut m: CurrencyMetrics) -> CurrencyMetrics {
-    let decided = m.succeeded_count + m.failed_count;
+/// A stored amount, read as text (`NUMERIC(38,0)` has no 128-bit type in sqlx): every value
+/// the column can hold fits `i128`; anything else is an error, never a rounded number.
+fn amount(text: &str) -> Result<i128, sqlx::Error> {
+    text.parse().map_err(|_| {
+        sqlx::Error::Decode(format!("analytics amount {text:?} is not an i128").into())
+    })
+}
+
+fn out_of_range(what: &str, currency: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("analytics: {what} of {currency} is out of range").into())
+}
+
+/// Fills in the derived fields (rate, average, revenue, net revenue), with checked
+/// arithmetic: totals that cannot be derived exactly are an error.
+fn derive(mut m: CurrencyMetrics) -> Result<CurrencyMetrics, sqlx::Error> {
+    let decided = i128::from(m.succeeded_count) + i128::from(m.failed_count);
     m.success_rate_bps = if decided == 0 {
         0
     } else {
-        m.succeeded_count * 10_000 / decided
+        i64::try_from(i128::from(m.succeeded_count) * 10_000 / decided)
+            .map_err(|_| out_of_range("the success rate", &m.currency))?
     };
     m.average_amount = if m.created_count == 0 {
         0
     } else {
-        m.created_amount / m.created_count
+        m.created_amount
+            .checked_div(i128::from(m.created_count))
+            .ok_or_else(|| out_of_range("the average amount", &m.currency))?
     };
     m.revenue = m.succeeded_amount;
-    m.net_revenue = m.revenue - m.fees - m.refunded_amount;
+    m.net_revenue = m
+        .revenue
+        .checked_sub(m.fees)
+        .and_then(|net| net.checked_sub(m.refunded_amount))
+        .ok_or_else(|| out_of_range("the net revenue", &m.currency))?;
     m.currency = m.currency.to_ascii_lowercase();
-    m
+    Ok(m)
 }
 
 /// The merchant's metrics for one UTC day.
@@ -326,20 +351,41 @@ pub async fn payment_metrics(
     merchant_id: &str,
     day: chrono::NaiveDate,
 ) -> Result<Vec<CurrencyMetrics>, sqlx::Error> {
-    let rows: Vec<CurrencyMetrics> = sqlx::query_as(
-        "SELECT d.currency, d.created_count, d.created_amount, d.succeeded_count, d.succeeded_amount,
-                d.failed_count, d.failed_amount, d.refunded_count, d.refunded_amount,
-                0::BIGINT AS success_rate_bps, 0::BIGINT AS average_amount,
-                (SELECT count(*) FROM analytics_completed_orders o
-                  WHERE o.merchant_id = d.merchant_id AND o.day = d.day AND o.currency = d.currency) AS completed_orders,
-                0::BIGINT AS revenue, d.fees, 0::BIGINT AS net_revenue
-         FROM analytics_merchant_daily d WHERE d.merchant_id = $1 AND d.day = $2 ORDER BY d.currency",
-    )
-    .bind(merchant_id)
-    .bind(day)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(derive).collect())
+    let rows: Vec<(String, i64, String, i64, String, i64, String, i64, String, i64, String)> =
+        sqlx::query_as(
+            "SELECT d.currency, d.created_count, d.created_amount::TEXT, d.succeeded_count,
+                    d.succeeded_amount::TEXT, d.failed_count, d.failed_amount::TEXT,
+                    d.refunded_count, d.refunded_amount::TEXT,
+                    (SELECT count(*) FROM analytics_completed_orders o
+                      WHERE o.merchant_id = d.merchant_id AND o.day = d.day AND o.currency = d.currency),
+                    d.fees::TEXT
+             FROM analytics_merchant_daily d WHERE d.merchant_id = $1 AND d.day = $2 ORDER BY d.currency",
+        )
+        .bind(merchant_id)
+        .bind(day)
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter()
+        .map(|(currency, cc, ca, sc, sa, fc, fa, rc, ra, orders, fees)| {
+            derive(CurrencyMetrics {
+                currency,
+                created_count: cc,
+                created_amount: amount(&ca)?,
+                succeeded_count: sc,
+                succeeded_amount: amount(&sa)?,
+                failed_count: fc,
+                failed_amount: amount(&fa)?,
+                refunded_count: rc,
+                refunded_amount: amount(&ra)?,
+                success_rate_bps: 0,
+                average_amount: 0,
+                completed_orders: orders,
+                revenue: 0,
+                fees: amount(&fees)?,
+                net_revenue: 0,
+            })
+        })
+        .collect()
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -350,47 +396,57 @@ pub struct ChannelMetrics {
     pub metrics: CurrencyMetrics,
 }
 
-/// Every channel's metrics for one UTC day (admin view).
+/// Every channel's metrics for one UTC day (admin view): the sums of the channel's shards.
 pub async fn channel_metrics(
     pool: &PgPool,
     day: chrono::NaiveDate,
 ) -> Result<Vec<ChannelMetrics>, sqlx::Error> {
-    let rows: Vec<(String, String, i64, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT channel, currency, sum(created_count)::BIGINT, sum(created_amount)::BIGINT,
-                sum(succeeded_count)::BIGINT, sum(succeeded_amount)::BIGINT,
-                sum(failed_count)::BIGINT, sum(failed_amount)::BIGINT,
-                sum(refunded_count)::BIGINT, sum(refunded_amount)::BIGINT
-         FROM analytics_channel_daily WHERE day = $1
-         GROUP BY channel, currency ORDER BY channel, currency",
+    let rows: Vec<(
+        String,
+        String,
+        i64,
+        String,
+        i64,
+        String,
+        i64,
+        String,
+        i64,
+        String,
+    )> = sqlx::query_as(
+        "SELECT channel, currency, sum(created_count)::BIGINT, sum(created_amount)::TEXT,
+                    sum(succeeded_count)::BIGINT, sum(succeeded_amount)::TEXT,
+                    sum(failed_count)::BIGINT, sum(failed_amount)::TEXT,
+                    sum(refunded_count)::BIGINT, sum(refunded_amount)::TEXT
+             FROM analytics_channel_daily WHERE day = $1
+             GROUP BY channel, currency ORDER BY channel, currency",
     )
     .bind(day)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(channel, currency, cc, ca, sc, sa, fc, fa, rc, ra)| ChannelMetrics {
+    rows.into_iter()
+        .map(|(channel, currency, cc, ca, sc, sa, fc, fa, rc, ra)| {
+            Ok(ChannelMetrics {
                 channel,
                 metrics: derive(CurrencyMetrics {
                     currency,
                     created_count: cc,
-                    created_amount: ca,
+                    created_amount: amount(&ca)?,
                     succeeded_count: sc,
-                    succeeded_amount: sa,
+                    succeeded_amount: amount(&sa)?,
                     failed_count: fc,
-                    failed_amount: fa,
+                    failed_amount: amount(&fa)?,
                     refunded_count: rc,
-                    refunded_amount: ra,
+                    refunded_amount: amount(&ra)?,
                     success_rate_bps: 0,
                     average_amount: 0,
                     completed_orders: 0,
                     revenue: 0,
                     fees: 0,
                     net_revenue: 0,
-                }),
-            },
-        )
-        .collect())
+                })?,
+            })
+        })
+        .collect()
 }
 
 /// Creates waiting to be written together by [`AnalyticsProjector::apply_batch`]: the
@@ -449,13 +505,15 @@ impl NewCreates {
         .fetch_all(&mut *conn)
         .await?;
         // (merchant, day, currency) → (count, amount); (channel, day, currency, shard) → …
+        // Amounts are summed in i128 (a batch's creates may add up past i64::MAX; the
+        // rollups' columns are NUMERIC) and sent as text, which sqlx can bind.
         let mut merchant_rows: std::collections::BTreeMap<
             (String, chrono::NaiveDate, String),
-            (i64, i64),
+            (i64, i128),
         > = Default::default();
         let mut channel_rows: std::collections::BTreeMap<
             (String, chrono::NaiveDate, String, i32),
-            (i64, i64),
+            (i64, i128),
         > = Default::default();
         for payment_id in inserted {
             let Some(&i) = pending.index.get(&payment_id) else {
@@ -470,7 +528,7 @@ impl NewCreates {
                 ))
                 .or_default();
             merchant.0 += 1;
-            merchant.1 += amount;
+            merchant.1 += i128::from(amount);
             let channel = channel_rows
                 .entry((
                     pending.channels[i].clone(),
@@ -480,7 +538,7 @@ impl NewCreates {
                 ))
                 .or_default();
             channel.0 += 1;
-            channel.1 += amount;
+            channel.1 += i128::from(amount);
         }
 
         let (mut m, mut d, mut c, mut n, mut a) =
@@ -490,11 +548,11 @@ impl NewCreates {
             d.push(day);
             c.push(currency);
             n.push(count);
-            a.push(amount);
+            a.push(amount.to_string());
         }
         sqlx::query(
             "INSERT INTO analytics_merchant_daily (merchant_id, day, currency, created_count, created_amount)
-             SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::bigint[], $5::bigint[])
+             SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::bigint[], $5::text[]::numeric[])
              ON CONFLICT (merchant_id, day, currency) DO UPDATE
              SET created_count = analytics_merchant_daily.created_count + EXCLUDED.created_count,
                  created_amount = analytics_merchant_daily.created_amount + EXCLUDED.created_amount",
@@ -521,11 +579,11 @@ impl NewCreates {
             c.push(currency);
             sh.push(shard);
             n.push(count);
-            a.push(amount);
+            a.push(amount.to_string());
         }
         sqlx::query(
             "INSERT INTO analytics_channel_daily (channel, day, currency, shard, created_count, created_amount)
-             SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::int[], $5::bigint[], $6::bigint[])
+             SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::int[], $5::bigint[], $6::text[]::numeric[])
              ON CONFLICT (channel, day, currency, shard) DO UPDATE
              SET created_count = analytics_channel_daily.created_count + EXCLUDED.created_count,
                  created_amount = analytics_channel_daily.created_amount + EXCLUDED.created_amount",

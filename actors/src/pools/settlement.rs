@@ -254,6 +254,172 @@ pub enum SettlementError {
     AlreadyPaid,
     #[error("journal: {0}")]
     Journal(#[from] kafka_journal::JournalError),
+    /// An item's amounts cannot be settled even alone (its net or its negation is not a
+    /// 64-bit amount); the run settles nothing.
+    #[error("settlement item {0} has amounts out of range")]
+    ItemOutOfRange(Uuid),
+    /// The settlements' totals differ from their items' (a defect; the run settles nothing).
+    #[error("settlement totals differ from their items: {0}")]
+    Inexact(String),
+}
+
+/// The most any of a settlement's captured, refunded and fees totals reaches by adding
+/// items: a quarter of `i64::MAX`. With each of the three within it, `net = captured −
+/// refunded − fees` lies within ±2·limit, so the net and its negation (the ledger posts
+/// |net|) fit the BIGINT columns and postings with room to spare. When the next item of a
+/// merchant and currency would take a total past it, the run closes that settlement and
+/// starts another for the same merchant and currency, so one run may create several, each
+/// exact. An item larger than the limit on its own has a settlement to itself (its own
+/// amounts are 64-bit).
+pub const SETTLEMENT_TOTAL_LIMIT: i64 = i64::MAX / 4;
+
+/// One settlement as a run fills it: its items and their totals.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Batch {
+    events: Vec<Uuid>,
+    captured: i64,
+    refunded: i64,
+    fees: i64,
+    net: i64,
+}
+
+impl Batch {
+    /// Adds an item (`gross` > 0 captured, < 0 refunded) if it fits: every total stays
+    /// within [`SETTLEMENT_TOTAL_LIMIT`] (an empty batch takes any item whose amounts are
+    /// representable) and the net and its negation are representable. Checked arithmetic
+    /// throughout; false leaves the batch as it was.
+    fn add(&mut self, event_id: Uuid, gross: i64, fee: i64) -> bool {
+        let totals = || -> Option<(i64, i64, i64, i64)> {
+            let (captured, refunded) = if gross >= 0 {
+                (self.captured.checked_add(gross)?, self.refunded)
+            } else {
+                (
+                    self.captured,
+                    self.refunded.checked_add(gross.checked_neg()?)?,
+                )
+            };
+            let fees = self.fees.checked_add(fee)?;
+            let net = captured.checked_sub(refunded)?.checked_sub(fees)?;
+            net.checked_neg()?;
+            Some((captured, refunded, fees, net))
+        };
+        let Some((captured, refunded, fees, net)) = totals() else {
+            return false;
+        };
+        let limit = SETTLEMENT_TOTAL_LIMIT.unsigned_abs();
+        let within = [captured, refunded, fees]
+            .iter()
+            .all(|total| total.unsigned_abs() <= limit);
+        if !within && !self.events.is_empty() {
+            return false;
+        }
+        self.events.push(event_id);
+        (self.captured, self.refunded, self.fees, self.net) = (captured, refunded, fees, net);
+        true
+    }
+}
+
+/// A run's open items, `(event id, merchant, currency, gross, fee)`, into settlements: per
+/// merchant and currency in item order, a new settlement whenever the next item does not
+/// fit the current one. Fails, settling nothing, on an item no settlement can hold, and if
+/// the settlements' totals differ from their items' (summed in i128, where nothing
+/// overflows).
+fn split(
+    items: Vec<(Uuid, String, String, i64, i64)>,
+) -> Result<Vec<((String, String), Batch)>, SettlementError> {
+    type Key = (String, String);
+    // (captured, refunded, fees, items) per merchant and currency.
+    let mut expected: std::collections::BTreeMap<Key, [i128; 4]> = Default::default();
+    let mut batches: Vec<(Key, Batch)> = Vec::new();
+    for (event_id, merchant_id, currency, gross, fee) in items {
+        let key = (merchant_id, currency);
+        let totals = expected.entry(key.clone()).or_default();
+        if gross >= 0 {
+            totals[0] += i128::from(gross);
+        } else {
+            totals[1] -= i128::from(gross);
+        }
+        totals[2] += i128::from(fee);
+        totals[3] += 1;
+        let added = match batches.last_mut() {
+            Some((last, batch)) if *last == key => batch.add(event_id, gross, fee),
+            _ => false,
+        };
+        if !added {
+            let mut batch = Batch::default();
+            if !batch.add(event_id, gross, fee) {
+                return Err(SettlementError::ItemOutOfRange(event_id));
+            }
+            batches.push((key, batch));
+        }
+    }
+    let mut settled: std::collections::BTreeMap<Key, [i128; 4]> = Default::default();
+    for (key, batch) in &batches {
+        let totals = settled.entry(key.clone()).or_default();
+        totals[0] += i128::from(batch.captured);
+        totals[1] += i128::from(batch.refunded);
+        totals[2] += i128::from(batch.fees);
+        totals[3] += batch.events.len() as i128;
+        if i128::from(batch.net)
+            != i128::from(batch.captured) - i128::from(batch.refunded) - i128::from(batch.fees)
+        {
+            return Err(SettlementError::Inexact(format!("net of {key:?}")));
+        }
+    }
+    if settled != expected {
+        return Err(SettlementError::Inexact(format!(
+            "(captured, refunded, fees, items) of the items {expected:?}, of the settlements {settled:?}"
+        )));
+    }
+    Ok(batches)
+}
+
+/// What a settlement run writes in the caller's transaction: every open item up to
+/// `cutoff` closed into settlements (one per merchant and currency, or several where one
+/// would pass [`SETTLEMENT_TOTAL_LIMIT`]) and their ledger transfers. Returns the new
+/// settlements' ids; their events are journaled by the outbox
+/// ([`SettlementService::emit_pending`]) after the caller commits.
+pub async fn close_open_items(
+    conn: &mut PgConnection,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<String>, SettlementError> {
+    let items: Vec<(Uuid, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT event_id, merchant_id, currency, gross, fee FROM settlement_items
+         WHERE settlement_id IS NULL AND occurred_at <= $1
+         ORDER BY merchant_id, currency, occurred_at, event_id FOR UPDATE",
+    )
+    .bind(cutoff)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut ids = Vec::new();
+    for ((merchant_id, currency), batch) in split(items)? {
+        let id = format!("stl_{}", Uuid::now_v7().simple());
+        sqlx::query(
+            "INSERT INTO settlements (id, merchant_id, currency, captured, refunded, fees, net, item_count, cutoff, status)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'created')",
+        )
+        .bind(&id)
+        .bind(&merchant_id)
+        .bind(&currency)
+        .bind(batch.captured)
+        .bind(batch.refunded)
+        .bind(batch.fees)
+        .bind(batch.net)
+        .bind(batch.events.len() as i64)
+        .bind(cutoff)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("UPDATE settlement_items SET settlement_id = $1 WHERE event_id = ANY($2)")
+            .bind(&id)
+            .bind(&batch.events)
+            .execute(&mut *conn)
+            .await?;
+        ledger::settlement_transaction(&id, &merchant_id, &currency, batch.net)?
+            .post(&mut *conn, &format!("settlement:{id}"))
+            .await?;
+        ids.push(id);
+    }
+    Ok(ids)
 }
 
 /// Settlement runs and payouts; cheap to clone.
@@ -273,54 +439,7 @@ impl SettlementService {
         cutoff: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<SettlementView>, SettlementError> {
         let mut tx = self.pool.begin().await?;
-        let items: Vec<(Uuid, String, String, i64, i64)> = sqlx::query_as(
-            "SELECT event_id, merchant_id, currency, gross, fee FROM settlement_items
-             WHERE settlement_id IS NULL AND occurred_at <= $1 ORDER BY merchant_id, currency FOR UPDATE",
-        )
-        .bind(cutoff)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut groups: std::collections::BTreeMap<(String, String), (Vec<Uuid>, i64, i64, i64)> =
-            Default::default();
-        for (event_id, merchant_id, currency, gross, fee) in items {
-            let entry = groups.entry((merchant_id, currency)).or_default();
-            entry.0.push(event_id);
-            if gross >= 0 {
-                entry.1 += gross;
-            } else {
-                entry.2 += -gross;
-            }
-            entry.3 += fee;
-        }
-        let mut ids = Vec::new();
-        for ((merchant_id, currency), (events, captured, refunded, fees)) in groups {
-            let id = format!("stl_{}", Uuid::now_v7().simple());
-            let net = captured - refunded - fees;
-            sqlx::query(
-                "INSERT INTO settlements (id, merchant_id, currency, captured, refunded, fees, net, item_count, cutoff, status)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'created')",
-            )
-            .bind(&id)
-            .bind(&merchant_id)
-            .bind(&currency)
-            .bind(captured)
-            .bind(refunded)
-            .bind(fees)
-            .bind(net)
-            .bind(events.len() as i64)
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE settlement_items SET settlement_id = $1 WHERE event_id = ANY($2)")
-                .bind(&id)
-                .bind(&events)
-                .execute(&mut *tx)
-                .await?;
-            ledger::settlement_transaction(&id, &merchant_id, &currency, net)?
-                .post(&mut tx, &format!("settlement:{id}"))
-                .await?;
-            ids.push(id);
-        }
+        let ids = close_open_items(&mut tx, cutoff).await?;
         tx.commit().await?;
         self.emit_pending().await;
         let mut created = Vec::new();
@@ -487,4 +606,40 @@ pub fn settlement_event_id(settlement_id: &str, event_type: &str) -> Uuid {
         &SETTLEMENT_EVENT_IDS,
         format!("{settlement_id}/{event_type}").as_bytes(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(n: u128, gross: i64, fee: i64) -> (Uuid, String, String, i64, i64) {
+        (Uuid::from_u128(n), "mer_1".into(), "EUR".into(), gross, fee)
+    }
+
+    #[test]
+    fn a_settlement_fills_up_to_the_limit_and_the_next_item_starts_another() {
+        let half = SETTLEMENT_TOTAL_LIMIT / 2;
+        let batches = split(vec![
+            item(1, half, 0),
+            item(2, SETTLEMENT_TOTAL_LIMIT - half, 0),
+            item(3, 1, 0),
+            item(4, i64::MAX, 7),
+            item(5, -i64::MAX, 0),
+        ])
+        .expect("split");
+        let settlements: Vec<(usize, i64, i64, i64, i64)> = batches
+            .iter()
+            .map(|(_, b)| (b.events.len(), b.captured, b.refunded, b.fees, b.net))
+            .collect();
+        assert_eq!(
+            settlements,
+            vec![
+                (2, SETTLEMENT_TOTAL_LIMIT, 0, 0, SETTLEMENT_TOTAL_LIMIT),
+                (1, 1, 0, 0, 1),
+                (1, i64::MAX, 0, 7, i64::MAX - 7),
+                (1, 0, i64::MAX, 0, -i64::MAX),
+            ],
+            "exactly at the limit fits; past it, or an item past it alone, starts another"
+        );
+    }
 }
