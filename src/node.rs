@@ -411,7 +411,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         psp_webhook_secret: config.psp.webhook_secret.clone(),
         psp_webhook_tolerance_s: config.psp.webhook_tolerance_s,
         node: node.clone(),
-        merchants: MerchantRegistry::new(pool.clone()),
+        merchants: MerchantRegistry::with_limits(
+            pool.clone(),
+            payrail_actors::merchants::AuthLimits {
+                failed_per_minute: config.http.failed_auth_per_minute,
+            },
+        ),
         admin_token: config.http.admin_token.clone(),
         pool: pool.clone(),
         cluster_secret: config.cluster.secret.clone(),

@@ -34,6 +34,8 @@ pub enum CommandError {
     Timeout,
     #[error("the node is working on its maximum of {0} commands")]
     Overloaded(usize),
+    #[error("the merchant has its maximum of {0} commands in flight")]
+    MerchantOverloaded(usize),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -9,13 +9,122 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::RwLock;
 
-/// Entries kept in the authentication cache at most; the cache is cleared when full.
+/// Known keys kept in the authentication cache at most, and for how long. A key's merchant
+/// is read again once its entry is older than `AUTH_HIT_FRESH`, so a key revoked on any
+/// node stops working on every node within it; a key known within `AUTH_HIT_TTL` is
+/// re-read even when its client has spent its failed-authentication budget (a merchant
+/// sharing an address with a flood of wrong keys keeps working).
 const AUTH_CACHE_MAX: usize = 100_000;
+const AUTH_HIT_FRESH: Duration = Duration::from_secs(1);
+const AUTH_HIT_TTL: Duration = Duration::from_secs(600);
 /// Unknown keys remembered at most, and for how long. A client retrying with a wrong key
 /// then costs a hash and a map lookup instead of a PostgreSQL query per request. Safe to
-/// cache: a key is 256 random bits, so nobody presents it before the merchant exists.
+/// cache: a key is 256 random bits, so nobody presents it before the merchant exists. Full,
+/// the oldest entry goes (one at a time: a flood of random keys cannot empty it).
 const AUTH_MISSES_MAX: usize = 10_000;
 const AUTH_MISS_TTL: Duration = Duration::from_secs(10);
+/// Client addresses whose failed authentications are counted, at most (oldest forgotten).
+const AUTH_CLIENTS_MAX: usize = 100_000;
+
+/// At most `capacity` entries, each forgotten `ttl` after it was put; full, the oldest
+/// goes — one entry at a time, never the whole map.
+struct Recent<K, V> {
+    entries: HashMap<K, (V, Instant)>,
+    /// Keys in the order they were put, with when (a key put again has a stale older pair).
+    order: std::collections::VecDeque<(K, Instant)>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> Recent<K, V> {
+    fn new(capacity: usize, ttl: Duration) -> Self {
+        assert!(capacity > 0, "a cache holds at least one entry");
+        Self {
+            entries: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            capacity,
+            ttl,
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<&V> {
+        self.entries
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(value, _)| value)
+    }
+
+    fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        let ttl = self.ttl;
+        self.entries
+            .get_mut(key)
+            .filter(|(_, at)| at.elapsed() < ttl)
+            .map(|(value, _)| value)
+    }
+
+    fn put(&mut self, key: K, value: V) {
+        let now = Instant::now();
+        if self.entries.insert(key.clone(), (value, now)).is_none() {
+            while self.entries.len() > self.capacity {
+                let Some((oldest, at)) = self.order.pop_front() else {
+                    break;
+                };
+                if self.entries.get(&oldest).is_some_and(|(_, put)| *put == at) {
+                    self.entries.remove(&oldest);
+                }
+            }
+        }
+        self.order.push_back((key, now));
+        // Keys put again leave stale pairs behind: keep the queue within twice the map.
+        if self.order.len() > 2 * self.capacity {
+            let entries = &self.entries;
+            self.order
+                .retain(|(key, at)| entries.get(key).is_some_and(|(_, put)| put == at));
+        }
+        debug_assert!(self.entries.len() <= self.capacity);
+    }
+
+    fn remove(&mut self, key: &K) {
+        self.entries.remove(key);
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// How many failed authentications a client address may make: a bucket of
+/// `per_minute` tokens refilled continuously; empty, its unknown keys are refused with
+/// [`AuthOutcome::Throttled`] before any lookup.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthLimits {
+    pub failed_per_minute: u32,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        Self {
+            failed_per_minute: 60,
+        }
+    }
+}
+
+/// A client's failed-authentication bucket.
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// What an API key is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// A merchant's key.
+    Merchant(String),
+    /// No merchant's key.
+    Unknown,
+    /// Not looked up: the client failed too often; it may try again after this long.
+    Throttled(Duration),
+}
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Serialize)]
@@ -59,9 +168,13 @@ pub enum MerchantError {
 #[derive(Clone)]
 pub struct MerchantRegistry {
     pool: PgPool,
-    cache: Arc<RwLock<HashMap<String, String>>>,
-    /// Hashes of keys no merchant has, with when they were looked up (negative cache).
-    misses: Arc<RwLock<HashMap<String, Instant>>>,
+    /// Hashes of known keys → merchant id, and when it was read.
+    cache: Arc<RwLock<Recent<String, (String, Instant)>>>,
+    /// Hashes of keys no merchant has (negative cache).
+    misses: Arc<RwLock<Recent<String, ()>>>,
+    /// Failed authentications per client address.
+    failures: Arc<std::sync::Mutex<Recent<std::net::IpAddr, Bucket>>>,
+    limits: AuthLimits,
 }
 
 /// SHA-256 (hex) of an API key. Keys carry 256 random bits, so a fast hash is enough: there
@@ -78,11 +191,92 @@ fn random_hex(bytes: usize) -> String {
 
 impl MerchantRegistry {
     pub fn new(pool: PgPool) -> Self {
+        Self::with_limits(pool, AuthLimits::default())
+    }
+
+    pub fn with_limits(pool: PgPool, limits: AuthLimits) -> Self {
+        assert!(
+            limits.failed_per_minute > 0,
+            "a client may fail at least once a minute"
+        );
         Self {
             pool,
-            cache: Arc::new(RwLock::new(HashMap::new())),
-            misses: Arc::new(RwLock::new(HashMap::new())),
+            cache: Arc::new(RwLock::new(Recent::new(AUTH_CACHE_MAX, AUTH_HIT_TTL))),
+            misses: Arc::new(RwLock::new(Recent::new(AUTH_MISSES_MAX, AUTH_MISS_TTL))),
+            // A bucket refills fully within a minute: older ones are as good as new.
+            failures: Arc::new(std::sync::Mutex::new(Recent::new(
+                AUTH_CLIENTS_MAX,
+                Duration::from_secs(60),
+            ))),
+            limits,
         }
+    }
+
+    /// Takes a token for a failed authentication of `client`; `Some(wait)` when it has
+    /// none left (nothing taken).
+    fn throttled(&self, client: std::net::IpAddr, take: bool) -> Option<Duration> {
+        let rate = f64::from(self.limits.failed_per_minute) / 60.0;
+        let capacity = f64::from(self.limits.failed_per_minute);
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        if failures.get(&client).is_none() {
+            let full = Bucket {
+                tokens: capacity,
+                refilled: now,
+            };
+            failures.put(client, full);
+        }
+        let bucket = failures.get_mut(&client)?;
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(capacity);
+        bucket.refilled = now;
+        if bucket.tokens < 1.0 {
+            return Some(Duration::from_secs_f64((1.0 - bucket.tokens) / rate));
+        }
+        if take {
+            bucket.tokens -= 1.0;
+        }
+        None
+    }
+
+    /// What `api_key` presented by `client` is: a known key is answered from memory; an
+    /// unknown one costs the client a token of its failed-authentication budget, and once
+    /// that is spent, its keys are not looked up (so random keys cannot take the database
+    /// pool the projector and the pools share).
+    pub async fn authenticate_from(
+        &self,
+        api_key: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<AuthOutcome, MerchantError> {
+        let hash = hash_api_key(api_key);
+        let known = self.cache.read().await.get(&hash).cloned();
+        match known {
+            Some((id, read)) if read.elapsed() < AUTH_HIT_FRESH => {
+                return Ok(AuthOutcome::Merchant(id));
+            }
+            Some(_) => {} // known lately: read again, whatever the client's budget
+            None => {
+                if let Some(wait) = client.and_then(|c| self.throttled(c, false)) {
+                    return Ok(AuthOutcome::Throttled(wait));
+                }
+            }
+        }
+        let outcome = match (self.lookup(hash).await, known) {
+            (Ok(Some(id)), _) => AuthOutcome::Merchant(id),
+            (Ok(None), _) => AuthOutcome::Unknown,
+            // PostgreSQL unreachable: a key known within AUTH_HIT_TTL stays served.
+            (Err(_), Some((id, _))) => AuthOutcome::Merchant(id),
+            (Err(error), None) => return Err(error),
+        };
+        if outcome == AuthOutcome::Unknown {
+            if let Some(client) = client {
+                self.throttled(client, true);
+            }
+        }
+        Ok(outcome)
     }
 
     pub async fn create(
@@ -116,19 +310,26 @@ impl MerchantRegistry {
         })
     }
 
-    /// The merchant id an API key belongs to, if any.
+    /// The merchant id an API key belongs to, if any (no client budget).
     pub async fn authenticate(&self, api_key: &str) -> Result<Option<String>, MerchantError> {
         let hash = hash_api_key(api_key);
-        if let Some(id) = self.cache.read().await.get(&hash) {
-            return Ok(Some(id.clone()));
+        let known = self.cache.read().await.get(&hash).cloned();
+        match known {
+            Some((id, read)) if read.elapsed() < AUTH_HIT_FRESH => Ok(Some(id)),
+            // PostgreSQL unreachable: a key known within AUTH_HIT_TTL stays served.
+            Some((id, _)) => Ok(self.lookup(hash).await.unwrap_or(Some(id))),
+            None => self.lookup(hash).await,
         }
-        if self
-            .misses
-            .read()
-            .await
-            .get(&hash)
-            .is_some_and(|at| at.elapsed() < AUTH_MISS_TTL)
-        {
+    }
+
+    /// Entries in the negative cache (for tests and metrics).
+    pub async fn unknown_keys_cached(&self) -> usize {
+        self.misses.read().await.len()
+    }
+
+    /// The key's merchant from the negative cache or PostgreSQL; caches the answer.
+    async fn lookup(&self, hash: String) -> Result<Option<String>, MerchantError> {
+        if self.misses.read().await.get(&hash).is_some() {
             return Ok(None);
         }
         let id: Option<String> =
@@ -137,22 +338,14 @@ impl MerchantRegistry {
                 .fetch_optional(&self.pool)
                 .await?;
         match &id {
-            Some(id) => {
-                let mut cache = self.cache.write().await;
-                if cache.len() >= AUTH_CACHE_MAX {
-                    cache.clear();
-                }
-                cache.insert(hash, id.clone());
-            }
+            Some(id) => self
+                .cache
+                .write()
+                .await
+                .put(hash, (id.clone(), Instant::now())),
             None => {
-                let mut misses = self.misses.write().await;
-                if misses.len() >= AUTH_MISSES_MAX {
-                    misses.retain(|_, at| at.elapsed() < AUTH_MISS_TTL);
-                    if misses.len() >= AUTH_MISSES_MAX {
-                        misses.clear();
-                    }
-                }
-                misses.insert(hash, Instant::now());
+                self.cache.write().await.remove(&hash);
+                self.misses.write().await.put(hash, ());
             }
         }
         Ok(id)
@@ -189,5 +382,55 @@ mod tests {
             !debug.contains(&a) && !debug.contains("sk_test_secret"),
             "{debug}"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_cache_forgets_its_oldest_entry_only() {
+        let mut recent: Recent<u32, ()> = Recent::new(3, Duration::from_secs(60));
+        for key in 0..3 {
+            recent.put(key, ());
+        }
+        recent.put(3, ());
+        assert_eq!(recent.len(), 3);
+        assert!(recent.get(&0).is_none(), "the oldest went");
+        for key in 1..=3 {
+            assert!(recent.get(&key).is_some(), "{key} stayed");
+        }
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_keeps_the_cache_at_its_bound() {
+        let mut recent: Recent<u64, ()> = Recent::new(100, Duration::from_secs(60));
+        for key in 0..10_000 {
+            recent.put(key, ());
+            assert!(recent.len() <= 100);
+        }
+        assert_eq!(recent.len(), 100);
+        assert!(recent.get(&9_999).is_some() && recent.get(&9_900).is_some());
+        assert!(recent.order.len() <= 200, "{}", recent.order.len());
+    }
+
+    #[test]
+    fn an_entry_put_again_is_not_evicted_by_its_stale_place() {
+        let mut recent: Recent<u32, u32> = Recent::new(2, Duration::from_secs(60));
+        recent.put(1, 10);
+        recent.put(2, 20);
+        recent.put(1, 11); // 1 is now the newest
+        recent.put(3, 30); // 2 goes, not 1
+        assert_eq!(recent.get(&1), Some(&11));
+        assert!(recent.get(&2).is_none());
+        assert_eq!(recent.get(&3), Some(&30));
+    }
+
+    #[test]
+    fn entries_expire_after_their_ttl() {
+        let mut recent: Recent<u32, ()> = Recent::new(2, Duration::from_millis(0));
+        recent.put(1, ());
+        assert!(recent.get(&1).is_none());
     }
 }

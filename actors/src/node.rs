@@ -30,6 +30,52 @@ pub struct NodeHandle {
     in_flight: Arc<Semaphore>,
     /// Commands in flight per partition, so a partition that moves away is drained first.
     per_partition: Arc<Vec<AtomicUsize>>,
+    /// Commands in flight per merchant (`actors.max_in_flight_commands_per_merchant`); a
+    /// merchant with none has no entry.
+    per_merchant: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+/// One command of a merchant in flight until dropped.
+struct MerchantInFlight {
+    counts: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    merchant_id: String,
+}
+
+impl MerchantInFlight {
+    /// Counts one more command for `merchant_id`, unless it has `limit` already.
+    fn acquire(
+        counts: &Arc<std::sync::Mutex<HashMap<String, usize>>>,
+        merchant_id: &str,
+        limit: usize,
+    ) -> Option<Self> {
+        let mut map = counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = map.entry(merchant_id.to_string()).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            counts: counts.clone(),
+            merchant_id: merchant_id.to_string(),
+        })
+    }
+}
+
+impl Drop for MerchantInFlight {
+    fn drop(&mut self) {
+        let mut map = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = map.get_mut(&self.merchant_id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                map.remove(&self.merchant_id);
+            }
+        }
+    }
 }
 
 /// Counts one command in flight on a partition until dropped.
@@ -65,6 +111,7 @@ impl NodeHandle {
                 .collect::<Vec<_>>(),
         );
         Ok(Self {
+            per_merchant: Arc::new(std::sync::Mutex::new(HashMap::new())),
             per_partition,
             runtime,
             partitions: routes,
@@ -267,6 +314,12 @@ impl NodeHandle {
             .in_flight
             .try_acquire()
             .map_err(|_| CommandError::Overloaded(self.runtime.options.max_in_flight_commands))?;
+        let options = &self.runtime.options;
+        let limit = options
+            .max_in_flight_commands_per_merchant
+            .min(options.max_in_flight_commands);
+        let _merchant_permit = MerchantInFlight::acquire(&self.per_merchant, merchant_id, limit)
+            .ok_or(CommandError::MerchantOverloaded(limit))?;
         let timeout = Duration::from_millis(self.runtime.options.command_timeout_ms);
         let merchant_id = merchant_id.to_string();
         let result = actor

@@ -31,6 +31,10 @@ pub struct ActorOptions {
     /// is refused at once with 503 `node_overloaded` instead of queueing in the actors'
     /// mailboxes (load shedding: the mailboxes themselves are unbounded).
     pub max_in_flight_commands: usize,
+    /// Commands of one merchant in flight at once at most; one more is refused at once with
+    /// 429 `rate_limit` (Retry-After), so one merchant cannot take the node's whole
+    /// `max_in_flight_commands` (which caps it).
+    pub max_in_flight_commands_per_merchant: usize,
     /// Test only: lets a payment's metadata `payrail_fault = "panic_on_<command>"` make its
     /// actor panic on that command (fault-injection suite). Off in production.
     pub fault_injection: bool,
@@ -53,6 +57,7 @@ impl Default for ActorOptions {
             idempotency_cache_per_merchant: 1_000,
             passivate_after_ms: 60_000,
             max_in_flight_commands: 10_000,
+            max_in_flight_commands_per_merchant: 2_000,
             fault_injection: false,
             fault_slow_pool: String::new(),
             fault_slow_pool_delay_ms: 0,
@@ -83,6 +88,9 @@ impl ActorOptions {
         }
         if !(1..=1_000_000).contains(&self.max_in_flight_commands) {
             return Err("actors.max_in_flight_commands: allowed 1..=1000000".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_in_flight_commands_per_merchant) {
+            return Err("actors.max_in_flight_commands_per_merchant: allowed 1..=1000000".into());
         }
         Ok(())
     }

@@ -91,6 +91,18 @@ impl ApiError {
         }
     }
 
+    /// 429 `rate_limit` (with Retry-After): too many requests of this client or merchant.
+    pub fn rate_limited(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: "rate_limit_error",
+            code: "rate_limit",
+            message: message.into(),
+            param: None,
+            payment_status: None,
+        }
+    }
+
     /// A failure of the node's own (a database error, a bug). `detail` goes to the log,
     /// in the request's span (its request id), never to the client: database error text
     /// tells an attacker about the schema and the infrastructure.
@@ -120,7 +132,9 @@ impl ApiError {
         };
         let mut response =
             warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+        {
             // Every 503 here is worth retrying soon (a partition moving, the journal in
             // recovery, a node starting); with the same Idempotency-Key for a command.
             response.headers_mut().insert(
@@ -210,6 +224,9 @@ impl From<CommandError> for ApiError {
                 "node_overloaded",
                 format!("The node is working on its maximum of {limit} commands; nothing was recorded. Retry with the same Idempotency-Key."),
             ),
+            CommandError::MerchantOverloaded(limit) => Self::rate_limited(format!(
+                "This merchant has its maximum of {limit} commands in flight; nothing was recorded. Retry with the same Idempotency-Key."
+            )),
             CommandError::Timeout => Self::unavailable(
                 "timeout",
                 "The command did not complete in time. Retry with the same Idempotency-Key.",

@@ -44,6 +44,9 @@ pub struct HttpOptions {
     pub admin_token: String,
     /// Largest request body accepted (bytes).
     pub max_body_bytes: u64,
+    /// Unknown API keys a client address may present per minute (a bucket of this many,
+    /// refilled continuously); past it, its unknown keys get 429 without a lookup.
+    pub failed_auth_per_minute: u32,
 }
 
 impl std::fmt::Debug for HttpOptions {
@@ -53,11 +56,13 @@ impl std::fmt::Debug for HttpOptions {
             bind,
             admin_token: _,
             max_body_bytes,
+            failed_auth_per_minute,
         } = self;
         f.debug_struct("HttpOptions")
             .field("bind", bind)
             .field("admin_token", &"<redacted>")
             .field("max_body_bytes", max_body_bytes)
+            .field("failed_auth_per_minute", failed_auth_per_minute)
             .finish()
     }
 }
@@ -68,6 +73,7 @@ impl Default for HttpOptions {
             bind: "127.0.0.1:8080".into(),
             admin_token: String::new(),
             max_body_bytes: 64 * 1024,
+            failed_auth_per_minute: 60,
         }
     }
 }
@@ -85,6 +91,9 @@ impl HttpOptions {
         }
         if !(1_024..=10 * 1024 * 1024).contains(&self.max_body_bytes) {
             return Err("http.max_body_bytes: allowed 1024..=10485760".into());
+        }
+        if !(1..=1_000_000).contains(&self.failed_auth_per_minute) {
+            return Err("http.failed_auth_per_minute: allowed 1..=1000000".into());
         }
         Ok(())
     }
@@ -131,9 +140,18 @@ pub(crate) async fn authenticate(
             "You did not provide an API key. Use Authorization: Bearer <key>.",
         ));
     };
-    match state.merchants.authenticate(key).await {
-        Ok(Some(merchant_id)) => Ok(merchant_id),
-        Ok(None) => Err(ApiError::unauthorized("Invalid API key provided")),
+    use payrail_actors::merchants::AuthOutcome;
+    match state
+        .merchants
+        .authenticate_from(key, request_id::client_addr())
+        .await
+    {
+        Ok(AuthOutcome::Merchant(merchant_id)) => Ok(merchant_id),
+        Ok(AuthOutcome::Unknown) => Err(ApiError::unauthorized("Invalid API key provided")),
+        Ok(AuthOutcome::Throttled(wait)) => Err(ApiError::rate_limited(format!(
+            "Too many requests with invalid API keys from this address; retry in {} s",
+            wait.as_secs().max(1)
+        ))),
         Err(e) => {
             tracing::error!(error = %e, "authentication lookup failed");
             Err(ApiError::unavailable(

@@ -13,6 +13,17 @@ use warp::{Filter, Reply};
 
 pub const HEADER: &str = "x-request-id";
 
+tokio::task_local! {
+    /// The peer address of the connection the request being handled came on (set by
+    /// [`serve`]); failed authentications are counted per address.
+    pub static CLIENT_ADDR: std::net::IpAddr;
+}
+
+/// The current request's peer address, when it came through [`serve`].
+pub fn client_addr() -> Option<std::net::IpAddr> {
+    CLIENT_ADDR.try_with(|addr| *addr).ok()
+}
+
 /// Longest client-supplied request id kept.
 pub const MAX_LEN: usize = 64;
 
@@ -64,18 +75,19 @@ where
     F::Extract: Reply,
 {
     let service = warp::service(routes);
-    let make = make_service_fn(move |_| {
+    let make = make_service_fn(move |conn: &warp::hyper::server::conn::AddrStream| {
         let service = service.clone();
+        let peer = conn.remote_addr().ip();
         async move {
             Ok::<_, Infallible>(service_fn(move |mut request: Request<Body>| {
                 let id = assign(&mut request);
                 let mut service = service.clone();
-                async move {
+                CLIENT_ADDR.scope(peer, async move {
                     use warp::hyper::service::Service;
                     let mut response = service.call(request).await?;
                     response.headers_mut().insert(HEADER, id);
                     Ok::<_, Infallible>(response)
-                }
+                })
             }))
         }
     });
