@@ -46,8 +46,8 @@ pub struct HttpOptions {
     /// Largest request body accepted (bytes).
     pub max_body_bytes: u64,
     /// A connection that has not sent a request's complete headers this long after the
-    /// server started waiting for them is closed (ms): also one that sends nothing, and a
-    /// keep-alive connection idle between requests.
+    /// server started waiting for them is closed (ms), also one that sends nothing. Not a
+    /// keep-alive connection idle after a complete request: `idle_timeout_ms` closes that.
     pub header_read_timeout_ms: u64,
     /// A connection on which no byte is read or written for this long while the server
     /// waits on it is closed (ms). Longer than any request may take without I/O

@@ -3,9 +3,11 @@
 //!
 //! - `header_read_timeout`: hyper closes an HTTP/1 connection whose next request's headers
 //!   are not complete this long after it started waiting for them — also one that sends
-//!   nothing at all, and a keep-alive connection idle between requests.
+//!   nothing at all (measured: hyper 0.14.32 does *not* apply it to a keep-alive connection
+//!   silent after a complete request).
 //! - `idle_timeout`: a connection on which the server waits to read or write and no byte
-//!   moves for this long is closed (a stalled body, a client that does not read its reply).
+//!   moves for this long is closed (a keep-alive connection silent after its reply, a
+//!   stalled body, a client that does not read its reply).
 //! - `max_connections`: connections served at once; the next one is accepted only when one
 //!   ends, so the excess waits in the kernel's listen backlog instead of being refused.
 
