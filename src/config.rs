@@ -379,7 +379,28 @@ impl Config {
         if self.supervisor.restart.max_restarts == 0 {
             return Err("supervisor.restart.max_restarts: must be at least 1".into());
         }
+        self.check_idle_timeout()?;
         self.check_secrets()
+    }
+
+    /// While a request is worked on, its connection moves no byte: the idle timeout must
+    /// outlast the longest a request may legitimately take, or it cuts answers off.
+    fn check_idle_timeout(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("actors.command_timeout_ms", self.actors.command_timeout_ms),
+            (
+                "cluster.forward_timeout_ms",
+                self.cluster.forward_timeout_ms,
+            ),
+        ] {
+            if self.http.idle_timeout_ms <= value {
+                return Err(format!(
+                    "http.idle_timeout_ms ({}) must exceed {key} ({value}): a request may take that long without a byte on its connection",
+                    self.http.idle_timeout_ms
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A node listening beyond loopback refuses to start with a missing or placeholder
@@ -498,6 +519,45 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
         config.cluster.secret = "cluster-secret-CHANGE_ME-0123".into();
         assert!(config.validate().is_err(), "marked change_me in any case");
+    }
+
+    #[test]
+    fn the_idle_timeout_must_exceed_the_command_and_forward_timeouts() {
+        let mut config = shipped();
+        assert_eq!(config.validate(), Ok(()));
+        config.actors.command_timeout_ms = config.http.idle_timeout_ms;
+        let refusal = config.validate().expect_err("idle == command timeout");
+        assert!(
+            refusal.contains("http.idle_timeout_ms")
+                && refusal.contains("actors.command_timeout_ms"),
+            "{refusal}"
+        );
+        config.actors.command_timeout_ms = 8_000;
+        config.http.idle_timeout_ms = 5_000;
+        let refusal = config.validate().expect_err("idle < command timeout");
+        assert!(refusal.contains("actors.command_timeout_ms"), "{refusal}");
+        config.http.idle_timeout_ms = 9_000;
+        config.cluster.forward_timeout_ms = 9_000;
+        let refusal = config.validate().expect_err("idle == forward timeout");
+        assert!(
+            refusal.contains("http.idle_timeout_ms")
+                && refusal.contains("cluster.forward_timeout_ms"),
+            "{refusal}"
+        );
+        config.cluster.forward_timeout_ms = 8_999;
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_shipped_server_limits_are_the_defaults() {
+        let config = shipped();
+        let defaults = payrail_http::HttpOptions::default();
+        assert_eq!(
+            config.http.header_read_timeout_ms,
+            defaults.header_read_timeout_ms
+        );
+        assert_eq!(config.http.idle_timeout_ms, defaults.idle_timeout_ms);
+        assert_eq!(config.http.max_connections, defaults.max_connections);
     }
 
     #[test]

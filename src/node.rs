@@ -439,8 +439,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    let (bound, server) = payrail_http::request_id::serve(routes, addr, handover)
-        .map_err(|e| anyhow::anyhow!("binding http.bind {addr}: {e}"))?;
+    let (bound, server) = payrail_http::request_id::serve(
+        routes,
+        addr,
+        payrail_http::limits::ServerLimits::from_options(&config.http),
+        handover,
+    )
+    .map_err(|e| anyhow::anyhow!("binding http.bind {addr}: {e}"))?;
     // Spooled events reach the pools over HTTP during an outage: this node's own
     // endpoint unless `fallback.targets` names the nodes that run pools.
     let targets = if config.fallback.targets.is_empty() {

@@ -9,6 +9,7 @@ pub mod error;
 pub mod forward;
 mod guard;
 mod internal;
+pub mod limits;
 pub mod metrics;
 mod money;
 pub mod notifications;
@@ -47,6 +48,16 @@ pub struct HttpOptions {
     /// Unknown API keys a client address may present per minute (a bucket of this many,
     /// refilled continuously); past it, its unknown keys get 429 without a lookup.
     pub failed_auth_per_minute: u32,
+    /// A connection that has not sent a request's complete headers this long after the
+    /// server started waiting for them is closed (ms), also one that sends nothing. Not a
+    /// keep-alive connection idle after a complete request: `idle_timeout_ms` closes that.
+    pub header_read_timeout_ms: u64,
+    /// A connection on which no byte is read or written for this long while the server
+    /// waits on it is closed (ms). Longer than any request may take without I/O
+    /// (`actors.command_timeout_ms`, `cluster.forward_timeout_ms`).
+    pub idle_timeout_ms: u64,
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
 }
 
 impl std::fmt::Debug for HttpOptions {
@@ -57,12 +68,18 @@ impl std::fmt::Debug for HttpOptions {
             admin_token: _,
             max_body_bytes,
             failed_auth_per_minute,
+            header_read_timeout_ms,
+            idle_timeout_ms,
+            max_connections,
         } = self;
         f.debug_struct("HttpOptions")
             .field("bind", bind)
             .field("admin_token", &"<redacted>")
             .field("max_body_bytes", max_body_bytes)
             .field("failed_auth_per_minute", failed_auth_per_minute)
+            .field("header_read_timeout_ms", header_read_timeout_ms)
+            .field("idle_timeout_ms", idle_timeout_ms)
+            .field("max_connections", max_connections)
             .finish()
     }
 }
@@ -74,6 +91,9 @@ impl Default for HttpOptions {
             admin_token: String::new(),
             max_body_bytes: 64 * 1024,
             failed_auth_per_minute: 60,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 10_000,
         }
     }
 }
@@ -94,6 +114,15 @@ impl HttpOptions {
         }
         if !(1..=1_000_000).contains(&self.failed_auth_per_minute) {
             return Err("http.failed_auth_per_minute: allowed 1..=1000000".into());
+        }
+        if !(100..=120_000).contains(&self.header_read_timeout_ms) {
+            return Err("http.header_read_timeout_ms: allowed 100..=120000".into());
+        }
+        if !(200..=3_600_000).contains(&self.idle_timeout_ms) {
+            return Err("http.idle_timeout_ms: allowed 200..=3600000".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err("http.max_connections: allowed 1..=1000000".into());
         }
         Ok(())
     }
@@ -450,8 +479,60 @@ pub fn routes(
 
 #[cfg(test)]
 mod tests {
-    use super::admin_credentials_valid;
+    use super::{admin_credentials_valid, HttpOptions};
     use base64::Engine;
+
+    fn options() -> HttpOptions {
+        HttpOptions {
+            admin_token: "admin-token-0123456789".into(),
+            ..HttpOptions::default()
+        }
+    }
+
+    #[test]
+    fn the_server_limits_are_validated_within_their_ranges() {
+        assert_eq!(options().validate(), Ok(()));
+        let refused = |change: fn(&mut HttpOptions), key: &str| {
+            let mut options = options();
+            change(&mut options);
+            let error = options.validate().expect_err(key);
+            assert!(error.starts_with(key), "{key}: {error}");
+        };
+        refused(
+            |o| o.header_read_timeout_ms = 99,
+            "http.header_read_timeout_ms",
+        );
+        refused(
+            |o| o.header_read_timeout_ms = 120_001,
+            "http.header_read_timeout_ms",
+        );
+        refused(|o| o.idle_timeout_ms = 199, "http.idle_timeout_ms");
+        refused(|o| o.idle_timeout_ms = 3_600_001, "http.idle_timeout_ms");
+        refused(|o| o.max_connections = 0, "http.max_connections");
+        refused(|o| o.max_connections = 1_000_001, "http.max_connections");
+        let mut edges = options();
+        edges.header_read_timeout_ms = 100;
+        edges.idle_timeout_ms = 200;
+        edges.max_connections = 1;
+        assert_eq!(edges.validate(), Ok(()));
+        edges.header_read_timeout_ms = 120_000;
+        edges.idle_timeout_ms = 3_600_000;
+        edges.max_connections = 1_000_000;
+        assert_eq!(edges.validate(), Ok(()));
+    }
+
+    #[test]
+    fn debug_shows_the_server_limits_but_not_the_admin_token() {
+        let shown = format!("{:?}", options());
+        for field in [
+            "header_read_timeout_ms: 10000",
+            "idle_timeout_ms: 60000",
+            "max_connections: 10000",
+        ] {
+            assert!(shown.contains(field), "{field}: {shown}");
+        }
+        assert!(!shown.contains("0123456789"), "{shown}");
+    }
 
     const TOKEN: &str = "admin-token-0123456789";
 

@@ -3,10 +3,12 @@
 //! id is set on the request before any route sees it (so handlers use it as the events'
 //! correlation id and the access log and tracing span carry it) and returned on the reply.
 
+use crate::limits::{self, ServerLimits};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use warp::http::HeaderValue;
+use warp::hyper::server::accept;
 use warp::hyper::service::{make_service_fn, service_fn};
 use warp::hyper::{Body, Request, Server};
 use warp::{Filter, Reply};
@@ -64,10 +66,13 @@ fn assign(request: &mut Request<Body>) -> HeaderValue {
 }
 
 /// Binds `addr` and serves `routes` with request ids until `shutdown` resolves (then stops
-/// accepting and finishes the requests in flight). Returns the bound address and the server.
+/// accepting and finishes the requests in flight), within `limits` (header-read and idle
+/// timeouts, connections at once: see [`crate::limits`]). Returns the bound address and
+/// the server.
 pub fn serve<F>(
     routes: F,
     addr: SocketAddr,
+    limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, impl Future<Output = ()>), String>
 where
@@ -75,9 +80,9 @@ where
     F::Extract: Reply,
 {
     let service = warp::service(routes);
-    let make = make_service_fn(move |conn: &warp::hyper::server::conn::AddrStream| {
+    let make = make_service_fn(move |conn: &limits::LimitedConn| {
         let service = service.clone();
-        let peer = conn.remote_addr().ip();
+        let peer = conn.peer();
         async move {
             Ok::<_, Infallible>(service_fn(move |mut request: Request<Body>| {
                 let id = assign(&mut request);
@@ -91,11 +96,28 @@ where
             }))
         }
     });
-    let server = Server::try_bind(&addr).map_err(|e| format!("binding {addr}: {e}"))?;
-    let server = server.serve(make);
-    let bound = server.local_addr();
-    let server = server.with_graceful_shutdown(shutdown);
+    // Bound here, so a taken address fails the caller at once; registered with the
+    // runtime when the server first runs.
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| format!("binding {addr}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("binding {addr}: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("binding {addr}: {e}"))?;
     Ok((bound, async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%error, "HTTP listener failed");
+                return;
+            }
+        };
+        let incoming = accept::from_stream(limits::incoming(listener, limits));
+        let server = Server::builder(incoming)
+            .http1_header_read_timeout(limits.header_read_timeout)
+            .serve(make)
+            .with_graceful_shutdown(shutdown);
         if let Err(error) = server.await {
             tracing::error!(%error, "HTTP server failed");
         }
