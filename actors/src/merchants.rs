@@ -383,11 +383,6 @@ mod tests {
             "{debug}"
         );
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn a_full_cache_forgets_its_oldest_entry_only() {
