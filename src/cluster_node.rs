@@ -13,6 +13,13 @@
 //!    owner is concerned), so every payment rebuilds with its latest state;
 //! 5. the partition's actors start and the node answers for it.
 //!
+//! While the journal is unavailable (the breaker is not closed) and the previous owner left
+//! the partition in fallback, steps 2–4 happen in the spool instead (issue 22, defect 6):
+//! the marker is spooled after the previous owner's rows, fenced by the lease, and the
+//! partition is served from its snapshots, complete in fallback; the replayer appends the
+//! spool — the previous owner's records, the marker, the new owner's — when the journal
+//! returns. A partition that was not in fallback waits for the journal: its end is unknown.
+//!
 //! Losing one (handed over, expired, or shutdown): commands for it are refused at once
 //! (503 with `Retry-After`, or forwarded), those in flight get `cluster.drain_timeout_ms`,
 //! its actors stop, the consumers stop reading it, and the keeper may release it.
@@ -24,6 +31,7 @@ use kafka_journal::fence::owner_changed_marker;
 use payrail_actors::{NodeHandle, Runtime};
 use payrail_cluster::{LeaseStore, Leases};
 use payrail_http::forward::{Owner, OwnerDirectory};
+use payrail_supervisor::BreakerState;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,8 +52,17 @@ pub struct Membership {
     pub options: ClusterOptions,
 }
 
-/// A finished takeover: the marker's offset, or why it must be tried again.
-type Outcome = (i32, u64, Result<i64, String>);
+/// How a takeover ended.
+enum Taken {
+    /// The marker was journaled at this offset and the snapshots caught up to it.
+    Journal { marker: i64 },
+    /// The journal was unavailable: the marker was spooled after the previous owner's
+    /// fallback episode, which accounts for the journal below `journal_end`.
+    Spool { journal_end: i64 },
+}
+
+/// A finished takeover, or why it must be tried again.
+type Outcome = (i32, u64, Result<Taken, String>);
 
 impl Membership {
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
@@ -136,12 +153,22 @@ impl Membership {
                     }
                     taking.remove(&partition);
                     match outcome {
-                        Ok(marker) if self.leases.valid(partition) == Some(epoch) => {
-                            self.runtime.record_produced(partition, marker);
-                            self.runtime.fallback.mark_end_known(partition, marker + 1);
+                        Ok(taken) if self.leases.valid(partition) == Some(epoch) => {
+                            match taken {
+                                Taken::Journal { marker } => {
+                                    self.runtime.record_produced(partition, marker);
+                                    self.runtime.fallback.mark_end_known(partition, marker + 1);
+                                }
+                                // In fallback: the snapshots are complete, the spool takes
+                                // the writes, the replayer appends it when the journal is back.
+                                Taken::Spool { journal_end } if journal_end > 0 => {
+                                    self.runtime.record_produced(partition, journal_end - 1);
+                                }
+                                Taken::Spool { .. } => {}
+                            }
                             self.node.start_partition(partition, epoch);
                             serving.insert(partition, epoch);
-                            info!(partition, epoch, marker_offset = marker, "partition taken over; serving");
+                            info!(partition, epoch, "partition taken over; serving");
                         }
                         Ok(_) => warn!(partition, epoch, "lease lapsed during the takeover"),
                         Err(error) => {
@@ -154,7 +181,9 @@ impl Membership {
         }
     }
 
-    /// Steps 2–4 of a takeover (see the module docs); returns the marker's offset.
+    /// Steps 2–4 of a takeover (see the module docs), through the journal or — while it
+    /// is unavailable and the previous owner left the partition in fallback — through the
+    /// spool.
     fn take_over(
         &self,
         partition: i32,
@@ -168,26 +197,50 @@ impl Membership {
         async move {
             let started = Instant::now();
             let outcome = async {
-                payrail_actors::fallback::replay_left_spool(&runtime, partition).await;
-                let marker = owner_changed_marker(
-                    &runtime.producer,
-                    &runtime.topic,
-                    partition,
-                    epoch,
-                    &node_id,
-                )
-                .map_err(|e| e.to_string())?;
                 let offset = loop {
-                    match runtime.producer.append(std::slice::from_ref(&marker)).await {
-                        Ok(receipts) => match receipts.first() {
-                            Some(receipt) => break receipt.offset,
-                            None => return Err("the marker append returned no receipt".into()),
-                        },
-                        Err(error) => {
-                            warn!(%error, "appending the owner-change marker failed; retrying");
-                            tokio::time::sleep(RETRY_PAUSE).await;
+                    // A fresh marker (event id) per attempt: one whose spool write's outcome
+                    // was unknown may be there already, and the spool refuses a repeated id.
+                    let marker = owner_changed_marker(
+                        &runtime.producer,
+                        &runtime.topic,
+                        partition,
+                        epoch,
+                        &node_id,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    if runtime.fallback.is_enabled()
+                        && runtime.health.state() != BreakerState::Closed
+                    {
+                        match runtime
+                            .fallback
+                            .take_over(partition, epoch, &marker, &runtime.pool)
+                            .await
+                        {
+                            Ok(Some(journal_end)) => {
+                                info!(
+                                    journal_end,
+                                    elapsed_ms = started.elapsed().as_millis() as u64,
+                                    "taken over through the spool (journal unavailable)"
+                                );
+                                return Ok(Taken::Spool { journal_end });
+                            }
+                            // Not in fallback: the journal's end is needed.
+                            Ok(None) => {}
+                            Err(error) => warn!(%error, "taking over through the spool failed"),
                         }
                     }
+                    if payrail_actors::fallback::replay_left_spool(&runtime, partition).await {
+                        match runtime.producer.append(std::slice::from_ref(&marker)).await {
+                            Ok(receipts) => match receipts.first() {
+                                Some(receipt) => break receipt.offset,
+                                None => return Err("the marker append returned no receipt".into()),
+                            },
+                            Err(error) => {
+                                warn!(%error, "appending the owner-change marker failed; retrying");
+                            }
+                        }
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
                 };
                 if !snapshots.wait_for(partition, offset + 1, catch_up).await {
                     return Err(format!(
@@ -199,7 +252,7 @@ impl Membership {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "caught up to the owner-change marker"
                 );
-                Ok(offset)
+                Ok(Taken::Journal { marker: offset })
             }
             .await;
             (partition, epoch, outcome)

@@ -34,11 +34,11 @@ mod common;
 
 use common::broker::PrivateBroker;
 use common::chaos::*;
+use common::lifecycle_load::*;
 use common::*;
-use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The shipped default: a shorter one makes tansu 0.6, just restarted, time out producer-id
@@ -53,211 +53,6 @@ const WORKERS: usize = 48;
 const DEFAULT_RATE: u64 = if cfg!(debug_assertions) { 60 } else { 200 };
 /// The suite's two tests run one at a time: they measure latencies on two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Kind {
-    Create,
-    Confirm,
-    Capture,
-    Refund,
-}
-
-/// One answered request, timed from when it was due on the paced schedule (not from when
-/// a worker, held up by an earlier slow answer, got round to sending it): a stall shows in
-/// every request it delayed, not only in the one that met it.
-#[derive(Clone, Debug)]
-struct Sample {
-    /// When it was due, since the run started.
-    at: Duration,
-    /// From due to answered.
-    latency: Duration,
-    /// HTTP status; 0 for a transport error.
-    status: u16,
-    /// The error's `code` for a non-2xx answer.
-    code: Option<String>,
-}
-
-/// What the load saw: every sample, and per payment the commands acknowledged.
-#[derive(Default)]
-struct Observed {
-    samples: Vec<Sample>,
-    acknowledged: BTreeMap<String, BTreeSet<Kind>>,
-    /// Payment → index of its merchant.
-    merchant_of: BTreeMap<String, usize>,
-}
-
-struct Load {
-    started: Instant,
-    stop: AtomicBool,
-    /// Request slots taken, for pacing at the offered rate.
-    slots: AtomicU64,
-    period: Duration,
-    observed: Mutex<Observed>,
-}
-
-impl Load {
-    /// Waits for the next slot of the schedule; when it was due.
-    async fn pace(&self) -> Instant {
-        let slot = self.slots.fetch_add(1, Ordering::SeqCst);
-        let due = self.started + self.period * slot as u32;
-        tokio::time::sleep_until(due.into()).await;
-        due
-    }
-
-    /// Sends one request (paced) and records it; the body of a 2xx answer.
-    async fn send(
-        &self,
-        client: &reqwest::Client,
-        base: &str,
-        api_key: &str,
-        path: &str,
-        idem: Option<&str>,
-        body: String,
-    ) -> Option<Value> {
-        let due = self.pace().await;
-        let mut request = client
-            .post(format!("{base}{path}"))
-            .bearer_auth(api_key)
-            .header("content-type", "application/json")
-            .body(body);
-        if let Some(key) = idem {
-            request = request.header("Idempotency-Key", key);
-        }
-        let (status, answer) = match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                (status, response.json::<Value>().await.ok())
-            }
-            Err(_) => (0, None),
-        };
-        let sample = Sample {
-            at: due - self.started,
-            latency: due.elapsed(),
-            status,
-            code: answer
-                .as_ref()
-                .filter(|_| !(200..300).contains(&status))
-                .and_then(|a| a["error"]["code"].as_str())
-                .map(str::to_string),
-        };
-        match self.observed.lock() {
-            Ok(mut o) => o.samples.push(sample),
-            Err(p) => p.into_inner().samples.push(sample),
-        }
-        answer.filter(|_| (200..300).contains(&status))
-    }
-
-    fn acknowledge(&self, payment_id: &str, kind: Kind) {
-        let mut observed = match self.observed.lock() {
-            Ok(o) => o,
-            Err(p) => p.into_inner(),
-        };
-        observed
-            .acknowledged
-            .entry(payment_id.to_string())
-            .or_default()
-            .insert(kind);
-    }
-}
-
-/// One worker: create (manual capture) → confirm → capture part → refund part, over and
-/// over, each step only after the previous one was acknowledged.
-async fn worker(load: Arc<Load>, base: String, merchants: Arc<Vec<Merchant>>, index: usize) {
-    let client = load_client(Duration::from_secs(15));
-    let mut flow = 0usize;
-    while !load.stop.load(Ordering::SeqCst) {
-        flow += 1;
-        let merchant = &merchants[(index + flow) % merchants.len()];
-        let key = format!("w{index}-f{flow}");
-        let Some(created) = load
-            .send(
-                &client,
-                &base,
-                &merchant.api_key,
-                "/v1/payments",
-                Some(&key),
-                r#"{"amount":5000,"currency":"eur","capture_method":"manual"}"#.into(),
-            )
-            .await
-        else {
-            continue;
-        };
-        let Some(id) = created["id"].as_str().map(str::to_string) else {
-            continue;
-        };
-        load.acknowledge(&id, Kind::Create);
-        match load.observed.lock() {
-            Ok(mut o) => o
-                .merchant_of
-                .insert(id.clone(), (index + flow) % merchants.len()),
-            Err(p) => p
-                .into_inner()
-                .merchant_of
-                .insert(id.clone(), (index + flow) % merchants.len()),
-        };
-        let steps = [
-            (
-                Kind::Confirm,
-                format!("/v1/payments/{id}/confirm"),
-                None,
-                r#"{"payment_method":"pm_card_visa"}"#.to_string(),
-            ),
-            (
-                Kind::Capture,
-                format!("/v1/payments/{id}/capture"),
-                None,
-                r#"{"amount":3000}"#.to_string(),
-            ),
-            (
-                Kind::Refund,
-                format!("/v1/payments/{id}/refunds"),
-                Some(format!("{key}-refund")),
-                r#"{"amount":1000}"#.to_string(),
-            ),
-        ];
-        for (kind, path, idem, body) in steps {
-            if load.stop.load(Ordering::SeqCst) {
-                break;
-            }
-            match load
-                .send(
-                    &client,
-                    &base,
-                    &merchant.api_key,
-                    &path,
-                    idem.as_deref(),
-                    body,
-                )
-                .await
-            {
-                Some(_) => load.acknowledge(&id, kind),
-                None => break,
-            }
-        }
-    }
-}
-
-/// (p50, p99, max, count) of the samples' latencies.
-fn percentiles(samples: &[&Sample]) -> (Duration, Duration, Duration, usize) {
-    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
-    latencies.sort();
-    (
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or_default(),
-        latencies.len(),
-    )
-}
-
-/// The event type an acknowledged command must have left in the journal.
-fn journaled_type(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Create => "payment.created",
-        Kind::Confirm => "payment.authorized",
-        Kind::Capture => "payment.succeeded",
-        Kind::Refund => "refund.created",
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Fault {
@@ -316,22 +111,10 @@ async fn outage_under_load(fault: Fault) {
     let expected_partitions =
         partitions_by_consumer(&consumers(&client, &node.base).await.expect("consumers"));
 
-    let load = Arc::new(Load {
-        started: Instant::now(),
-        stop: AtomicBool::new(false),
-        slots: AtomicU64::new(0),
-        period: Duration::from_nanos(1_000_000_000 / rate),
-        observed: Mutex::new(Observed::default()),
-    });
+    let load = Load::new(rate);
+    let bases = Arc::new(vec![node.base.clone()]);
     let workers: Vec<_> = (0..WORKERS)
-        .map(|i| {
-            tokio::spawn(worker(
-                load.clone(),
-                node.base.clone(),
-                merchants.clone(),
-                i,
-            ))
-        })
+        .map(|i| tokio::spawn(worker(load.clone(), bases.clone(), merchants.clone(), i)))
         .collect();
 
     tokio::time::sleep(warmup).await;
@@ -391,10 +174,7 @@ async fn outage_under_load(fault: Fault) {
         tokio::time::sleep((outage * 7 / 10).saturating_sub(died.elapsed())).await;
         let down_at = load.started.elapsed();
         node.kill9();
-        let acknowledged: BTreeMap<String, BTreeSet<Kind>> = match load.observed.lock() {
-            Ok(o) => o.acknowledged.clone(),
-            Err(p) => p.into_inner().acknowledged.clone(),
-        };
+        let acknowledged = load.acknowledged();
         node = NodeProcess::start_on(&env, port, &extra_ref).await;
         let up_at = load.started.elapsed();
         node_down = Some((down_at, up_at));
@@ -450,10 +230,7 @@ async fn outage_under_load(fault: Fault) {
     .await;
     assert!(caught_up.is_ok(), "pools did not catch up: {caught_up:?}");
 
-    let observed = match load.observed.lock() {
-        Ok(mut o) => std::mem::take(&mut *o),
-        Err(p) => std::mem::take(&mut *p.into_inner()),
-    };
+    let observed = load.take_observed();
     let grace = Duration::from_millis(1500);
     let before: Vec<&Sample> = observed
         .samples
@@ -560,47 +337,11 @@ async fn outage_under_load(fault: Fault) {
     );
 
     // Every acknowledged command is in the journal; every payment in sequence order.
-    let (events, _) = journal_events(&env.brokers, &env.topic());
-    let mut by_payment: BTreeMap<String, BTreeMap<u64, BTreeSet<(String, String)>>> =
-        BTreeMap::new();
-    for e in &events {
-        by_payment
-            .entry(e.payment_id.clone())
-            .or_default()
-            .entry(e.sequence)
-            .or_default()
-            .insert((e.event_id.to_string(), e.event_type.clone()));
-    }
-    let mut acknowledged_commands = 0;
-    for (payment_id, kinds) in &observed.acknowledged {
-        let Some(journaled) = by_payment.get(payment_id) else {
-            panic!("acknowledged payment {payment_id} is not in the journal");
-        };
-        let sequences: Vec<u64> = journaled.keys().copied().collect();
-        assert_eq!(
-            sequences,
-            (1..=journaled.len() as u64).collect::<Vec<_>>(),
-            "{payment_id}: sequences 1..n"
-        );
-        for (sequence, ids) in journaled {
-            assert_eq!(
-                ids.len(),
-                1,
-                "{payment_id}: one event at {sequence}: {ids:?}"
-            );
-        }
-        let types: BTreeSet<&str> = journaled
-            .values()
-            .flat_map(|ids| ids.iter().map(|(_, t)| t.as_str()))
-            .collect();
-        for kind in kinds {
-            acknowledged_commands += 1;
-            assert!(
-                types.contains(journaled_type(*kind)),
-                "{payment_id}: acknowledged {kind:?} but the journal has {types:?}"
-            );
-        }
-    }
+    let acknowledged_commands = assert_every_acknowledged_step_journaled(
+        &env.brokers,
+        &env.topic(),
+        &observed.acknowledged,
+    );
     eprintln!(
         "outage ({fault:?}): {} payments, {acknowledged_commands} acknowledged commands, all journaled in order; {read_back} payments read back after the node's restart during the outage (node down {node_down:?})",
         observed.acknowledged.len()
@@ -626,60 +367,6 @@ async fn outage_under_load(fault: Fault) {
         "the order witness saw the slowed pool's events"
     );
     drop(sandbox);
-}
-
-fn observed_merchants(load: &Load) -> BTreeMap<String, usize> {
-    match load.observed.lock() {
-        Ok(o) => o.merchant_of.clone(),
-        Err(p) => p.into_inner().merchant_of.clone(),
-    }
-}
-
-/// Payment → its merchant's API key.
-fn merchant_keys(
-    merchants: &[Merchant],
-    merchant_of: &BTreeMap<String, usize>,
-) -> BTreeMap<String, String> {
-    merchant_of
-        .iter()
-        .map(|(payment, m)| (payment.clone(), merchants[*m].api_key.clone()))
-        .collect()
-}
-
-/// Reads every acknowledged payment (16 at a time, so a 60 s outage's thousands do not
-/// stretch the outage) and checks it shows at least what was acknowledged; returns how
-/// many were read.
-async fn check_readable(
-    api: &Api,
-    acknowledged: &BTreeMap<String, BTreeSet<Kind>>,
-    keys: &BTreeMap<String, String>,
-) -> usize {
-    use futures::StreamExt;
-    futures::stream::iter(acknowledged)
-        .map(|(payment_id, kinds)| async move {
-            let key = keys.get(payment_id).expect("the payment's merchant");
-            let r = api.get_payment(key, payment_id).await;
-            assert_eq!(r.status, 200, "{payment_id} after the restart: {}", r.body);
-            let p = &r.body;
-            if kinds.contains(&Kind::Refund) {
-                assert!(
-                    p["amount_refunded"].as_i64() >= Some(1000),
-                    "{payment_id}: {p}"
-                );
-            }
-            if kinds.contains(&Kind::Capture) {
-                assert_eq!(p["amount_captured"], 3000, "{payment_id}: {p}");
-                assert_eq!(p["status"], "succeeded", "{payment_id}: {p}");
-            } else if kinds.contains(&Kind::Confirm) {
-                assert!(
-                    p["status"] == "requires_capture" || p["status"] == "succeeded",
-                    "{payment_id}: {p}"
-                );
-            }
-        })
-        .buffer_unordered(16)
-        .count()
-        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,6 +5,8 @@
 pub mod broker;
 pub mod chaos;
 pub mod cluster;
+pub mod cut_proxy;
+pub mod lifecycle_load;
 pub mod outage;
 pub mod proxy;
 

@@ -427,6 +427,78 @@ impl JournalFallback {
         Ok(())
     }
 
+    /// Takes `partition` over at `epoch` while the journal is unavailable (issue 22, defect
+    /// 6). Possible only when the previous owner left the partition in fallback: its
+    /// snapshots are then complete — everything journaled below the episode's watermark
+    /// was projected when it entered, everything spooled since with its spool write — so
+    /// the new owner needs neither the journal's end nor a catch-up. Spools `marker` (the
+    /// owner-change marker of `epoch`) after the previous owner's rows, fenced by the lease
+    /// like any spool write, and resumes the episode as this node's: when the journal
+    /// returns, the replay appends the previous owner's acknowledged records, then the
+    /// marker, then this owner's, and every reader fences the old epoch from the marker on.
+    ///
+    /// Returns one past the last journal offset the episode accounts for (its watermark,
+    /// or the end of what was replayed of it), or `Ok(None)` when the partition is not in
+    /// fallback: its journal's end is then unknown and the takeover must wait for the
+    /// journal. A failure after BEGIN may have spooled the marker; a retry spools another
+    /// (with its own event id), which readers treat as the same fence.
+    pub async fn take_over(
+        &self,
+        partition: i32,
+        epoch: u64,
+        marker: &OutgoingRecord,
+        pool: &sqlx::PgPool,
+    ) -> Result<Option<i64>, FallbackError> {
+        assert!(epoch > 0, "a takeover raises a lease epoch");
+        assert_eq!(
+            marker.headers.owner_epoch, epoch,
+            "the marker carries its epoch"
+        );
+        if !self.is_enabled() {
+            return Err(FallbackError::Disabled);
+        }
+        let slot = self.partition(partition);
+        let _exclusive = slot.gate.write().await;
+        let mut tx = pool.begin().await.map_err(SpoolError::from)?;
+        let taken = async {
+            fence_epoch(&mut tx, partition, epoch).await?;
+            let Some(watermark) = self.spool.lock_episode_in(&mut tx, partition).await? else {
+                return Ok(None);
+            };
+            let replayed: Option<Option<i64>> = sqlx::query_scalar(
+                "SELECT replayed_end FROM journal_fallback WHERE topic = $1 AND partition = $2",
+            )
+            .bind(self.spool.topic())
+            .bind(partition)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(SpoolError::from)?;
+            self.spool
+                .append_in(&mut tx, partition, std::slice::from_ref(marker), None)
+                .await?;
+            tx.commit().await.map_err(SpoolError::from)?;
+            Ok(Some(
+                watermark.unwrap_or(0).max(replayed.flatten().unwrap_or(0)),
+            ))
+        }
+        .await;
+        let end = taken.map_err(inside_transaction)?;
+        if end.is_some() {
+            // The tail is complete from nowhere: the previous owner's records are not in
+            // it. It becomes complete when this fallback ends (`leave_if_empty`).
+            lock_tail(slot).complete_from = None;
+            slot.end_known.store(true, Ordering::Release);
+            slot.active.store(true, Ordering::Release);
+            info!(
+                partition,
+                epoch,
+                journal_end = end,
+                "partition taken over in journal fallback (marker spooled)"
+            );
+        }
+        Ok(end)
+    }
+
     /// The tail's records journaled at offsets in `from..end`, in offset order.
     fn copy_tail(
         &self,

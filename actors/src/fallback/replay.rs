@@ -166,32 +166,34 @@ async fn learn_journal_end(runtime: &Runtime, partition: i32) {
     }
 }
 
-/// A takeover's first step: appends to the journal the spool a previous owner of
-/// `partition` left (it died or lost its lease during a journal outage), in spool order,
-/// before the new owner writes anything; those commands were acknowledged. Waits for the
-/// journal as long as that takes; returns at once when the spool is empty.
-pub async fn replay_left_spool(runtime: &Runtime, partition: i32) {
-    let pause = Duration::from_millis(runtime.fallback.options().replay_interval_ms);
-    loop {
-        match runtime.fallback.spool().pending(partition, 1).await {
-            // Its fallback row goes too: the next outage starts an episode of this owner's.
-            Ok(pending) if pending.is_empty() => {
-                match runtime
-                    .fallback
-                    .leave_if_empty(partition, || runtime.produced_offset(partition))
-                    .await
-                {
-                    Ok(true) => return,
-                    Ok(false) => {}
-                    Err(error) => {
-                        warn!(partition, %error, "ending the previous owner's fallback failed; retrying")
-                    }
-                }
-            }
-            Ok(_) => info!(partition, "replaying the spool the previous owner left"),
-            Err(error) => warn!(partition, %error, "reading the spool failed; retrying"),
+/// A takeover's first step through the journal: appends the spool a previous owner of
+/// `partition` left (it died or lost its lease during a journal outage) to the journal, in
+/// spool order, before the new owner writes anything; those commands were acknowledged.
+/// One attempt: returns whether the spool is empty and its fallback row gone (also at once
+/// when there was none). While the journal is unavailable the caller may take the
+/// partition over through the spool instead ([`crate::fallback::JournalFallback::take_over`]).
+pub async fn replay_left_spool(runtime: &Runtime, partition: i32) -> bool {
+    match runtime.fallback.spool().pending(partition, 1).await {
+        Ok(pending) if pending.is_empty() => {}
+        Ok(_) => {
+            info!(partition, "replaying the spool the previous owner left");
+            replay_partition(runtime, partition).await;
         }
-        replay_partition(runtime, partition).await;
-        tokio::time::sleep(pause).await;
+        Err(error) => {
+            warn!(partition, %error, "reading the spool failed; retrying");
+            return false;
+        }
+    }
+    // Its fallback row goes too: the next outage starts an episode of this owner's.
+    match runtime
+        .fallback
+        .leave_if_empty(partition, || runtime.produced_offset(partition))
+        .await
+    {
+        Ok(left) => left,
+        Err(error) => {
+            warn!(partition, %error, "ending the previous owner's fallback failed; retrying");
+            false
+        }
     }
 }
