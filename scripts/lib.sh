@@ -111,3 +111,55 @@ stop_broker() {
     rm -f "$pidfile"
   fi
 }
+
+# A node for one measurement (scripts/internal_flood_rss.sh, scripts/auth_flood_bench.sh):
+# binary $1 on 127.0.0.1:$2, its log in $3, on the broker already listening on
+# $PAYRAIL_BROKER_PORT (never started nor stopped here: it is shared), with a database, a
+# topic namespace and secrets of its own. Sets SCRATCH_NODE_PID, SCRATCH_NODE_DB and
+# SCRATCH_ADMIN_TOKEN; stop_scratch_node stops it (by PID) and drops its database.
+SCRATCH_NODE_PID=""
+SCRATCH_NODE_DB=""
+SCRATCH_ADMIN_TOKEN=""
+start_scratch_node() { # bin port log
+  port_open "$PAYRAIL_BROKER_PORT" || {
+    log "no broker on 127.0.0.1:$PAYRAIL_BROKER_PORT: start it with scripts/broker.sh start"
+    return 1
+  }
+  ! port_open "$2" || { log "127.0.0.1:$2 is in use; set PORT to a free port"; return 1; }
+  local stamp
+  stamp="$(date +%Y%m%d%H%M%S)_$$"
+  SCRATCH_NODE_DB="payrail_scratch_$stamp"
+  SCRATCH_ADMIN_TOKEN="$(random_secret admin_)"
+  psql "$PAYRAIL_DATABASE_URL" -qtAX -c "CREATE DATABASE \"$SCRATCH_NODE_DB\"" >/dev/null
+  PAYRAIL__DATABASE__URL="${PAYRAIL_DATABASE_URL%/*}/$SCRATCH_NODE_DB" \
+    PAYRAIL__JOURNAL__BROKERS="127.0.0.1:$PAYRAIL_BROKER_PORT" \
+    PAYRAIL__JOURNAL__NAMESPACE="scratch-$stamp." \
+    PAYRAIL__HTTP__BIND="127.0.0.1:$2" \
+    PAYRAIL__HTTP__ADMIN_TOKEN="$SCRATCH_ADMIN_TOKEN" \
+    PAYRAIL__PSP__WEBHOOK_SECRET="$(random_secret whsec_)" \
+    PAYRAIL__CLUSTER__SECRET="$(random_secret cluster_)" \
+    RUST_LOG="${NODE_RUST_LOG:-warn}" \
+    "$1" --config "$PAYRAIL_ROOT/config.toml" node >"$3" 2>&1 &
+  SCRATCH_NODE_PID=$!
+  for _ in $(seq 1 300); do
+    kill -0 "$SCRATCH_NODE_PID" 2>/dev/null || { log "node exited; see $3"; return 1; }
+    curl -sf "http://127.0.0.1:$2/readyz" >/dev/null && return 0
+    sleep 0.2
+  done
+  log "node not ready after 60 s; see $3"
+  return 1
+}
+
+stop_scratch_node() {
+  if [ -n "$SCRATCH_NODE_PID" ]; then
+    kill "$SCRATCH_NODE_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$SCRATCH_NODE_PID" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$SCRATCH_NODE_PID" 2>/dev/null || true
+    wait "$SCRATCH_NODE_PID" 2>/dev/null || true
+    SCRATCH_NODE_PID=""
+  fi
+  if [ -n "$SCRATCH_NODE_DB" ]; then
+    psql "$PAYRAIL_DATABASE_URL" -qtAX -c "DROP DATABASE IF EXISTS \"$SCRATCH_NODE_DB\"" >/dev/null || true
+    SCRATCH_NODE_DB=""
+  fi
+}

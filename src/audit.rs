@@ -332,7 +332,8 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
 
     // Ledger: expected balances per (account, merchant, currency).
     type Account = (String, Option<String>, String);
-    let mut expected: BTreeMap<Account, i64> = BTreeMap::new(); // debit - credit
+    // debit − credit, in i128 like the stored sums below: a busy account passes i64::MAX.
+    let mut expected: BTreeMap<Account, i128> = BTreeMap::new();
     let mut add = |tx: &ledger::LedgerTransaction| {
         for leg in &tx.legs {
             *expected
@@ -341,7 +342,7 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
                     leg.merchant_id.clone(),
                     tx.currency.clone(),
                 ))
-                .or_default() += leg.debit - leg.credit;
+                .or_default() += i128::from(leg.debit) - i128::from(leg.credit);
         }
     };
     for (event_id, merchant, payment_id, captured) in &captures {
@@ -383,15 +384,17 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
             add(&ledger::payout_transaction(id, merchant, currency, *net)?);
         }
     }
-    let stored: Vec<(String, Option<String>, String, i64)> = sqlx::query_as(
-        "SELECT account, merchant_id, currency, (sum(debit) - sum(credit))::BIGINT FROM ledger_entries GROUP BY account, merchant_id, currency",
+    // Every sum below is NUMERIC in PostgreSQL, read as text into i128 (a `::BIGINT` cast
+    // failed with "bigint out of range" past i64::MAX, and the audit with it).
+    let stored: Vec<(String, Option<String>, String, String)> = sqlx::query_as(
+        "SELECT account, merchant_id, currency, (sum(debit) - sum(credit))::TEXT FROM ledger_entries GROUP BY account, merchant_id, currency",
     )
     .fetch_all(pool)
     .await?;
-    let stored: BTreeMap<Account, i64> = stored
+    let stored: BTreeMap<Account, i128> = stored
         .into_iter()
-        .map(|(a, m, c, b)| ((a, m, c), b))
-        .collect();
+        .map(|(a, m, c, b)| Ok(((a, m, c), amount(&b)?)))
+        .collect::<anyhow::Result<_>>()?;
     for key in expected
         .keys()
         .chain(stored.keys())
@@ -405,10 +408,10 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
     }
 
     // Per payment: captured − refunded = merchant net movement + fees.
-    let movements: Vec<(String, i64, i64)> = sqlx::query_as(
+    let movements: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT payment_id,
-                COALESCE(sum(credit - debit) FILTER (WHERE account = 'merchant_pending'), 0)::BIGINT,
-                COALESCE(sum(credit - debit) FILTER (WHERE account = 'platform_fee_revenue'), 0)::BIGINT
+                COALESCE(sum(credit - debit) FILTER (WHERE account = 'merchant_pending'), 0)::TEXT,
+                COALESCE(sum(credit - debit) FILTER (WHERE account = 'platform_fee_revenue'), 0)::TEXT
          FROM ledger_entries WHERE payment_id IS NOT NULL GROUP BY payment_id",
     )
     .fetch_all(pool)
@@ -417,20 +420,22 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
         if let Some(p) = payments.get(&payment_id) {
             diffs.check(
                 &format!("payment {payment_id}: captured − refunded vs merchant net + fees"),
-                p.amount_captured - p.amount_refunded,
-                merchant_net + fees,
+                i128::from(p.amount_captured) - i128::from(p.amount_refunded),
+                amount(&merchant_net)? + amount(&fees)?,
             );
         }
     }
 
     // Settlements equal the ledger: open items equal pending balances.
-    let open: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT merchant_id, currency, sum(gross - fee)::BIGINT FROM settlement_items WHERE settlement_id IS NULL GROUP BY merchant_id, currency",
+    let open: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT merchant_id, currency, sum(gross - fee)::TEXT FROM settlement_items WHERE settlement_id IS NULL GROUP BY merchant_id, currency",
     )
     .fetch_all(pool)
     .await?;
-    let open: BTreeMap<(String, String), i64> =
-        open.into_iter().map(|(m, c, n)| ((m, c), n)).collect();
+    let open: BTreeMap<(String, String), i128> = open
+        .into_iter()
+        .map(|(m, c, n)| Ok(((m, c), amount(&n)?)))
+        .collect::<anyhow::Result<_>>()?;
     for ((account, merchant, currency), balance) in &stored {
         if account == ledger::MERCHANT_PENDING {
             let merchant = merchant.clone().unwrap_or_default();
@@ -443,13 +448,17 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
             );
         }
     }
-    let settled_sums: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT s.id, s.net, COALESCE((SELECT sum(gross - fee) FROM settlement_items i WHERE i.settlement_id = s.id), 0)::BIGINT FROM settlements s",
+    let settled_sums: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT s.id, s.net, COALESCE((SELECT sum(gross - fee) FROM settlement_items i WHERE i.settlement_id = s.id), 0)::TEXT FROM settlements s",
     )
     .fetch_all(pool)
     .await?;
     for (id, net, items) in settled_sums {
-        diffs.check(&format!("settlement {id} net vs its items"), items, net);
+        diffs.check(
+            &format!("settlement {id} net vs its items"),
+            amount(&items)?,
+            i128::from(net),
+        );
     }
 
     println!(
@@ -458,10 +467,11 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
         payments.len(),
         settlements.len()
     );
-    let totals: Vec<(String, i64, i64)> = sqlx::query_as("SELECT currency, sum(debit)::BIGINT, sum(credit)::BIGINT FROM ledger_entries GROUP BY currency ORDER BY currency")
+    let totals: Vec<(String, String, String)> = sqlx::query_as("SELECT currency, sum(debit)::TEXT, sum(credit)::TEXT FROM ledger_entries GROUP BY currency ORDER BY currency")
         .fetch_all(pool)
         .await?;
     for (currency, debits, credits) in totals {
+        let (debits, credits) = (amount(&debits)?, amount(&credits)?);
         println!(
             "ledger {currency}: debits {debits} credits {credits} {}",
             if debits == credits {
@@ -481,10 +491,9 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
     Ok(diffs.0.is_empty())
 }
 
-/// An analytics amount read as text (`NUMERIC(38,0)`, which fits `i128`).
+/// A sum of amounts read as text (NUMERIC, which fits `i128`).
 fn amount(text: &str) -> anyhow::Result<i128> {
-    text.parse()
-        .with_context(|| format!("analytics amount {text:?} is not an i128"))
+    Ok(payrail_actors::money::sum_from_text(text)?)
 }
 
 /// Resets a pool's read model and replays the whole journal into it. Run it with the

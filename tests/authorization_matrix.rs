@@ -89,6 +89,8 @@ async fn every_route_answers_every_credential_as_its_scheme_says() {
     let merchant_a = a.body["id"].as_str().unwrap().to_string();
     let key_a = a.body["api_key"].as_str().unwrap().to_string();
     let (merchant_b, key_b) = api.merchant("MatrixB").await;
+    // The merchant whose key the admin rolls (A's and B's keys must keep working).
+    let (merchant_c, _) = api.merchant("MatrixC").await;
 
     // A's objects, with amounts that appear nowhere else.
     let a_amounts = [918_273_i64, 827_364];
@@ -206,6 +208,7 @@ async fn every_route_answers_every_credential_as_its_scheme_says() {
             t if t.starts_with("/v1/payments/{id}") => t.replace("{id}", &a_open),
             "/v1/notifications/{id}/resend" => template.replace("{id}", &a_notification),
             "/v1/settlements/{id}/pay" => template.replace("{id}", "stl_unknown"),
+            "/v1/merchants/{id}/roll_api_key" => template.replace("{id}", &merchant_c),
             "/webhooks/psp/{channel}" => template.replace("{channel}", "sandbox"),
             "/v1/ledger/entries" => format!("{template}?payment_id={a_paid}"),
             "/v1/notifications" => format!("{template}?payment_id={a_paid}"),

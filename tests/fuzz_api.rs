@@ -314,6 +314,8 @@ async fn fuzzed_operations_never_answer_5xx_and_rejected_requests_change_nothing
     let api = Api::new(&node);
     let (_, key_a) = api.merchant("FuzzA").await;
     let (_, key_b) = api.merchant("FuzzB").await;
+    // The merchant whose key the admin operation rolls: not A, whose key the run uses.
+    let (merchant_c, _) = api.merchant("FuzzC").await;
     let open = new_payment(&api, &key_a, r#"{"amount":1200,"currency":"eur"}"#, None).await;
     let manual = new_payment(
         &api,
@@ -337,6 +339,7 @@ async fn fuzzed_operations_never_answer_5xx_and_rejected_requests_change_nothing
         ("/v1/payments/{id}/capture", manual.as_str()),
         ("/v1/payments/{id}/cancel", to_cancel.as_str()),
         ("/v1/payments/{id}/refunds", paid.as_str()),
+        ("/v1/merchants/{id}/roll_api_key", merchant_c.as_str()),
     ];
     let pool = env.pool().await;
 

@@ -25,6 +25,8 @@ const AUTH_MISSES_MAX: usize = 10_000;
 const AUTH_MISS_TTL: Duration = Duration::from_secs(10);
 /// Client addresses whose failed authentications are counted, at most (oldest forgotten).
 const AUTH_CLIENTS_MAX: usize = 100_000;
+/// The longest an old key may keep working after a roll (`expire_old_in_s`): 7 days.
+pub const MAX_ROLLED_KEY_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// At most `capacity` entries, each forgotten `ttl` after it was put; full, the oldest
 /// goes — one entry at a time, never the whole map.
@@ -158,18 +160,67 @@ pub fn new_webhook_secret() -> String {
     format!("whsec_{}", random_hex(32))
 }
 
+/// A new API key, after a roll: `POST /v1/merchants/{id}/roll_api_key`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Serialize)]
+pub struct RolledApiKey {
+    pub object: &'static str,
+    pub merchant_id: String,
+    /// The new key. Shown once, never stored.
+    pub api_key: String,
+    /// The previous key's last 4 characters, to tell which key is going.
+    pub previous_key_last4: String,
+    /// Unix seconds from which the previous key is refused (the roll's own time when it
+    /// was rolled with `expire_old_in_s` 0).
+    pub previous_key_expires_at: i64,
+}
+
+/// Redacts the new key, so a stray `{:?}` cannot log it.
+impl std::fmt::Debug for RolledApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RolledApiKey")
+            .field("merchant_id", &self.merchant_id)
+            .field("api_key", &"<redacted>")
+            .field("previous_key_last4", &self.previous_key_last4)
+            .field("previous_key_expires_at", &self.previous_key_expires_at)
+            .finish()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MerchantError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("no merchant {0}")]
+    UnknownMerchant(String),
+    #[error("an old key may keep working at most {} s after a roll", MAX_ROLLED_KEY_GRACE.as_secs())]
+    GraceTooLong,
+}
+
+/// A key the registry read from PostgreSQL, remembered.
+#[derive(Clone)]
+struct KnownKey {
+    merchant_id: String,
+    /// When it was read.
+    read: Instant,
+    /// When a rolled key stops working; `None` for a merchant's current key.
+    expires: Option<Instant>,
+}
+
+impl KnownKey {
+    /// Whether it may still authenticate (from memory, too).
+    fn unexpired(&self) -> bool {
+        self.expires.is_none_or(|at| Instant::now() < at)
+    }
 }
 
 /// Cheap, cloneable handle to the merchant registry.
 #[derive(Clone)]
 pub struct MerchantRegistry {
     pool: PgPool,
-    /// Hashes of known keys → merchant id, and when it was read.
-    cache: Arc<RwLock<Recent<String, (String, Instant)>>>,
+    /// Hashes of known keys → merchant id, when it was read and, for a rolled key, until when
+    /// it works.
+    cache: Arc<RwLock<Recent<String, KnownKey>>>,
     /// Hashes of keys no merchant has (negative cache).
     misses: Arc<RwLock<Recent<String, ()>>>,
     /// Failed authentications per client address.
@@ -181,6 +232,16 @@ pub struct MerchantRegistry {
 /// is nothing to brute-force that a slow hash would protect.
 pub fn hash_api_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// A new secret API key: `sk_test_` + 256 random bits in hex.
+fn new_api_key() -> String {
+    format!("sk_test_{}", random_hex(32))
+}
+
+/// The last 4 characters of a key (ASCII), shown to tell keys apart.
+fn last4(api_key: &str) -> String {
+    api_key[api_key.len().saturating_sub(4)..].to_string()
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -252,10 +313,10 @@ impl MerchantRegistry {
         client: Option<std::net::IpAddr>,
     ) -> Result<AuthOutcome, MerchantError> {
         let hash = hash_api_key(api_key);
-        let known = self.cache.read().await.get(&hash).cloned();
+        let known = self.remembered(&hash).await;
         match known {
-            Some((id, read)) if read.elapsed() < AUTH_HIT_FRESH => {
-                return Ok(AuthOutcome::Merchant(id));
+            Some(key) if key.read.elapsed() < AUTH_HIT_FRESH => {
+                return Ok(AuthOutcome::Merchant(key.merchant_id));
             }
             Some(_) => {} // known lately: read again, whatever the client's budget
             None => {
@@ -267,8 +328,9 @@ impl MerchantRegistry {
         let outcome = match (self.lookup(hash).await, known) {
             (Ok(Some(id)), _) => AuthOutcome::Merchant(id),
             (Ok(None), _) => AuthOutcome::Unknown,
-            // PostgreSQL unreachable: a key known within AUTH_HIT_TTL stays served.
-            (Err(_), Some((id, _))) => AuthOutcome::Merchant(id),
+            // PostgreSQL unreachable: a key known within AUTH_HIT_TTL (and not expired)
+            // stays served.
+            (Err(_), Some(key)) => AuthOutcome::Merchant(key.merchant_id),
             (Err(error), None) => return Err(error),
         };
         if outcome == AuthOutcome::Unknown {
@@ -285,8 +347,7 @@ impl MerchantRegistry {
         webhook_url: Option<&str>,
     ) -> Result<CreatedMerchant, MerchantError> {
         let id = format!("mer_{}", uuid::Uuid::now_v7().simple());
-        let api_key = format!("sk_test_{}", random_hex(32));
-        let last4 = api_key[api_key.len() - 4..].to_string();
+        let api_key = new_api_key();
         let webhook_secret = new_webhook_secret();
         sqlx::query(
             "INSERT INTO merchants (id, name, api_key_hash, api_key_last4, webhook_url, webhook_secret)
@@ -295,7 +356,7 @@ impl MerchantRegistry {
         .bind(&id)
         .bind(name)
         .bind(hash_api_key(&api_key))
-        .bind(&last4)
+        .bind(last4(&api_key))
         .bind(webhook_url)
         .bind(&webhook_secret)
         .execute(&self.pool)
@@ -313,13 +374,80 @@ impl MerchantRegistry {
     /// The merchant id an API key belongs to, if any (no client budget).
     pub async fn authenticate(&self, api_key: &str) -> Result<Option<String>, MerchantError> {
         let hash = hash_api_key(api_key);
-        let known = self.cache.read().await.get(&hash).cloned();
-        match known {
-            Some((id, read)) if read.elapsed() < AUTH_HIT_FRESH => Ok(Some(id)),
-            // PostgreSQL unreachable: a key known within AUTH_HIT_TTL stays served.
-            Some((id, _)) => Ok(self.lookup(hash).await.unwrap_or(Some(id))),
+        match self.remembered(&hash).await {
+            Some(key) if key.read.elapsed() < AUTH_HIT_FRESH => Ok(Some(key.merchant_id)),
+            // PostgreSQL unreachable: a key known within AUTH_HIT_TTL (and not expired)
+            // stays served.
+            Some(key) => Ok(self.lookup(hash).await.unwrap_or(Some(key.merchant_id))),
             None => self.lookup(hash).await,
         }
+    }
+
+    /// The key of `hash` as last read, unless it is a rolled key past its expiry: such a
+    /// key is never answered from memory, not even while PostgreSQL is unreachable.
+    async fn remembered(&self, hash: &str) -> Option<KnownKey> {
+        self.cache
+            .read()
+            .await
+            .get(&hash.to_string())
+            .filter(|key| key.unexpired())
+            .cloned()
+    }
+
+    /// Gives merchant `merchant_id` a new API key. The old one keeps working for `grace`
+    /// (at most [`MAX_ROLLED_KEY_GRACE`]; zero refuses it at once) and is then refused:
+    /// at once on this node, within [`AUTH_HIT_FRESH`] on the others (which read a known
+    /// key again that often and then learn its expiry). Keys rolled earlier keep their own
+    /// expiries.
+    pub async fn roll_api_key(
+        &self,
+        merchant_id: &str,
+        grace: Duration,
+    ) -> Result<RolledApiKey, MerchantError> {
+        if grace > MAX_ROLLED_KEY_GRACE {
+            return Err(MerchantError::GraceTooLong);
+        }
+        // Bounded by MAX_ROLLED_KEY_GRACE just above: fits easily.
+        let grace_ms = i64::try_from(grace.as_millis()).map_err(|_| MerchantError::GraceTooLong)?;
+        let api_key = new_api_key();
+        let mut tx = self.pool.begin().await?;
+        let old: Option<(String, String)> = sqlx::query_as(
+            "SELECT api_key_hash, api_key_last4 FROM merchants WHERE id = $1 FOR UPDATE",
+        )
+        .bind(merchant_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((old_hash, old_last4)) = old else {
+            return Err(MerchantError::UnknownMerchant(merchant_id.to_string()));
+        };
+        let expires_at: i64 = sqlx::query_scalar(
+            "INSERT INTO rolled_api_keys (key_hash, merchant_id, last4, expires_at)
+             VALUES ($1, $2, $3, now() + $4::BIGINT * interval '1 millisecond')
+             RETURNING floor(EXTRACT(EPOCH FROM expires_at))::BIGINT",
+        )
+        .bind(&old_hash)
+        .bind(merchant_id)
+        .bind(&old_last4)
+        .bind(grace_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE merchants SET api_key_hash = $2, api_key_last4 = $3 WHERE id = $1")
+            .bind(merchant_id)
+            .bind(hash_api_key(&api_key))
+            .bind(last4(&api_key))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        // This node reads the old key again at its next use, and so learns its expiry
+        // (or, rolled with no grace, that it is nobody's) at once.
+        self.cache.write().await.remove(&old_hash);
+        Ok(RolledApiKey {
+            object: "api_key_roll",
+            merchant_id: merchant_id.to_string(),
+            api_key,
+            previous_key_last4: old_last4,
+            previous_key_expires_at: expires_at,
+        })
     }
 
     /// Entries in the negative cache (for tests and metrics).
@@ -332,17 +460,31 @@ impl MerchantRegistry {
         if self.misses.read().await.get(&hash).is_some() {
             return Ok(None);
         }
-        let id: Option<String> =
-            sqlx::query_scalar("SELECT id FROM merchants WHERE api_key_hash = $1")
-                .bind(&hash)
-                .fetch_optional(&self.pool)
-                .await?;
-        match &id {
-            Some(id) => self
-                .cache
-                .write()
-                .await
-                .put(hash, (id.clone(), Instant::now())),
+        // Taken before the query: PostgreSQL's `now()` is later, so the deadline below is
+        // at or before the key's true expiry, never after.
+        let asked = Instant::now();
+        // A merchant's current key, or a rolled one with the milliseconds it has left.
+        let found: Option<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT id, NULL::BIGINT FROM merchants WHERE api_key_hash = $1
+             UNION ALL
+             SELECT merchant_id, floor(EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::BIGINT
+               FROM rolled_api_keys WHERE key_hash = $1 AND expires_at > now()
+             LIMIT 1",
+        )
+        .bind(&hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let id = found.as_ref().map(|(id, _)| id.clone());
+        match found {
+            Some((merchant_id, left_ms)) => {
+                let expires = left_ms.map(|ms| asked + Duration::from_millis(ms.max(0) as u64));
+                let key = KnownKey {
+                    merchant_id,
+                    read: Instant::now(),
+                    expires,
+                };
+                self.cache.write().await.put(hash, key)
+            }
             None => {
                 self.cache.write().await.remove(&hash);
                 self.misses.write().await.put(hash, ());

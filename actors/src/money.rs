@@ -165,6 +165,15 @@ const ISO_4217: &[(&str, u8)] = &[
 /// Largest amount payrail accepts in one payment, in minor units (10^12).
 pub const MAX_AMOUNT: i64 = 1_000_000_000_000;
 
+/// A sum of amounts read from PostgreSQL as text: a `sum` of BIGINT is NUMERIC (as are the
+/// `NUMERIC(38,0)` analytics columns), and sqlx has no 128-bit type. Every sum of 64-bit
+/// amounts a table can hold fits `i128`; anything else is an error, never a rounded or
+/// wrapped number (no floats: they would round money).
+pub fn sum_from_text(text: &str) -> Result<i128, sqlx::Error> {
+    text.parse()
+        .map_err(|_| sqlx::Error::Decode(format!("sum of amounts {text:?} is not an i128").into()))
+}
+
 /// An ISO-4217 currency, stored as its upper-case alphabetic code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

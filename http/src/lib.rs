@@ -268,6 +268,12 @@ pub fn routes(
         .and(auth)
         .and(body.clone())
         .and_then(ops::create_merchant);
+    let roll_api_key = warp::path!("v1" / "merchants" / String / "roll_api_key")
+        .and(warp::post())
+        .and(with(state.clone()))
+        .and(auth)
+        .and(body.clone())
+        .and_then(|id, state, auth, body| ops::roll_api_key(state, id, auth, body));
     let create = warp::path!("v1" / "payments")
         .and(warp::post())
         .and(with(state.clone()))
@@ -438,6 +444,8 @@ pub fn routes(
         .or(readyz)
         .unify()
         .or(merchants)
+        .unify()
+        .or(roll_api_key)
         .unify()
         .or(create)
         .unify()

@@ -129,6 +129,7 @@ impl Modify for SecuritySchemes {
         crate::ops::healthz,
         crate::ops::readyz,
         crate::ops::create_merchant,
+        crate::ops::roll_api_key,
         crate::payments::create_payment,
         crate::payments::list_payments,
         crate::payments::get_payment,
@@ -333,6 +334,11 @@ mod tests {
         assert_eq!(
             create["channel"]["pattern"].as_str(),
             Some(format!("^[a-z0-9_-]{{1,{MAX_CHANNEL_LEN}}}$").as_str())
+        );
+        let roll = &doc["components"]["schemas"]["RollApiKeyBody"]["properties"];
+        assert_eq!(
+            roll["expire_old_in_s"]["maximum"].as_u64(),
+            Some(payrail_actors::merchants::MAX_ROLLED_KEY_GRACE.as_secs())
         );
     }
 }

@@ -2,10 +2,10 @@
 
 use crate::body::LimitedBody;
 use crate::error::{ApiError, ErrorResponse};
-use crate::validation::{parse_json, CreateMerchantBody};
+use crate::validation::{parse_json, parse_optional_json, CreateMerchantBody};
 use crate::{authorize_admin, json, respond, AppState};
 use payrail_supervisor::Escalation;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -317,6 +317,68 @@ pub(crate) async fn create_merchant(
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             Ok(json(StatusCode::CREATED, &merchant))
+        }
+        .await,
+    )
+}
+
+/// `POST /v1/merchants/{id}/roll_api_key`'s optional body.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RollApiKeyBody {
+    /// Seconds the old key keeps working; 0 (the default) refuses it at once. At most
+    /// 604800 (7 days).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 604800)]
+    pub(crate) expire_old_in_s: u64,
+}
+
+/// `POST /v1/merchants/{id}/roll_api_key` (admin): gives the merchant a new API key, shown
+/// once; the old key works until `expire_old_in_s` from now, then is refused on every node
+/// (within 1 s).
+#[utoipa::path(
+    post,
+    path = "/v1/merchants/{id}/roll_api_key",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The merchant's id (`mer_…`)")),
+    request_body(content = Option<RollApiKeyBody>, description = "Optional; no body is `{\"expire_old_in_s\": 0}`"),
+    responses(
+        (status = 200, description = "Rolled; `api_key` is shown only now", body = payrail_actors::merchants::RolledApiKey),
+        (status = 400, description = "Invalid request (e.g. `expire_old_in_s` out of range); nothing changed", body = ErrorResponse),
+        (status = 401, description = "No or wrong admin token", body = ErrorResponse),
+        (status = 404, description = "No such merchant", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn roll_api_key(
+    state: Arc<AppState>,
+    merchant_id: String,
+    auth: Option<String>,
+    body: LimitedBody,
+) -> Result<Response, Infallible> {
+    use payrail_actors::merchants::{MerchantError, MAX_ROLLED_KEY_GRACE};
+    respond(
+        async {
+            authorize_admin(&state, &auth)?;
+            let body: RollApiKeyBody = parse_optional_json(&body?)?;
+            let grace = Duration::from_secs(body.expire_old_in_s);
+            let rolled = state
+                .merchants
+                .roll_api_key(&merchant_id, grace)
+                .await
+                .map_err(|e| match e {
+                    MerchantError::GraceTooLong => ApiError::invalid(
+                        "parameter_invalid",
+                        format!(
+                            "expire_old_in_s must be 0 to {} (7 days)",
+                            MAX_ROLLED_KEY_GRACE.as_secs()
+                        ),
+                        Some("expire_old_in_s"),
+                    ),
+                    MerchantError::UnknownMerchant(_) => ApiError::not_found("No such merchant"),
+                    MerchantError::Database(e) => ApiError::internal(e),
+                })?;
+            Ok(json(StatusCode::OK, &rolled))
         }
         .await,
     )

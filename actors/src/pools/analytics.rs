@@ -306,13 +306,8 @@ pub struct CurrencyMetrics {
     pub net_revenue: i128,
 }
 
-/// A stored amount, read as text (`NUMERIC(38,0)` has no 128-bit type in sqlx): every value
-/// the column can hold fits `i128`; anything else is an error, never a rounded number.
-fn amount(text: &str) -> Result<i128, sqlx::Error> {
-    text.parse().map_err(|_| {
-        sqlx::Error::Decode(format!("analytics amount {text:?} is not an i128").into())
-    })
-}
+// A stored amount, read as text (`NUMERIC(38,0)`): see `crate::money::sum_from_text`.
+use crate::money::sum_from_text as amount;
 
 fn out_of_range(what: &str, currency: &str) -> sqlx::Error {
     sqlx::Error::Decode(format!("analytics: {what} of {currency} is out of range").into())

@@ -338,34 +338,40 @@ async fn payment_currency(
         .await
 }
 
+/// A balance in one currency. `i128`: a sum of many 64-bit amounts (a merchant's pending
+/// balance grows with every capture until a settlement) may pass `i64::MAX`; JSON carries
+/// it as a plain integer.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Amount {
     pub currency: String,
-    pub amount: i64,
+    pub amount: i128,
 }
 
-/// The merchant's balance of `account` per currency (credit − debit: money owed to it).
+/// The merchant's balance of `account` per currency (credit − debit: money owed to it),
+/// summed by PostgreSQL in NUMERIC and read exactly (casting the sum to BIGINT failed with
+/// "bigint out of range" past `i64::MAX`).
 pub async fn merchant_balance(
     pool: &PgPool,
     merchant_id: &str,
     account: &str,
 ) -> Result<Vec<Amount>, sqlx::Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT currency, (COALESCE(sum(credit), 0) - COALESCE(sum(debit), 0))::BIGINT FROM ledger_entries
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT currency, (COALESCE(sum(credit), 0) - COALESCE(sum(debit), 0))::TEXT FROM ledger_entries
          WHERE merchant_id = $1 AND account = $2 GROUP BY currency ORDER BY currency",
     )
     .bind(merchant_id)
     .bind(account)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(currency, amount)| Amount {
-            currency: currency.to_ascii_lowercase(),
-            amount,
+    rows.into_iter()
+        .map(|(currency, amount)| {
+            Ok(Amount {
+                currency: currency.to_ascii_lowercase(),
+                amount: crate::money::sum_from_text(&amount)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
