@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::chaos::{audit_with, journal_events};
+use common::chaos::{audit_with, journal_events_in};
 use common::cluster::*;
 use common::{read_journal, TestEnv};
 use std::collections::BTreeMap;
@@ -85,7 +85,7 @@ async fn spool_emptied(pool: &sqlx::PgPool, partition: i32, limit: Duration) {
 /// No payment has two different events at one sequence, in the journal as an independent
 /// reader sees it (a repeated event id is one event).
 fn assert_no_fork(brokers: &str, topic: &str) {
-    let (events, _) = journal_events(brokers, topic);
+    let (events, _) = journal_events_in(brokers, topic, PARTITIONS);
     let mut at: BTreeMap<(String, u64), uuid::Uuid> = BTreeMap::new();
     for event in &events {
         let slot = (event.payment_id.clone(), event.sequence);

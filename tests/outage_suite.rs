@@ -340,6 +340,7 @@ async fn outage_under_load(fault: Fault) {
     let acknowledged_commands = assert_every_acknowledged_step_journaled(
         &env.brokers,
         &env.topic(),
+        PARTITIONS,
         &observed.acknowledged,
     );
     eprintln!(

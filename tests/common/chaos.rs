@@ -779,7 +779,16 @@ pub fn audit_with(env: &TestEnv, extra: &[(&str, &str)]) -> (bool, Option<u64>, 
 
 /// Every decodable payment event in the journal (independent rdkafka reader).
 pub fn journal_events(brokers: &str, topic: &str) -> (Vec<Envelope<PaymentEvent>>, usize) {
-    let records = read_journal(brokers, topic, PARTITIONS);
+    journal_events_in(brokers, topic, PARTITIONS)
+}
+
+/// [`journal_events`] of a topic with `partitions` partitions (a cluster test's).
+pub fn journal_events_in(
+    brokers: &str,
+    topic: &str,
+    partitions: u32,
+) -> (Vec<Envelope<PaymentEvent>>, usize) {
+    let records = read_journal(brokers, topic, partitions);
     let total = records.len();
     let events = records
         .into_iter()

@@ -2,7 +2,7 @@
 //! capture) → confirm → capture part → refund part, recording every answer timed from when
 //! it was due and every command acknowledged, and the checks made of it afterwards.
 
-use super::chaos::{journal_events, load_client, percentile, Merchant};
+use super::chaos::{journal_events_in, load_client, percentile, Merchant};
 use super::Api;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -311,9 +311,10 @@ impl Load {
 pub fn assert_every_acknowledged_step_journaled(
     brokers: &str,
     topic: &str,
+    partitions: u32,
     acknowledged: &BTreeMap<String, BTreeSet<Kind>>,
 ) -> usize {
-    let (events, _) = journal_events(brokers, topic);
+    let (events, _) = journal_events_in(brokers, topic, partitions);
     let mut by_payment: BTreeMap<String, BTreeMap<u64, BTreeSet<(String, String)>>> =
         BTreeMap::new();
     for e in &events {
