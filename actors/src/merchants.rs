@@ -49,7 +49,11 @@ impl<K: std::hash::Hash + Eq + Clone, V> Recent<K, V> {
         }
     }
 
-    fn get(&self, key: &K) -> Option<&V> {
+    fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         self.entries
             .get(key)
             .filter(|(_, at)| at.elapsed() < self.ttl)
@@ -389,7 +393,7 @@ impl MerchantRegistry {
         self.cache
             .read()
             .await
-            .get(&hash.to_string())
+            .get(hash)
             .filter(|key| key.unexpired())
             .cloned()
     }
