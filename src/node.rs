@@ -6,6 +6,7 @@ use kafka_journal::admin::{self, TopicSpec};
 use kafka_journal::consumer::{
     spawn_consumer, spawn_consumers, Assignment, ConsumerSink, ConsumerSpec, Supervision,
 };
+use kafka_journal::fence::SINGLE_NODE_ID;
 use kafka_journal::spool::Spool;
 use kafka_journal::JournalProducer;
 use payrail_actors::fallback::{JournalFallback, PoolSink, SinkPool};
@@ -142,7 +143,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
     // A cluster node owns nothing until its leases are taken over (see `cluster_node`);
-    // a single node owns every partition at epoch 0.
+    // a single node owns every partition, at the epochs it raises now.
     let cluster = if config.cluster.is_clustered() {
         Some(lease_keeper(&config).await?)
     } else {
@@ -156,7 +157,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Arc::new(move |partition| leases.valid(partition)),
             )
         }
-        None => PartitionOwnership::all(journal.partitions),
+        None => {
+            // A single node raises every partition's epoch at each start and journals a
+            // marker before it learns the journal's end (below, or in the replayer when the
+            // journal is down): a write its previous incarnation left in doubt on a hung
+            // broker then lands behind the marker, fenced, instead of beside the retried
+            // command decided again after the rebuild (issue 22).
+            let ownership = PartitionOwnership::all(journal.partitions);
+            let store = payrail_cluster::LeaseStore::new(pool.clone(), Duration::from_secs(5));
+            let epochs = store
+                .raise_single_node_epochs(journal.partitions, SINGLE_NODE_ID)
+                .await
+                .map_err(|e| anyhow::anyhow!("raising the partitions' epochs: {e}"))?;
+            anyhow::ensure!(
+                epochs.len() == journal.partitions as usize,
+                "raising the partitions' epochs returned {} rows for {} partitions",
+                epochs.len(),
+                journal.partitions
+            );
+            for (partition, epoch) in epochs {
+                ownership.grant(partition, epoch);
+            }
+            ownership
+        }
     };
     let supervision = Supervision {
         restart: config.supervisor.restart,
@@ -217,7 +240,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let catch_up = Duration::from_millis(config.actors.startup_catch_up_timeout_ms);
     for partition in ownership.owned() {
         if let Some(high_at_start) = in_fallback.get(&partition) {
-            runtime.fallback.resume_active(partition);
+            if cluster.is_none() && runtime.fallback.is_enabled() {
+                // The start marker goes through the spool, after the previous incarnation's
+                // rows: the replay journals them in that order.
+                resume_single_node_in_fallback(&runtime, partition).await?;
+            } else {
+                runtime.fallback.resume_active(partition);
+            }
             if let Some(high) = high_at_start.filter(|h| *h > 0) {
                 runtime.record_produced(partition, high - 1);
             }
@@ -225,6 +254,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         if !reachable {
             continue;
+        }
+        if cluster.is_none() && !in_fallback.contains_key(&partition) {
+            if let Err(error) =
+                payrail_actors::fallback::journal_start_marker(&runtime, partition).await
+            {
+                // The replayer journals it, then learns the end (as after a start in an outage).
+                tracing::warn!(partition, %error, "the start marker was not journaled; the partition waits for the journal");
+                continue;
+            }
         }
         let (_, high) = admin::watermarks(journal, &topic, partition).await?;
         if in_fallback.contains_key(&partition) {
@@ -479,6 +517,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// The lease keeper of a cluster node, on a small PostgreSQL pool of its own: renewals must
 /// not queue behind the node's command traffic, or a busy node would lose its leases.
+/// A single node's restart while `partition` is in fallback: its start marker is spooled
+/// after the previous incarnation's rows (the replay journals them in that order), and the
+/// partition serves from its snapshots, complete in fallback.
+async fn resume_single_node_in_fallback(runtime: &Runtime, partition: i32) -> anyhow::Result<()> {
+    let epoch = runtime
+        .ownership
+        .epoch(partition)
+        .context("a single node owns every partition")?;
+    let marker = kafka_journal::fence::owner_changed_marker(
+        &runtime.producer,
+        &runtime.topic,
+        partition,
+        epoch,
+        SINGLE_NODE_ID,
+    )?;
+    let spooled = runtime
+        .fallback
+        .take_over(partition, epoch, &marker, &runtime.pool)
+        .await
+        .with_context(|| format!("partition {partition}: spooling the start marker"))?;
+    anyhow::ensure!(
+        spooled.is_some(),
+        "partition {partition}: its fallback ended while the node started"
+    );
+    Ok(())
+}
+
 async fn lease_keeper(config: &Config) -> anyhow::Result<payrail_cluster::LeaseKeeper> {
     let cluster = &config.cluster;
     let pool = PgPoolOptions::new()

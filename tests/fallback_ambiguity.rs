@@ -8,7 +8,9 @@
 
 mod common;
 
-use common::outage::{assert_in_sequence, journaled_events, outage_world};
+use common::outage::{
+    assert_in_sequence, journaled_events, journaled_events_fenced, outage_world, start_node,
+};
 use common::TestEnv;
 use kafka_journal::producer::{NoSignals, OutgoingRecord};
 use kafka_journal::spool::Spool;
@@ -85,28 +87,8 @@ async fn a_lost_spool_commit_answer_never_yields_a_second_event_at_the_same_sequ
 /// it decides anything else on the payment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_landing_append_never_yields_a_second_event_at_its_sequence() {
-    let mut w = outage_world(
-        "late_append",
-        &[
-            ("PAYRAIL__ACTORS__FAULT_INJECTION", "true"),
-            ("PAYRAIL__ACTORS__FAULT_STALL_MS", "3000"),
-            // No fallback: the ambiguous append cannot be settled through the spool.
-            ("PAYRAIL__SPOOL__MAX_ROWS", "0"),
-        ],
-    )
-    .await;
-    let body = r#"{"amount":5000,"currency":"eur","capture_method":"manual","metadata":{"payrail_fault":"append_late_on_payment.succeeded"}}"#;
-    let id = w.create("late", body).await;
-    assert_eq!(w.confirm(&id).await, "requires_capture");
-
+    let (mut w, id) = capture_in_doubt("late_append", "append_late_on_payment.succeeded").await;
     let capture_path = format!("/v1/payments/{id}/capture");
-    let first = w.post(&capture_path, Some("capture-once"), "{}").await;
-    assert_eq!(first.status, 503, "{}", first.body);
-    assert_eq!(
-        first.body["error"]["code"], "journal_outcome_unknown",
-        "{}",
-        first.body
-    );
     // The client retries at once, before the first append lands.
     let retried = w.post(&capture_path, Some("capture-retried"), "{}").await;
     assert!(retried.status < 500, "{} {}", retried.status, retried.body);
@@ -124,6 +106,114 @@ async fn a_late_landing_append_never_yields_a_second_event_at_its_sequence() {
         w.node.log_tail()
     );
     w.node.kill9();
+}
+
+/// A write in doubt when its node dies (issue 22, the single node's half of defect 8's
+/// open window): the capture's append timed out on a hung broker (503
+/// `journal_outcome_unknown`), the node was SIGKILLed before it could write it again, a
+/// new node started and rebuilt the payment from the journal, the client's retry was
+/// decided on it — and only then did the hung broker write the first append. A single node
+/// used to write under epoch 0 for ever, so the journal then held two `payment.succeeded`
+/// at one sequence, both applied by every reader (a double capture in the ledger). Now each
+/// start raises the partitions' epochs and journals a marker before the node learns the
+/// journal's end: the late record lands behind it under the old epoch, and every reader
+/// drops it. The fault `park_append_on_<type>` hands the timed-out append to this test,
+/// which plays the hung broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_left_in_doubt_by_a_dead_node_is_fenced_when_it_lands_after_the_restart() {
+    let (mut w, id) =
+        capture_in_doubt("restart_in_doubt", "park_append_on_payment.succeeded").await;
+    let capture_path = format!("/v1/payments/{id}/capture");
+    let parked_path = payrail_actors::payment_actor::parked_append_path(&id);
+    let parked: Vec<OutgoingRecord> =
+        serde_json::from_slice(&std::fs::read(&parked_path).expect("the parked append"))
+            .expect("parked records");
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    let late_id = parked[0].headers.event_id.clone();
+
+    // The node dies with the write in doubt; its next incarnation rebuilds from the journal,
+    // which does not hold the capture yet, and the client's retry is decided on that.
+    w.node.kill9();
+    let port = w.node.port;
+    w.node = start_node(&w.env, port, &w.node_extra).await;
+    // (The PSP's webhook for the capture it made may decide it first: then the retry finds
+    // the payment captured.)
+    let retried = w.post(&capture_path, Some("capture-retried"), "{}").await;
+    assert!(
+        retried.status == 200 || retried.status == 409,
+        "{} {}\n{}",
+        retried.status,
+        retried.body,
+        w.node.log_tail()
+    );
+    let read = w.api.get_payment(&w.key, &id).await;
+    assert_eq!(read.body["status"], "succeeded", "{}", read.body);
+
+    // The hung broker writes the first append now.
+    let options = JournalOptions {
+        brokers: w.env.brokers.clone(),
+        ..JournalOptions::default()
+    };
+    let producer = JournalProducer::new(&options, Arc::new(NoSignals)).expect("producer");
+    producer.append(&parked).await.expect("the late append");
+
+    // Every reader drops it: it was written under the dead incarnation's epoch, behind the
+    // restarted node's marker.
+    let (journal, fenced) = journaled_events_fenced(&w.env);
+    let types = assert_in_sequence(&journal, &id);
+    assert_eq!(
+        types.iter().filter(|t| *t == "payment.succeeded").count(),
+        1,
+        "{types:?}"
+    );
+    assert!(
+        fenced.contains(&late_id),
+        "the late capture {late_id} is fenced; fenced: {fenced:?}"
+    );
+    // The read models agree: the payment is captured once, and the audit (which replays
+    // the journal through the same fence) finds the ledger and analytics right.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let read = w.api.get_payment(&w.key, &id).await;
+    assert_eq!(read.body["amount_captured"], 5000, "{}", read.body);
+    let (ok, differences, text) = common::chaos::audit(&w.env);
+    assert!(ok && differences == Some(0), "{text}");
+    w.node.kill9();
+    let _ = std::fs::remove_file(&parked_path);
+}
+
+/// A node without fallback (spool off) whose manual-capture payment's capture answered 503
+/// `journal_outcome_unknown` because of `fault` (an injected append fault on
+/// `payment.succeeded`); returns the world and the payment id.
+async fn capture_in_doubt(name: &str, fault: &str) -> (common::outage::Outage, String) {
+    let w = outage_world(
+        name,
+        &[
+            ("PAYRAIL__ACTORS__FAULT_INJECTION", "true"),
+            ("PAYRAIL__ACTORS__FAULT_STALL_MS", "3000"),
+            // No fallback: the ambiguous append cannot be settled through the spool.
+            ("PAYRAIL__SPOOL__MAX_ROWS", "0"),
+        ],
+    )
+    .await;
+    let body = format!(
+        r#"{{"amount":5000,"currency":"eur","capture_method":"manual","metadata":{{"payrail_fault":"{fault}"}}}}"#
+    );
+    let id = w.create(name, &body).await;
+    assert_eq!(w.confirm(&id).await, "requires_capture");
+    let first = w
+        .post(
+            &format!("/v1/payments/{id}/capture"),
+            Some("capture-once"),
+            "{}",
+        )
+        .await;
+    assert_eq!(first.status, 503, "{}", first.body);
+    assert_eq!(
+        first.body["error"]["code"], "journal_outcome_unknown",
+        "{}",
+        first.body
+    );
+    (w, id)
 }
 
 const TOPIC: &str = "ambiguous-entry.payment.events";

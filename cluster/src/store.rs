@@ -93,6 +93,37 @@ impl LeaseStore {
         }
     }
 
+    /// A single node's start (no leases): raises the epoch of each of `partitions` by one
+    /// and returns them, in partition order. The node writes under these epochs and first
+    /// journals an owner-change marker per partition, so a write its previous incarnation
+    /// left in doubt on a hung broker, landing after the restart, is fenced like a zombie's
+    /// (issue 22). The rows are left expired: nothing here keeps a cluster node from taking
+    /// a partition later, and a later incarnation raises them again.
+    pub async fn raise_single_node_epochs(
+        &self,
+        partitions: u32,
+        node_id: &str,
+    ) -> Result<Vec<(i32, u64)>, StoreError> {
+        let q = sqlx::query_as::<_, (i32, i64)>(
+            "INSERT INTO partition_leases AS l \
+               (partition, owner_node_id, owner_url, epoch, expires_at, renewed_at) \
+             SELECT p, $2, NULL, 1, clock_timestamp(), clock_timestamp() \
+               FROM generate_series(0, $1 - 1) AS p \
+             ON CONFLICT (partition) DO UPDATE \
+             SET owner_node_id = EXCLUDED.owner_node_id, owner_url = NULL, epoch = l.epoch + 1, \
+                 expires_at = clock_timestamp(), renewed_at = clock_timestamp() \
+             RETURNING partition, epoch",
+        )
+        .bind(i32::try_from(partitions.min(MAX_PARTITIONS)).unwrap_or(i32::MAX))
+        .bind(node_id)
+        .fetch_all(&self.pool);
+        let mut rows = self.bounded("raise_single_node_epochs", q).await?;
+        rows.sort_unstable();
+        rows.into_iter()
+            .map(|(partition, epoch)| Ok((partition, epoch_from_sql(epoch)?)))
+            .collect()
+    }
+
     /// Records that `node_id` is alive now (database time) at `url`; clears `leaving`.
     pub async fn heartbeat(&self, node_id: &str, url: &str) -> Result<(), StoreError> {
         let q = sqlx::query(

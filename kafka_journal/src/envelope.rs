@@ -27,7 +27,7 @@ pub struct Envelope<P> {
 }
 
 /// The Kafka headers that repeat envelope fields, so a consumer can route without decoding.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventHeaders {
     pub event_type: String,
     pub event_id: String,

@@ -14,6 +14,9 @@ use crate::consumer::ConsumedRecord;
 /// Event type of the marker a new owner appends before anything else.
 pub const OWNER_CHANGED: &str = "partition.owner_changed";
 
+/// The `node_id` of a single node's start marker (a single node has no cluster id).
+pub const SINGLE_NODE_ID: &str = "single-node";
+
 /// Payload of a `partition.owner_changed` marker.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OwnerChanged {

@@ -36,7 +36,7 @@ pub struct AppendReceipt {
 }
 
 /// One record ready to append.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct OutgoingRecord {
     pub topic: String,
     pub partition: i32,

@@ -1,6 +1,7 @@
 //! Which partitions of `payment.events` this node owns.
 //!
-//! A single node owns every partition at epoch 0. A cluster node owns the partitions it
+//! A single node owns every partition, at the epochs it raised at start (0 until then; see
+//! `LeaseStore::raise_single_node_epochs`). A cluster node owns the partitions it
 //! holds a lease on and has taken over (see the `payrail-cluster` crate and the node's
 //! takeover): they are granted here once the node may serve them and revoked before it
 //! stops. Everything that asks "do I own p?" goes through this handle.
@@ -34,7 +35,7 @@ impl fmt::Debug for PartitionOwnership {
 
 impl PartitionOwnership {
     /// This node owns all `partitions` partitions, at epoch 0 (a single node without
-    /// leases).
+    /// leases; its start raises the epochs with [`PartitionOwnership::grant`]).
     pub fn all(partitions: u32) -> Self {
         Self {
             owned: Arc::new(RwLock::new(

@@ -159,9 +159,46 @@ impl Outage {
 /// client. A record appended twice (timed out, then spooled; or replayed again after a
 /// crash) carries the same event id.
 pub fn journaled_events(env: &TestEnv) -> JournalByPayment {
+    by_payment(read_journal(&env.brokers, &env.topic(), PARTITIONS))
+}
+
+/// What every reader applies: [`journaled_events`] without the records the epoch fence
+/// drops (written under an epoch already superseded in their partition, see
+/// `kafka_journal::fence`), and the event ids of the records it dropped.
+pub fn journaled_events_fenced(env: &TestEnv) -> (JournalByPayment, Vec<String>) {
+    let mut records = read_journal(&env.brokers, &env.topic(), PARTITIONS);
+    records.sort_by_key(|r| (r.partition, r.offset));
+    let mut highest: HashMap<i32, u64> = HashMap::new();
+    let mut fenced = Vec::new();
+    let admitted = records
+        .into_iter()
+        .filter(|r| {
+            let epoch: u64 = r
+                .headers
+                .get("owner_epoch")
+                .and_then(|e| e.parse().ok())
+                .unwrap_or(0);
+            let seen = highest.entry(r.partition).or_insert(0);
+            if epoch < *seen {
+                fenced.push(r.headers.get("event_id").cloned().unwrap_or_default());
+                return false;
+            }
+            *seen = epoch;
+            true
+        })
+        .collect();
+    (by_payment(admitted), fenced)
+}
+
+fn by_payment(records: Vec<super::JournalRecord>) -> JournalByPayment {
     use kafka_journal::codec::{Codec, CodecKind};
     let mut by_payment: JournalByPayment = HashMap::new();
-    for record in read_journal(&env.brokers, &env.topic(), PARTITIONS) {
+    for record in records {
+        if record.headers.get("event_type").map(String::as_str)
+            == Some(kafka_journal::fence::OWNER_CHANGED)
+        {
+            continue;
+        }
         let Some(content_type) = record.headers.get("content_type") else {
             continue;
         };

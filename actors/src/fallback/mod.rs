@@ -22,7 +22,7 @@ mod replay;
 pub mod sink;
 
 pub use delivery::{spawn_delivery, DeliveryOptions, CLUSTER_SECRET_HEADER};
-pub use replay::{replay_left_spool, spawn_replayer};
+pub use replay::{journal_start_marker, replay_left_spool, spawn_replayer};
 pub use sink::{PoolSink, SinkPool};
 
 use crate::snapshots::SnapshotProjector;
@@ -337,7 +337,7 @@ impl JournalFallback {
     /// offsets) and projects them into the snapshots. Refused when the snapshot projector
     /// lagged by more than the tail kept in memory.
     ///
-    /// `epoch` is the lease this node serves the partition under (0: a single node). Like a
+    /// `epoch` is the lease this node serves the partition under (0: records from before epochs, or a test's). Like a
     /// spool append, the entry is fenced by it (`fence_epoch`), and only records written
     /// under it are projected: a paused owner resuming after a takeover must not copy its
     /// fenced records into the snapshots and idempotency keys (issue 22, defect 3) — a
@@ -607,8 +607,9 @@ fn lock_tail(slot: &PartitionFallback) -> std::sync::MutexGuard<'_, UnprojectedT
 /// and writes nothing — no spooled row and, above all, no snapshot from a node that lost
 /// the partition. `KEY SHARE`, not `SHARE`: the owner's own renewal (`NO KEY UPDATE`)
 /// must not queue behind its spool traffic, or a busy spool would cost it every lease in
-/// the middle of an outage (issue 22, defect 7). Records of a single node (epoch 0) have
-/// no lease to check.
+/// the middle of an outage (issue 22, defect 7). A single node's records carry the epoch
+/// it raised in the same table at start, so a second node started by mistake on the same
+/// database fences the first one's spool writes. Epoch 0 has no lease row to check.
 async fn fence_spool(
     tx: &mut sqlx::PgConnection,
     partition: i32,
@@ -619,7 +620,7 @@ async fn fence_spool(
     fence_epoch(tx, partition, epoch).await
 }
 
-/// The lease check of [`fence_spool`] for `epoch` (0: a single node, nothing to check).
+/// The lease check of [`fence_spool`] for `epoch` (0: no lease row to check — records written before a single node raised its epochs, or by tests).
 async fn fence_epoch(
     tx: &mut sqlx::PgConnection,
     partition: i32,

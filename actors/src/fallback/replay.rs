@@ -10,6 +10,7 @@
 use crate::runtime::Runtime;
 use kafka_journal::producer::OutgoingRecord;
 use payrail_supervisor::{Admission, BreakerState};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -34,6 +35,8 @@ async fn replay_forever(runtime: Arc<Runtime>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_closed = true;
     let mut abandoned_at: Option<std::time::Instant> = None;
+    // A single node's partitions whose start marker this loop journaled.
+    let mut marked: HashSet<i32> = HashSet::new();
     loop {
         tick.tick().await;
         let closed = runtime.health.state() == BreakerState::Closed;
@@ -60,7 +63,7 @@ async fn replay_forever(runtime: Arc<Runtime>) {
         }
         for &partition in &partitions {
             if !runtime.fallback.is_end_known(partition) {
-                learn_journal_end(&runtime, partition).await;
+                learn_journal_end(&runtime, partition, &mut marked).await;
             }
             if runtime.fallback.is_active(partition) {
                 replay_partition(&runtime, partition).await;
@@ -148,8 +151,20 @@ async fn replay_partition(runtime: &Runtime, partition: i32) {
 }
 
 /// For a partition whose journal end was unknown at start: reads it and waits for the
-/// snapshot projector to reach it, then records it as produced.
-async fn learn_journal_end(runtime: &Runtime, partition: i32) {
+/// snapshot projector to reach it, then records it as produced. A single node first
+/// journals its start marker (once; `marked` remembers it).
+async fn learn_journal_end(runtime: &Runtime, partition: i32, marked: &mut HashSet<i32>) {
+    if !runtime.ownership.is_leased() && !marked.contains(&partition) {
+        match journal_start_marker(runtime, partition).await {
+            Ok(_) => {
+                marked.insert(partition);
+            }
+            Err(error) => {
+                debug!(partition, %error, "the start marker is not journaled yet");
+                return;
+            }
+        }
+    }
     let Ok(end) = runtime.journal_end(partition).await else {
         return;
     };
@@ -196,4 +211,35 @@ pub async fn replay_left_spool(runtime: &Runtime, partition: i32) -> bool {
             false
         }
     }
+}
+
+/// Journals a single node's start marker for `partition`: the `partition.owner_changed`
+/// marker of the epoch this incarnation raised at start, appended before the node learns
+/// the partition's end. A write the previous incarnation left in doubt on a hung broker
+/// that lands after it carries the older epoch and is fenced by every reader; one that
+/// landed before it is in the journal the node rebuilds from. Either way no command is
+/// decided beside it (issue 22). Returns the marker's offset.
+pub async fn journal_start_marker(
+    runtime: &Runtime,
+    partition: i32,
+) -> Result<i64, kafka_journal::producer::JournalError> {
+    let epoch = runtime.ownership.epoch(partition).unwrap_or(0);
+    debug_assert!(!runtime.ownership.is_leased() && epoch > 0);
+    let marker = kafka_journal::fence::owner_changed_marker(
+        &runtime.producer,
+        &runtime.topic,
+        partition,
+        epoch,
+        kafka_journal::fence::SINGLE_NODE_ID,
+    )?;
+    let receipts = runtime
+        .producer
+        .append(std::slice::from_ref(&marker))
+        .await?;
+    let offset = receipts.first().map_or(-1, |r| r.offset);
+    if offset >= 0 {
+        runtime.record_produced(partition, offset);
+    }
+    info!(partition, epoch, offset, "start marker journaled");
+    Ok(offset)
 }

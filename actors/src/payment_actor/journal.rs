@@ -103,7 +103,7 @@ impl PaymentArgs {
         if events.is_empty() {
             return Ok(());
         }
-        // The epoch this node serves the partition under (0: a single node). A partition
+        // The epoch this node serves the partition under (a single node raised it at start). A partition
         // that moved away while the command waited is not written at all.
         let Some(epoch) = self.runtime.ownership.epoch(self.partition) else {
             return Err(CommandError::NotReady(format!(
@@ -363,7 +363,9 @@ impl PaymentArgs {
     /// Fault injection (test only): `payrail_fault = "append_late_on_<event type>"` makes
     /// the first append of such an event look timed out to this node while it reaches the
     /// journal `actors.fault_stall_ms` later — what a hung broker does with a request it
-    /// had read before it stopped.
+    /// had read before it stopped. `"park_append_on_<event type>"` looks the same to the
+    /// node, but the records are written (JSON) to [`parked_append_path`] for a test to
+    /// journal whenever it chooses.
     fn append_late_if_asked(&self, records: &[OutgoingRecord]) -> bool {
         let options = &self.runtime.options;
         if !options.fault_injection {
@@ -376,6 +378,25 @@ impl PaymentArgs {
         else {
             return false;
         };
+        let parked = records
+            .iter()
+            .any(|r| *fault == format!("park_append_on_{}", r.headers.event_type));
+        let path = parked_append_path(self.payment_id.as_ref());
+        // Once per payment, across restarts too (the file stays until the test removes it).
+        if parked && !path.exists() && fire_once(&self.payment_id, fault) {
+            // The request outlives this node: the test plays the hung broker and writes it
+            // whenever it likes, e.g. after this node was killed and restarted.
+            warn!(payment_id = %self.payment_id, path = %path.display(), "injected fault: the append is parked for the test to land");
+            match serde_json::to_vec(records) {
+                Ok(bytes) => {
+                    if let Err(error) = std::fs::write(&path, bytes) {
+                        warn!(%error, "parking the append failed");
+                    }
+                }
+                Err(error) => warn!(%error, "encoding the parked append failed"),
+            }
+            return true;
+        }
         let hit = records
             .iter()
             .any(|r| *fault == format!("append_late_on_{}", r.headers.event_type));
@@ -423,4 +444,10 @@ impl PaymentArgs {
         }
         result
     }
+}
+
+/// Where the fault `park_append_on_<event type>` leaves the records of `payment_id`'s
+/// parked append (test only).
+pub fn parked_append_path(payment_id: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("payrail-parked-{payment_id}.json"))
 }

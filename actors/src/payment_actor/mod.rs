@@ -3,6 +3,7 @@
 //! and only then applies them and replies. Stops itself when idle (passivation).
 
 mod journal;
+pub use journal::parked_append_path;
 
 use crate::error::CommandError;
 use crate::merchant_actor::MerchantMsg;
