@@ -15,8 +15,8 @@ use kafka_journal::consumer::{
 };
 use payrail_actors::payment::machine::{evolve, EventContext};
 use payrail_actors::payment::{Payment, PaymentEvent, RefundStatus};
-use payrail_actors::pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP, DEFAULT_CHANNEL};
-use payrail_actors::pools::ledger::{self, platform_fee, LedgerProjector, Pricing, LEDGER_GROUP};
+use payrail_pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP, DEFAULT_CHANNEL};
+use payrail_pools::ledger::{self, platform_fee, LedgerProjector, Pricing, LEDGER_GROUP};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

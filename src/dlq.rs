@@ -5,10 +5,10 @@ use crate::config::Config;
 use anyhow::bail;
 use kafka_journal::consumer::PartitionHandler;
 use kafka_journal::dead_letters;
-use payrail_actors::pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP};
-use payrail_actors::pools::ledger::{LedgerProjector, LEDGER_GROUP};
-use payrail_actors::pools::notification::{NotificationProjector, NOTIFICATION_GROUP};
-use payrail_actors::pools::settlement::{SettlementProjector, SETTLEMENT_GROUP};
+use payrail_pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP};
+use payrail_pools::ledger::{LedgerProjector, LEDGER_GROUP};
+use payrail_pools::notification::{NotificationProjector, NOTIFICATION_GROUP};
+use payrail_pools::settlement::{SettlementProjector, SETTLEMENT_GROUP};
 use sqlx::PgPool;
 use uuid::Uuid;
 

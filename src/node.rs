@@ -11,13 +11,13 @@ use kafka_journal::spool::Spool;
 use kafka_journal::JournalProducer;
 use payrail_actors::fallback::{JournalFallback, PoolSink, SinkPool};
 use payrail_actors::merchants::MerchantRegistry;
-use payrail_actors::pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP};
-use payrail_actors::pools::ledger::{LedgerProjector, LEDGER_GROUP};
-use payrail_actors::pools::settlement::{
-    SettlementProjector, SettlementService, SETTLEMENT_EVENTS, SETTLEMENT_GROUP,
-};
 use payrail_actors::snapshots::{SnapshotProjector, SNAPSHOT_CONSUMER};
 use payrail_actors::{NodeHandle, Runtime, RuntimeParts};
+use payrail_pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP};
+use payrail_pools::ledger::{LedgerProjector, LEDGER_GROUP};
+use payrail_pools::settlement::{
+    SettlementProjector, SettlementService, SETTLEMENT_EVENTS, SETTLEMENT_GROUP,
+};
 use payrail_supervisor::{Escalations, GiveUpPolicy, JournalHealth, PartitionOwnership};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -315,9 +315,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         let handler = if config.actors.fault_injection {
             let name = group.strip_prefix("payrail.").unwrap_or(group);
-            let handler = payrail_actors::pools::fault::PanickingPool::wrap(name, handler);
+            let handler = payrail_pools::fault::PanickingPool::wrap(name, handler);
             if config.actors.fault_slow_pool == name {
-                payrail_actors::pools::fault::SlowPool::wrap(
+                payrail_pools::fault::SlowPool::wrap(
                     name,
                     config.actors.fault_slow_pool_delay_ms,
                     handler,
@@ -339,7 +339,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
     if config.pools.runs(PoolKind::Notification) {
-        sinks.push(payrail_actors::pools::notification::consumer_sink(
+        sinks.push(payrail_pools::notification::consumer_sink(
             journal,
             &config.notification,
             &topic,
@@ -348,7 +348,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         info!("notification pool not run on this node (pools.run)");
     }
-    let notification_name = journal.group(payrail_actors::pools::notification::NOTIFICATION_GROUP);
+    let notification_name = journal.group(payrail_pools::notification::NOTIFICATION_GROUP);
     let handlers: Vec<_> = sinks.iter().map(|sink| sink.handler.clone()).collect();
     // One fetch per partition feeds every pool (`pools.shared_fetch`), or each its own.
     let mut consumers = Vec::new();
@@ -379,7 +379,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
         if consumer.spec.name == notification_name {
             notifications = Some(
-                payrail_actors::pools::notification::start(
+                payrail_pools::notification::start(
                     journal,
                     supervision.clone(),
                     &config.notification,

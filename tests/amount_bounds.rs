@@ -13,8 +13,8 @@ use kafka_journal::consumer::{ConsumedRecord, PartitionHandler};
 use kafka_journal::{Codec, CodecKind, Envelope};
 use payrail_actors::money::Currency;
 use payrail_actors::payment::{CaptureMethod, PaymentCreated, PaymentEvent};
-use payrail_actors::pools::analytics::{self, AnalyticsProjector};
-use payrail_actors::pools::settlement;
+use payrail_pools::analytics::{self, AnalyticsProjector};
+use payrail_pools::settlement;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
@@ -457,10 +457,10 @@ async fn a_merchant_balance_past_i64_max_reads_as_its_exact_sum() {
     for _ in 0..3 {
         ledger_capture(&pool, MERCHANT, BIG_POSTING).await;
     }
-    let pending = payrail_actors::pools::ledger::merchant_balance(
+    let pending = payrail_pools::ledger::merchant_balance(
         &pool,
         MERCHANT,
-        payrail_actors::pools::ledger::MERCHANT_PENDING,
+        payrail_pools::ledger::MERCHANT_PENDING,
     )
     .await
     .expect("the balance reads past i64::MAX");

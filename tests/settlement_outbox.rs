@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use kafka_journal::admin::{ensure_topics, TopicSpec};
 use kafka_journal::{Codec, CodecKind, Envelope, JournalOptions, JournalProducer};
-use payrail_actors::pools::settlement::{settlement_event_id, SettlementEvent, SettlementService};
+use payrail_pools::settlement::{settlement_event_id, SettlementEvent, SettlementService};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::Arc;

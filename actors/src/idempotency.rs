@@ -4,8 +4,8 @@
 //! Pure bookkeeping, no I/O: the merchant actor decides when to read PostgreSQL.
 
 use crate::error::CommandError;
+use crate::messages::Reply;
 use crate::payment::PaymentView;
-use crate::payment_actor::Reply;
 use std::collections::{HashMap, VecDeque};
 
 pub enum IdempotencyEntry {

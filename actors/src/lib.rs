@@ -1,15 +1,17 @@
-//! The payment and merchant domain.
+//! Hosting the payment domain (the `payrail-payment` crate, re-exported here as [`payment`]
+//! and [`money`]):
 //!
-//! - [`payment`]: the pure state machine, its events and the API view;
 //! - [`PaymentActor`](payment_actor::PaymentActor), [`MerchantActor`](merchant_actor::MerchantActor)
 //!   and [`PartitionSupervisor`](partition_actor::PartitionSupervisor): the actors that host
-//!   it (persist, then reply);
+//!   it (persist, then reply), and [`messages`], the protocol between them (one module
+//!   all three use, so no actor module imports another);
 //! - [`snapshots`]: the projection payment actors are rebuilt from;
 //! - [`fallback`]: the spool that keeps commands durable while the journal is down;
-//! - [`pools`]: the subscriber pools' read models;
 //! - [`merchants`]: merchant registry and API-key authentication;
 //! - [`idle_timer`]: when idle payment actors check whether to passivate;
 //! - [`telemetry`]: command latency, live actors and passivations as metrics.
+//!
+//! It must not know the subscriber pools (`payrail-pools`) or HTTP (`payrail-http`).
 
 pub mod error;
 pub mod fallback;
@@ -17,12 +19,10 @@ pub mod idempotency;
 pub mod idle_timer;
 pub mod merchant_actor;
 pub mod merchants;
-pub mod money;
+pub mod messages;
 pub mod node;
 pub mod partition_actor;
-pub mod payment;
 pub mod payment_actor;
-pub mod pools;
 pub mod psp;
 pub mod root_supervisor;
 pub mod runtime;
@@ -31,6 +31,9 @@ pub use payrail_signature as signature;
 pub mod snapshots;
 pub mod sweeper;
 pub mod telemetry;
+
+pub use payrail_payment as payment;
+pub use payrail_payment::money;
 
 pub use error::CommandError;
 pub use node::NodeHandle;

@@ -2,10 +2,8 @@
 //! cloneable [`NodeHandle`] the HTTP edge talks to.
 
 use crate::error::CommandError;
-use crate::merchant_actor::MerchantMsg;
-use crate::partition_actor::PartitionMsg;
+use crate::messages::{MerchantMsg, PartitionMsg, Reply};
 use crate::payment::{Command, PaymentView};
-use crate::payment_actor::Reply;
 use crate::root_supervisor::{PartitionRoutes, RootArgs, RootMsg, RootSupervisor};
 use crate::runtime::Runtime;
 use crate::telemetry;

@@ -8,7 +8,8 @@
 //! the handler may fail the supervisor itself: an error answers the caller instead.
 
 use crate::error::CommandError;
-use crate::merchant_actor::{MerchantActor, MerchantArgs, MerchantMsg};
+use crate::merchant_actor::{MerchantActor, MerchantArgs};
+use crate::messages::{MerchantMsg, PartitionMsg};
 use crate::runtime::Runtime;
 use payrail_supervisor::{LazyRestarts, RestartDecision};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -22,19 +23,6 @@ const RESTART_RECORDS_MAX: usize = 1_024;
 
 /// Messages held for one stopping merchant actor at most; more are refused (retryable).
 const RETIRING_QUEUE_MAX: usize = 1_024;
-
-// Nearly every message is `ToMerchant`: boxing it would add an allocation per command.
-#[allow(clippy::large_enum_variant)]
-pub enum PartitionMsg {
-    /// Deliver `msg` to the merchant's actor, spawning it if needed.
-    ToMerchant {
-        merchant_id: String,
-        msg: MerchantMsg,
-    },
-    /// An idle merchant actor asks to stop: it is no longer routed to, then told to stop
-    /// behind every message already queued for it.
-    Passivate { merchant_id: String, actor: ActorId },
-}
 
 pub struct PartitionArgs {
     pub runtime: Arc<Runtime>,

@@ -7,7 +7,8 @@
 //! The routing table it maintains is shared with [`NodeHandle`](crate::NodeHandle): a
 //! partition being restarted has no entry, and its commands get a retryable 503.
 
-use crate::partition_actor::{PartitionArgs, PartitionMsg, PartitionSupervisor};
+use crate::messages::PartitionMsg;
+use crate::partition_actor::{PartitionArgs, PartitionSupervisor};
 use crate::runtime::Runtime;
 use payrail_supervisor::{RestartDecision, RestartTracker};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};

@@ -134,7 +134,7 @@ pub struct Runtime {
     pub ownership: PartitionOwnership,
     /// Tells idle payment actors when to check whether to passivate (one task per node,
     /// not one timer task per actor).
-    pub payment_idle: crate::idle_timer::IdleTimer<crate::payment_actor::PaymentMsg>,
+    pub payment_idle: crate::idle_timer::IdleTimer<crate::messages::PaymentMsg>,
     /// Per partition: one past the highest offset this node has journaled.
     produced: Vec<AtomicI64>,
     /// The pools of this node (besides the snapshot projector), whose progress bounds the
@@ -160,7 +160,7 @@ impl Runtime {
             fallback: parts.fallback,
             ownership: parts.ownership,
             payment_idle: crate::idle_timer::IdleTimer::start(|| {
-                crate::payment_actor::PaymentMsg::IdleCheck
+                crate::messages::PaymentMsg::IdleCheck
             }),
             produced: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
             pools: std::sync::RwLock::new(Vec::new()),

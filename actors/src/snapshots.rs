@@ -6,6 +6,7 @@ use crate::payment::machine::{evolve, EventContext};
 use crate::payment::{Payment, PaymentEvent, PaymentView};
 use kafka_journal::consumer::{ConsumedRecord, HandlerError, PartitionHandler};
 use kafka_journal::Envelope;
+use payrail_payment::projection::NextState;
 use sqlx::{PgConnection, PgPool};
 
 /// Name of the snapshot projector in `journal_offsets`.
@@ -404,54 +405,25 @@ impl NewSnapshots {
     }
 }
 
-/// What a payment-keyed projection (a table with `payment_id`, `sequence` and the payment as
-/// JSON `state`) should do with an event.
-pub(crate) enum NextState {
-    /// Store this state (its `sequence` is the event's).
-    Store(Box<Payment>),
-    /// The table is already at or past this event.
-    AlreadyApplied,
-    /// The event does not apply to the stored state.
-    NotApplicable,
-}
-
 /// The state of `envelope`'s payment after it, from the prior state in `table` (locked for
 /// the transaction). A payment's first event starts from nothing without a read; the
 /// caller's insert must then not overwrite a row that exists already (`… WHERE
 /// sequence < EXCLUDED.sequence`). `table` is one of this crate's table names, never input.
-pub(crate) async fn next_state(
+async fn next_state(
     conn: &mut PgConnection,
     table: &'static str,
     envelope: &Envelope<PaymentEvent>,
 ) -> Result<NextState, HandlerError> {
-    let prior: Option<Payment> = if envelope.sequence <= 1 {
-        None
-    } else {
-        let current: Option<(i64, serde_json::Value)> = sqlx::query_as(&format!(
-            "SELECT sequence, state FROM {table} WHERE payment_id = $1 FOR UPDATE"
-        ))
-        .bind(&envelope.payment_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        match current {
-            Some((sequence, _)) if sequence as u64 >= envelope.sequence => {
-                return Ok(NextState::AlreadyApplied)
-            }
-            Some((_, state)) => Some(serde_json::from_value(state)?),
-            None => None,
-        }
-    };
+    let stored = kafka_journal::offsets::stored_state(conn, table, envelope).await?;
     let ctx = EventContext {
         payment_id: &envelope.payment_id,
         merchant_id: &envelope.merchant_id,
         sequence: envelope.sequence,
         occurred_at_micros: envelope.occurred_at_micros,
     };
-    Ok(match evolve(prior, ctx, &envelope.payload) {
-        Some(mut next) => {
-            next.sequence = envelope.sequence;
-            NextState::Store(Box::new(next))
-        }
-        None => NextState::NotApplicable,
-    })
+    Ok(payrail_payment::projection::next_state(
+        stored,
+        ctx,
+        &envelope.payload,
+    ))
 }

@@ -139,7 +139,7 @@ pub struct AppState {
     pub psp_webhook_secret: String,
     /// Accepted age of a signed webhook (s).
     pub psp_webhook_tolerance_s: i64,
-    pub settlements: payrail_actors::pools::settlement::SettlementService,
+    pub settlements: payrail_pools::settlement::SettlementService,
     /// The node's journal consumers (snapshots and the four pools), for their lag.
     pub consumers: kafka_journal::lag::ConsumerMonitor,
     /// `cluster.secret`: authenticates node-to-node requests (`/internal/...`).

@@ -5,7 +5,7 @@ use crate::error::{ApiError, ErrorResponse};
 use crate::payments::valid_payment_id;
 use crate::validation;
 use crate::{authenticate, authorize_admin, json, respond, AppState};
-use payrail_actors::pools::analytics;
+use payrail_pools::analytics;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,8 +18,8 @@ use warp::reply::Response;
 pub(crate) struct BalanceResponse {
     #[schema(value_type = String)]
     object: &'static str,
-    pending: Vec<payrail_actors::pools::ledger::Amount>,
-    available: Vec<payrail_actors::pools::ledger::Amount>,
+    pending: Vec<payrail_pools::ledger::Amount>,
+    available: Vec<payrail_pools::ledger::Amount>,
 }
 
 /// `GET /v1/balance`: the merchant's balance from the ledger.
@@ -37,7 +37,7 @@ pub(crate) async fn balance(
     state: Arc<AppState>,
     auth: Option<String>,
 ) -> Result<Response, Infallible> {
-    use payrail_actors::pools::ledger::{merchant_balance, MERCHANT_AVAILABLE, MERCHANT_PENDING};
+    use payrail_pools::ledger::{merchant_balance, MERCHANT_AVAILABLE, MERCHANT_PENDING};
     respond(
         async {
             let merchant_id = authenticate(&state, &auth).await?;
@@ -72,7 +72,7 @@ pub(crate) struct EntriesQuery {
 #[allow(dead_code)]
 pub(crate) struct EntryList {
     object: String,
-    data: Vec<payrail_actors::pools::ledger::EntryView>,
+    data: Vec<payrail_pools::ledger::EntryView>,
     has_more: bool,
 }
 
@@ -81,7 +81,7 @@ pub(crate) struct EntryList {
 #[allow(dead_code)]
 pub(crate) struct SettlementList {
     object: String,
-    data: Vec<payrail_actors::pools::settlement::SettlementView>,
+    data: Vec<payrail_pools::settlement::SettlementView>,
     has_more: bool,
 }
 
@@ -115,14 +115,11 @@ pub(crate) async fn ledger_entries(
                 ));
             };
             valid_payment_id(&payment_id)?;
-            let entries = payrail_actors::pools::ledger::payment_entries(
-                &state.pool,
-                &merchant_id,
-                &payment_id,
-            )
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .ok_or_else(|| ApiError::not_found("No such payment"))?;
+            let entries =
+                payrail_pools::ledger::payment_entries(&state.pool, &merchant_id, &payment_id)
+                    .await
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                    .ok_or_else(|| ApiError::not_found("No such payment"))?;
             Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({"object": "list", "data": entries, "has_more": false}),
@@ -132,10 +129,8 @@ pub(crate) async fn ledger_entries(
     )
 }
 
-pub(crate) fn settlement_error(
-    error: payrail_actors::pools::settlement::SettlementError,
-) -> ApiError {
-    use payrail_actors::pools::settlement::SettlementError;
+pub(crate) fn settlement_error(error: payrail_pools::settlement::SettlementError) -> ApiError {
+    use payrail_pools::settlement::SettlementError;
     match error {
         SettlementError::NotFound => ApiError::not_found("No such settlement"),
         SettlementError::AlreadyPaid => ApiError {
@@ -214,7 +209,7 @@ pub(crate) async fn run_settlements(
     security(("admin_token" = [])),
     params(("id" = String, Path, description = "The settlement id (`stl_…`).")),
     responses(
-        (status = 200, description = "The settlement, paid", body = payrail_actors::pools::settlement::SettlementView),
+        (status = 200, description = "The settlement, paid", body = payrail_pools::settlement::SettlementView),
         (status = 401, description = "No or wrong admin token", body = ErrorResponse),
         (status = 404, description = "No such settlement", body = ErrorResponse),
         (status = 409, description = "Already paid", body = ErrorResponse),

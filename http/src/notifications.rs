@@ -2,7 +2,7 @@
 
 use crate::error::{ApiError, ErrorResponse};
 use crate::{authenticate, json, respond, with, AppState};
-use payrail_actors::pools::notification::store::{self, ResendError};
+use payrail_pools::notification::store::{self, ResendError};
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::sync::Arc;

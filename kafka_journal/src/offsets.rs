@@ -148,3 +148,31 @@ pub async fn reset_consumer(conn: &mut PgConnection, consumer: &str) -> Result<(
         .await?;
     Ok(())
 }
+
+/// The stored `(sequence, state)` of `envelope`'s payment in `table` (a read model with a
+/// row per payment: `payment_id`, `sequence`, JSON `state`), locked for the caller's
+/// transaction. A payment's first event is not looked up (`None`): the caller's insert must
+/// then not overwrite a row that exists already. `table` is a constant of the caller's,
+/// never input.
+pub async fn stored_state<T: serde::de::DeserializeOwned, P>(
+    conn: &mut PgConnection,
+    table: &'static str,
+    envelope: &crate::Envelope<P>,
+) -> Result<Option<(u64, T)>, crate::consumer::HandlerError> {
+    if envelope.sequence <= 1 {
+        return Ok(None);
+    }
+    let row: Option<(i64, serde_json::Value)> = sqlx::query_as(&format!(
+        "SELECT sequence, state FROM {table} WHERE payment_id = $1 FOR UPDATE"
+    ))
+    .bind(&envelope.payment_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some((sequence, state)) => Ok(Some((
+            u64::try_from(sequence).unwrap_or(0),
+            serde_json::from_value(state)?,
+        ))),
+        None => Ok(None),
+    }
+}

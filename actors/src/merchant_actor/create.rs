@@ -1,10 +1,11 @@
 //! The merchant actor's creates: the idempotency key's history (read only when it can be
 //! known) and the start of a payment actor for the create.
 
-use super::{MerchantMsg, MerchantState};
+use super::MerchantState;
 use crate::error::CommandError;
+use crate::messages::MerchantMsg;
+use crate::messages::{CreateMsg, CreateReply, PaymentMsg, Reply};
 use crate::payment::{payment_id_for_key, Command};
-use crate::payment_actor::{CreateMsg, CreateReply, PaymentMsg, Reply};
 use crate::snapshots;
 use ractor::{ActorProcessingErr, ActorRef};
 use tracing::warn;

@@ -7,10 +7,11 @@
 
 use crate::error::CommandError;
 use crate::idempotency::IdempotencyCache;
-use crate::payment::{Command, PaymentView};
+
 mod create;
 
-use crate::payment_actor::{CommandMsg, PaymentActor, PaymentArgs, PaymentMsg, Reply};
+use crate::messages::{CommandMsg, MerchantMsg, PartitionMsg, PaymentMsg, Reply};
+use crate::payment_actor::{PaymentActor, PaymentArgs};
 use crate::runtime::Runtime;
 use crate::snapshots;
 use payrail_supervisor::{LazyRestarts, RestartDecision};
@@ -26,76 +27,12 @@ const RESTART_RECORDS_MAX: usize = 1_024;
 /// Messages held for one retiring payment actor at most; more are refused (retryable).
 const RETIRING_QUEUE_MAX: usize = 1_024;
 
-pub enum MerchantMsg {
-    Create {
-        command: Command,
-        /// (key, fingerprint of the request).
-        idempotency: Option<(String, String)>,
-        correlation_id: Option<String>,
-        reply: Reply,
-    },
-    Get {
-        payment_id: String,
-        reply: Reply,
-    },
-    /// A command for an existing payment.
-    Command {
-        payment_id: String,
-        command: Command,
-        correlation_id: Option<String>,
-        reply: Option<Reply>,
-    },
-    /// The sweeper's visit to a payment.
-    Poll {
-        payment_id: String,
-        reply: Option<Reply>,
-    },
-    /// Passivation timer.
-    IdleCheck,
-    /// A payment actor's outcome for a create made under an idempotency key.
-    CreateSettled {
-        idempotency_key: String,
-        payment_id: String,
-        result: Result<PaymentView, CommandError>,
-    },
-    /// A payment actor asks to be retired: idle (passivation), its create refused, or its
-    /// state unknown after an append whose outcome is unknown. The merchant stops routing
-    /// to it first and then tells it to stop, so no message is dropped on the way.
-    Retire {
-        payment_id: String,
-        actor: ActorId,
-        outcome_unknown: bool,
-    },
-    /// Asked by the partition supervisor before it stops this actor (passivation).
-    Stop,
-}
-
-impl MerchantMsg {
-    /// Answers the caller waiting on this message, if any, with `error`.
-    pub fn fail(self, error: CommandError) {
-        match self {
-            MerchantMsg::Create { reply, .. } | MerchantMsg::Get { reply, .. } => {
-                let _ = reply.send(Err(error));
-            }
-            MerchantMsg::Command {
-                reply: Some(reply), ..
-            }
-            | MerchantMsg::Poll {
-                reply: Some(reply), ..
-            } => {
-                let _ = reply.send(Err(error));
-            }
-            _ => {}
-        }
-    }
-}
-
 pub struct MerchantArgs {
     pub runtime: Arc<Runtime>,
     pub merchant_id: String,
     pub partition: i32,
     /// To ask for passivation.
-    pub parent: ActorRef<crate::partition_actor::PartitionMsg>,
+    pub parent: ActorRef<PartitionMsg>,
 }
 
 pub struct MerchantState {
@@ -184,12 +121,10 @@ impl Actor for MerchantActor {
                     // The partition supervisor stops routing here, then sends `Stop`.
                     if !state.passivating {
                         state.passivating = true;
-                        let _ = state.args.parent.cast(
-                            crate::partition_actor::PartitionMsg::Passivate {
-                                merchant_id: state.args.merchant_id.clone(),
-                                actor: myself.get_id(),
-                            },
-                        );
+                        let _ = state.args.parent.cast(PartitionMsg::Passivate {
+                            merchant_id: state.args.merchant_id.clone(),
+                            actor: myself.get_id(),
+                        });
                     }
                 }
                 myself.send_after(idle, || MerchantMsg::IdleCheck);

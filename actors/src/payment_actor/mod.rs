@@ -6,60 +6,19 @@ mod journal;
 pub use journal::parked_append_path;
 
 use crate::error::CommandError;
-use crate::merchant_actor::MerchantMsg;
+use crate::messages::{CommandMsg, CreateMsg, CreateReply, MerchantMsg, PaymentMsg};
 use crate::payment::machine::{decide, evolve, EventContext, RefundStatus};
 use crate::payment::{Command, Outcome, Payment, PaymentEvent, PaymentStatus, PaymentView};
 use crate::psp::PspError;
 use crate::runtime::Runtime;
 use kafka_journal::envelope::now_micros;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info_span, warn, Instrument};
 
-pub type Reply = RpcReplyPort<Result<PaymentView, CommandError>>;
-
-/// Where the outcome of a create goes.
-pub enum CreateReply {
-    /// Straight to the caller.
-    Caller(Reply),
-    /// To the merchant actor, which answers every request waiting on this idempotency key.
-    Merchant { idempotency_key: String },
-}
-
-/// Kept small (the large variants are boxed): ractor's task holds a message-sized slot in
-/// every idle actor's pending future, so each byte here is a byte of every live payment actor.
-pub enum PaymentMsg {
-    Create(Box<CreateMsg>),
-    Get(Option<Reply>),
-    /// Any other command (confirm, capture, cancel, refund, recorded outcomes).
-    Command(Box<CommandMsg>),
-    /// From the sweeper: resolve a stale `processing`, expire a lapsed authorization,
-    /// retry pending refunds.
-    Poll(Option<Reply>),
-    /// From the node's idle timer ([`crate::idle_timer`]): passivate when idle long enough.
-    IdleCheck,
-    /// From the merchant, after it stopped routing here: every message before this one has
-    /// been handled, so stopping drops nothing.
-    Stop,
-}
-
-const _: () = assert!(std::mem::size_of::<PaymentMsg>() <= 32);
-
 /// How soon an actor holding a write in doubt tries it again when no command comes.
 const IN_DOUBT_RETRY: Duration = Duration::from_secs(1);
-
-pub struct CreateMsg {
-    pub command: Command,
-    pub correlation_id: Option<String>,
-    pub reply: CreateReply,
-}
-
-pub struct CommandMsg {
-    pub command: Command,
-    pub correlation_id: Option<String>,
-    pub reply: Option<Reply>,
-}
 
 pub struct PaymentArgs {
     pub runtime: Arc<Runtime>,
@@ -295,31 +254,6 @@ async fn handle_message(
         _ => {}
     }
     Ok(())
-}
-
-impl PaymentMsg {
-    /// Answers the caller waiting on this message, if any, with `error`.
-    pub(crate) fn refuse(self, error: CommandError) {
-        match self {
-            PaymentMsg::Get(Some(reply)) | PaymentMsg::Poll(Some(reply)) => {
-                let _ = reply.send(Err(error));
-            }
-            PaymentMsg::Command(request) => {
-                if let Some(reply) = request.reply {
-                    let _ = reply.send(Err(error));
-                }
-            }
-            PaymentMsg::Create(create) => match create.reply {
-                CreateReply::Caller(reply) => {
-                    let _ = reply.send(Err(error));
-                }
-                CreateReply::Merchant { .. } => {
-                    debug_assert!(false, "a create is the first message of its actor")
-                }
-            },
-            _ => {}
-        }
-    }
 }
 
 impl PaymentArgs {

@@ -12,8 +12,8 @@
 //! deferred constraint trigger in PostgreSQL); posting ids are UUIDv5 of (source id, leg),
 //! so a redelivered event posts nothing twice.
 
-use crate::payment::PaymentEvent;
 use kafka_journal::consumer::{ConsumedRecord, HandlerError, PartitionHandler};
+use payrail_payment::PaymentEvent;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -368,7 +368,7 @@ pub async fn merchant_balance(
         .map(|(currency, amount)| {
             Ok(Amount {
                 currency: currency.to_ascii_lowercase(),
-                amount: crate::money::sum_from_text(&amount)?,
+                amount: crate::stored_sum(&amount)?,
             })
         })
         .collect()

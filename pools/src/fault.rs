@@ -5,8 +5,8 @@
 //! `payrail_fault = "fail_in_pool_<pool>"` makes the pool's handler return an error for
 //! that record on every attempt, so the record is dead-lettered.
 
-use crate::payment::PaymentEvent;
 use kafka_journal::consumer::{ConsumedRecord, HandlerError, PartitionHandler};
+use payrail_payment::PaymentEvent;
 use sqlx::PgConnection;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

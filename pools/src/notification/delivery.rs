@@ -10,7 +10,6 @@
 
 use super::email::{EmailError, Mailer, RenderedEmail};
 use super::options::NotificationOptions;
-use crate::signature;
 use futures::StreamExt;
 use kafka_journal::producer::OutgoingRecord;
 use kafka_journal::{EventHeaders, JournalProducer};
@@ -221,7 +220,7 @@ impl Delivery {
             };
         }
         let timestamp = chrono::Utc::now().timestamp();
-        let signature = signature::header(secret, timestamp, &body);
+        let signature = payrail_signature::header(secret, timestamp, &body);
         let response = self
             .client
             .post(url)

@@ -169,10 +169,14 @@ pub const MAX_AMOUNT: i64 = 1_000_000_000_000;
 /// `NUMERIC(38,0)` analytics columns), and sqlx has no 128-bit type. Every sum of 64-bit
 /// amounts a table can hold fits `i128`; anything else is an error, never a rounded or
 /// wrapped number (no floats: they would round money).
-pub fn sum_from_text(text: &str) -> Result<i128, sqlx::Error> {
-    text.parse()
-        .map_err(|_| sqlx::Error::Decode(format!("sum of amounts {text:?} is not an i128").into()))
+pub fn sum_from_text(text: &str) -> Result<i128, NotAnAmountSum> {
+    text.parse().map_err(|_| NotAnAmountSum(text.to_string()))
 }
+
+/// A stored sum that is not an integer that fits `i128` (see [`sum_from_text`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sum of amounts {0:?} is not an i128")]
+pub struct NotAnAmountSum(pub String);
 
 /// An ISO-4217 currency, stored as its upper-case alphabetic code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

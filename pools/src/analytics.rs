@@ -7,9 +7,9 @@
 #![allow(clippy::type_complexity)]
 
 use super::ledger::{platform_fee, pricing};
-use crate::payment::PaymentEvent;
 use kafka_journal::consumer::{ConsumedRecord, HandlerError, PartitionHandler};
 use kafka_journal::Envelope;
+use payrail_payment::PaymentEvent;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
@@ -306,8 +306,8 @@ pub struct CurrencyMetrics {
     pub net_revenue: i128,
 }
 
-// A stored amount, read as text (`NUMERIC(38,0)`): see `crate::money::sum_from_text`.
-use crate::money::sum_from_text as amount;
+// A stored amount, read as text (`NUMERIC(38,0)`): see `payrail_payment::money::sum_from_text`.
+use crate::stored_sum as amount;
 
 fn out_of_range(what: &str, currency: &str) -> sqlx::Error {
     sqlx::Error::Decode(format!("analytics: {what} of {currency} is out of range").into())

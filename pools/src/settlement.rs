@@ -12,9 +12,9 @@
 #![allow(clippy::type_complexity)]
 
 use super::ledger::{self, platform_fee};
-use crate::payment::PaymentEvent;
 use kafka_journal::consumer::{ConsumedRecord, HandlerError, PartitionHandler};
 use kafka_journal::{Envelope, JournalProducer};
+use payrail_payment::PaymentEvent;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;

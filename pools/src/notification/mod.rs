@@ -20,14 +20,15 @@ pub mod email;
 pub mod options;
 pub mod store;
 
-use crate::payment::{Payment, PaymentEvent, PaymentView, RefundView};
-use crate::snapshots::{next_state, NextState};
 use kafka_journal::consumer::{
     Assignment, ConsumedRecord, ConsumerHandle, ConsumerSink, ConsumerSpec, HandlerError,
     PartitionHandler, Supervision,
 };
 use kafka_journal::{Envelope, JournalOptions, JournalProducer};
 use options::NotificationOptions;
+use payrail_payment::machine::EventContext;
+use payrail_payment::projection::{next_state, NextState};
+use payrail_payment::{Payment, PaymentEvent, PaymentView, RefundView};
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 use std::sync::Arc;
@@ -138,7 +139,16 @@ impl PartitionHandler for NotificationProjector {
         record: &ConsumedRecord,
     ) -> Result<(), HandlerError> {
         let envelope = record.decode::<PaymentEvent>()?;
-        let payment = match next_state(conn, "notification_payment_states", &envelope).await? {
+        let stored =
+            kafka_journal::offsets::stored_state(conn, "notification_payment_states", &envelope)
+                .await?;
+        let ctx = EventContext {
+            payment_id: &envelope.payment_id,
+            merchant_id: &envelope.merchant_id,
+            sequence: envelope.sequence,
+            occurred_at_micros: envelope.occurred_at_micros,
+        };
+        let payment = match next_state(stored, ctx, &envelope.payload) {
             NextState::Store(payment) => *payment,
             NextState::AlreadyApplied => return Ok(()),
             NextState::NotApplicable => {

@@ -3,10 +3,10 @@
 //! when the event is consumed and sent over SMTP by the delivery task.
 
 use super::options::SmtpOptions;
-use crate::payment::Payment;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::AsyncSmtpTransport;
 use lettre::{AsyncTransport, Message, Tokio1Executor};
+use payrail_payment::Payment;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -14,19 +14,19 @@ use std::time::Duration;
 const TEMPLATES: &[(&str, &str)] = &[
     (
         "payment.created",
-        include_str!("../../../templates/email/payment.created.txt"),
+        include_str!("../../templates/email/payment.created.txt"),
     ),
     (
         "payment.succeeded",
-        include_str!("../../../templates/email/payment.succeeded.txt"),
+        include_str!("../../templates/email/payment.succeeded.txt"),
     ),
     (
         "payment.failed",
-        include_str!("../../../templates/email/payment.failed.txt"),
+        include_str!("../../templates/email/payment.failed.txt"),
     ),
     (
         "refund.succeeded",
-        include_str!("../../../templates/email/refund.succeeded.txt"),
+        include_str!("../../templates/email/refund.succeeded.txt"),
     ),
 ];
 
@@ -173,9 +173,9 @@ impl Mailer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::money::Currency;
-    use crate::payment::machine::{Payment, PaymentStatus};
-    use crate::payment::{CaptureMethod, Refund, RefundStatus};
+    use payrail_payment::machine::{Payment, PaymentStatus};
+    use payrail_payment::money::Currency;
+    use payrail_payment::{CaptureMethod, Refund, RefundStatus};
 
     fn payment(currency: &str, email: Option<&str>) -> Payment {
         Payment {

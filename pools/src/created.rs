@@ -3,8 +3,8 @@
 //! settlement). Other events are applied one by one, in order, after the creates before
 //! them are written, so the outcome is that of applying the batch record by record.
 
-use crate::payment::PaymentEvent;
 use kafka_journal::consumer::{ConsumedRecord, HandlerError, PartitionHandler};
+use payrail_payment::PaymentEvent;
 use sqlx::PgConnection;
 
 /// The payments table a pool keeps (`payment_id`, `merchant_id`, `currency`).

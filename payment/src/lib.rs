@@ -1,8 +1,16 @@
-//! The payment aggregate: pure state machine ([`machine`]), its events ([`events`]), and
-//! the API view of a payment ([`view`]).
+//! The payment domain, pure: the state machine ([`machine`]: `decide(state, command) ->
+//! events`, `evolve(state, event) -> state`), its events ([`events`]), money ([`money`]:
+//! integer minor units, ISO-4217), the API view of a payment ([`view`]) and what a
+//! payment-keyed read model does with the next event ([`projection`]).
+//!
+//! It must not know how it is hosted or stored: no tokio, sqlx, rdkafka or HTTP here (CI
+//! checks it with `cargo tree`). The actors (`payrail-actors`) host it; the pools
+//! (`payrail-pools`) read its events.
 
 pub mod events;
 pub mod machine;
+pub mod money;
+pub mod projection;
 pub mod view;
 
 pub use events::{CaptureMethod, PaymentCreated, PaymentEvent};

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The crates' dependencies point one way (README, "Layout"; issue 24): the pure domain has
+# no I/O, the pools do not know the actors, and the actors know neither the pools nor HTTP.
+# Fails naming the crate and the dependency that should not be there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+deps() { cargo tree -p "$1" -e normal --prefix none --format '{p}' | awk '{print $1}' | sort -u; }
+fail=0
+forbid() {
+  local crate=$1; shift
+  local have
+  have=$(deps "$crate")
+  for dep in "$@"; do
+    if grep -qx "$dep" <<<"$have"; then
+      echo "[layout] $crate depends on $dep, which it must not know" >&2
+      fail=1
+    fi
+  done
+}
+forbid payrail-payment tokio sqlx rdkafka warp hyper kafka_journal payrail-actors payrail-pools
+forbid payrail-pools payrail-actors payrail-http payrail-cluster warp
+forbid payrail-actors payrail-pools payrail-http warp
+forbid kafka_journal payrail-payment payrail-actors payrail-pools
+[ "$fail" = 0 ] && echo "[layout] dependencies point one way"
+exit "$fail"
