@@ -205,8 +205,8 @@ pub fn percentiles(samples: &[&Sample]) -> (Duration, Duration, Duration, usize)
     let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
     latencies.sort();
     (
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
         latencies.last().copied().unwrap_or_default(),
         latencies.len(),
     )
