@@ -87,6 +87,24 @@ async fn replay_partition(runtime: &Runtime, partition: i32) {
         };
         let Some(last) = pending.last().map(|r| r.sequence) else {
             if runtime.health.state() == BreakerState::Closed {
+                // Leave only once the snapshot projector has applied the journal up to its
+                // end. In fallback the snapshots are complete by construction; outside it a
+                // command waits for the projector (`ensure_history_readable`), whose
+                // consumer reconnects to a returned broker seconds after the producer: two
+                // creates once waited `actors.rebuild_timeout_ms` for it and answered 503
+                // `node_not_ready` (issue 22, the outage suite at full size). Waits one
+                // replay interval at most and tries again on the next tick; commands
+                // meanwhile are spooled and answered.
+                let end = runtime.produced_offset(partition);
+                let wait = Duration::from_millis(fallback.options().replay_interval_ms);
+                if !runtime.snapshots.wait_for(partition, end, wait).await {
+                    debug!(
+                        partition,
+                        journal_end = end,
+                        "leaving fallback waits for the snapshot projector"
+                    );
+                    return;
+                }
                 match fallback
                     .leave_if_empty(partition, || runtime.produced_offset(partition))
                     .await
