@@ -103,8 +103,8 @@ impl PaymentArgs {
         if events.is_empty() {
             return Ok(());
         }
-        // The epoch this node serves the partition under (a single node raised it at start). A partition
-        // that moved away while the command waited is not written at all.
+        // The epoch this node serves the partition under (a single node raised it at start).
+        // A partition that moved away while the command waited is not written at all.
         let Some(epoch) = self.runtime.ownership.epoch(self.partition) else {
             return Err(CommandError::NotReady(format!(
                 "partition {} is no longer served by this node; retry",
@@ -381,9 +381,9 @@ impl PaymentArgs {
         let parked = records
             .iter()
             .any(|r| *fault == format!("park_append_on_{}", r.headers.event_type));
-        let path = parked_append_path(self.payment_id.as_ref());
+        let path = parked.then(|| parked_append_path(self.payment_id.as_ref()));
         // Once per payment, across restarts too (the file stays until the test removes it).
-        if parked && !path.exists() && fire_once(&self.payment_id, fault) {
+        if let Some(path) = path.filter(|p| !p.exists() && fire_once(&self.payment_id, fault)) {
             // The request outlives this node: the test plays the hung broker and writes it
             // whenever it likes, e.g. after this node was killed and restarted.
             warn!(payment_id = %self.payment_id, path = %path.display(), "injected fault: the append is parked for the test to land");
