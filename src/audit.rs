@@ -73,12 +73,20 @@ pub async fn audit(config: &Config, pool: &PgPool) -> anyhow::Result<bool> {
     if spooled > 0 {
         println!("audit: {spooled} events still in the fallback spool, read after the journal");
     }
-    // What the read models take: owner-change markers and a superseded owner's late
-    // appends take effect nowhere (see kafka_journal::fence).
+    // What the read models take: owner-change markers, a superseded owner's late appends
+    // and what a takeover in fallback voided take effect nowhere (see kafka_journal::fence).
+    let voided = kafka_journal::offsets::void_fences_of_topic(pool, &topic)
+        .await
+        .context("reading the voided ranges")?;
+    let none = kafka_journal::fence::VoidFences::default();
     let mut fences: HashMap<i32, kafka_journal::fence::EpochFence> = HashMap::new();
     let before = records.len();
     records.retain(|r| {
-        fences.entry(r.partition).or_default().admit(r) == kafka_journal::fence::FenceVerdict::Apply
+        fences
+            .entry(r.partition)
+            .or_default()
+            .admit_unless_voided(r, voided.get(&r.partition).unwrap_or(&none))
+            == kafka_journal::fence::FenceVerdict::Apply
     });
     if records.len() < before {
         println!(

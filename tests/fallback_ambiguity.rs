@@ -11,7 +11,7 @@ mod common;
 use common::outage::{
     assert_in_sequence, journaled_events, journaled_events_fenced, outage_world, start_node,
 };
-use common::TestEnv;
+use common::{eventually, TestEnv};
 use kafka_journal::producer::{NoSignals, OutgoingRecord};
 use kafka_journal::spool::Spool;
 use kafka_journal::{JournalOptions, JournalProducer};
@@ -159,26 +159,136 @@ async fn a_write_left_in_doubt_by_a_dead_node_is_fenced_when_it_lands_after_the_
 
     // Every reader drops it: it was written under the dead incarnation's epoch, behind the
     // restarted node's marker.
-    let (journal, fenced) = journaled_events_fenced(&w.env);
-    let types = assert_in_sequence(&journal, &id);
+    assert_captured_once_without(&mut w, &id, &late_id).await;
+}
+
+/// The spool path's twin of the test above (issue 22): the node dies with a capture in
+/// doubt *after* its partition entered fallback, the broker goes down, and the restarted
+/// node takes the partition over through the spool (its owner-change marker is spooled, not
+/// journaled) and decides the client's retry. When the broker returns, the hung broker's
+/// copy of the first capture lands *before* the replay journals the marker, so the marker
+/// cannot fence it; the range the takeover voided does. Before: two `payment.succeeded` at
+/// sequence 4, both applied (a double capture in the ledger).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_doubt_landing_before_a_spooled_marker_takes_effect_nowhere() {
+    let mut w = outage_world(
+        "spooled_marker_in_doubt",
+        &[("PAYRAIL__ACTORS__FAULT_INJECTION", "true")],
+    )
+    .await;
+    let body = r#"{"amount":5000,"currency":"eur","capture_method":"manual","metadata":{"payrail_fault":"park_append_and_die_on_payment.succeeded"}}"#;
+    let id = w.create("spooled-marker", body).await;
+    assert_eq!(w.confirm(&id).await, "requires_capture");
+    let capture_path = format!("/v1/payments/{id}/capture");
+    // The append is parked (the hung broker holds it), the partition enters fallback, and
+    // the node dies before it spools the capture again: no answer reaches the client.
+    let first = reqwest::Client::new()
+        .post(format!("{}{capture_path}", w.node.base))
+        .bearer_auth(&w.key)
+        .header("Idempotency-Key", "capture-once")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await;
+    assert!(
+        first
+            .as_ref()
+            .map_or(true, |r| r.status().is_server_error()),
+        "{first:?}"
+    );
+    assert!(
+        w.node
+            .exited_within(Duration::from_secs(10))
+            .await
+            .is_some(),
+        "the node dies with the write in doubt\n{}",
+        w.node.log_tail()
+    );
+    let parked_path = payrail_actors::payment_actor::parked_append_path(&id);
+    let parked: Vec<OutgoingRecord> =
+        serde_json::from_slice(&std::fs::read(&parked_path).expect("the parked append"))
+            .expect("parked records");
+    let late_id = parked[0].headers.event_id.clone();
+    let pool = w.env.pool().await;
+    let spooled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM journal_spool WHERE event_id = $1::uuid")
+            .bind(&late_id)
+            .fetch_one(&pool)
+            .await
+            .expect("spool");
+    assert_eq!(spooled, 0, "the write in doubt is not in the spool");
+
+    // The broker goes down; the restarted node takes the partition over through the spool
+    // and decides the client's retry on its snapshot, which lacks the first capture.
+    w.broker.kill9();
+    let port = w.node.port;
+    let extra: Vec<(&str, &str)> = w
+        .node_extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    // Only this partition was in fallback: the others wait for the journal.
+    w.node = common::NodeProcess::start_listening_on(&w.env, port, &extra).await;
+    let retried = eventually(Duration::from_secs(30), || async {
+        let r = w.post(&capture_path, Some("capture-retried"), "{}").await;
+        (r.status == 200 || r.status == 409).then_some(r)
+    })
+    .await;
+    assert!(
+        retried.is_some(),
+        "the retry is served in fallback\n{}",
+        w.node.log_tail()
+    );
+    let read = w.api.get_payment(&w.key, &id).await;
+    assert_eq!(read.body["status"], "succeeded", "{}", read.body);
+
+    // The broker returns and lands the first capture before the node replays its spool
+    // (the node is held still meanwhile, so the late write surely comes first).
+    w.node.signal("-STOP");
+    w.broker.restart();
+    let options = JournalOptions {
+        brokers: w.env.brokers.clone(),
+        ..JournalOptions::default()
+    };
+    let producer = JournalProducer::new(&options, Arc::new(NoSignals)).expect("producer");
+    producer.append(&parked).await.expect("the late append");
+    w.node.signal("-CONT");
+    w.wait_replayed(Duration::from_secs(60)).await;
+
+    let raw = journaled_events(&w.env);
+    assert!(
+        raw[&id]
+            .values()
+            .flatten()
+            .any(|(event, _)| *event == late_id),
+        "the late capture is in the journal"
+    );
+    assert_captured_once_without(&mut w, &id, &late_id).await;
+}
+
+/// Asserts that every reader (an independent one, the node's snapshot, ledger and analytics
+/// through the audit) took `id`'s capture once and dropped the late copy `late_id`; then
+/// stops the node and removes the parked file.
+async fn assert_captured_once_without(w: &mut common::outage::Outage, id: &str, late_id: &str) {
+    let (journal, fenced) = journaled_events_fenced(&w.env).await;
+    let types = assert_in_sequence(&journal, id);
     assert_eq!(
         types.iter().filter(|t| *t == "payment.succeeded").count(),
         1,
         "{types:?}"
     );
     assert!(
-        fenced.contains(&late_id),
+        fenced.iter().any(|f| f == late_id),
         "the late capture {late_id} is fenced; fenced: {fenced:?}"
     );
-    // The read models agree: the payment is captured once, and the audit (which replays
-    // the journal through the same fence) finds the ledger and analytics right.
+    // The audit replays the journal through the same rules as every reader.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let read = w.api.get_payment(&w.key, &id).await;
+    let read = w.api.get_payment(&w.key, id).await;
     assert_eq!(read.body["amount_captured"], 5000, "{}", read.body);
     let (ok, differences, text) = common::chaos::audit(&w.env);
     assert!(ok && differences == Some(0), "{text}");
     w.node.kill9();
-    let _ = std::fs::remove_file(&parked_path);
+    let _ = std::fs::remove_file(payrail_actors::payment_actor::parked_append_path(id));
 }
 
 /// A node without fallback (spool off) whose manual-capture payment's capture answered 503
@@ -284,4 +394,72 @@ async fn a_fallback_entry_whose_commit_answer_was_lost_is_adopted_by_the_next_en
         Some(3),
         "the adopted episode covers the journal to its end"
     );
+}
+
+/// A takeover in fallback voids what older epochs write from the episode's end on — unless
+/// a reader already went past that end: a record there was applied, and voiding it would
+/// split the readers. The takeover then spools nothing and waits for the journal.
+#[tokio::test]
+async fn a_takeover_in_fallback_voids_nothing_a_reader_has_gone_past() {
+    let env = TestEnv::new("void_past_reader").await;
+    let pool = env.migrated_pool().await;
+    let old_owner = node_fallback(&pool);
+    old_owner.journaled(
+        0,
+        vec![journaled_create(1), journaled_create(2)],
+        &[0, 1],
+        0,
+    );
+    old_owner
+        .enter(0, 0, || 2, || 0, || 0, &pool)
+        .await
+        .expect("the old owner enters fallback at the journal's end 2");
+    sqlx::query(
+        "INSERT INTO partition_leases (partition, owner_node_id, epoch) VALUES (0, 'b', 1)",
+    )
+    .execute(&pool)
+    .await
+    .expect("the new owner's lease");
+    let producer =
+        JournalProducer::new(&JournalOptions::default(), Arc::new(NoSignals)).expect("producer");
+    let marker =
+        kafka_journal::fence::owner_changed_marker(&producer, TOPIC, 0, 1, "b").expect("marker");
+    // A pool applied offset 2: the broker was back, and whatever was journaled there counts.
+    let mut conn = pool.acquire().await.expect("connection");
+    kafka_journal::offsets::store_next_offset(&mut conn, "ledger", TOPIC, 0, 3)
+        .await
+        .expect("a pool's position");
+    let new_owner = node_fallback(&pool);
+    let taken = new_owner.take_over(0, 1, &marker, &pool).await;
+    assert!(matches!(taken, Ok(None)), "{taken:?}");
+    let voids: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_void_fences")
+        .fetch_one(&pool)
+        .await
+        .expect("voids");
+    let markers: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM journal_spool WHERE event_id = $1::uuid")
+            .bind(&marker.headers.event_id)
+            .fetch_one(&pool)
+            .await
+            .expect("spool");
+    assert_eq!(
+        (voids, markers),
+        (0, 0),
+        "nothing voided, no marker spooled"
+    );
+
+    // No reader past the episode's end: the range is voided and the marker spooled.
+    sqlx::query("DELETE FROM journal_offsets")
+        .execute(&pool)
+        .await
+        .expect("positions");
+    let taken = new_owner.take_over(0, 1, &marker, &pool).await;
+    assert!(matches!(taken, Ok(Some(2))), "{taken:?}");
+    let void: (i64, i64) =
+        sqlx::query_as("SELECT epoch, from_offset FROM journal_void_fences WHERE topic = $1")
+            .bind(TOPIC)
+            .fetch_one(&pool)
+            .await
+            .expect("the voided range");
+    assert_eq!(void, (1, 2));
 }

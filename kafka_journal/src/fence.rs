@@ -8,6 +8,10 @@
 //! old epoch, so every reader that passed the marker ignores it, and the zombie, whose lease
 //! was no longer valid, never acknowledged it. The fence is pure and per partition; each
 //! reader keeps one per partition and persists it with its position (`journal_offsets`).
+//!
+//! A marker that was spooled during a journal outage reaches the journal only with the
+//! replay, so a zombie's late append can land *before* it; [`VoidFences`] covers that case:
+//! ranges a takeover in fallback voided, kept in PostgreSQL and read by every reader.
 
 use crate::consumer::ConsumedRecord;
 
@@ -100,6 +104,56 @@ impl EpochFence {
     }
 }
 
+/// Ranges of a partition that a takeover through the spool voided: a record written under
+/// an epoch below `epoch` at an offset at or past `from` takes effect nowhere.
+///
+/// A takeover during a journal outage spools its owner-change marker; the marker reaches
+/// the journal only with the replay, so a write the previous owner left in doubt on a hung
+/// broker can land *before* it, unfenced by the marker, beside the command the new owner
+/// decided without it (issue 22). Every record the previous owner may have written at or
+/// past `from` was either spooled (and is journaled again, under the new epoch, by the
+/// replay) or never acknowledged, so the rule drops only writes nobody was told about.
+/// The fences are kept in PostgreSQL ([`crate::offsets::load_void_fences`]), written in the
+/// takeover's transaction before the new owner decides anything, and read by every reader
+/// in the transaction that applies a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VoidFences {
+    /// `(epoch, from)` pairs, as written; few per partition (one per takeover in fallback).
+    fences: Vec<(u64, i64)>,
+}
+
+impl VoidFences {
+    pub fn new(fences: Vec<(u64, i64)>) -> Self {
+        Self { fences }
+    }
+
+    /// Whether a record written under `epoch` at `offset` was voided.
+    pub fn voids(&self, epoch: u64, offset: i64) -> bool {
+        self.fences
+            .iter()
+            .any(|(above, from)| epoch < *above && offset >= *from)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fences.is_empty()
+    }
+}
+
+impl EpochFence {
+    /// [`EpochFence::admit`] for a reader that also knows the partition's voided ranges: a
+    /// voided record is fenced and does not raise the fence.
+    pub fn admit_unless_voided(
+        &mut self,
+        record: &ConsumedRecord,
+        voided: &VoidFences,
+    ) -> FenceVerdict {
+        if voided.voids(record.owner_epoch, record.offset) {
+            return FenceVerdict::Fenced;
+        }
+        self.admit(record)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +204,71 @@ mod tests {
         let mut fence = EpochFence::at(3);
         assert_eq!(fence.admit(&record(9, 2, false)), FenceVerdict::Fenced);
         assert_eq!(fence.admit(&record(10, 3, false)), FenceVerdict::Apply);
+    }
+
+    #[test]
+    fn a_late_write_that_lands_before_a_spooled_marker_is_voided() {
+        // The previous owner (epoch 1) journaled 0..5; a takeover in fallback voided epoch
+        // < 2 from offset 5. Its late write lands at 5, the replay re-stamps the spooled
+        // records with epoch 2 (6, 7), then the marker (8).
+        let voided = VoidFences::new(vec![(2, 5)]);
+        let mut fence = EpochFence::default();
+        assert_eq!(
+            fence.admit_unless_voided(&record(4, 1, false), &voided),
+            FenceVerdict::Apply
+        );
+        assert_eq!(
+            fence.admit_unless_voided(&record(5, 1, false), &voided),
+            FenceVerdict::Fenced
+        );
+        assert_eq!(
+            fence.highest(),
+            1,
+            "a voided record does not raise the fence"
+        );
+        assert_eq!(
+            fence.admit_unless_voided(&record(6, 2, false), &voided),
+            FenceVerdict::Apply
+        );
+        assert_eq!(
+            fence.admit_unless_voided(&record(8, 2, true), &voided),
+            FenceVerdict::Marker
+        );
+    }
+
+    #[test]
+    fn void_fences_keep_every_takeover() {
+        let voided = VoidFences::new(vec![(2, 5), (3, 9)]);
+        assert!(voided.voids(1, 6), "the first takeover's range");
+        assert!(!voided.voids(2, 6), "the first takeover's own records");
+        assert!(
+            voided.voids(2, 9),
+            "the second takeover voids the first's late writes"
+        );
+        assert!(!voided.voids(1, 4), "below every range");
+        assert!(VoidFences::default().is_empty());
+    }
+
+    proptest! {
+        /// A record is voided exactly when some fence covers it, whatever the order of the
+        /// fences; a voided record never applies.
+        #[test]
+        fn a_voided_record_never_applies(
+            fences in proptest::collection::vec((1u64..5, 0i64..20), 0..4),
+            log in proptest::collection::vec((0u64..5, any::<bool>()), 0..32)
+        ) {
+            let voided = VoidFences::new(fences.clone());
+            let mut fence = EpochFence::default();
+            for (i, (epoch, marker)) in log.iter().enumerate() {
+                let offset = i as i64;
+                let covered = fences.iter().any(|(e, f)| epoch < e && offset >= *f);
+                prop_assert_eq!(voided.voids(*epoch, offset), covered);
+                let verdict = fence.admit_unless_voided(&record(offset, *epoch, *marker), &voided);
+                if covered {
+                    prop_assert_eq!(verdict, FenceVerdict::Fenced);
+                }
+            }
+        }
     }
 
     proptest! {

@@ -83,6 +83,103 @@ pub async fn load_owner_epoch(
     Ok(epoch.and_then(|e| u64::try_from(e).ok()).unwrap_or(0))
 }
 
+/// The voided ranges of `topic`/`partition` (see [`crate::fence::VoidFences`]), read under
+/// a shared lock held until the caller's transaction ends: a takeover that voids a range
+/// takes the same lock exclusively ([`void_from`]), so a batch is judged either wholly
+/// before a new range (and its position then shows the takeover what it applied) or wholly
+/// after it. An advisory lock, not a row lock: it writes nothing and costs no WAL.
+pub async fn load_void_fences(
+    conn: &mut PgConnection,
+    topic: &str,
+    partition: i32,
+) -> Result<crate::fence::VoidFences, sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtext($1), $2)")
+        .bind(topic)
+        .bind(partition)
+        .execute(&mut *conn)
+        .await?;
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT epoch, from_offset FROM journal_void_fences WHERE topic = $1 AND partition = $2",
+    )
+    .bind(topic)
+    .bind(partition)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(crate::fence::VoidFences::new(
+        rows.into_iter()
+            .map(|(epoch, from)| (u64::try_from(epoch).unwrap_or(0), from))
+            .collect(),
+    ))
+}
+
+/// Every partition's voided ranges of `topic`, for a reader outside the pools' transactions
+/// (the audit, which runs after the fact).
+pub async fn void_fences_of_topic(
+    pool: &PgPool,
+    topic: &str,
+) -> Result<std::collections::HashMap<i32, crate::fence::VoidFences>, sqlx::Error> {
+    let rows: Vec<(i32, i64, i64)> = sqlx::query_as(
+        "SELECT partition, epoch, from_offset FROM journal_void_fences WHERE topic = $1",
+    )
+    .bind(topic)
+    .fetch_all(pool)
+    .await?;
+    let mut by_partition: std::collections::HashMap<i32, Vec<(u64, i64)>> = Default::default();
+    for (partition, epoch, from) in rows {
+        by_partition
+            .entry(partition)
+            .or_default()
+            .push((u64::try_from(epoch).unwrap_or(0), from));
+    }
+    Ok(by_partition
+        .into_iter()
+        .map(|(p, fences)| (p, crate::fence::VoidFences::new(fences)))
+        .collect())
+}
+
+/// Voids, in the caller's transaction, what epochs below `epoch` wrote to
+/// `topic`/`partition` at or past `from` — unless a reader has already gone past `from`
+/// (then a record there was applied somewhere and voiding it would split the readers:
+/// returns `false` and writes nothing; the caller must take the journal's way). Holds the
+/// range's lock exclusively until the transaction ends, so no reader judges a batch
+/// between this check and the commit.
+pub async fn void_from(
+    conn: &mut PgConnection,
+    topic: &str,
+    partition: i32,
+    epoch: u64,
+    from: i64,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), $2)")
+        .bind(topic)
+        .bind(partition)
+        .execute(&mut *conn)
+        .await?;
+    let past: Option<i64> = sqlx::query_scalar(
+        "SELECT max(next_offset) FROM journal_offsets WHERE topic = $1 AND partition = $2",
+    )
+    .bind(topic)
+    .bind(partition)
+    .fetch_one(&mut *conn)
+    .await?;
+    if past.is_some_and(|next| next > from) {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO journal_void_fences (topic, partition, epoch, from_offset)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (topic, partition, epoch)
+         DO UPDATE SET from_offset = LEAST(journal_void_fences.from_offset, EXCLUDED.from_offset)",
+    )
+    .bind(topic)
+    .bind(partition)
+    .bind(i64::try_from(epoch).unwrap_or(i64::MAX))
+    .bind(from)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
 /// Marks every id of `event_ids` as applied by `consumer` in one statement; returns the
 /// ids that were not marked before (the ones the caller must apply). One round trip per
 /// batch instead of one per record.

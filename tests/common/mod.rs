@@ -158,6 +158,40 @@ impl NodeProcess {
     }
 
     pub async fn start_on(env: &TestEnv, port: u16, extra: &[(&str, &str)]) -> Self {
+        let mut node = Self::spawn_on(env, port, extra);
+        node.wait_ready(Duration::from_secs(90)).await;
+        node
+    }
+
+    /// Like [`NodeProcess::start_on`], but returns once the node answers HTTP at all, ready
+    /// or not (a node started during an outage serves the partitions it can while the
+    /// others wait for the journal).
+    pub async fn start_listening_on(env: &TestEnv, port: u16, extra: &[(&str, &str)]) -> Self {
+        let mut node = Self::spawn_on(env, port, extra);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                panic!("node exited with {status}: {}", node.log_tail());
+            }
+            if client
+                .get(format!("{}/readyz", node.base))
+                .send()
+                .await
+                .is_ok()
+            {
+                return node;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node not listening: {}",
+                node.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn spawn_on(env: &TestEnv, port: u16, extra: &[(&str, &str)]) -> Self {
         let log = env
             .dir
             .join(format!("node-{port}-{}.log", uuid::Uuid::now_v7().simple()));
@@ -177,14 +211,12 @@ impl NodeProcess {
             .stdout(file.try_clone().expect("node log"))
             .stderr(file);
         let child = command.spawn().expect("spawn payrail node");
-        let mut node = Self {
+        Self {
             child,
             port,
             base: format!("http://127.0.0.1:{port}"),
             log,
-        };
-        node.wait_ready(Duration::from_secs(90)).await;
-        node
+        }
     }
 
     async fn wait_ready(&mut self, timeout: Duration) {

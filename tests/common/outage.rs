@@ -163,9 +163,18 @@ pub fn journaled_events(env: &TestEnv) -> JournalByPayment {
 }
 
 /// What every reader applies: [`journaled_events`] without the records the epoch fence
-/// drops (written under an epoch already superseded in their partition, see
-/// `kafka_journal::fence`), and the event ids of the records it dropped.
-pub fn journaled_events_fenced(env: &TestEnv) -> (JournalByPayment, Vec<String>) {
+/// drops (written under an epoch already superseded in their partition, or in a range a
+/// takeover in fallback voided: see `kafka_journal::fence`), and the event ids of the
+/// records it dropped. The voided ranges are read from PostgreSQL, where readers find them.
+pub async fn journaled_events_fenced(env: &TestEnv) -> (JournalByPayment, Vec<String>) {
+    let pool = env.pool().await;
+    let voided: Vec<(i32, i64, i64)> = sqlx::query_as(
+        "SELECT partition, epoch, from_offset FROM journal_void_fences WHERE topic = $1",
+    )
+    .bind(env.topic())
+    .fetch_all(&pool)
+    .await
+    .expect("voided ranges");
     let mut records = read_journal(&env.brokers, &env.topic(), PARTITIONS);
     records.sort_by_key(|r| (r.partition, r.offset));
     let mut highest: HashMap<i32, u64> = HashMap::new();
@@ -178,8 +187,11 @@ pub fn journaled_events_fenced(env: &TestEnv) -> (JournalByPayment, Vec<String>)
                 .get("owner_epoch")
                 .and_then(|e| e.parse().ok())
                 .unwrap_or(0);
+            let void = voided.iter().any(|(partition, above, from)| {
+                *partition == r.partition && (epoch as i64) < *above && r.offset >= *from
+            });
             let seen = highest.entry(r.partition).or_insert(0);
-            if epoch < *seen {
+            if void || epoch < *seen {
                 fenced.push(r.headers.get("event_id").cloned().unwrap_or_default());
                 return false;
             }

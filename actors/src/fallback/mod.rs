@@ -435,12 +435,16 @@ impl JournalFallback {
     /// owner-change marker of `epoch`) after the previous owner's rows, fenced by the lease
     /// like any spool write, and resumes the episode as this node's: when the journal
     /// returns, the replay appends the previous owner's acknowledged records, then the
-    /// marker, then this owner's, and every reader fences the old epoch from the marker on.
+    /// marker, then this owner's — all under this owner's epoch (the replay re-stamps
+    /// them) — and every reader ignores what older epochs wrote from the episode's end on
+    /// ([`kafka_journal::fence::VoidFences`], written in the same transaction): a write the
+    /// previous owner left in doubt on a hung broker takes effect nowhere, wherever it
+    /// lands.
     ///
     /// Returns one past the last journal offset the episode accounts for (its watermark,
     /// or the end of what was replayed of it), or `Ok(None)` when the partition is not in
-    /// fallback: its journal's end is then unknown and the takeover must wait for the
-    /// journal. A failure after BEGIN may have spooled the marker; a retry spools another
+    /// fallback (its journal's end is then unknown) or a reader already went past that end
+    /// (the journal is back): the takeover must then wait for the journal. A failure after BEGIN may have spooled the marker; a retry spools another
     /// (with its own event id), which readers treat as the same fence.
     pub async fn take_over(
         &self,
@@ -473,13 +477,35 @@ impl JournalFallback {
             .fetch_optional(&mut *tx)
             .await
             .map_err(SpoolError::from)?;
+            let end = watermark.unwrap_or(0).max(replayed.flatten().unwrap_or(0));
+            // The marker reaches the journal only with the replay: a write the previous
+            // owner left in doubt on a hung broker could land before it, beside a command
+            // this owner decides without it. Void the older epochs from `end` on, for every
+            // reader — unless one already read past `end` (the broker is back): then the
+            // journal's way is the safe one.
+            if !kafka_journal::offsets::void_from(
+                &mut tx,
+                self.spool.topic(),
+                partition,
+                epoch,
+                end,
+            )
+            .await
+            .map_err(SpoolError::from)?
+            {
+                info!(
+                    partition,
+                    epoch,
+                    journal_end = end,
+                    "a reader is past the episode's end; the takeover waits for the journal"
+                );
+                return Ok(None);
+            }
             self.spool
                 .append_in(&mut tx, partition, std::slice::from_ref(marker), None)
                 .await?;
             tx.commit().await.map_err(SpoolError::from)?;
-            Ok(Some(
-                watermark.unwrap_or(0).max(replayed.flatten().unwrap_or(0)),
-            ))
+            Ok(Some(end))
         }
         .await;
         let end = taken.map_err(inside_transaction)?;

@@ -118,7 +118,15 @@ async fn replay_partition(runtime: &Runtime, partition: i32) {
         if runtime.health.admit() == Admission::Refused {
             return;
         }
-        let records: Vec<OutgoingRecord> = pending.into_iter().map(|r| r.record).collect();
+        // Journaled under this owner's epoch: a previous owner's acknowledged records and
+        // markers spooled before a takeover in fallback would otherwise fall in the range
+        // the takeover voided for that owner's writes in doubt (`JournalFallback::take_over`).
+        // Their event ids stay, so a reader that applied a first copy skips them.
+        let epoch = runtime.ownership.epoch(partition).unwrap_or(0);
+        let records: Vec<OutgoingRecord> = pending
+            .into_iter()
+            .map(|r| restamped(r.record, epoch))
+            .collect();
         match runtime.producer.append(&records).await {
             Ok(receipts) => {
                 runtime.health.record_success();
@@ -166,6 +174,12 @@ async fn replay_partition(runtime: &Runtime, partition: i32) {
             }
         }
     }
+}
+
+/// `record` as this owner journals it: under `epoch` when it was written under an older one.
+fn restamped(mut record: OutgoingRecord, epoch: u64) -> OutgoingRecord {
+    record.headers.owner_epoch = record.headers.owner_epoch.max(epoch);
+    record
 }
 
 /// For a partition whose journal end was unknown at start: reads it and waits for the

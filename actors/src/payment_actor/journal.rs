@@ -18,7 +18,7 @@ pub struct InDoubt {
     /// The lease epoch they carry.
     epoch: u64,
 }
-use tracing::warn;
+use tracing::{error, warn};
 use uuid::Uuid;
 
 /// Rounds of entering fallback and taking the gate before a persist gives up.
@@ -263,6 +263,7 @@ impl PaymentArgs {
         let runtime = &self.runtime;
         let partition = self.partition;
         let mut attempted = None;
+        let mut dies = false;
         {
             let gate = runtime.fallback.gate(partition).await;
             if gate.spooling {
@@ -273,6 +274,7 @@ impl PaymentArgs {
             }
             if self.append_late_if_asked(&records) {
                 attempted = Some("the append timed out (injected; it lands late)".into());
+                dies = self.dies_in_doubt_if_asked(&records);
             } else if runtime.health.admit() != payrail_supervisor::Admission::Refused {
                 match runtime.producer.append(&records).await {
                     Ok(receipts) => {
@@ -314,6 +316,12 @@ impl PaymentArgs {
             }
             let gate = runtime.fallback.gate(partition).await;
             if gate.spooling {
+                if dies {
+                    // Fault injection: the node dies with the write in doubt, its partition
+                    // in fallback and the write not spooled (issue 22's spool-path window).
+                    error!(payment_id = %self.payment_id, "injected fault: the node dies with a write in doubt");
+                    std::process::abort();
+                }
                 return self
                     .spool(&gate, &records, attempted)
                     .await
@@ -378,9 +386,10 @@ impl PaymentArgs {
         else {
             return false;
         };
-        let parked = records
-            .iter()
-            .any(|r| *fault == format!("park_append_on_{}", r.headers.event_type));
+        let parked = records.iter().any(|r| {
+            *fault == format!("park_append_on_{}", r.headers.event_type)
+                || *fault == format!("park_append_and_die_on_{}", r.headers.event_type)
+        });
         let path = parked.then(|| parked_append_path(self.payment_id.as_ref()));
         // Once per payment, across restarts too (the file stays until the test removes it).
         if let Some(path) = path.filter(|p| !p.exists() && fire_once(&self.payment_id, fault)) {
@@ -413,6 +422,23 @@ impl PaymentArgs {
             }
         });
         true
+    }
+
+    /// Fault injection (test only): `payrail_fault = "park_append_and_die_on_<event type>"`
+    /// parks the append like `park_append_on_…` and then aborts the node once the partition
+    /// is in fallback, before the write in doubt is spooled again: the dead node leaves a
+    /// write a hung broker may still land, which no spool row vouches for.
+    fn dies_in_doubt_if_asked(&self, records: &[OutgoingRecord]) -> bool {
+        self.runtime.options.fault_injection
+            && self
+                .state
+                .as_ref()
+                .and_then(|p| p.metadata.get("payrail_fault"))
+                .is_some_and(|fault| {
+                    records.iter().any(|r| {
+                        *fault == format!("park_append_and_die_on_{}", r.headers.event_type)
+                    })
+                })
     }
 
     /// Fault injection (test only): `payrail_fault = "lose_spool_ack_on_<event type>"`

@@ -290,9 +290,14 @@ impl WorkerState {
         records: &[ConsumedRecord],
     ) -> Result<EpochFence, HandlerError> {
         let mut fence = self.fence;
+        let mut tx = self.args.pool.begin().await?;
+        // Judged inside the transaction, under the voided ranges' shared lock: a takeover
+        // through the spool either sees this batch's position or this batch sees its range.
+        let voided =
+            offsets::load_void_fences(&mut tx, &self.args.spec.topic, self.args.partition).await?;
         let admitted: Vec<&ConsumedRecord> = records
             .iter()
-            .filter(|record| match fence.admit(record) {
+            .filter(|record| match fence.admit_unless_voided(record, &voided) {
                 FenceVerdict::Apply => true,
                 FenceVerdict::Marker => {
                     info!(
@@ -313,7 +318,6 @@ impl WorkerState {
                 }
             })
             .collect();
-        let mut tx = self.args.pool.begin().await?;
         let ids: Vec<Uuid> = admitted.iter().filter_map(|r| r.event_id).collect();
         let mut fresh = offsets::mark_processed_batch(&mut tx, &self.args.spec.name, &ids).await?;
         let mut to_apply = Vec::with_capacity(admitted.len());
