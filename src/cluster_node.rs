@@ -229,7 +229,8 @@ impl Membership {
                             Err(error) => warn!(%error, "taking over through the spool failed"),
                         }
                     }
-                    if payrail_actors::fallback::replay_left_spool(&runtime, partition).await {
+                    if payrail_actors::fallback::replay_left_spool(&runtime, partition, epoch).await
+                    {
                         match runtime.producer.append(std::slice::from_ref(&marker)).await {
                             Ok(receipts) => match receipts.first() {
                                 Some(receipt) => break receipt.offset,

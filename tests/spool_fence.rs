@@ -231,3 +231,38 @@ async fn the_owner_of_the_current_epoch_copies_and_projects_its_tail_on_entering
         .expect("entered under the current epoch");
     assert_eq!(counts(&pool).await, (1, 1), "copied and projected");
 }
+
+/// A replayer whose lease moved while its batch was in flight journaled copies under a
+/// superseded epoch, which readers fence (or a takeover in fallback voided): the spooled
+/// rows must stay for the new owner to journal under its own epoch. Seen in a full-size
+/// compound run before this fence: a node replayed a partition handed over seconds earlier
+/// (its round's list of partitions was stale), removed the rows, and ~600 acknowledged
+/// events were left in the journal only under the old epoch, in the range the new owner's
+/// takeover had voided (`payrail audit`: "journal says 1, read model has 2").
+#[tokio::test]
+async fn a_replay_under_a_moved_lease_removes_no_spooled_row() {
+    let (fallback, pool) = fallback("spool_fence_replay").await;
+    let gate = fallback.gate(0).await;
+    fallback
+        .append(&gate, 0, &[created(2)], &pool)
+        .await
+        .expect("spooled under epoch 2");
+    drop(gate);
+    let refused = fallback.mark_replayed(0, 1, 1, 1, &pool).await;
+    assert!(
+        matches!(
+            refused,
+            Err(FallbackError::Superseded {
+                partition: 0,
+                epoch: 1
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(counts(&pool).await.0, 1, "the row stays for the owner");
+    fallback
+        .mark_replayed(0, 2, 1, 1, &pool)
+        .await
+        .expect("the owner of epoch 2 removes what it journaled");
+    assert_eq!(counts(&pool).await.0, 0);
+}

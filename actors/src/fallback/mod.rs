@@ -609,6 +609,28 @@ impl JournalFallback {
         Ok(true)
     }
 
+    /// Removes `partition`'s rows through `sequence`, journaled by this node under `epoch`
+    /// (the journal's end after them is `journal_end`) — only while the lease still holds
+    /// `epoch`. A replayer whose lease moved while its batch was in flight journaled copies
+    /// under a superseded epoch, which readers fence (or a takeover in fallback voided):
+    /// the rows must stay for the new owner, who journals them again under its own epoch.
+    pub async fn mark_replayed(
+        &self,
+        partition: i32,
+        epoch: u64,
+        sequence: i64,
+        journal_end: i64,
+        pool: &sqlx::PgPool,
+    ) -> Result<(), FallbackError> {
+        let mut tx = pool.begin().await.map_err(SpoolError::from)?;
+        fence_epoch(&mut tx, partition, epoch).await?;
+        self.spool
+            .mark_replayed_in(&mut tx, partition, sequence, journal_end)
+            .await?;
+        tx.commit().await.map_err(SpoolError::from)?;
+        Ok(())
+    }
+
     pub(crate) fn count_replayed(&self, n: u64) {
         self.replayed_total.fetch_add(n, Ordering::Relaxed);
     }

@@ -65,16 +65,20 @@ async fn replay_forever(runtime: Arc<Runtime>) {
             if !runtime.fallback.is_end_known(partition) {
                 learn_journal_end(&runtime, partition, &mut marked).await;
             }
-            if runtime.fallback.is_active(partition) {
-                replay_partition(&runtime, partition).await;
+            // Read again: the round's list is as old as the round, and a partition handed
+            // over meanwhile is the new owner's to replay, under its epoch.
+            if let Some(epoch) = runtime.ownership.epoch(partition) {
+                if runtime.fallback.is_active(partition) {
+                    replay_partition(&runtime, partition, epoch).await;
+                }
             }
         }
     }
 }
 
-/// Appends `partition`'s spool while the breaker admits appends; leaves fallback when the
-/// spool is empty.
-async fn replay_partition(runtime: &Runtime, partition: i32) {
+/// Appends `partition`'s spool under `epoch` (this node's lease on it) while the breaker
+/// admits appends; leaves fallback when the spool is empty.
+async fn replay_partition(runtime: &Runtime, partition: i32, epoch: u64) {
     let fallback = &runtime.fallback;
     let batch = i64::from(fallback.options().replay_batch);
     loop {
@@ -122,7 +126,6 @@ async fn replay_partition(runtime: &Runtime, partition: i32) {
         // markers spooled before a takeover in fallback would otherwise fall in the range
         // the takeover voided for that owner's writes in doubt (`JournalFallback::take_over`).
         // Their event ids stay, so a reader that applied a first copy skips them.
-        let epoch = runtime.ownership.epoch(partition).unwrap_or(0);
         let records: Vec<OutgoingRecord> = pending
             .into_iter()
             .map(|r| restamped(r.record, epoch))
@@ -149,7 +152,10 @@ async fn replay_partition(runtime: &Runtime, partition: i32) {
                 // event ids, which every reader ignores. The journal's end is recorded with
                 // the removal: HTTP delivery holds later spooled events until a pool has
                 // applied the journal up to it (the removed rows come first).
-                if let Err(error) = fallback.spool().mark_replayed(partition, last, end).await {
+                if let Err(error) = fallback
+                    .mark_replayed(partition, epoch, last, end, &runtime.pool)
+                    .await
+                {
                     warn!(partition, %error, "removing replayed rows failed; they will be appended again");
                     return;
                 }
@@ -219,12 +225,13 @@ async fn learn_journal_end(runtime: &Runtime, partition: i32, marked: &mut HashS
 /// One attempt: returns whether the spool is empty and its fallback row gone (also at once
 /// when there was none). While the journal is unavailable the caller may take the
 /// partition over through the spool instead ([`crate::fallback::JournalFallback::take_over`]).
-pub async fn replay_left_spool(runtime: &Runtime, partition: i32) -> bool {
+/// Journaled under `epoch`, the lease the caller just acquired (not yet granted).
+pub async fn replay_left_spool(runtime: &Runtime, partition: i32, epoch: u64) -> bool {
     match runtime.fallback.spool().pending(partition, 1).await {
         Ok(pending) if pending.is_empty() => {}
         Ok(_) => {
             info!(partition, "replaying the spool the previous owner left");
-            replay_partition(runtime, partition).await;
+            replay_partition(runtime, partition, epoch).await;
         }
         Err(error) => {
             warn!(partition, %error, "reading the spool failed; retrying");

@@ -402,6 +402,19 @@ impl Spool {
         sequence: i64,
         journal_end: i64,
     ) -> Result<(), SpoolError> {
+        let mut conn = self.pool.acquire().await?;
+        self.mark_replayed_in(&mut conn, partition, sequence, journal_end)
+            .await
+    }
+
+    /// [`Spool::mark_replayed`] in the caller's transaction (a replay fenced by the lease).
+    pub async fn mark_replayed_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        partition: i32,
+        sequence: i64,
+        journal_end: i64,
+    ) -> Result<(), SpoolError> {
         sqlx::query(
             "WITH gone AS (
                  DELETE FROM journal_spool WHERE topic = $1 AND partition = $2 AND sequence <= $3
@@ -415,7 +428,7 @@ impl Spool {
         .bind(partition)
         .bind(sequence)
         .bind(journal_end)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(())
     }
