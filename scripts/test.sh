@@ -27,6 +27,29 @@ if ! python3 -c 'import schemathesis' 2>/dev/null; then
     log "could not install schemathesis; the fuzz test will fail (it is not skipped)"
 fi
 
+# The Stripe SDK tests (tests/stripe_sdk.rs) run the official SDKs, pinned, unmodified:
+# `stripe` from PyPI and `stripe` from npm (installed under .payrail/stripe-node, where the
+# test looks; Node.js 20 from Debian). A missing SDK fails those tests (not skipped).
+STRIPE_PY_VERSION=12.5.1
+STRIPE_NODE_VERSION=18.5.0
+if [ "$(python3 -c 'import stripe; print(stripe.VERSION)' 2>/dev/null)" != "$STRIPE_PY_VERSION" ]; then
+  log "installing stripe $STRIPE_PY_VERSION (PyPI) for the Stripe SDK test"
+  python3 -m pip install --quiet "stripe==$STRIPE_PY_VERSION" 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages "stripe==$STRIPE_PY_VERSION" 2>/dev/null ||
+    log "could not install stripe (PyPI); the Stripe SDK test will fail (it is not skipped)"
+fi
+command -v node >/dev/null ||
+  { log "installing nodejs for the Stripe SDK test"; apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; } ||
+  log "could not install Node.js; the Stripe SDK test will fail (it is not skipped)"
+STRIPE_NODE_DIR="$PAYRAIL_ROOT/.payrail/stripe-node"
+if [ "$(node -p "require('$STRIPE_NODE_DIR/node_modules/stripe/package.json').version" 2>/dev/null)" != "$STRIPE_NODE_VERSION" ]; then
+  log "installing stripe $STRIPE_NODE_VERSION (npm) into $STRIPE_NODE_DIR"
+  mkdir -p "$STRIPE_NODE_DIR"
+  npm install --silent --no-audit --no-fund --prefix "$STRIPE_NODE_DIR" "stripe@$STRIPE_NODE_VERSION" ||
+    log "could not install stripe (npm); the Stripe SDK test will fail (it is not skipped)"
+fi
+export PAYRAIL_STRIPE_NODE_DIR="$STRIPE_NODE_DIR"
+
 # The dashboard test (tests/dashboard.rs) runs the page in headless Chromium.
 command -v chromium >/dev/null ||
   { log "installing chromium for the dashboard test"; apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } ||

@@ -126,6 +126,9 @@ impl PspError {
 #[derive(Debug, Clone, Deserialize)]
 pub struct PspPaymentError {
     pub code: String,
+    /// Stripe's finer reason of a `card_declined` (`insufficient_funds`, `lost_card`, …).
+    #[serde(default)]
+    pub decline_code: Option<String>,
     pub message: String,
 }
 
@@ -159,10 +162,13 @@ impl PspIntent {
             "requires_payment_method" if self.last_payment_error.is_some() => {
                 let error = self.last_payment_error.clone().unwrap_or(PspPaymentError {
                     code: "payment_failed".into(),
+                    decline_code: None,
                     message: String::new(),
                 });
+                // The finer reason when the processor gives one: the payment's
+                // `failure_code` is then e.g. `insufficient_funds`, not `card_declined`.
                 Outcome::Failed {
-                    code: error.code,
+                    code: error.decline_code.unwrap_or(error.code),
                     message: error.message,
                 }
             }

@@ -9,6 +9,12 @@
 //! types on every state-changing route, even with an empty body, and refusing a foreign
 //! `Origin` (or `Sec-Fetch-Site: cross-site`) closes that path. Clients that are not
 //! browsers send neither header and are unaffected.
+//!
+//! One exception (issue 26): the Stripe-compatible routes (`/v1/payment_intents…`,
+//! `/v1/refunds…`) take `application/x-www-form-urlencoded`, as the Stripe SDKs send it, but
+//! only with an `Authorization: Bearer` API key. A cross-site form cannot set that header
+//! (and a browser's remembered Basic credentials are not a Bearer key), so the exception
+//! opens no path for a forged request; the origin checks still apply.
 
 use crate::error::ApiError;
 use warp::http::{Method, StatusCode};
@@ -23,9 +29,10 @@ impl warp::reject::Reject for Refused {}
 /// The filter in front of every route.
 pub(crate) fn state_changing() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
     warp::method()
+        .and(warp::path::full())
         .and(warp::header::headers_cloned())
         .and_then(
-            |method: Method, headers: warp::http::HeaderMap| async move {
+            |method: Method, path: warp::path::FullPath, headers: warp::http::HeaderMap| async move {
                 let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
                 check(
                     &method,
@@ -34,6 +41,8 @@ pub(crate) fn state_changing() -> impl Filter<Extract = (), Error = warp::Reject
                         origin: text("origin"),
                         host: text("host"),
                         fetch_site: text("sec-fetch-site"),
+                        path: Some(path.as_str()),
+                        authorization: text("authorization"),
                     },
                 )
                 .map_err(|e| warp::reject::custom(Refused(e)))
@@ -49,6 +58,17 @@ pub(crate) struct Headers<'a> {
     pub origin: Option<&'a str>,
     pub host: Option<&'a str>,
     pub fetch_site: Option<&'a str>,
+    /// The request's path (without the query).
+    pub path: Option<&'a str>,
+    pub authorization: Option<&'a str>,
+}
+
+/// A Stripe-compatible route (`crate::stripe`): forms are its body.
+pub(crate) fn is_stripe_path(path: &str) -> bool {
+    ["/v1/payment_intents", "/v1/refunds"].iter().any(|root| {
+        path.strip_prefix(root)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
 }
 
 /// Refuses a state-changing request with a non-JSON Content-Type (415) or from another
@@ -64,7 +84,12 @@ pub(crate) fn check(method: &Method, headers: &Headers<'_>) -> Result<(), ApiErr
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
-        if media_type != "application/json" && !media_type.ends_with("+json") {
+        let stripe_form = media_type == "application/x-www-form-urlencoded"
+            && headers.path.is_some_and(is_stripe_path)
+            && headers
+                .authorization
+                .is_some_and(|a| a.starts_with("Bearer ") && !a[7..].trim().is_empty());
+        if media_type != "application/json" && !media_type.ends_with("+json") && !stripe_form {
             return Err(unsupported_media_type(&media_type));
         }
     }
@@ -207,6 +232,55 @@ mod tests {
         };
         assert!(error.message.len() < 300, "{}", error.message);
         assert!(!error.message.contains('\u{7}'));
+    }
+
+    #[test]
+    fn a_form_passes_on_the_stripe_routes_only_with_a_bearer_key() {
+        let form = |path, authorization| Headers {
+            content_type: Some("application/x-www-form-urlencoded"),
+            path: Some(path),
+            authorization,
+            ..Headers::default()
+        };
+        for path in [
+            "/v1/payment_intents",
+            "/v1/payment_intents/pay_1/confirm",
+            "/v1/refunds",
+        ] {
+            assert_eq!(post(form(path, Some("Bearer sk_test_1"))), Ok(()), "{path}");
+            // The dashboard's Basic credentials, none, or an empty Bearer: refused.
+            for authorization in [Some("Basic YWRtaW46dG9rZW4="), None, Some("Bearer  ")] {
+                assert_eq!(
+                    post(form(path, authorization)),
+                    Err(415),
+                    "{path} {authorization:?}"
+                );
+            }
+        }
+        for path in [
+            "/v1/payments",
+            "/v1/settlements/run",
+            "/v1/refundsx",
+            "/v1/payment_intentsx",
+        ] {
+            assert_eq!(
+                post(form(path, Some("Bearer sk_test_1"))),
+                Err(415),
+                "{path}"
+            );
+        }
+        // Other media types stay refused, and a foreign origin too.
+        let text = Headers {
+            content_type: Some("text/plain"),
+            ..form("/v1/payment_intents", Some("Bearer sk_test_1"))
+        };
+        assert_eq!(post(text), Err(415));
+        let foreign = Headers {
+            origin: Some("https://evil.example"),
+            host: Some("127.0.0.1:8080"),
+            ..form("/v1/payment_intents", Some("Bearer sk_test_1"))
+        };
+        assert_eq!(post(foreign), Err(403));
     }
 
     #[test]

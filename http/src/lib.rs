@@ -18,6 +18,7 @@ mod ops;
 mod payments;
 pub mod request_id;
 mod status;
+mod stripe;
 pub mod validation;
 mod webhooks;
 
@@ -464,6 +465,8 @@ pub fn routes(
         .or(money)
         .unify()
         .or(notifications::routes(state.clone()))
+        .unify()
+        .or(stripe::routes(state.clone(), max_body_bytes))
         .unify();
     guard::state_changing()
         .and(routes)

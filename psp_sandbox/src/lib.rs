@@ -12,6 +12,12 @@
 //! | `pm_card_lost_webhook` | `processing`; final after `outcome_delay_ms` | never (the node must poll) |
 //! | `pm_card_psp_error`    | HTTP 500 `error_count` times per idempotency key, then like visa | like visa |
 //!
+//! Stripe's documented test payment methods (issue 26) answer as Stripe documents them:
+//! `pm_card_mastercard`, `pm_card_amex` and the other brands ([`STRIPE_SUCCEEDING`]) like
+//! `pm_card_visa`; `pm_card_chargeDeclined…` / `pm_card_visa_chargeDeclined…`
+//! ([`STRIPE_DECLINING`]) like `pm_card_declined`, with Stripe's `code`, `decline_code`
+//! and message in `last_payment_error`.
+//!
 //! Idempotency keys are honoured per endpoint; a replay returns the resource's *current*
 //! state (Stripe returns the first response; the current state is what polling needs).
 //! For tests, `GET /v1/test/events?payment_intent=` lists the webhooks sent and
@@ -47,6 +53,8 @@ pub struct SandboxOptions {
 #[derive(Debug, Clone, Serialize)]
 struct PaymentError {
     code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decline_code: Option<String>,
     message: String,
 }
 
@@ -154,6 +162,55 @@ const PAYMENT_METHODS: &[&str] = &[
     "pm_card_psp_error",
 ];
 
+/// Stripe's test payment methods that succeed (Stripe docs, "Testing": cards by brand).
+pub const STRIPE_SUCCEEDING: &[&str] = &[
+    "pm_card_visa_debit",
+    "pm_card_mastercard",
+    "pm_card_mastercard_debit",
+    "pm_card_mastercard_prepaid",
+    "pm_card_amex",
+    "pm_card_discover",
+    "pm_card_diners",
+    "pm_card_jcb",
+    "pm_card_unionpay",
+];
+
+/// Stripe's declining test payment methods, by the suffix after `pm_card_` or
+/// `pm_card_visa_`: (`code`, `decline_code`, message), as Stripe answers them.
+pub const STRIPE_DECLINING: &[(&str, &str, &str, &str)] = &[
+    ("chargeDeclined", "card_declined", "generic_decline", "Your card was declined."),
+    ("chargeDeclinedInsufficientFunds", "card_declined", "insufficient_funds", "Your card has insufficient funds."),
+    ("chargeDeclinedLostCard", "card_declined", "lost_card", "Your card was declined."),
+    ("chargeDeclinedStolenCard", "card_declined", "stolen_card", "Your card was declined."),
+    ("chargeDeclinedFraudulent", "card_declined", "fraudulent", "Your card was declined."),
+    ("chargeDeclinedVelocityLimitExceeded", "card_declined", "card_velocity_exceeded", "Your card was declined for making repeated attempts too frequently or exceeding its amount limit."),
+    ("chargeDeclinedExpiredCard", "expired_card", "expired_card", "Your card has expired."),
+    ("chargeDeclinedIncorrectCvc", "incorrect_cvc", "incorrect_cvc", "Your card's security code is incorrect."),
+    ("chargeDeclinedProcessingError", "processing_error", "processing_error", "An error occurred while processing your card. Try again in a little bit."),
+];
+
+/// The decline a Stripe test payment method stands for.
+fn stripe_decline(payment_method: &str) -> Option<PaymentError> {
+    let suffix = payment_method
+        .strip_prefix("pm_card_visa_")
+        .or_else(|| payment_method.strip_prefix("pm_card_"))?;
+    STRIPE_DECLINING
+        .iter()
+        .find(|(name, ..)| *name == suffix)
+        .map(|(_, code, decline_code, message)| PaymentError {
+            code: (*code).into(),
+            decline_code: Some((*decline_code).into()),
+            message: (*message).into(),
+        })
+}
+
+/// Whether the sandbox knows `payment_method`.
+fn known_payment_method(payment_method: &str) -> bool {
+    PAYMENT_METHODS.contains(&payment_method)
+        || STRIPE_SUCCEEDING.contains(&payment_method)
+        || stripe_decline(payment_method).is_some()
+}
+
 impl Sandbox {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         match self.state.lock() {
@@ -254,7 +311,7 @@ impl Sandbox {
                 "amount must be positive",
             );
         }
-        if !PAYMENT_METHODS.contains(&body.payment_method.as_str()) {
+        if !known_payment_method(&body.payment_method) {
             return error(
                 StatusCode::BAD_REQUEST,
                 "resource_missing",
@@ -307,8 +364,13 @@ impl Sandbox {
                 intent.status = "requires_payment_method".into();
                 intent.last_payment_error = Some(PaymentError {
                     code: "card_declined".into(),
+                    decline_code: None,
                     message: "Your card was declined.".into(),
                 });
+            }
+            method if stripe_decline(method).is_some() => {
+                intent.status = "requires_payment_method".into();
+                intent.last_payment_error = stripe_decline(method);
             }
             "pm_card_delayed" | "pm_card_lost_webhook" => {}
             _ => Self::succeed(&mut intent),
@@ -648,4 +710,45 @@ pub async fn run(
     tracing::info!(%addr, "psp sandbox listening");
     server.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripes_declining_test_cards_carry_stripes_codes() {
+        let insufficient = stripe_decline("pm_card_visa_chargeDeclinedInsufficientFunds")
+            .expect("a Stripe test card");
+        assert_eq!(insufficient.code, "card_declined");
+        assert_eq!(
+            insufficient.decline_code.as_deref(),
+            Some("insufficient_funds")
+        );
+        let expired =
+            stripe_decline("pm_card_chargeDeclinedExpiredCard").expect("a Stripe test card");
+        assert_eq!(expired.code, "expired_card");
+        let generic = stripe_decline("pm_card_chargeDeclined").expect("a Stripe test card");
+        assert_eq!(generic.decline_code.as_deref(), Some("generic_decline"));
+    }
+
+    #[test]
+    fn stripes_brand_cards_are_known_and_made_up_ones_are_not() {
+        for method in [
+            "pm_card_visa",
+            "pm_card_mastercard",
+            "pm_card_amex",
+            "pm_card_declined",
+        ] {
+            assert!(known_payment_method(method), "{method}");
+        }
+        for method in [
+            "pm_card_chargeDeclinedNope",
+            "pm_card_",
+            "pm_card_visa_visa",
+            "tok_visa",
+        ] {
+            assert!(!known_payment_method(method), "{method}");
+        }
+    }
 }

@@ -1,0 +1,279 @@
+//! The official Stripe SDKs, unmodified, against a real node (issue 26): `stripe` from PyPI
+//! and `stripe` from npm, each only with its base address pointed at the node, run Stripe's
+//! documented flows (tests/support/stripe_sdk.py and stripe_sdk.cjs, one scenario per run,
+//! each with a merchant of its own). What an SDK saw is then checked against payrail's own
+//! API and journal: the compatibility layer drove the same runtime.
+//!
+//! The pinned SDKs are installed by scripts/test.sh; a missing one fails these tests.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const SCENARIOS: [&str; 10] = [
+    "create_and_confirm",
+    "idempotent_replay",
+    "idempotency_mismatch",
+    "partial_capture",
+    "refund",
+    "cancel",
+    "declined_card",
+    "auto_pagination",
+    "bad_parameter",
+    "wrong_key",
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where scripts/test.sh installs the npm SDK (`npm install --prefix`).
+fn stripe_node_dir() -> PathBuf {
+    std::env::var_os("PAYRAIL_STRIPE_NODE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".payrail/stripe-node"))
+}
+
+struct Sdk {
+    name: &'static str,
+    program: &'static str,
+    script: &'static str,
+}
+
+const PYTHON: Sdk = Sdk {
+    name: "python",
+    program: "python3",
+    script: "tests/support/stripe_sdk.py",
+};
+
+const NODE: Sdk = Sdk {
+    name: "node",
+    program: "node",
+    script: "tests/support/stripe_sdk.cjs",
+};
+
+/// Runs one scenario; its evidence, or why it failed.
+async fn run(sdk: &Sdk, base: &str, key: &str, scenario: &str) -> Result<Value, String> {
+    let child = tokio::process::Command::new(sdk.program)
+        .arg(root().join(sdk.script))
+        .args([base, key, scenario])
+        .env("STRIPE_NODE_DIR", stripe_node_dir())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), child)
+        .await
+        .map_err(|_| format!("{} {scenario}: no answer in 120 s", sdk.name))?
+        .map_err(|e| {
+            format!(
+                "{} {scenario}: could not start {}: {e}",
+                sdk.name, sdk.program
+            )
+        })?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "{} {scenario}: {}\n{stdout}\n{}",
+            sdk.name,
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .ok_or_else(|| format!("{} {scenario}: no evidence line in {stdout}", sdk.name))
+}
+
+fn ids(evidence: &Value) -> Vec<String> {
+    evidence["ids"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|id| id.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What payrail's own API and journal must show after `scenario`, as (check, held).
+async fn cross_checks(
+    env: &TestEnv,
+    api: &Api,
+    key: &str,
+    scenario: &str,
+    evidence: &Value,
+) -> Vec<(String, bool)> {
+    let mut checks = Vec::new();
+    let ids = ids(evidence);
+    let mut payments = Vec::new();
+    for id in &ids {
+        let reply = api.get_payment(key, id).await;
+        checks.push((
+            format!("{id} is a payrail payment of the merchant"),
+            reply.status == 200,
+        ));
+        payments.push(reply.body);
+    }
+    let first = payments.first().cloned().unwrap_or(Value::Null);
+    match scenario {
+        "create_and_confirm" => {
+            checks.push((
+                "both payments succeeded in payrail".into(),
+                payments.iter().all(|p| p["status"] == "succeeded") && payments.len() == 2,
+            ));
+            checks.push((
+                "receipt_email is payrail's customer_email".into(),
+                first["customer_email"] == "buyer@example.com",
+            ));
+        }
+        "idempotent_replay" => {
+            let created = eventually(Duration::from_secs(20), || async {
+                let events = payment_events(env, &ids[0]);
+                let created = events
+                    .iter()
+                    .filter(|(_, t)| t == "payment.created")
+                    .count();
+                (events.iter().any(|(_, t)| t == "payment.succeeded")).then_some(created)
+            })
+            .await;
+            checks.push(("journaled one payment.created".into(), created == Some(1)));
+        }
+        "partial_capture" => checks.push((
+            "payrail captured 3000 of 5000".into(),
+            first["amount_captured"] == 3000 && first["amount"] == 5000,
+        )),
+        "refund" => checks.push((
+            "payrail refunded 700".into(),
+            first["amount_refunded"] == 700 && first["refunds"][0]["id"] == evidence["refund"],
+        )),
+        "cancel" => checks.push(("payrail canceled it".into(), first["status"] == "canceled")),
+        "declined_card" => checks.push((
+            "payrail failed it with the decline code".into(),
+            first["status"] == "failed" && first["failure_code"] == "insufficient_funds",
+        )),
+        "auto_pagination" => checks.push((
+            "every page's ids were seen once".into(),
+            evidence["seen"].as_array().map(Vec::len) == Some(5),
+        )),
+        "bad_parameter" => checks.push((
+            "the error named currency".into(),
+            evidence["param"] == "currency",
+        )),
+        "idempotency_mismatch" => checks.push((
+            "the first payment kept its amount".into(),
+            first["amount"] == 4100,
+        )),
+        _ => {}
+    }
+    checks
+}
+
+async fn sdk_scenarios_run_against_a_node(sdk: &Sdk) {
+    let env = TestEnv::new(&format!("stripe_{}", sdk.name)).await;
+    let port = free_port();
+    let sandbox = SandboxProcess::start(&env, port, &[]);
+    let extra = sandbox.node_env();
+    let extra: Vec<(&str, &str)> = extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let node = NodeProcess::start_on(&env, port, &extra).await;
+    let api = Api::new(&node);
+    let mut failures = Vec::new();
+    let mut passed = 0;
+    for scenario in SCENARIOS {
+        let (_, key) = api.merchant(&format!("{}-{scenario}", sdk.name)).await;
+        match run(sdk, &node.base, &key, scenario).await {
+            Err(failure) => failures.push(failure),
+            Ok(evidence) => {
+                println!("{evidence}");
+                for (check, held) in cross_checks(&env, &api, &key, scenario, &evidence).await {
+                    if !held {
+                        failures.push(format!("{} {scenario}: {check}: {evidence}", sdk.name));
+                    }
+                }
+                passed += 1;
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} scenarios failed:\n{}\nnode log:\n{}",
+        failures.len(),
+        SCENARIOS.len(),
+        failures.join("\n"),
+        node.log_tail()
+    );
+    assert_eq!(passed, SCENARIOS.len());
+    drop(sandbox);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_runs_stripes_flows_unchanged_against_a_node() {
+    sdk_scenarios_run_against_a_node(&PYTHON).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_sdk_runs_stripes_flows_unchanged_against_a_node() {
+    sdk_scenarios_run_against_a_node(&NODE).await;
+}
+
+/// The browser guard's exception is narrow: a form body is taken on the Stripe routes with a
+/// Bearer API key only; the native routes and the dashboard's Basic credentials still get
+/// 415, and a Stripe route answers Stripe's error objects with a `Request-Id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_body_is_taken_only_on_the_stripe_routes_with_a_bearer_key() {
+    let env = TestEnv::new("stripe_guard").await;
+    let node = NodeProcess::start(&env, &[]).await;
+    let api = Api::new(&node);
+    let (_, key) = api.merchant("StripeGuard").await;
+    let client = reqwest::Client::new();
+    let post = |path: &str, authorization: String| {
+        client
+            .post(format!("{}{path}", node.base))
+            .header("authorization", authorization)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("amount=500&currency=eur")
+    };
+    let basic = {
+        use base64::Engine;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("operator:{ADMIN_TOKEN}"));
+        format!("Basic {encoded}")
+    };
+    let cases = [
+        ("/v1/payment_intents", format!("Bearer {key}"), 200),
+        ("/v1/payments", format!("Bearer {key}"), 415),
+        ("/v1/settlements/run", format!("Bearer {ADMIN_TOKEN}"), 415),
+        ("/v1/payment_intents", basic, 415),
+    ];
+    for (path, authorization, expected) in cases {
+        let response = post(path, authorization.clone())
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let request_id = response.headers().get("request-id").cloned();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, expected, "{path} {}: {body}", &authorization[..6]);
+        if expected == 200 {
+            assert_eq!(body["object"], "payment_intent", "{body}");
+            assert_eq!(body["status"], "requires_payment_method", "{body}");
+            assert!(request_id.is_some(), "no Request-Id header");
+        }
+    }
+    let missing = client
+        .get(format!("{}/v1/payment_intents/pay_nope", node.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(missing.status().as_u16(), 404);
+    let body: Value = missing.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    assert_eq!(body["error"]["param"], "intent", "{body}");
+}
