@@ -62,6 +62,12 @@ async fn every_route_answers_every_credential_as_its_scheme_says() {
     let sandbox = SandboxProcess::start(&env, port, &[]);
     let mut extra: Vec<(String, String)> = sandbox.node_env();
     extra.push(("PAYRAIL__CLUSTER__SECRET".into(), CLUSTER_SECRET.into()));
+    // Three columns are unknown keys, one per route: past the default 60 a minute per
+    // address they would get 429 instead of the 401 each cell checks.
+    extra.push((
+        "PAYRAIL__HTTP__FAILED_AUTH_PER_MINUTE".into(),
+        "100000".into(),
+    ));
     // A's webhooks go to a closed port: dead after two attempts, so A has a notification.
     extra.push((
         "PAYRAIL__NOTIFICATION__RETRY_SCHEDULE_MS".into(),
@@ -121,6 +127,18 @@ async fn every_route_answers_every_credential_as_its_scheme_says() {
         )
         .await;
     assert_eq!(confirmed.status, 200, "{}", confirmed.body);
+    // A refund of A's (native, so found through the read model by the Stripe route).
+    let a_refund = api
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/payments/{a_paid}/refunds"),
+            Some(&key_a),
+            None,
+            Some(r#"{"amount":1}"#.into()),
+        )
+        .await;
+    assert_eq!(a_refund.status, 201, "{}", a_refund.body);
+    let a_refund = a_refund.body["id"].as_str().unwrap().to_string();
     let b_payment = api
         .create_payment(&key_b, None, r#"{"amount":4321,"currency":"eur"}"#)
         .await;
@@ -206,6 +224,9 @@ async fn every_route_answers_every_credential_as_its_scheme_says() {
                 template.replace("{id}", &a_paid)
             }
             t if t.starts_with("/v1/payments/{id}") => t.replace("{id}", &a_open),
+            "/v1/payment_intents/{id}/capture" => template.replace("{id}", &a_paid),
+            t if t.starts_with("/v1/payment_intents/{id}") => t.replace("{id}", &a_open),
+            "/v1/refunds/{id}" => template.replace("{id}", &a_refund),
             "/v1/notifications/{id}/resend" => template.replace("{id}", &a_notification),
             "/v1/settlements/{id}/pay" => template.replace("{id}", "stl_unknown"),
             "/v1/merchants/{id}/roll_api_key" => template.replace("{id}", &merchant_c),
@@ -218,13 +239,24 @@ async fn every_route_answers_every_credential_as_its_scheme_says() {
         // A's objects named by id: B must get 404 there. (`/v1/notifications?payment_id=`
         // is a filter of B's own notifications: an empty list, checked for leaks below.)
         let a_object = template != "/v1/notifications"
-            && (path.contains(&a_open) || path.contains(&a_paid) || path.contains(&a_notification));
+            && (path.contains(&a_open)
+                || path.contains(&a_paid)
+                || path.contains(&a_notification)
+                || path.contains(&a_refund));
+        // The Stripe-compatible routes take forms (issue 26): valid ones, so that only the
+        // credential decides; the refund names A's payment in its body.
+        let stripe_form =
+            template.starts_with("/v1/payment_intents") || template.starts_with("/v1/refunds");
         let body = match template.as_str() {
             "/webhooks/psp/{channel}" => {
                 r#"{"id":"evt_matrix","type":"charge.noop","data":{"object":{}}}"#.to_string()
             }
             // Valid, so that only the credential decides between 404 and an answer.
             "/v1/payments/{id}/confirm" => r#"{"payment_method":"pm_card_visa"}"#.to_string(),
+            "/v1/payment_intents" => "amount=100&currency=eur".to_string(),
+            "/v1/payment_intents/{id}/confirm" => "payment_method=pm_card_visa".to_string(),
+            "/v1/refunds" => format!("payment_intent={a_paid}&amount=1"),
+            _ if stripe_form => String::new(),
             _ => "{}".to_string(),
         };
         for credential in &credentials {
@@ -258,8 +290,13 @@ async fn every_route_answers_every_credential_as_its_scheme_says() {
                 );
             }
             if method == "POST" {
+                let content_type = if stripe_form {
+                    "application/x-www-form-urlencoded"
+                } else {
+                    "application/json"
+                };
                 request = request
-                    .header("content-type", "application/json")
+                    .header("content-type", content_type)
                     .body(body.clone());
             }
             let response = request.send().await.expect("request");
@@ -274,6 +311,7 @@ async fn every_route_answers_every_credential_as_its_scheme_says() {
             if credential.name == "another merchant's key" {
                 let leaked = text.contains(&a_open)
                     || text.contains(&a_paid)
+                    || text.contains(&a_refund)
                     || text.contains(&a_notification)
                     || text.contains(&merchant_a)
                     || a_amounts.iter().any(|a| text.contains(&a.to_string()));

@@ -223,8 +223,8 @@ async fn the_node_sdk_runs_stripes_flows_unchanged_against_a_node() {
 }
 
 /// The browser guard's exception is narrow: a form body is taken on the Stripe routes with a
-/// Bearer API key only; the native routes and the dashboard's Basic credentials still get
-/// 415, and a Stripe route answers Stripe's error objects with a `Request-Id`.
+/// Bearer API key only (the dashboard's Basic credentials get 401); the native routes still
+/// answer 415, and a Stripe route answers Stripe's error objects with a `Request-Id`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_form_body_is_taken_only_on_the_stripe_routes_with_a_bearer_key() {
     let env = TestEnv::new("stripe_guard").await;
@@ -249,7 +249,7 @@ async fn a_form_body_is_taken_only_on_the_stripe_routes_with_a_bearer_key() {
         ("/v1/payment_intents", format!("Bearer {key}"), 200),
         ("/v1/payments", format!("Bearer {key}"), 415),
         ("/v1/settlements/run", format!("Bearer {ADMIN_TOKEN}"), 415),
-        ("/v1/payment_intents", basic, 415),
+        ("/v1/payment_intents", basic, 401),
     ];
     for (path, authorization, expected) in cases {
         let response = post(path, authorization.clone())

@@ -12,9 +12,10 @@
 //!
 //! One exception (issue 26): the Stripe-compatible routes (`/v1/payment_intents…`,
 //! `/v1/refunds…`) take `application/x-www-form-urlencoded`, as the Stripe SDKs send it, but
-//! only with an `Authorization: Bearer` API key. A cross-site form cannot set that header
-//! (and a browser's remembered Basic credentials are not a Bearer key), so the exception
-//! opens no path for a forged request; the origin checks still apply.
+//! only with an `Authorization: Bearer` API key (else 401 here, before routing). A
+//! cross-site form cannot set that header (and a browser's remembered Basic credentials are
+//! not a Bearer key), so the exception opens no path for a forged request; the origin checks
+//! still apply.
 
 use crate::error::ApiError;
 use warp::http::{Method, StatusCode};
@@ -85,10 +86,17 @@ pub(crate) fn check(method: &Method, headers: &Headers<'_>) -> Result<(), ApiErr
             .trim()
             .to_ascii_lowercase();
         let stripe_form = media_type == "application/x-www-form-urlencoded"
-            && headers.path.is_some_and(is_stripe_path)
-            && headers
-                .authorization
-                .is_some_and(|a| a.starts_with("Bearer ") && !a[7..].trim().is_empty());
+            && headers.path.is_some_and(is_stripe_path);
+        let bearer = headers
+            .authorization
+            .is_some_and(|a| a.starts_with("Bearer ") && !a[7..].trim().is_empty());
+        if stripe_form && !bearer {
+            // What a cross-site form (or the dashboard's Basic credentials) would send: refused
+            // here, as the authentication error a Stripe SDK expects of a missing key.
+            return Err(ApiError::unauthorized(
+                "A form body on this route needs your API key as `Authorization: Bearer <key>`",
+            ));
+        }
         if media_type != "application/json" && !media_type.ends_with("+json") && !stripe_form {
             return Err(unsupported_media_type(&media_type));
         }
@@ -248,11 +256,12 @@ mod tests {
             "/v1/refunds",
         ] {
             assert_eq!(post(form(path, Some("Bearer sk_test_1"))), Ok(()), "{path}");
-            // The dashboard's Basic credentials, none, or an empty Bearer: refused.
+            // The dashboard's Basic credentials, none, or an empty Bearer: refused before
+            // routing, as an authentication error.
             for authorization in [Some("Basic YWRtaW46dG9rZW4="), None, Some("Bearer  ")] {
                 assert_eq!(
                     post(form(path, authorization)),
-                    Err(415),
+                    Err(401),
                     "{path} {authorization:?}"
                 );
             }

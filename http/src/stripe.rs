@@ -157,10 +157,10 @@ fn api(error: ApiError) -> StripeError {
 }
 
 /// A command's error; a missing payment is `No such payment_intent` naming `param`.
-fn command_error(error: CommandError, id: &str, param: &str) -> StripeError {
+fn command_error(error: CommandError, param: &str) -> StripeError {
     let error = ApiError::from(error);
     if error.status == StatusCode::NOT_FOUND {
-        return StripeError::no_such("payment_intent", id, param);
+        return StripeError::no_such("payment_intent", param);
     }
     api(error)
 }
@@ -388,13 +388,13 @@ fn payment_in_refund_id(refund_id: &str) -> Option<String> {
 impl Request<'_> {
     async fn payment(&self, id: &str, param: &str) -> Result<PaymentView, StripeError> {
         if crate::payments::valid_payment_id(id).is_err() {
-            return Err(StripeError::no_such("payment_intent", id, param));
+            return Err(StripeError::no_such("payment_intent", param));
         }
         self.state
             .node
             .get_payment(self.merchant_id, id)
             .await
-            .map_err(|e| command_error(e, id, param))
+            .map_err(|e| command_error(e, param))
     }
 
     async fn command(&self, id: &str, command: Command) -> Result<PaymentView, CommandError> {
@@ -507,7 +507,7 @@ impl Request<'_> {
             Err(CommandError::Refused(Refusal::InvalidState { .. })) => {
                 self.payment(&id, "intent").await?
             }
-            other => other.map_err(|e| command_error(e, &id, "intent"))?,
+            other => other.map_err(|e| command_error(e, "intent"))?,
         };
         confirmed(view)
     }
@@ -574,7 +574,7 @@ impl Request<'_> {
         let view = self
             .command(id, command)
             .await
-            .map_err(|e| command_error(e, id, "intent"))?;
+            .map_err(|e| command_error(e, "intent"))?;
         confirmed(view)
     }
 
@@ -587,7 +587,7 @@ impl Request<'_> {
             .command(id, Command::Capture { amount })
             .await
             .map_err(|e| match e {
-                CommandError::NotFound => StripeError::no_such("payment_intent", id, "intent"),
+                CommandError::NotFound => StripeError::no_such("payment_intent", "intent"),
                 e => stripe_error(e.into(), &renames),
             })?;
         ok(&intent_of(view))
@@ -599,7 +599,7 @@ impl Request<'_> {
         let view = self
             .command(id, Command::Cancel { reason })
             .await
-            .map_err(|e| command_error(e, id, "intent"))?;
+            .map_err(|e| command_error(e, "intent"))?;
         ok(&intent_of(view))
     }
 
@@ -615,7 +615,7 @@ impl Request<'_> {
         let cursor = cursor(&after, &before);
         if let Cursor::After(id) | Cursor::Before(id) = cursor {
             if crate::payments::valid_payment_id(id).is_err() {
-                return Err(StripeError::no_such("payment_intent", id, param));
+                return Err(StripeError::no_such("payment_intent", param));
             }
         }
         let page = snapshots::list_payments_page(
@@ -628,8 +628,7 @@ impl Request<'_> {
         .await
         .map_err(|e| api(ApiError::internal(e)))?;
         let Some((payments, has_more)) = page else {
-            let id = after.or(before).unwrap_or_default();
-            return Err(StripeError::no_such("payment_intent", &id, param));
+            return Err(StripeError::no_such("payment_intent", param));
         };
         let data = payments
             .iter()
@@ -654,11 +653,7 @@ impl Request<'_> {
         params.finish()?;
         validation::optional_amount(amount).map_err(api)?;
         if crate::payments::valid_payment_id(&payment_id).is_err() {
-            return Err(StripeError::no_such(
-                "payment_intent",
-                &payment_id,
-                "payment_intent",
-            ));
+            return Err(StripeError::no_such("payment_intent", "payment_intent"));
         }
         let refund_id = refund_id_for(&payment_id, self.idempotency_key.as_deref());
         let command = Command::CreateRefund {
@@ -669,12 +664,12 @@ impl Request<'_> {
         let view = self
             .command(&payment_id, command)
             .await
-            .map_err(|e| command_error(e, &payment_id, "payment_intent"))?;
+            .map_err(|e| command_error(e, "payment_intent"))?;
         refund_answer(view, &refund_id)
     }
 
     async fn retrieve_refund(&self, id: &str) -> Result<Response, StripeError> {
-        let missing = || StripeError::no_such("refund", id, "id");
+        let missing = || StripeError::no_such("refund", "id");
         if !id.starts_with("re_") || id.len() > 64 {
             return Err(missing());
         }
@@ -714,29 +709,69 @@ impl Request<'_> {
             "ending_before"
         };
         let cursor = cursor(&after, &before);
-        let page = snapshots::list_refunds_page(
-            &self.state.pool,
-            self.merchant_id,
-            payment_id.as_deref(),
-            limit,
-            cursor,
-        )
-        .await
-        .map_err(|e| api(ApiError::internal(e)))?;
-        let Some((refunds, has_more)) = page else {
-            let id = after.or(before).unwrap_or_default();
-            return Err(StripeError::no_such("refund", &id, param));
+        let missing = || StripeError::no_such("refund", param);
+        let (data, has_more) = match &payment_id {
+            // One payment's refunds: from the payment itself (on its owner), so a refund just
+            // made is listed; newest first.
+            Some(payment_id) => {
+                let payment = payment_of(self.payment(payment_id, "payment_intent").await?);
+                let newest_first: Vec<&objects::RefundSource> =
+                    payment.refunds.iter().rev().collect();
+                let (refunds, has_more) =
+                    page_of(&newest_first, |r| r.id.as_str(), limit, cursor).ok_or_else(missing)?;
+                let data = refunds.iter().map(|r| Refund::new(&payment, r)).collect();
+                (data, has_more)
+            }
+            None => {
+                let (rows, has_more) = snapshots::list_refunds_page(
+                    &self.state.pool,
+                    self.merchant_id,
+                    None,
+                    limit,
+                    cursor,
+                )
+                .await
+                .map_err(|e| api(ApiError::internal(e)))?
+                .ok_or_else(missing)?;
+                let data = rows
+                    .iter()
+                    .filter_map(|(payment, refund_id)| {
+                        let payment = payment_of(PaymentView::from(payment));
+                        let refund = payment.refunds.iter().find(|r| &r.id == refund_id)?;
+                        Some(Refund::new(&payment, refund))
+                    })
+                    .collect();
+                (data, has_more)
+            }
         };
-        let data: Vec<Refund> = refunds
-            .iter()
-            .filter_map(|(payment, refund_id)| {
-                let payment = payment_of(PaymentView::from(payment));
-                let refund = payment.refunds.iter().find(|r| &r.id == refund_id)?;
-                Some(Refund::new(&payment, refund))
-            })
-            .collect();
-        ok(&List::new(data, has_more, "/v1/refunds"))
+        ok(&List::<Refund>::new(data, has_more, "/v1/refunds"))
     }
+}
+
+/// A page of `items` (newest first) from `cursor`, and whether more lie in its direction;
+/// `None` when the cursor is not among them.
+fn page_of<'i, T>(
+    items: &'i [T],
+    id: impl Fn(&T) -> &str,
+    limit: i64,
+    cursor: Cursor<'_>,
+) -> Option<(&'i [T], bool)> {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    let position = |wanted: &str| items.iter().position(|item| id(item) == wanted);
+    Some(match cursor {
+        Cursor::Newest => (&items[..limit.min(items.len())], items.len() > limit),
+        Cursor::After(wanted) => {
+            let rest = &items[position(wanted)? + 1..];
+            (&rest[..limit.min(rest.len())], rest.len() > limit)
+        }
+        Cursor::Before(wanted) => {
+            let rest = &items[..position(wanted)?];
+            (
+                &rest[rest.len().saturating_sub(limit)..],
+                rest.len() > limit,
+            )
+        }
+    })
 }
 
 fn refund_answer(view: PaymentView, refund_id: &str) -> Result<Response, StripeError> {
@@ -1050,6 +1085,18 @@ mod tests {
     }
 
     #[test]
+    fn a_page_of_a_payments_refunds_follows_stripes_cursors() {
+        let ids = ["r5", "r4", "r3", "r2", "r1"];
+        let page = |cursor| page_of(&ids, |id| id, 2, cursor);
+        assert_eq!(page(Cursor::Newest), Some((&ids[..2], true)));
+        assert_eq!(page(Cursor::After("r4")), Some((&ids[2..4], true)));
+        assert_eq!(page(Cursor::After("r2")), Some((&ids[4..], false)));
+        assert_eq!(page(Cursor::Before("r2")), Some((&ids[1..3], true)));
+        assert_eq!(page(Cursor::Before("r4")), Some((&ids[..1], false)));
+        assert_eq!(page(Cursor::After("r9")), None);
+    }
+
+    #[test]
     fn payrail_parameter_names_become_the_stripe_requests() {
         let error = ApiError::invalid("email_invalid", "bad", Some("customer_email"));
         let error = stripe_error(error, &[("customer_email", "receipt_email")]);
@@ -1059,9 +1106,9 @@ mod tests {
 
     #[test]
     fn a_missing_payment_is_no_such_payment_intent_naming_the_param() {
-        let error = command_error(CommandError::NotFound, "pay_x", "intent");
+        let error = command_error(CommandError::NotFound, "intent");
         assert_eq!(error.status, 404);
         assert_eq!(error.param.as_deref(), Some("intent"));
-        assert_eq!(error.message, "No such payment_intent: 'pay_x'");
+        assert_eq!(error.message, "No such payment_intent");
     }
 }

@@ -111,16 +111,17 @@ impl StripeError {
         }
     }
 
-    /// 404 `resource_missing`: `param` is `intent` or `id` as in Stripe.
-    pub fn no_such(object: &str, id: &str, param: &str) -> Self {
-        let id: String = id.chars().filter(|c| !c.is_control()).take(80).collect();
+    /// 404 `resource_missing`: `param` is `intent` or `id` as in Stripe. Unlike Stripe's,
+    /// the message does not repeat the id: an answer to another merchant's id then holds
+    /// nothing of it (the authorization matrix checks every answer for the other's ids).
+    pub fn no_such(object: &str, param: &str) -> Self {
         Self {
             param: Some(param.to_string()),
             ..Self::new(
                 404,
                 ErrorType::InvalidRequestError,
                 Some("resource_missing"),
-                format!("No such {object}: '{id}'"),
+                format!("No such {object}"),
             )
         }
     }
