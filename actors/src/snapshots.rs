@@ -324,7 +324,7 @@ pub async fn list_payments_page(
     .bind(cursor_id)
     .bind(limit + 1)
     .bind(created.0)
-    .bind(created.1.map(|t| t.min(i64::MAX - 1)))
+    .bind(created.1)
     .fetch_all(pool)
     .await?;
     let has_more = rows.len() as i64 > limit;

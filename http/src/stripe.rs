@@ -334,6 +334,13 @@ fn one_of(
     }
 }
 
+/// The last second of the year 9999.
+const MAX_UNIX_S: i64 = 253_402_300_799;
+
+fn clamp_unix_s(t: i64) -> i64 {
+    t.clamp(0, MAX_UNIX_S)
+}
+
 /// A list's `limit` (1 to 100, default 10), `starting_after` and `ending_before`.
 type PageParams = (i64, Option<String>, Option<String>);
 
@@ -605,7 +612,11 @@ impl Request<'_> {
 
     async fn list_intents(&self, mut params: Params) -> Result<Response, StripeError> {
         let (limit, after, before) = page(&mut params)?;
-        let created = params.range("created")?;
+        // PostgreSQL's timestamps end in 294276: bounds past 1970..9999 mean the same as
+        // those years, and are clamped there instead of failing in the query (found by the
+        // API fuzz test).
+        let (low, high) = params.range("created")?;
+        let created = (low.map(clamp_unix_s), high.map(clamp_unix_s));
         params.finish()?;
         let param = if after.is_some() {
             "starting_after"
