@@ -277,3 +277,38 @@ async fn a_form_body_is_taken_only_on_the_stripe_routes_with_a_bearer_key() {
     assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
     assert_eq!(body["error"]["param"], "intent", "{body}");
 }
+
+/// In a cluster, an SDK pointed at a node that does not own the merchant's partition is
+/// served by the owner: the Stripe routes are forwarded like the native ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_is_served_through_a_node_that_does_not_own_the_merchant() {
+    let _one = common::cluster::ONE_CLUSTER_AT_A_TIME.lock().await;
+    let env = TestEnv::new("stripe_cluster").await;
+    // Webhooks to no one: the outcomes the tests need are the processor's synchronous ones.
+    let sandbox = SandboxProcess::start(&env, free_port(), &[]);
+    let extra = sandbox.node_env();
+    let extra: Vec<(&str, &str)> = extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let cluster = common::cluster::TwoNodes::start(&env, &extra).await;
+    // Node a (index 0) does not own the merchant's partition; node b does.
+    assert_eq!(cluster.owners[&cluster.partition].0, 1);
+    for scenario in ["create_and_confirm", "partial_capture", "refund"] {
+        let evidence = run(&PYTHON, &cluster.nodes[0].base, &cluster.key, scenario)
+            .await
+            .unwrap_or_else(|failure| panic!("{failure}"));
+        let ids = ids(&evidence);
+        assert!(!ids.is_empty(), "{scenario}: {evidence}");
+        for id in ids {
+            let on_owner = cluster.apis[1].get_payment(&cluster.key, &id).await;
+            assert_eq!(on_owner.status, 200, "{scenario}: {id} on its owner");
+            assert_eq!(
+                on_owner.body["status"], "succeeded",
+                "{scenario}: {}",
+                on_owner.body
+            );
+        }
+    }
+    drop(sandbox);
+}

@@ -277,6 +277,19 @@ pub enum Cursor<'a> {
     Before(&'a str),
 }
 
+impl<'a> Cursor<'a> {
+    /// The cursor's id, whether the page lies before it, and the comparison with the
+    /// cursor's row and the order that select the page: before a cursor, the newer rows
+    /// nearest first (the caller turns them back to newest first).
+    fn sql(self) -> (Option<&'a str>, bool, &'static str, &'static str) {
+        match self {
+            Cursor::Newest => (None, false, "<", "DESC"),
+            Cursor::After(id) => (Some(id), false, "<", "DESC"),
+            Cursor::Before(id) => (Some(id), true, ">", "ASC"),
+        }
+    }
+}
+
 /// A page of a list, newest first, and whether more exist in the page's direction.
 /// `None` when the cursor names no object of the merchant's.
 pub type Page<T> = Option<(Vec<T>, bool)>;
@@ -291,11 +304,7 @@ pub async fn list_payments_page(
     cursor: Cursor<'_>,
     created: (Option<i64>, Option<i64>),
 ) -> Result<Page<Payment>, HandlerError> {
-    let (cursor_id, before) = match cursor {
-        Cursor::Newest => (None, false),
-        Cursor::After(id) => (Some(id), false),
-        Cursor::Before(id) => (Some(id), true),
-    };
+    let (cursor_id, before, comparison, order) = cursor.sql();
     if let Some(id) = cursor_id {
         let known: Option<i32> = sqlx::query_scalar(
             "SELECT 1 FROM payment_snapshots WHERE payment_id = $1 AND merchant_id = $2",
@@ -308,8 +317,6 @@ pub async fn list_payments_page(
             return Ok(None);
         }
     }
-    // Before a cursor: the newer rows, nearest first, turned back to newest first below.
-    let (comparison, order) = if before { (">", "ASC") } else { ("<", "DESC") };
     let rows: Vec<serde_json::Value> = sqlx::query_scalar(&format!(
         "SELECT state FROM payment_snapshots
          WHERE merchant_id = $1
@@ -371,12 +378,7 @@ pub async fn list_refunds_page(
     limit: i64,
     cursor: Cursor<'_>,
 ) -> Result<Page<(Payment, String)>, HandlerError> {
-    let (cursor_id, before) = match cursor {
-        Cursor::Newest => (None, false),
-        Cursor::After(id) => (Some(id), false),
-        Cursor::Before(id) => (Some(id), true),
-    };
-    let (comparison, order) = if before { (">", "ASC") } else { ("<", "DESC") };
+    let (cursor_id, before, comparison, order) = cursor.sql();
     let rows: Vec<(serde_json::Value, String, bool)> = sqlx::query_as(&format!(
         "WITH refunds AS (
              SELECT p.state, r->>'id' AS id, (r->>'created_at_micros')::BIGINT AS at

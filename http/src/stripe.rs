@@ -240,8 +240,15 @@ async fn serve(
     let auth = header(incoming, "authorization").map(str::to_string);
     let merchant_id = authenticate(state, &auth).await.map_err(api)?;
     let body = body.map_err(api)?;
-    // Lists read the shared read models: any node serves them. The rest is the owner's.
-    if !matches!(route, Route::ListIntents | Route::ListRefunds) {
+    let mut params = params_of(incoming, &body)?;
+    // Lists read the shared read models: any node serves them. The rest, and one payment's
+    // refunds (read from the payment itself), is the owner's.
+    let shared = match route {
+        Route::ListIntents => true,
+        Route::ListRefunds => !params.contains("payment_intent"),
+        _ => false,
+    };
+    if !shared {
         if let Some(answer) = forward::to_owner(state, &merchant_id, incoming, &body)
             .await
             .map_err(api)?
@@ -249,7 +256,6 @@ async fn serve(
             return Ok(answer);
         }
     }
-    let mut params = params_of(incoming, &body)?;
     // Of every parameter as sent, before any is read.
     let fingerprint = matches!(route, Route::CreateIntent)
         .then(|| params.fingerprint("POST /v1/payment_intents"))
