@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The crates' dependencies point one way (README, "Layout"; issue 24): the pure domain has
-# no I/O, the pools do not know the actors, and the actors know neither the pools nor HTTP.
+# no I/O, the pools do not know the actors, and the actors know neither the pools nor HTTP;
+# the Stripe-compatible API's pure part (stripe_compat/, issue 26) has no I/O either.
 # Fails naming the crate and the dependency that should not be there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +22,6 @@ forbid payrail-payment tokio sqlx rdkafka warp hyper kafka_journal payrail-actor
 forbid payrail-pools payrail-actors payrail-http payrail-cluster warp
 forbid payrail-actors payrail-pools payrail-http warp
 forbid kafka_journal payrail-payment payrail-actors payrail-pools
+forbid payrail-stripe-compat tokio sqlx rdkafka warp hyper kafka_journal payrail-actors payrail-pools payrail-http
 [ "$fail" = 0 ] && echo "[layout] dependencies point one way"
 exit "$fail"
