@@ -248,17 +248,7 @@ async fn a_replay_under_a_moved_lease_removes_no_spooled_row() {
         .await
         .expect("spooled under epoch 2");
     drop(gate);
-    let refused = fallback.mark_replayed(0, 1, 1, 1, &pool).await;
-    assert!(
-        matches!(
-            refused,
-            Err(FallbackError::Superseded {
-                partition: 0,
-                epoch: 1
-            })
-        ),
-        "{refused:?}"
-    );
+    assert_superseded_at_epoch_1(fallback.mark_replayed(0, 1, 1, 1, &pool).await);
     assert_eq!(counts(&pool).await.0, 1, "the row stays for the owner");
     fallback
         .mark_replayed(0, 2, 1, 1, &pool)

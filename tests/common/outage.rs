@@ -187,9 +187,15 @@ pub async fn journaled_events_fenced(env: &TestEnv) -> (JournalByPayment, Vec<St
                 .get("owner_epoch")
                 .and_then(|e| e.parse().ok())
                 .unwrap_or(0);
-            let void = voided.iter().any(|(partition, above, from)| {
-                *partition == r.partition && (epoch as i64) < *above && r.offset >= *from
-            });
+            // The rule every reader applies (kafka_journal::fence::VoidFences).
+            let void = kafka_journal::fence::VoidFences::new(
+                voided
+                    .iter()
+                    .filter(|(partition, _, _)| *partition == r.partition)
+                    .map(|(_, above, from)| (*above as u64, *from))
+                    .collect(),
+            )
+            .voids(epoch, r.offset);
             let seen = highest.entry(r.partition).or_insert(0);
             if void || epoch < *seen {
                 fenced.push(r.headers.get("event_id").cloned().unwrap_or_default());
