@@ -321,6 +321,10 @@ async fn bad_input_gets_4xx_error_objects_and_journals_nothing() {
             r#"{"amount":100,"currency":"eur","metadata":{"k":1}}"#,
             Some("metadata.k"),
         ),
+        (
+            r#"{"amount":100,"currency":"eur","metadata":{"k":"a\u0000b"}}"#,
+            Some("metadata[k]"),
+        ),
     ];
     for (body, param) in cases {
         let reply = api.create_payment(&key, None, body).await;
@@ -377,6 +381,22 @@ async fn bad_input_gets_4xx_error_objects_and_journals_nothing() {
         )
         .await;
     assert_error_object(&merchant_key_as_admin, 401);
+    // PostgreSQL's text refuses NUL: this name was a 500 (the API fuzz test found it in CI).
+    for body in [
+        r#"{"name":"\u0000=\u0089"}"#,
+        r#"{"name":"x","webhook_url":"http://h/\u0000"}"#,
+    ] {
+        let control = api
+            .send(
+                Method::POST,
+                "/v1/merchants",
+                Some(ADMIN_TOKEN),
+                None,
+                Some(body.into()),
+            )
+            .await;
+        assert_error_object(&control, 400);
+    }
     let bad_date = api.metrics(&key, "2026-13-45").await;
     assert_error_object(&bad_date, 400);
 
