@@ -70,10 +70,15 @@ def main():
             print(f"{name:<22}{us('broker'):>11.0f}{us('node'):>9.0f}{us('postgres'):>13.0f}{rest:>9.0f}{us('machine'):>12.0f}")
         print()
         for name, r in rows.items():
-            if name.startswith("create-"):
-                j = rows.get("journal-" + name[len("create-"):])
-                if j and j["throughput_per_s"] > 0:
-                    print(f"{name}: create / raw journal = {r['throughput_per_s'] / j['throughput_per_s']:.2f}")
+            for scenario in ("create", "stripe-create"):
+                if name.startswith(scenario + "-c"):
+                    j = rows.get("journal-" + name[len(scenario) + 1:])
+                    if j and j["throughput_per_s"] > 0:
+                        print(f"{name}: {scenario} / raw journal = {r['throughput_per_s'] / j['throughput_per_s']:.2f}")
+            if name.startswith("stripe-create-c"):
+                native = rows.get("create-" + name[len("stripe-create-"):])
+                if native and native["throughput_per_s"] > 0:
+                    print(f"{name}: stripe-create / create = {r['throughput_per_s'] / native['throughput_per_s']:.2f}")
         lagged = [(n, r) for n, r in rows.items() if r.get("pools")]
         if lagged:
             print("\npools' lag (append to apply), range over the consumers:")

@@ -8,8 +8,9 @@
 # $BENCH_BROKER_PORT, default 19692) and a node from the release binary (own database and
 # namespace) are started; then for each concurrency of $CONNECTIONS (default "16 100"),
 # $RUNS times (default 2): the raw journal reference (`payrail bench journal`), then each
-# scenario (`payrail loadtest`): $SCENARIOS (default "create lifecycle mixed") for the pool
-# profiles, create only for nopools. A PSP sandbox is started for lifecycle and mixed. CPU
+# scenario (`payrail loadtest`): $SCENARIOS (default "create lifecycle mixed"; add
+# stripe-create for the Stripe-compatible create) for the pool profiles, create (and
+# stripe-create if asked for) only for nopools. A PSP sandbox is started for lifecycle and mixed. CPU
 # ticks of the broker, node and PostgreSQL are read before and after every run. Everything
 # started is stopped at the end (node, sandbox, broker), by PID.
 # Results (one JSON per run) go to $OUT (default .payrail/bench-<time>/), a summary to stdout:
@@ -50,8 +51,8 @@ ADMIN_TOKEN="bench-admin-token-0123456789"
 WEBHOOK_SECRET="whsec_bench_0123456789abcdef"
 for scenario in $SCENARIOS; do
   case "$scenario" in
-    create | lifecycle | mixed) ;;
-    *) log "unknown scenario $scenario in SCENARIOS (create, lifecycle, mixed)"; exit 1 ;;
+    create | lifecycle | mixed | stripe-create) ;;
+    *) log "unknown scenario $scenario in SCENARIOS (create, lifecycle, mixed, stripe-create)"; exit 1 ;;
   esac
 done
 for profile in $PROFILES; do
@@ -220,7 +221,11 @@ for profile in $PROFILES; do
   dir="$OUT/$profile"
   mkdir -p "$dir"
   scenarios="$SCENARIOS"
-  [ "$profile" = nopools ] && scenarios="create"
+  # The write path alone: the creates (native, and the Stripe-compatible one if asked for).
+  if [ "$profile" = nopools ]; then
+    scenarios="create"
+    case " $SCENARIOS " in *" stripe-create "*) scenarios="create stripe-create" ;; esac
+  fi
   start_broker "$profile"
   case " $scenarios " in *" lifecycle "* | *" mixed "*) start_sandbox "$dir" ;; esac
   start_node "$profile" "$dir"

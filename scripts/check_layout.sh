@@ -18,7 +18,7 @@ forbid() {
     fi
   done
 }
-forbid payrail-payment tokio sqlx rdkafka warp hyper kafka_journal payrail-actors payrail-pools
+forbid payrail-payment tokio sqlx rdkafka warp hyper kafka_journal payrail-actors payrail-pools payrail-stripe-compat
 forbid payrail-pools payrail-actors payrail-http payrail-cluster warp
 forbid payrail-actors payrail-pools payrail-http warp
 forbid kafka_journal payrail-payment payrail-actors payrail-pools

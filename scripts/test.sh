@@ -67,11 +67,12 @@ fi
 export PAYRAIL_TEST_BROKERS="127.0.0.1:$PAYRAIL_BROKER_PORT"
 export PAYRAIL_TEST_DATABASE_URL="$PAYRAIL_DATABASE_URL"
 export PAYRAIL_TANSU_BIN="$(command -v tansu)"
-cargo test --workspace --all-targets -- --test-threads="${PAYRAIL_TEST_THREADS:-4}"
+# --no-fail-fast: a failing test binary does not hide the results of the ones after it.
+cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${PAYRAIL_TEST_THREADS:-4}"
 
 # Keeps scripts/benchmarks.sh runnable: every profile and scenario, 2 s each, with the debug
 # binary, on a private broker it starts and stops; fails unless every run served requests.
 log "benchmark check (scripts/benchmarks.sh, short)"
 env -u PAYRAIL_BROKER_PORT -u PAYRAIL_STATE CHECK=1 PAYRAIL_BIN="${CARGO_TARGET_DIR:-target}/debug/payrail" \
-  PROFILES="pools pools-own-fetch nopools" CONNECTIONS=4 RUNS=1 DURATION_S=2 WARMUP_S=1 \
+  PROFILES="pools pools-own-fetch nopools" SCENARIOS="create lifecycle mixed stripe-create" CONNECTIONS=4 RUNS=1 DURATION_S=2 WARMUP_S=1 \
   MERCHANTS=10 OUT="$PAYRAIL_ROOT/.payrail/bench-check" bash scripts/benchmarks.sh

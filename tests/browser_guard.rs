@@ -31,14 +31,7 @@ async fn settlements(pool: &sqlx::PgPool) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cross_site_form_post_runs_no_settlement_and_a_same_origin_one_does() {
     let env = TestEnv::new("browser_guard").await;
-    let port = free_port();
-    let sandbox = SandboxProcess::start(&env, port, &[]);
-    let extra = sandbox.node_env();
-    let extra: Vec<(&str, &str)> = extra
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let node = NodeProcess::start_on(&env, port, &extra).await;
+    let (node, sandbox) = node_with_sandbox(&env).await;
     let api = Api::new(&node);
     let (merchant_id, key) = api.merchant("BrowserGuard").await;
 

@@ -308,14 +308,7 @@ async fn new_payment(api: &Api, key: &str, body: &str, confirm: Option<&str>) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzzed_operations_never_answer_5xx_and_rejected_requests_change_nothing() {
     let env = TestEnv::new("fuzz").await;
-    let port = free_port();
-    let sandbox = SandboxProcess::start(&env, port, &[]);
-    let sandbox_env = sandbox.node_env();
-    let extra: Vec<(&str, &str)> = sandbox_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let node = NodeProcess::start_on(&env, port, &extra).await;
+    let (node, sandbox) = node_with_sandbox(&env).await;
     let api = Api::new(&node);
     let (_, key_a) = api.merchant("FuzzA").await;
     let (_, key_b) = api.merchant("FuzzB").await;

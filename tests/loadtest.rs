@@ -173,19 +173,6 @@ async fn bench_journal_appends_to_its_own_topic() {
     );
 }
 
-/// A node of `env` wired to its own PSP sandbox (which sends it signed webhooks).
-async fn node_with_sandbox(env: &TestEnv) -> (NodeProcess, SandboxProcess) {
-    let port = free_port();
-    let sandbox = SandboxProcess::start(env, port, &[]);
-    let sandbox_env = sandbox.node_env();
-    let extra: Vec<(&str, &str)> = sandbox_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let node = NodeProcess::start_on(env, port, &extra).await;
-    (node, sandbox)
-}
-
 /// `payrail loadtest --scenario <scenario>` against `base`: tiny and bounded (the shared
 /// broker must not be overloaded), parsed from `--json`.
 async fn scenario_loadtest(base: &str, scenario: &str, connections: u32, max: u32) -> Value {
@@ -335,4 +322,16 @@ async fn loadtest_mixed_sends_every_kind_of_the_mix() {
         ok_of(&report, "capture") + automatic,
         "{events:?}"
     );
+}
+
+/// The Stripe-compatible create (issue 26) under the load generator: every request is a
+/// form-encoded `POST /v1/payment_intents` answered 200, and each is one journaled payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_stripe_create_journals_one_payment_per_acknowledged_intent() {
+    let env = TestEnv::new("loadtest_stripe").await;
+    let node = NodeProcess::start(&env, &[]).await;
+    let report = scenario_loadtest(&node.base, "stripe-create", 3, 90).await;
+    assert_eq!(ok_of(&report, "create"), 90, "{report}");
+    let events = event_counts(&env);
+    assert_eq!(count(&events, "payment.created"), 90, "{events:?}");
 }

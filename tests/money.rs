@@ -409,14 +409,7 @@ async fn mixed_workload_with_restart_and_reset_audits_clean_and_settles_to_the_l
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_refuses_an_unbalanced_posting() {
     let env = TestEnv::new("ledger_constraint").await;
-    let port = free_port();
-    let sandbox = SandboxProcess::start(&env, port, &[]);
-    let sandbox_env = sandbox.node_env();
-    let extra: Vec<(&str, &str)> = sandbox_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let _node = NodeProcess::start_on(&env, port, &extra).await;
+    let (_node, _sandbox) = node_with_sandbox(&env).await;
     let pool = env.pool().await;
     let result = sqlx::query(
         "INSERT INTO ledger_entries (posting_id, transaction_id, account, currency, debit, credit) VALUES ($1, 'bad', 'psp_clearing', 'EUR', 100, 0)",

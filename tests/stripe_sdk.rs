@@ -9,8 +9,9 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const SCENARIOS: [&str; 10] = [
@@ -57,10 +58,22 @@ const NODE: Sdk = Sdk {
 
 /// Runs one scenario; its evidence, or why it failed.
 async fn run(sdk: &Sdk, base: &str, key: &str, scenario: &str) -> Result<Value, String> {
+    run_with(sdk, base, key, scenario, &[]).await
+}
+
+/// [`run`] with more environment for the script.
+async fn run_with(
+    sdk: &Sdk,
+    base: &str,
+    key: &str,
+    scenario: &str,
+    vars: &[(&str, &str)],
+) -> Result<Value, String> {
     let child = tokio::process::Command::new(sdk.program)
         .arg(root().join(sdk.script))
         .args([base, key, scenario])
         .env("STRIPE_NODE_DIR", stripe_node_dir())
+        .envs(vars.iter().copied())
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(120), child)
@@ -174,14 +187,7 @@ async fn cross_checks(
 
 async fn sdk_scenarios_run_against_a_node(sdk: &Sdk) {
     let env = TestEnv::new(&format!("stripe_{}", sdk.name)).await;
-    let port = free_port();
-    let sandbox = SandboxProcess::start(&env, port, &[]);
-    let extra = sandbox.node_env();
-    let extra: Vec<(&str, &str)> = extra
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let node = NodeProcess::start_on(&env, port, &extra).await;
+    let (node, sandbox) = node_with_sandbox(&env).await;
     let api = Api::new(&node);
     let mut failures = Vec::new();
     let mut passed = 0;
@@ -309,6 +315,172 @@ async fn the_python_sdk_is_served_through_a_node_that_does_not_own_the_merchant(
                 on_owner.body
             );
         }
+    }
+    drop(sandbox);
+}
+
+/// One webhook as the merchant's endpoint received it.
+#[derive(Clone)]
+struct Received {
+    payload: String,
+    stripe_signature: Option<String>,
+    payrail_signature: Option<String>,
+}
+
+/// A merchant's webhook endpoint on loopback that records what it is sent and answers 200.
+fn start_endpoint() -> (String, Arc<Mutex<Vec<Received>>>) {
+    use warp::Filter;
+    let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let sink = received.clone();
+    let route = warp::path!("hook")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("stripe-signature"))
+        .and(warp::header::optional::<String>("payrail-signature"))
+        .and(warp::body::bytes())
+        .map(
+            move |stripe: Option<String>,
+                  payrail: Option<String>,
+                  body: warp::hyper::body::Bytes| {
+                sink.lock().expect("endpoint lock").push(Received {
+                    payload: String::from_utf8_lossy(&body).into_owned(),
+                    stripe_signature: stripe,
+                    payrail_signature: payrail,
+                });
+                "ok"
+            },
+        );
+    let (addr, server) = warp::serve(route).bind_ephemeral(([127, 0, 0, 1], 0));
+    tokio::spawn(server);
+    (format!("http://{addr}/hook"), received)
+}
+
+fn event_types_of(received: &[Received], payment_id: &str) -> Vec<String> {
+    received
+        .iter()
+        .filter_map(|r| serde_json::from_str::<Value>(&r.payload).ok())
+        .filter(|e| {
+            let object = &e["data"]["object"];
+            object["id"] == payment_id || object["payment_intent"] == payment_id
+        })
+        .filter_map(|e| e["type"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// A merchant created with `"webhook_api": "stripe"` receives Stripe event objects, in order
+/// per payment, signed in a `Stripe-Signature` header that each official SDK's own verifier
+/// (`stripe.Webhook.construct_event`, `stripe.webhooks.constructEvent`) accepts with the
+/// merchant's webhook secret, and refuses once the body is altered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_format_webhooks_are_verified_by_each_sdks_own_construct_event() {
+    let env = TestEnv::new("stripe_webhooks").await;
+    let (node, sandbox) = node_with_sandbox(&env).await;
+    let api = Api::new(&node);
+    let (url, received) = start_endpoint();
+    let created = api
+        .send(
+            reqwest::Method::POST,
+            "/v1/merchants",
+            Some(ADMIN_TOKEN),
+            None,
+            Some(
+                json!({"name": "StripeHooks", "webhook_url": url, "webhook_api": "stripe"})
+                    .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.body["webhook_api"], "stripe", "{}", created.body);
+    let key = created.body["api_key"]
+        .as_str()
+        .expect("api_key")
+        .to_string();
+    let secret = created.body["webhook_secret"]
+        .as_str()
+        .expect("webhook_secret")
+        .to_string();
+
+    let refunded = run(&PYTHON, &node.base, &key, "refund")
+        .await
+        .unwrap_or_else(|f| panic!("{f}"));
+    let captured = run(&PYTHON, &node.base, &key, "partial_capture")
+        .await
+        .unwrap_or_else(|f| panic!("{f}"));
+    let (refunded, captured) = (ids(&refunded)[0].clone(), ids(&captured)[0].clone());
+
+    let expected_refunded = [
+        "payment_intent.created",
+        "payment_intent.succeeded",
+        "refund.created",
+        "refund.updated",
+    ];
+    let expected_captured = [
+        "payment_intent.created",
+        "payment_intent.amount_capturable_updated",
+        "payment_intent.succeeded",
+    ];
+    let subsequence = |types: &[String], expected: &[&str]| {
+        let mut wanted = expected.iter().peekable();
+        for t in types {
+            if wanted.peek() == Some(&&t.as_str()) {
+                wanted.next();
+            }
+        }
+        wanted.peek().is_none()
+    };
+    let all = eventually(Duration::from_secs(30), || {
+        let received = received.lock().expect("endpoint lock").clone();
+        let done = subsequence(&event_types_of(&received, &refunded), &expected_refunded)
+            && subsequence(&event_types_of(&received, &captured), &expected_captured);
+        async move { done.then_some(received) }
+    })
+    .await
+    .unwrap_or_else(|| {
+        let received = received.lock().expect("endpoint lock").clone();
+        panic!(
+            "in order per payment: {:?} / {:?}; node log:\n{}",
+            event_types_of(&received, &refunded),
+            event_types_of(&received, &captured),
+            node.log_tail()
+        )
+    });
+    assert!(
+        all.iter()
+            .all(|r| r.stripe_signature.is_some() && r.payrail_signature.is_none()),
+        "every webhook is signed in Stripe-Signature only"
+    );
+
+    let hits: Vec<Value> = all
+        .iter()
+        .map(|r| json!({"payload": r.payload, "signature": r.stripe_signature}))
+        .collect();
+    let file = env.dir.join("stripe-webhooks.json");
+    std::fs::write(&file, serde_json::to_vec(&hits).expect("hits")).expect("write hits");
+    let file = file.to_string_lossy().into_owned();
+    let sent: Vec<Value> = all
+        .iter()
+        .map(|r| serde_json::from_str::<Value>(&r.payload).expect("a JSON body")["type"].clone())
+        .collect();
+    for sdk in [&PYTHON, &NODE] {
+        let evidence = run_with(
+            sdk,
+            &node.base,
+            &secret,
+            "verify_webhooks",
+            &[("PAYRAIL_WEBHOOKS_FILE", &file)],
+        )
+        .await
+        .unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(
+            evidence["types"],
+            Value::Array(sent.clone()),
+            "{}: {evidence}",
+            sdk.name
+        );
+        assert_eq!(
+            evidence["tampered_refused"], true,
+            "{}: {evidence}",
+            sdk.name
+        );
     }
     drop(sandbox);
 }

@@ -141,9 +141,33 @@ pub struct CreatedMerchant {
     /// Shown once, never stored.
     pub api_key: String,
     pub webhook_url: Option<String>,
-    /// Key of the `Payrail-Signature` HMAC on webhooks. Shown once; stored as is, because
-    /// the node signs with it.
+    /// The webhooks' format: `payrail`, or `stripe` (Stripe event objects).
+    pub webhook_api: WebhookApi,
+    /// Key of the webhooks' HMAC (`Payrail-Signature`, or `Stripe-Signature` when
+    /// `webhook_api` is `stripe`). Shown once; stored as is, because the node signs with it.
     pub webhook_secret: String,
+}
+
+/// The format of a merchant's webhooks, chosen at creation (`merchants.webhook_api`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookApi {
+    /// payrail's event objects, signed in a `Payrail-Signature` header.
+    #[default]
+    Payrail,
+    /// Stripe event objects (`payment_intent.succeeded`, …), signed in a `Stripe-Signature`
+    /// header, for an integration that verifies with a Stripe SDK (issue 26).
+    Stripe,
+}
+
+impl WebhookApi {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Payrail => "payrail",
+            Self::Stripe => "stripe",
+        }
+    }
 }
 
 /// Redacts the API key and the webhook secret, so a stray `{:?}` cannot log them.
@@ -154,6 +178,7 @@ impl std::fmt::Debug for CreatedMerchant {
             .field("name", &self.name)
             .field("api_key", &"<redacted>")
             .field("webhook_url", &self.webhook_url)
+            .field("webhook_api", &self.webhook_api)
             .field("webhook_secret", &"<redacted>")
             .finish()
     }
@@ -350,12 +375,23 @@ impl MerchantRegistry {
         name: &str,
         webhook_url: Option<&str>,
     ) -> Result<CreatedMerchant, MerchantError> {
+        self.create_with_webhook_api(name, webhook_url, WebhookApi::Payrail)
+            .await
+    }
+
+    /// A new merchant whose webhooks are in `webhook_api`'s format.
+    pub async fn create_with_webhook_api(
+        &self,
+        name: &str,
+        webhook_url: Option<&str>,
+        webhook_api: WebhookApi,
+    ) -> Result<CreatedMerchant, MerchantError> {
         let id = format!("mer_{}", uuid::Uuid::now_v7().simple());
         let api_key = new_api_key();
         let webhook_secret = new_webhook_secret();
         sqlx::query(
-            "INSERT INTO merchants (id, name, api_key_hash, api_key_last4, webhook_url, webhook_secret)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO merchants (id, name, api_key_hash, api_key_last4, webhook_url, webhook_secret, webhook_api)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&id)
         .bind(name)
@@ -363,6 +399,7 @@ impl MerchantRegistry {
         .bind(last4(&api_key))
         .bind(webhook_url)
         .bind(&webhook_secret)
+        .bind(webhook_api.as_str())
         .execute(&self.pool)
         .await?;
         Ok(CreatedMerchant {
@@ -371,6 +408,7 @@ impl MerchantRegistry {
             name: name.to_string(),
             api_key,
             webhook_url: webhook_url.map(str::to_string),
+            webhook_api,
             webhook_secret,
         })
     }
@@ -521,6 +559,7 @@ mod tests {
             name: "n".into(),
             api_key: "sk_test_secret".into(),
             webhook_url: None,
+            webhook_api: WebhookApi::Payrail,
             webhook_secret: a.clone(),
         };
         let debug = format!("{m:?}");

@@ -313,7 +313,11 @@ pub(crate) async fn create_merchant(
             body.validate()?;
             let merchant = state
                 .merchants
-                .create(body.name.trim(), body.webhook_url.as_deref())
+                .create_with_webhook_api(
+                    body.name.trim(),
+                    body.webhook_url.as_deref(),
+                    body.webhook_api.unwrap_or_default(),
+                )
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             Ok(json(StatusCode::CREATED, &merchant))

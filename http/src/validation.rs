@@ -103,6 +103,10 @@ pub struct CreateMerchantBody {
     /// http(s) URL notifications are posted to.
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// The webhooks' format: `payrail` (the default) or `stripe` (Stripe event objects
+    /// signed with `Stripe-Signature`, for an integration that verifies with a Stripe SDK).
+    #[serde(default)]
+    pub webhook_api: Option<payrail_actors::merchants::WebhookApi>,
 }
 
 impl CreateMerchantBody {

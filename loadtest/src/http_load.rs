@@ -31,6 +31,10 @@ pub enum Scenario {
     /// automatic capture 15, GET of a payment this connection created 15,
     /// GET /v1/payments?limit=10 5. Needs a PSP sandbox like `lifecycle`.
     Mixed,
+    /// `POST /v1/payment_intents` only: the create of the Stripe-compatible API (a form
+    /// body with `metadata[order_no]`, as a Stripe SDK sends it), to compare its cost with
+    /// `create`'s (issue 26). Reported under the kind `create`.
+    StripeCreate,
 }
 
 impl Scenario {
@@ -39,6 +43,7 @@ impl Scenario {
             Self::Create => "create",
             Self::Lifecycle => "lifecycle",
             Self::Mixed => "mixed",
+            Self::StripeCreate => "stripe-create",
         }
     }
 }

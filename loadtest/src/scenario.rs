@@ -139,6 +139,7 @@ pub fn iteration_description(scenario: Scenario) -> String {
         Scenario::Create => "create (1 request)".into(),
         Scenario::Lifecycle => "create, confirm, capture, refund (4 requests)".into(),
         Scenario::Mixed => format!("one action by weight: {}", mix_description()),
+        Scenario::StripeCreate => "Stripe-compatible create (1 request)".into(),
     }
 }
 
@@ -274,6 +275,7 @@ impl Worker {
         let merchant = self.shared.picker.pick(&mut self.rng);
         let result = match self.shared.scenario {
             Scenario::Create => self.create(merchant, start).await.map(drop),
+            Scenario::StripeCreate => self.stripe_create(merchant, start).await,
             Scenario::Lifecycle => self.lifecycle(merchant, start).await,
             Scenario::Mixed => {
                 let action = self
@@ -404,6 +406,32 @@ impl Worker {
         }
         self.recent.push_back((merchant, payment.id.clone()));
         Ok((payment.id, amount))
+    }
+
+    /// `POST /v1/payment_intents` with the same amounts and order numbers as [`Self::create`],
+    /// form-encoded as a Stripe SDK sends it; Stripe answers a create with 200.
+    async fn stripe_create(&mut self, merchant: usize, start: Start) -> Result<(), Halt> {
+        let amount: i64 = self.rng.gen_range(AMOUNT_MIN..=AMOUNT_MAX);
+        let idempotency_key = self.idempotency_key();
+        let url = format!("{}/v1/payment_intents", self.base());
+        self.step(
+            KIND_CREATE,
+            merchant,
+            start,
+            StatusCode::OK,
+            |c, n| {
+                let request = c
+                    .post(url)
+                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(format!(
+                        "amount={amount}&currency=eur&metadata%5Border_no%5D=lt-{n}"
+                    ));
+                with_key(request, idempotency_key)
+            },
+            |body| payment_in(body, &["requires_payment_method"]),
+        )
+        .await
+        .map(drop)
     }
 
     /// Confirms with [`PAYMENT_METHOD`] and `capture_method`; the payment must end in

@@ -7,8 +7,10 @@
 //! - [`objects`]: `payment_intent`, `refund` and `list` objects built from payrail's payment
 //!   view; the status mapping; a failure's `last_payment_error`.
 //! - [`error`]: Stripe's error object and HTTP codes, so each SDK raises its own error type.
+//! - [`events`]: Stripe event objects for webhooks in Stripe's format.
 
 pub mod error;
+pub mod events;
 pub mod form;
 pub mod objects;
 

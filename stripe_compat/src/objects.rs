@@ -20,8 +20,8 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The parts of payrail's payment view the adapter reads (the HTTP crate fills it from
-/// `PaymentView`; this crate depends on nothing of the runtime).
+/// The parts of payrail's payment view the adapter reads (filled from `PaymentView`; this
+/// crate depends on the pure domain only, nothing of the runtime).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Payment {
     pub id: String,
@@ -42,6 +42,41 @@ pub struct Payment {
     pub metadata: BTreeMap<String, String>,
     /// Unix seconds.
     pub created: i64,
+}
+
+/// payrail's view as this crate reads it (the HTTP answers and the notification pool's
+/// Stripe-format webhooks build their objects from the same view).
+impl From<payrail_payment::PaymentView> for Payment {
+    fn from(view: payrail_payment::PaymentView) -> Self {
+        let refunds = view
+            .refunds
+            .into_iter()
+            .map(|r| RefundSource {
+                id: r.id,
+                amount: r.amount,
+                status: r.status,
+                reason: r.reason,
+                created: r.created,
+            })
+            .collect();
+        Self {
+            id: view.id,
+            amount: view.amount,
+            currency: view.currency,
+            status: view.status,
+            capture_method: view.capture_method,
+            payment_method: view.payment_method,
+            amount_capturable: view.amount_capturable,
+            amount_captured: view.amount_captured,
+            amount_refunded: view.amount_refunded,
+            refunds,
+            failure_code: view.failure_code,
+            failure_message: view.failure_message,
+            customer_email: view.customer_email,
+            metadata: view.metadata,
+            created: view.created,
+        }
+    }
 }
 
 /// A refund of a [`Payment`], as payrail's view has it.

@@ -585,6 +585,20 @@ impl SandboxProcess {
     }
 }
 
+/// A node of `env` wired to a PSP sandbox of its own (which sends it signed webhooks);
+/// drop the sandbox after the node's last use.
+pub async fn node_with_sandbox(env: &TestEnv) -> (NodeProcess, SandboxProcess) {
+    let port = free_port();
+    let sandbox = SandboxProcess::start(env, port, &[]);
+    let sandbox_env = sandbox.node_env();
+    let extra: Vec<(&str, &str)> = sandbox_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let node = NodeProcess::start_on(env, port, &extra).await;
+    (node, sandbox)
+}
+
 impl Drop for SandboxProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();

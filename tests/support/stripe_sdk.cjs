@@ -10,6 +10,7 @@
 const assert = require('node:assert/strict');
 const path = require('node:path');
 const crypto = require('node:crypto');
+const fs = require('node:fs');
 
 const EXPECTED_SDK_VERSION = '18.5.0';
 const dir = process.env.STRIPE_NODE_DIR;
@@ -145,6 +146,26 @@ const scenarios = {
     assert.equal(e.statusCode, 400);
     assert.equal(e.param, 'currency');
     return { param: e.param, error: e.type };
+  },
+
+  // Webhooks a merchant with "webhook_api": "stripe" received ($PAYRAIL_WEBHOOKS_FILE, a
+  // JSON array of {payload, signature}), checked with the SDK's own verifier; <api key> is
+  // the merchant's webhook secret here.
+  async verify_webhooks() {
+    const hits = JSON.parse(fs.readFileSync(process.env.PAYRAIL_WEBHOOKS_FILE, 'utf8'));
+    assert.ok(hits.length > 0, 'no webhooks to verify');
+    const types = hits.map((hit) => {
+      const event = stripe.webhooks.constructEvent(hit.payload, hit.signature, key);
+      assert.equal(event.object, 'event');
+      assert.ok(event.id.startsWith('evt_'), event.id);
+      assert.ok(['payment_intent', 'refund'].includes(event.data.object.object), event.type);
+      return event.type;
+    });
+    assert.throws(
+      () => stripe.webhooks.constructEvent(`${hits[0].payload} `, hits[0].signature, key),
+      (e) => e.type === 'StripeSignatureVerificationError',
+    );
+    return { types, tampered_refused: true };
   },
 
   async wrong_key() {

@@ -8,6 +8,7 @@ statuses) for the Rust test to check against payrail's own API. Exit 0 only if i
 """
 
 import json
+import os
 import sys
 import time
 import uuid
@@ -136,6 +137,29 @@ def wrong_key():
         assert e.http_status == 401, e.http_status
         return {"error": type(e).__name__}
     raise AssertionError("no AuthenticationError with a wrong key")
+
+
+def verify_webhooks():
+    """Webhooks a merchant with `"webhook_api": "stripe"` received (a JSON file of
+    {payload, signature} named by $PAYRAIL_WEBHOOKS_FILE), checked with the SDK's own
+    verifier; the <api key> argument is the merchant's webhook secret here."""
+    secret = stripe.api_key
+    with open(os.environ["PAYRAIL_WEBHOOKS_FILE"], encoding="utf-8") as f:
+        hits = json.load(f)
+    assert hits, "no webhooks to verify"
+    types = []
+    for hit in hits:
+        event = stripe.Webhook.construct_event(hit["payload"], hit["signature"], secret)
+        assert event.object == "event" and event.id.startswith("evt_"), event
+        assert event.data.object.object in ("payment_intent", "refund"), event
+        types.append(event.type)
+    try:
+        stripe.Webhook.construct_event(hits[0]["payload"] + " ", hits[0]["signature"], secret)
+    except stripe.SignatureVerificationError:
+        pass
+    else:
+        raise AssertionError("an altered body passed construct_event")
+    return {"types": types, "tampered_refused": True}
 
 
 def main():

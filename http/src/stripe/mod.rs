@@ -172,34 +172,7 @@ fn command_error(error: CommandError, param: &str) -> StripeError {
 
 /// payrail's view as the compatibility crate reads it.
 fn payment_of(view: PaymentView) -> objects::Payment {
-    let refunds = view
-        .refunds
-        .into_iter()
-        .map(|r| objects::RefundSource {
-            id: r.id,
-            amount: r.amount,
-            status: r.status,
-            reason: r.reason,
-            created: r.created,
-        })
-        .collect();
-    objects::Payment {
-        id: view.id,
-        amount: view.amount,
-        currency: view.currency,
-        status: view.status,
-        capture_method: view.capture_method,
-        payment_method: view.payment_method,
-        amount_capturable: view.amount_capturable,
-        amount_captured: view.amount_captured,
-        amount_refunded: view.amount_refunded,
-        refunds,
-        failure_code: view.failure_code,
-        failure_message: view.failure_message,
-        customer_email: view.customer_email,
-        metadata: view.metadata,
-        created: view.created,
-    }
+    objects::Payment::from(view)
 }
 
 fn intent_of(view: PaymentView) -> PaymentIntent {

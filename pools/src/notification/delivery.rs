@@ -22,6 +22,9 @@ use uuid::Uuid;
 
 /// Header carrying the webhook signature (`t=<unix>,v1=<hex>`).
 pub const SIGNATURE_HEADER: &str = "Payrail-Signature";
+/// The same signature, for a merchant whose webhooks are Stripe events: Stripe's header
+/// name, which its SDKs' `construct_event` reads (the value's format is Stripe's too).
+pub const STRIPE_SIGNATURE_HEADER: &str = "Stripe-Signature";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -46,6 +49,7 @@ struct Claimed {
     round_start: i32,
     webhook_url: Option<String>,
     webhook_secret: Option<String>,
+    webhook_api: Option<String>,
     last_error: Option<String>,
 }
 
@@ -165,7 +169,7 @@ impl Delivery {
               WHERE n.id = due.id AND m.id = n.merchant_id
           RETURNING n.id, n.channel, n.merchant_id, n.payment_id, n.event_id, n.event_type,
                     n.payload, n.attempts, n.round_start, m.webhook_url, m.webhook_secret,
-                    n.last_error",
+                    m.webhook_api, n.last_error",
         )
         .bind(self.options.batch)
         .bind(self.options.claim_lease_ms as f64)
@@ -221,11 +225,15 @@ impl Delivery {
         }
         let timestamp = chrono::Utc::now().timestamp();
         let signature = payrail_signature::header(secret, timestamp, &body);
+        let header = match n.webhook_api.as_deref() {
+            Some(super::STRIPE_WEBHOOK_API) => STRIPE_SIGNATURE_HEADER,
+            _ => SIGNATURE_HEADER,
+        };
         let response = self
             .client
             .post(url)
             .header("content-type", "application/json")
-            .header(SIGNATURE_HEADER, signature)
+            .header(header, signature)
             .body(body)
             .send()
             .await;
@@ -384,7 +392,8 @@ impl Delivery {
         let rows: Vec<Claimed> = sqlx::query_as(
             "SELECT n.id, n.channel, n.merchant_id, n.payment_id, n.event_id, n.event_type,
                     n.payload, n.attempts, n.round_start,
-                    NULL::text AS webhook_url, NULL::text AS webhook_secret, n.last_error
+                    NULL::text AS webhook_url, NULL::text AS webhook_secret,
+                    NULL::text AS webhook_api, n.last_error
                FROM notifications n
               WHERE n.status = 'dead' AND n.dlq_published_at IS NULL
               ORDER BY n.updated_at

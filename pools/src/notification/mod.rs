@@ -4,7 +4,8 @@
 //! - The **projector** ([`NotificationProjector`], one partition worker per assigned partition
 //!   of `payment.events`) folds each payment's events into its own state table and, inside
 //!   the worker's PostgreSQL transaction, inserts one `notifications` row per channel
-//!   (webhook if the merchant has a `webhook_url`; e-mail if SMTP is configured, the payment
+//!   (webhook if the merchant has a `webhook_url`, in payrail's format or, with
+//!   `webhook_api = 'stripe'`, as a Stripe event; e-mail if SMTP is configured, the payment
 //!   has a `customer_email` and the event type has a template). So each event yields its
 //!   notifications exactly once, whatever the redeliveries.
 //! - The **delivery task** ([`delivery`], one per node) claims due rows, sends them with
@@ -118,6 +119,22 @@ pub fn webhook_body(envelope: &Envelope<PaymentEvent>, payment: &Payment) -> Val
     })
 }
 
+/// `merchants.webhook_api` of a merchant whose webhooks are Stripe event objects.
+pub const STRIPE_WEBHOOK_API: &str = "stripe";
+
+/// The webhook body for a merchant with `"webhook_api": "stripe"`: the Stripe event of a
+/// payment or refund event (`payrail_stripe_compat::events`), with payrail's event id;
+/// `None` for an event without a Stripe counterpart (none is sent).
+pub fn stripe_webhook_body(envelope: &Envelope<PaymentEvent>, payment: &Payment) -> Option<Value> {
+    payrail_stripe_compat::events::event(
+        &format!("evt_{}", envelope.event_id.simple()),
+        &envelope.event_type,
+        envelope.occurred_at_micros.div_euclid(1_000_000),
+        &payrail_stripe_compat::Payment::from(PaymentView::from(payment)),
+        refund_id(&envelope.payload),
+    )
+}
+
 /// The pool's partition handler; see the module documentation.
 pub struct NotificationProjector {
     emails: bool,
@@ -173,18 +190,22 @@ impl PartitionHandler for NotificationProjector {
             return Ok(()); // already notified up to this event
         }
 
-        let merchant: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT name, webhook_url FROM merchants WHERE id = $1")
+        let merchant: Option<(String, Option<String>, String)> =
+            sqlx::query_as("SELECT name, webhook_url, webhook_api FROM merchants WHERE id = $1")
                 .bind(&envelope.merchant_id)
                 .fetch_optional(&mut *conn)
                 .await?;
-        let Some((merchant_name, webhook_url)) = merchant else {
+        let Some((merchant_name, webhook_url, webhook_api)) = merchant else {
             tracing::warn!(merchant_id = %envelope.merchant_id, "unknown merchant; no notification");
             return Ok(());
         };
         let sequence = i64::try_from(envelope.sequence)?;
-        if webhook_url.is_some() {
-            let body = webhook_body(&envelope, &payment);
+        let body = match (webhook_url.is_some(), webhook_api.as_str()) {
+            (false, _) => None,
+            (true, STRIPE_WEBHOOK_API) => stripe_webhook_body(&envelope, &payment),
+            (true, _) => Some(webhook_body(&envelope, &payment)),
+        };
+        if let Some(body) = body {
             enqueue(
                 conn,
                 &NewNotification {
