@@ -22,18 +22,28 @@
 //! state (Stripe returns the first response; the current state is what polling needs).
 //! For tests, `GET /v1/test/events?payment_intent=` lists the webhooks sent and
 //! `POST /v1/test/events/{id}/resend` sends one again (duplicates, reordering).
+//!
+//! Split by concern: this file holds the sandbox's state and operations; [`methods`] the
+//! table of test payment methods, [`objects`] the wire objects, [`routes`] the HTTP routes.
 
+mod methods;
+mod objects;
+mod routes;
+
+pub use methods::{STRIPE_DECLINING, STRIPE_SUCCEEDING};
+
+use methods::{known_payment_method, stripe_decline};
+use objects::{CaptureBody, CreateIntent, CreateRefund, Event, Intent, PaymentError, RefundObject};
 use payrail_signature as signature;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::{Filter, Reply};
+use warp::Reply;
 
 #[derive(Debug, Clone)]
 pub struct SandboxOptions {
@@ -50,71 +60,25 @@ pub struct SandboxOptions {
     pub webhook_attempts: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
-struct PaymentError {
-    code: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    decline_code: Option<String>,
-    message: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct Intent {
-    id: String,
-    object: &'static str,
-    amount: i64,
-    currency: String,
-    status: String,
-    capture_method: String,
-    payment_method: String,
-    amount_capturable: i64,
-    amount_received: i64,
-    metadata: HashMap<String, String>,
-    last_payment_error: Option<PaymentError>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct RefundObject {
-    id: String,
-    object: &'static str,
-    amount: i64,
-    currency: String,
-    payment_intent: String,
-    status: String,
-    metadata: HashMap<String, String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct Event {
-    id: String,
-    object: &'static str,
-    #[serde(rename = "type")]
-    kind: String,
-    created: i64,
-    data: Value,
-    #[serde(skip)]
-    payment_intent: String,
-}
-
 #[derive(Default)]
-struct State {
-    intents: HashMap<String, Intent>,
+pub(crate) struct State {
+    pub(crate) intents: HashMap<String, Intent>,
     refunds: HashMap<String, RefundObject>,
     /// (endpoint, idempotency key) → resource id.
     idempotency: HashMap<(String, String), String>,
     /// 500s already answered per idempotency key (pm_card_psp_error).
     errors_answered: HashMap<String, u32>,
-    events: Vec<Event>,
+    pub(crate) events: Vec<Event>,
 }
 
 #[derive(Clone)]
-struct Sandbox {
+pub(crate) struct Sandbox {
     options: Arc<SandboxOptions>,
     state: Arc<Mutex<State>>,
     http: reqwest::Client,
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     warp::reply::with_status(
         warp::reply::json(
             &json!({"error": {"type": "invalid_request_error", "code": code, "message": message}}),
@@ -124,95 +88,12 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     .into_response()
 }
 
-fn ok(value: &impl Serialize) -> Response {
+pub(crate) fn ok(value: &impl Serialize) -> Response {
     warp::reply::json(value).into_response()
 }
 
-#[derive(Debug, Deserialize)]
-struct CreateIntent {
-    amount: i64,
-    currency: String,
-    payment_method: String,
-    #[serde(default)]
-    capture_method: Option<String>,
-    #[serde(default)]
-    metadata: HashMap<String, String>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-struct CaptureBody {
-    #[serde(default)]
-    amount_to_capture: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct CreateRefund {
-    payment_intent: String,
-    #[serde(default)]
-    amount: Option<i64>,
-    #[serde(default)]
-    metadata: HashMap<String, String>,
-}
-
-const PAYMENT_METHODS: &[&str] = &[
-    "pm_card_visa",
-    "pm_card_declined",
-    "pm_card_delayed",
-    "pm_card_lost_webhook",
-    "pm_card_psp_error",
-];
-
-/// Stripe's test payment methods that succeed (Stripe docs, "Testing": cards by brand).
-pub const STRIPE_SUCCEEDING: &[&str] = &[
-    "pm_card_visa_debit",
-    "pm_card_mastercard",
-    "pm_card_mastercard_debit",
-    "pm_card_mastercard_prepaid",
-    "pm_card_amex",
-    "pm_card_discover",
-    "pm_card_diners",
-    "pm_card_jcb",
-    "pm_card_unionpay",
-];
-
-/// Stripe's declining test payment methods, by the suffix after `pm_card_` or
-/// `pm_card_visa_`: (`code`, `decline_code`, message), as Stripe answers them.
-pub const STRIPE_DECLINING: &[(&str, &str, &str, &str)] = &[
-    ("chargeDeclined", "card_declined", "generic_decline", "Your card was declined."),
-    ("chargeDeclinedInsufficientFunds", "card_declined", "insufficient_funds", "Your card has insufficient funds."),
-    ("chargeDeclinedLostCard", "card_declined", "lost_card", "Your card was declined."),
-    ("chargeDeclinedStolenCard", "card_declined", "stolen_card", "Your card was declined."),
-    ("chargeDeclinedFraudulent", "card_declined", "fraudulent", "Your card was declined."),
-    ("chargeDeclinedVelocityLimitExceeded", "card_declined", "card_velocity_exceeded", "Your card was declined for making repeated attempts too frequently or exceeding its amount limit."),
-    ("chargeDeclinedExpiredCard", "expired_card", "expired_card", "Your card has expired."),
-    ("chargeDeclinedIncorrectCvc", "incorrect_cvc", "incorrect_cvc", "Your card's security code is incorrect."),
-    ("chargeDeclinedProcessingError", "processing_error", "processing_error", "An error occurred while processing your card. Try again in a little bit."),
-];
-
-/// The decline a Stripe test payment method stands for.
-fn stripe_decline(payment_method: &str) -> Option<PaymentError> {
-    let suffix = payment_method
-        .strip_prefix("pm_card_visa_")
-        .or_else(|| payment_method.strip_prefix("pm_card_"))?;
-    STRIPE_DECLINING
-        .iter()
-        .find(|(name, ..)| *name == suffix)
-        .map(|(_, code, decline_code, message)| PaymentError {
-            code: (*code).into(),
-            decline_code: Some((*decline_code).into()),
-            message: (*message).into(),
-        })
-}
-
-/// Whether the sandbox knows `payment_method`.
-fn known_payment_method(payment_method: &str) -> bool {
-    PAYMENT_METHODS.contains(&payment_method)
-        || STRIPE_SUCCEEDING.contains(&payment_method)
-        || stripe_decline(payment_method).is_some()
-}
-
 impl Sandbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         match self.state.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -275,7 +156,7 @@ impl Sandbox {
         });
     }
 
-    async fn deliver(&self, event: &Event) -> bool {
+    pub(crate) async fn deliver(&self, event: &Event) -> bool {
         let body = match serde_json::to_vec(event) {
             Ok(body) => body,
             Err(_) => return false,
@@ -303,7 +184,7 @@ impl Sandbox {
         false
     }
 
-    fn create_intent(&self, key: Option<String>, body: CreateIntent) -> Response {
+    pub(crate) fn create_intent(&self, key: Option<String>, body: CreateIntent) -> Response {
         if body.amount <= 0 {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -406,7 +287,7 @@ impl Sandbox {
         ok(&intent)
     }
 
-    fn capture(&self, id: &str, key: Option<String>, body: CaptureBody) -> Response {
+    pub(crate) fn capture(&self, id: &str, key: Option<String>, body: CaptureBody) -> Response {
         let captured = {
             let mut state = self.lock();
             let idem = key.map(|k| (format!("capture:{id}"), k));
@@ -462,7 +343,7 @@ impl Sandbox {
         ok(&captured)
     }
 
-    fn cancel(&self, id: &str) -> Response {
+    pub(crate) fn cancel(&self, id: &str) -> Response {
         let canceled = {
             let mut state = self.lock();
             let Some(intent) = state.intents.get_mut(id) else {
@@ -495,7 +376,7 @@ impl Sandbox {
         ok(&canceled)
     }
 
-    fn refund(&self, key: Option<String>, body: CreateRefund) -> Response {
+    pub(crate) fn refund(&self, key: Option<String>, body: CreateRefund) -> Response {
         let refund = {
             let mut state = self.lock();
             let idem = key.map(|k| ("refunds".to_string(), k));
@@ -557,129 +438,6 @@ impl Sandbox {
     }
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<Response>> {
-    serde_json::from_slice(body).map_err(|e| {
-        Box::new(error(
-            StatusCode::BAD_REQUEST,
-            "parameter_invalid",
-            &e.to_string(),
-        ))
-    })
-}
-
-#[derive(Debug, Deserialize)]
-struct EventsQuery {
-    payment_intent: Option<String>,
-}
-
-/// The sandbox's routes (exposed for tests that embed it).
-fn routes(sandbox: Sandbox) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let s = warp::any().map(move || sandbox.clone());
-    let idem = warp::header::optional::<String>("idempotency-key");
-    let body = warp::body::content_length_limit(64 * 1024).and(warp::body::bytes());
-
-    let create = warp::path!("v1" / "payment_intents")
-        .and(warp::post())
-        .and(s.clone())
-        .and(idem)
-        .and(body)
-        .map(|s: Sandbox, key, body: bytes::Bytes| match parse(&body) {
-            Ok(body) => s.create_intent(key, body),
-            Err(r) => *r,
-        });
-    let retrieve = warp::path!("v1" / "payment_intents" / String)
-        .and(warp::get())
-        .and(s.clone())
-        .map(|id: String, s: Sandbox| match s.lock().intents.get(&id) {
-            Some(intent) => ok(intent),
-            None => error(
-                StatusCode::NOT_FOUND,
-                "resource_missing",
-                "No such payment_intent",
-            ),
-        });
-    let capture = warp::path!("v1" / "payment_intents" / String / "capture")
-        .and(warp::post())
-        .and(s.clone())
-        .and(idem)
-        .and(body)
-        .map(|id: String, s: Sandbox, key, body: bytes::Bytes| {
-            let parsed = if body.is_empty() {
-                Ok(CaptureBody::default())
-            } else {
-                parse(&body)
-            };
-            match parsed {
-                Ok(b) => s.capture(&id, key, b),
-                Err(r) => *r,
-            }
-        });
-    let cancel = warp::path!("v1" / "payment_intents" / String / "cancel")
-        .and(warp::post())
-        .and(s.clone())
-        .map(|id: String, s: Sandbox| s.cancel(&id));
-    let refunds = warp::path!("v1" / "refunds")
-        .and(warp::post())
-        .and(s.clone())
-        .and(idem)
-        .and(body)
-        .map(|s: Sandbox, key, body: bytes::Bytes| match parse(&body) {
-            Ok(b) => s.refund(key, b),
-            Err(r) => *r,
-        });
-    let events = warp::path!("v1" / "test" / "events")
-        .and(warp::get())
-        .and(s.clone())
-        .and(warp::query::<EventsQuery>())
-        .map(|s: Sandbox, q: EventsQuery| {
-            let state = s.lock();
-            let list: Vec<&Event> = state
-                .events
-                .iter()
-                .filter(|e| {
-                    q.payment_intent
-                        .as_ref()
-                        .is_none_or(|pi| &e.payment_intent == pi)
-                })
-                .collect();
-            ok(&json!({"object": "list", "data": list}))
-        });
-    let resend = warp::path!("v1" / "test" / "events" / String / "resend")
-        .and(warp::post())
-        .and(s)
-        .and_then(|id: String, s: Sandbox| async move {
-            let event = s.lock().events.iter().find(|e| e.id == id).cloned();
-            Ok::<_, Infallible>(match event {
-                Some(event) => {
-                    let delivered = s.deliver(&event).await;
-                    ok(&json!({"id": id, "delivered": delivered}))
-                }
-                None => error(StatusCode::NOT_FOUND, "resource_missing", "No such event"),
-            })
-        });
-    create
-        .or(retrieve)
-        .unify()
-        .or(capture)
-        .unify()
-        .or(cancel)
-        .unify()
-        .or(refunds)
-        .unify()
-        .or(events)
-        .unify()
-        .or(resend)
-        .unify()
-        .recover(|_| async {
-            Ok::<_, Infallible>(error(
-                StatusCode::NOT_FOUND,
-                "resource_missing",
-                "Unrecognized request URL",
-            ))
-        })
-        .unify()
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("binding {0}: {1}")]
@@ -703,52 +461,11 @@ pub async fn run(
         state: Arc::new(Mutex::new(State::default())),
         http,
     };
-    let (addr, server) = warp::serve(routes(sandbox))
+    let (addr, server) = warp::serve(routes::routes(sandbox))
         .try_bind_with_graceful_shutdown(bind, shutdown)
         .map_err(|e| SandboxError::Bind(bind, e.to_string()))?;
     println!("psp sandbox listening on http://{addr}");
     tracing::info!(%addr, "psp sandbox listening");
     server.await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stripes_declining_test_cards_carry_stripes_codes() {
-        let insufficient = stripe_decline("pm_card_visa_chargeDeclinedInsufficientFunds")
-            .expect("a Stripe test card");
-        assert_eq!(insufficient.code, "card_declined");
-        assert_eq!(
-            insufficient.decline_code.as_deref(),
-            Some("insufficient_funds")
-        );
-        let expired =
-            stripe_decline("pm_card_chargeDeclinedExpiredCard").expect("a Stripe test card");
-        assert_eq!(expired.code, "expired_card");
-        let generic = stripe_decline("pm_card_chargeDeclined").expect("a Stripe test card");
-        assert_eq!(generic.decline_code.as_deref(), Some("generic_decline"));
-    }
-
-    #[test]
-    fn stripes_brand_cards_are_known_and_made_up_ones_are_not() {
-        for method in [
-            "pm_card_visa",
-            "pm_card_mastercard",
-            "pm_card_amex",
-            "pm_card_declined",
-        ] {
-            assert!(known_payment_method(method), "{method}");
-        }
-        for method in [
-            "pm_card_chargeDeclinedNope",
-            "pm_card_",
-            "pm_card_visa_visa",
-            "tok_visa",
-        ] {
-            assert!(!known_payment_method(method), "{method}");
-        }
-    }
 }
