@@ -2,9 +2,11 @@
 
 use crate::lag::LagSampler;
 use crate::limits::*;
-use crate::report::{ErrorKind, Recorder, Report, RunInfo};
+use crate::mix::mix_description;
+use crate::replies::classify;
+use crate::report::{Recorder, Report, RunInfo};
 use crate::run::{spawn_progress, Live, Timeline};
-use crate::scenario::{iteration_description, mix_description, Start, Worker};
+use crate::scenario::{iteration_description, Start, Worker};
 use crate::schedule::{slots_before, Pacer};
 use crate::zipf::{MerchantPicker, PickerError};
 use futures::{StreamExt, TryStreamExt};
@@ -190,16 +192,6 @@ pub fn validate(args: &LoadtestArgs) -> Result<Vec<String>, LoadtestError> {
         .iter()
         .map(|t| t.trim_end_matches('/').to_string())
         .collect())
-}
-
-pub(crate) fn classify(error: &reqwest::Error) -> ErrorKind {
-    if error.is_timeout() {
-        ErrorKind::Timeout
-    } else if error.is_connect() {
-        ErrorKind::Connect
-    } else {
-        ErrorKind::Transport
-    }
 }
 
 /// A merchant the run created: its id and a ready `Authorization` header.

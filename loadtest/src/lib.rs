@@ -14,6 +14,8 @@ pub mod bench;
 pub mod http_load;
 pub mod lag;
 pub mod limits;
+pub mod mix;
+mod replies;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -1,20 +1,24 @@
-//! What one simulated client does per iteration: the `create`, `lifecycle` and `mixed`
-//! scenarios of `payrail loadtest`. Every HTTP request is recorded under its own kind.
+//! What one simulated client does per iteration: the `create`, `stripe-create`,
+//! `lifecycle` and `mixed` scenarios of `payrail loadtest`. Every HTTP request is recorded
+//! under its own kind.
 //!
 //! - `create`: `POST /v1/payments`.
+//! - `stripe-create`: `POST /v1/payment_intents`, form-encoded (kind `create`).
 //! - `lifecycle`: create → confirm (`pm_card_visa`, manual capture; the node calls the PSP
 //!   sandbox, which also sends the node a signed webhook) → capture (all) → refund (all or a
 //!   random part). If confirm answers `processing`, the worker polls the payment until the
 //!   webhook moved it on, recorded as one [`KIND_WEBHOOK_WAIT`] (bounded by `--timeout-ms`).
 //! - `mixed`: each iteration is the next [`Action`] of an evenly interleaved round of
-//!   [`MIX`] (each action its weight times per 100 iterations).
+//!   [`crate::mix::MIX`] (each action its weight times per 100 iterations).
 //!
 //! A failed step (transport error, unexpected HTTP status, or a payment in another status
 //! than the step leads to) is an error of that step's kind and ends the iteration. No step
 //! starts after the end of the run or beyond `--max-requests` (which counts HTTP requests).
 
-use crate::http_load::{classify, Shared};
+use crate::http_load::Shared;
 use crate::limits::{MIXED_RECENT_PAYMENTS, WEBHOOK_POLL_INTERVAL_MS};
+use crate::mix::{mix_description, mix_phase, mix_round, Action, MIX_ROUND};
+use crate::replies::{parse_payment, payment_in, send, status_label, ListReply};
 use crate::report::{ErrorKind, Phase, Recorder};
 use crate::schedule::corrected_latency;
 use crate::Scenario;
@@ -51,88 +55,6 @@ const LIST_LIMIT: u32 = 10;
 const AMOUNT_MIN: i64 = 100;
 const AMOUNT_MAX: i64 = 100_000;
 
-/// One iteration of the `mixed` scenario.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// create only.
-    Create,
-    /// The whole `lifecycle` iteration (4 requests).
-    Lifecycle,
-    /// create → confirm with automatic capture (the PSP captures; status `succeeded`).
-    CreateConfirm,
-    /// `GET /v1/payments/{id}` of a payment this worker created (a create if it has none yet).
-    Get,
-    /// `GET /v1/payments?limit=10` of a merchant.
-    List,
-}
-
-impl Action {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Create => "create",
-            Self::Lifecycle => "lifecycle",
-            Self::CreateConfirm => "create_confirm",
-            Self::Get => "get",
-            Self::List => "list",
-        }
-    }
-}
-
-/// Weights of the `mixed` scenario, per iteration (they sum to 100, so they read as
-/// percentages of iterations): mostly plain creates as in checkout traffic, a share of
-/// full lifecycles and of automatic-capture confirms, and merchant reads.
-pub const MIX: [(Action, u32); 5] = [
-    (Action::Create, 50),
-    (Action::Lifecycle, 15),
-    (Action::CreateConfirm, 15),
-    (Action::Get, 15),
-    (Action::List, 5),
-];
-
-/// `create 50, lifecycle 15, …`, for the report.
-pub fn mix_description() -> String {
-    let parts: Vec<String> = MIX
-        .iter()
-        .map(|(action, weight)| format!("{} {weight}", action.name()))
-        .collect();
-    parts.join(", ")
-}
-
-/// Slots in one round of the mix: the weights sum to this, so each round holds every
-/// action exactly its weight times.
-pub const MIX_ROUND: usize = 100;
-
-/// One round of the mix, interleaved by smooth weighted round-robin (nginx's upstream
-/// balancing): every action appears exactly its weight times, spread evenly rather than
-/// drawn at random, so a short run still sends every kind and two runs send the same mix.
-pub fn mix_round() -> Vec<Action> {
-    let total: i64 = MIX.iter().map(|(_, w)| i64::from(*w)).sum();
-    let mut current = [0i64; MIX.len()];
-    let mut round = Vec::with_capacity(MIX_ROUND);
-    for _ in 0..MIX_ROUND {
-        for (credit, (_, weight)) in current.iter_mut().zip(MIX) {
-            *credit += i64::from(weight);
-        }
-        let mut best = 0;
-        for (i, credit) in current.iter().enumerate() {
-            if *credit > current[best] {
-                best = i;
-            }
-        }
-        current[best] -= total;
-        round.push(MIX[best].0);
-    }
-    round
-}
-
-/// Where connection `connection` of `connections` starts in [`mix_round`]: the
-/// connections start evenly apart, so together they walk the whole round from the start.
-pub fn mix_phase(connection: u32, connections: u32) -> usize {
-    let connections = usize::try_from(connections.max(1)).unwrap_or(1);
-    let connection = usize::try_from(connection).unwrap_or(0) % connections;
-    connection * MIX_ROUND / connections
-}
-
 /// What one iteration means for `--rate`, for the report.
 pub fn iteration_description(scenario: Scenario) -> String {
     match scenario {
@@ -162,75 +84,6 @@ enum Halt {
     Budget,
     /// The run is over: no new step starts.
     End,
-}
-
-/// The parts of a payment the scenarios look at.
-#[derive(Debug, serde::Deserialize)]
-struct PaymentReply {
-    id: String,
-    status: String,
-}
-
-#[derive(serde::Deserialize)]
-struct ListReply {
-    #[allow(dead_code)] // parsed to check the shape of the answer
-    data: Vec<serde::de::IgnoredAny>,
-}
-
-/// Known payment and refund statuses, as stable labels for [`ErrorKind::UnexpectedStatus`].
-const STATUSES: [&str; 7] = [
-    "requires_payment_method",
-    "requires_capture",
-    "processing",
-    "succeeded",
-    "failed",
-    "canceled",
-    "pending",
-];
-
-fn status_label(status: &str) -> &'static str {
-    STATUSES
-        .iter()
-        .find(|s| **s == status)
-        .copied()
-        .unwrap_or("other")
-}
-
-/// Payment ids go into URL paths: accept only what the node issues (`pay_` + alphanumerics).
-fn safe_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-fn parse_payment(body: &[u8]) -> Result<PaymentReply, ErrorKind> {
-    let payment: PaymentReply = serde_json::from_slice(body).map_err(|_| ErrorKind::Transport)?;
-    if safe_id(&payment.id) {
-        Ok(payment)
-    } else {
-        Err(ErrorKind::Transport)
-    }
-}
-
-/// The payment, if its status is one of `allowed`.
-fn payment_in(body: &[u8], allowed: &[&str]) -> Result<PaymentReply, ErrorKind> {
-    let payment = parse_payment(body)?;
-    if allowed.contains(&payment.status.as_str()) {
-        Ok(payment)
-    } else {
-        Err(ErrorKind::UnexpectedStatus(status_label(&payment.status)))
-    }
-}
-
-/// Sends `request` and reads the whole body (so the connection goes back to the pool);
-/// any status but `expect` is an error.
-async fn send(request: RequestBuilder, expect: StatusCode) -> Result<Vec<u8>, ErrorKind> {
-    let response = request.send().await.map_err(|e| classify(&e))?;
-    let status = response.status();
-    let body = response.bytes().await.map_err(|e| classify(&e))?;
-    if status == expect {
-        Ok(body.to_vec())
-    } else {
-        Err(ErrorKind::Http(status.as_u16()))
-    }
 }
 
 /// One connection's client: runs iterations and records them (no shared locks).
@@ -590,82 +443,5 @@ fn with_key(request: RequestBuilder, idempotency_key: Option<String>) -> Request
     match idempotency_key {
         Some(key) => request.header("Idempotency-Key", key),
         None => request,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::BTreeMap;
-
-    fn counts(actions: &[Action]) -> BTreeMap<&'static str, u32> {
-        let mut seen = BTreeMap::new();
-        for action in actions {
-            *seen.entry(action.name()).or_default() += 1;
-        }
-        seen
-    }
-
-    #[test]
-    fn a_round_of_the_mix_holds_each_action_exactly_its_weight_times() {
-        assert_eq!(MIX.iter().map(|(_, w)| w).sum::<u32>(), MIX_ROUND as u32);
-        let round = mix_round();
-        assert_eq!(round.len(), MIX_ROUND);
-        let seen = counts(&round);
-        for (action, weight) in MIX {
-            assert_eq!(seen.get(action.name()).copied(), Some(weight), "{seen:?}");
-        }
-        assert_eq!(
-            mix_description(),
-            "create 50, lifecycle 15, create_confirm 15, get 15, list 5"
-        );
-    }
-
-    #[test]
-    fn every_action_appears_within_a_fifth_of_a_round_from_any_point() {
-        // Interleaved, not blocked: the rarest action (5 of 100) comes every 20 slots, so
-        // any 20 consecutive iterations of one connection hold every action.
-        let round = mix_round();
-        for start in 0..MIX_ROUND {
-            let window: Vec<Action> = (0..20).map(|i| round[(start + i) % MIX_ROUND]).collect();
-            assert_eq!(counts(&window).len(), MIX.len(), "from slot {start}");
-        }
-    }
-
-    #[test]
-    fn connections_start_evenly_apart_in_the_round() {
-        assert_eq!(mix_phase(0, 4), 0);
-        assert_eq!(mix_phase(1, 4), 25);
-        assert_eq!(mix_phase(3, 4), 75);
-        assert_eq!(mix_phase(5, 4), 25);
-        assert_eq!(mix_phase(0, 0), 0);
-    }
-
-    #[test]
-    fn payments_are_checked_for_status_and_a_safe_id() {
-        let ok = br#"{"id":"pay_01abc","status":"requires_capture","amount":5}"#;
-        assert_eq!(
-            payment_in(ok, &["requires_capture"]).unwrap().id,
-            "pay_01abc"
-        );
-        assert_eq!(
-            payment_in(ok, &["succeeded"]).unwrap_err(),
-            ErrorKind::UnexpectedStatus("requires_capture")
-        );
-        let odd = br#"{"id":"pay_1","status":"weird"}"#;
-        assert_eq!(
-            payment_in(odd, &["succeeded"]).unwrap_err(),
-            ErrorKind::UnexpectedStatus("other")
-        );
-        let unsafe_id = br#"{"id":"../merchants","status":"succeeded"}"#;
-        assert_eq!(parse_payment(unsafe_id).unwrap_err(), ErrorKind::Transport);
-        assert_eq!(
-            parse_payment(b"not json").unwrap_err(),
-            ErrorKind::Transport
-        );
-        assert_eq!(
-            ErrorKind::UnexpectedStatus("failed").label(),
-            "status_failed"
-        );
     }
 }
