@@ -287,6 +287,14 @@ mod tests {
     }
 
     #[test]
+    fn a_webhook_api_other_than_payrail_or_stripe_is_refused_naming_it() {
+        let err = merchant(r#"{"name":"a","webhook_api":"soap"}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("webhook_api"));
+        assert!(merchant(r#"{"name":"a","webhook_api":"stripe"}"#).is_ok());
+        assert!(merchant(r#"{"name":"a","webhook_api":"payrail"}"#).is_ok());
+    }
+
+    #[test]
     fn accepts_a_minimal_valid_body() {
         let cmd = body(r#"{"amount":1000,"currency":"eur"}"#).unwrap();
         assert_eq!(cmd.amount, 1000);

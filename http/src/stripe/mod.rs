@@ -170,13 +170,8 @@ fn command_error(error: CommandError, param: &str) -> StripeError {
     api(error)
 }
 
-/// payrail's view as the compatibility crate reads it.
-fn payment_of(view: PaymentView) -> objects::Payment {
-    objects::Payment::from(view)
-}
-
 fn intent_of(view: PaymentView) -> PaymentIntent {
-    PaymentIntent::from(&payment_of(view))
+    PaymentIntent::from(&objects::Payment::from(view))
 }
 
 /// The intent as the answer of a request that confirmed it: a decline known now is Stripe's

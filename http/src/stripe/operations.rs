@@ -3,7 +3,7 @@
 
 use super::{
     api, capture_method, clamp_unix_s, command_error, confirmed, cursor, intent_of, ok, one_of,
-    page, payment_in_refund_id, payment_method, payment_of, refund_id_for, stripe_error, Request,
+    page, payment_in_refund_id, payment_method, refund_id_for, stripe_error, Request,
 };
 use crate::error::ApiError;
 use crate::validation::{self, CreatePaymentBody};
@@ -363,7 +363,8 @@ impl Request<'_> {
             // One payment's refunds: from the payment itself (on its owner), so a refund just
             // made is listed; newest first.
             Some(payment_id) => {
-                let payment = payment_of(self.payment(payment_id, "payment_intent").await?);
+                let payment =
+                    objects::Payment::from(self.payment(payment_id, "payment_intent").await?);
                 let newest_first: Vec<&objects::RefundSource> =
                     payment.refunds.iter().rev().collect();
                 let (refunds, has_more) =
@@ -385,7 +386,7 @@ impl Request<'_> {
                 let data = rows
                     .iter()
                     .filter_map(|(payment, refund_id)| {
-                        let payment = payment_of(PaymentView::from(payment));
+                        let payment = objects::Payment::from(PaymentView::from(payment));
                         let refund = payment.refunds.iter().find(|r| &r.id == refund_id)?;
                         Some(Refund::new(&payment, refund))
                     })
@@ -424,7 +425,7 @@ pub(super) fn page_of<'i, T>(
 }
 
 fn refund_answer(view: PaymentView, refund_id: &str) -> Result<Response, StripeError> {
-    let payment = payment_of(view);
+    let payment = objects::Payment::from(view);
     let refund = payment
         .refunds
         .iter()
