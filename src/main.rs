@@ -1,6 +1,5 @@
 //! `payrail`: the node, migrations, the load generator and the journal benchmark.
 
-mod audit;
 mod cluster_node;
 mod config;
 mod dlq;
@@ -217,7 +216,8 @@ fn main() -> ExitCode {
             }
             (Command::Audit, Some(config)) => {
                 let pool = node::connect(&config).await?;
-                if audit::audit(&config, &pool).await? {
+                let topic = config.journal.topic(node::PAYMENT_EVENTS);
+                if payrail_pools::audit::audit(&config.journal, &topic, &pool).await? {
                     Ok(())
                 } else {
                     Err(anyhow::anyhow!("the audit found differences"))
@@ -236,7 +236,16 @@ fn main() -> ExitCode {
             (Command::Rebuild { pool }, Some(config)) => {
                 let db = node::connect(&config).await?;
                 node::migrate(&db).await?;
-                audit::rebuild(&config, &db, &pool).await
+                let topic = config.journal.topic(node::PAYMENT_EVENTS);
+                payrail_pools::audit::rebuild(
+                    &config.journal,
+                    &topic,
+                    config.supervisor.restart,
+                    &db,
+                    &pool,
+                )
+                .await?;
+                Ok(())
             }
             (Command::Cluster(ClusterCommand::Status { json }), Some(config)) => {
                 let db = node::connect(&config).await?;

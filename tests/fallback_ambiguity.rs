@@ -345,6 +345,7 @@ fn node_fallback(pool: &sqlx::PgPool) -> JournalFallback {
     let fallback = JournalFallback::new(
         Spool::new(pool.clone(), TOPIC, 1_000),
         "ambiguous-entry.payrail.snapshots".into(),
+        std::sync::Arc::new(payrail_actors::snapshots::SnapshotProjector),
         SpoolOptions::default(),
         1,
     );

@@ -291,6 +291,7 @@ fn node_fallback(
     let fallback = JournalFallback::new(
         Spool::new(pool.clone(), TOPIC, 1_000),
         "sink-test.payrail.snapshots".into(),
+        std::sync::Arc::new(payrail_actors::snapshots::SnapshotProjector),
         SpoolOptions {
             unprojected_tail_max: tail_max,
             ..SpoolOptions::default()

@@ -36,6 +36,7 @@ async fn not_in_fallback(name: &str) -> (JournalFallback, PgPool) {
     let fallback = JournalFallback::new(
         Spool::new(pool.clone(), TOPIC, 1_000),
         "spool-fence.payrail.snapshots".into(),
+        std::sync::Arc::new(payrail_actors::snapshots::SnapshotProjector),
         SpoolOptions::default(),
         1,
     );

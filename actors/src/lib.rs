@@ -6,7 +6,8 @@
 //!   it (persist, then reply), and [`messages`], the protocol between them (one module
 //!   all three use, so no actor module imports another);
 //! - [`snapshots`]: the projection payment actors are rebuilt from;
-//! - [`fallback`]: the spool that keeps commands durable while the journal is down;
+//! - [`fallback`] (the `payrail-fallback` crate): the spool that keeps commands durable
+//!   while the journal is down;
 //! - [`merchants`]: merchant registry and API-key authentication;
 //! - [`idle_timer`]: when idle payment actors check whether to passivate;
 //! - [`telemetry`]: command latency, live actors and passivations as metrics.
@@ -14,7 +15,8 @@
 //! It must not know the subscriber pools (`payrail-pools`) or HTTP (`payrail-http`).
 
 pub mod error;
-pub mod fallback;
+/// The journal fallback (its own crate, `payrail-fallback`; re-exported so paths stay).
+pub use payrail_fallback as fallback;
 pub mod idempotency;
 pub mod idle_timer;
 pub mod merchant_actor;

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::RwLock;
+mod recent;
+use recent::Recent;
 
 /// Known keys kept in the authentication cache at most, and for how long. A key's merchant
 /// is read again once its entry is older than `AUTH_HIT_FRESH`, so a key revoked on any
@@ -27,77 +29,6 @@ const AUTH_MISS_TTL: Duration = Duration::from_secs(10);
 const AUTH_CLIENTS_MAX: usize = 100_000;
 /// The longest an old key may keep working after a roll (`expire_old_in_s`): 7 days.
 pub const MAX_ROLLED_KEY_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// At most `capacity` entries, each forgotten `ttl` after it was put; full, the oldest
-/// goes — one entry at a time, never the whole map.
-struct Recent<K, V> {
-    entries: HashMap<K, (V, Instant)>,
-    /// Keys in the order they were put, with when (a key put again has a stale older pair).
-    order: std::collections::VecDeque<(K, Instant)>,
-    capacity: usize,
-    ttl: Duration,
-}
-
-impl<K: std::hash::Hash + Eq + Clone, V> Recent<K, V> {
-    fn new(capacity: usize, ttl: Duration) -> Self {
-        assert!(capacity > 0, "a cache holds at least one entry");
-        Self {
-            entries: HashMap::new(),
-            order: std::collections::VecDeque::new(),
-            capacity,
-            ttl,
-        }
-    }
-
-    fn get<Q>(&self, key: &Q) -> Option<&V>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ?Sized,
-    {
-        self.entries
-            .get(key)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(value, _)| value)
-    }
-
-    fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        let ttl = self.ttl;
-        self.entries
-            .get_mut(key)
-            .filter(|(_, at)| at.elapsed() < ttl)
-            .map(|(value, _)| value)
-    }
-
-    fn put(&mut self, key: K, value: V) {
-        let now = Instant::now();
-        if self.entries.insert(key.clone(), (value, now)).is_none() {
-            while self.entries.len() > self.capacity {
-                let Some((oldest, at)) = self.order.pop_front() else {
-                    break;
-                };
-                if self.entries.get(&oldest).is_some_and(|(_, put)| *put == at) {
-                    self.entries.remove(&oldest);
-                }
-            }
-        }
-        self.order.push_back((key, now));
-        // Keys put again leave stale pairs behind: keep the queue within twice the map.
-        if self.order.len() > 2 * self.capacity {
-            let entries = &self.entries;
-            self.order
-                .retain(|(key, at)| entries.get(key).is_some_and(|(_, put)| put == at));
-        }
-        debug_assert!(self.entries.len() <= self.capacity);
-    }
-
-    fn remove(&mut self, key: &K) {
-        self.entries.remove(key);
-    }
-
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-}
 
 /// How many failed authentications a client address may make: a bucket of
 /// `per_minute` tokens refilled continuously; empty, its unknown keys are refused with
@@ -537,80 +468,4 @@ impl MerchantRegistry {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn api_key_hash_is_stable_hex_sha256() {
-        assert_eq!(
-            hash_api_key("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
-
-    #[test]
-    fn webhook_secrets_are_random_and_redacted_in_debug() {
-        let a = new_webhook_secret();
-        assert!(a.starts_with("whsec_") && a.len() == 6 + 64, "{a}");
-        assert_ne!(a, new_webhook_secret());
-        let m = CreatedMerchant {
-            id: "mer_1".into(),
-            object: "merchant",
-            name: "n".into(),
-            api_key: "sk_test_secret".into(),
-            webhook_url: None,
-            webhook_api: WebhookApi::Payrail,
-            webhook_secret: a.clone(),
-        };
-        let debug = format!("{m:?}");
-        assert!(
-            !debug.contains(&a) && !debug.contains("sk_test_secret"),
-            "{debug}"
-        );
-    }
-
-    #[test]
-    fn a_full_cache_forgets_its_oldest_entry_only() {
-        let mut recent: Recent<u32, ()> = Recent::new(3, Duration::from_secs(60));
-        for key in 0..3 {
-            recent.put(key, ());
-        }
-        recent.put(3, ());
-        assert_eq!(recent.len(), 3);
-        assert!(recent.get(&0).is_none(), "the oldest went");
-        for key in 1..=3 {
-            assert!(recent.get(&key).is_some(), "{key} stayed");
-        }
-    }
-
-    #[test]
-    fn a_flood_of_new_keys_keeps_the_cache_at_its_bound() {
-        let mut recent: Recent<u64, ()> = Recent::new(100, Duration::from_secs(60));
-        for key in 0..10_000 {
-            recent.put(key, ());
-            assert!(recent.len() <= 100);
-        }
-        assert_eq!(recent.len(), 100);
-        assert!(recent.get(&9_999).is_some() && recent.get(&9_900).is_some());
-        assert!(recent.order.len() <= 200, "{}", recent.order.len());
-    }
-
-    #[test]
-    fn an_entry_put_again_is_not_evicted_by_its_stale_place() {
-        let mut recent: Recent<u32, u32> = Recent::new(2, Duration::from_secs(60));
-        recent.put(1, 10);
-        recent.put(2, 20);
-        recent.put(1, 11); // 1 is now the newest
-        recent.put(3, 30); // 2 goes, not 1
-        assert_eq!(recent.get(&1), Some(&11));
-        assert!(recent.get(&2).is_none());
-        assert_eq!(recent.get(&3), Some(&30));
-    }
-
-    #[test]
-    fn entries_expire_after_their_ttl() {
-        let mut recent: Recent<u32, ()> = Recent::new(2, Duration::from_millis(0));
-        recent.put(1, ());
-        assert!(recent.get(&1).is_none());
-    }
-}
+mod tests;

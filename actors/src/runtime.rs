@@ -1,12 +1,13 @@
-//! What every domain actor of a node shares: the journal producer, the database, options,
-//! and the position of the snapshot projector.
+//! What every domain actor of a node shares: the node's journal side (producer, database,
+//! breaker, leases, the snapshot projector's position, the fallback), options, the PSP
+//! client and the idle timer.
 
 use kafka_journal::consumer::ConsumerProgress;
 use kafka_journal::JournalProducer;
+use payrail_fallback::{JournalFallback, NodeJournal, NodeJournalParts};
 use payrail_supervisor::{Escalations, JournalHealth, PartitionOwnership, RestartPolicy};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,143 +112,56 @@ pub struct RuntimeParts {
     pub snapshots: ConsumerProgress,
     pub psp: crate::psp::PspClient,
     /// The fallback spool and its state per partition (DESIGN "Journal unavailable").
-    pub fallback: crate::fallback::JournalFallback,
+    pub fallback: JournalFallback,
     /// The partitions this node owns and their owner epochs.
     pub ownership: PartitionOwnership,
 }
 
-/// Shared by all actors of one node.
+/// Shared by all actors of one node: the node's journal side ([`NodeJournal`], which it
+/// derefs to, so actors read `runtime.producer` or call `runtime.enter_fallback`), the
+/// actors' options, the PSP client and the idle timer.
 pub struct Runtime {
-    pub producer: JournalProducer,
-    /// Restart intensity and backoff of every supervisor (`[supervisor.restart]`).
-    pub restart: RestartPolicy,
-    /// Where supervisors report give-ups (readiness, exit policy).
-    pub escalations: Escalations,
-    pub pool: PgPool,
-    pub topic: String,
-    pub partitions: u32,
+    /// The producer, breaker, leases, produced offsets and the fallback; shared with the
+    /// replayer and the delivery.
+    pub journal: Arc<NodeJournal>,
     pub options: ActorOptions,
-    pub health: JournalHealth,
-    pub snapshots: ConsumerProgress,
     pub psp: crate::psp::PspClient,
-    pub fallback: crate::fallback::JournalFallback,
-    pub ownership: PartitionOwnership,
     /// Tells idle payment actors when to check whether to passivate (one task per node,
     /// not one timer task per actor).
     pub payment_idle: crate::idle_timer::IdleTimer<crate::messages::PaymentMsg>,
-    /// Per partition: one past the highest offset this node has journaled.
-    produced: Vec<AtomicI64>,
-    /// The pools of this node (besides the snapshot projector), whose progress bounds the
-    /// journaled records kept for a fallback (see [`crate::fallback`]).
-    pools: std::sync::RwLock<Vec<ConsumerProgress>>,
+}
+
+impl std::ops::Deref for Runtime {
+    type Target = NodeJournal;
+
+    fn deref(&self) -> &NodeJournal {
+        &self.journal
+    }
 }
 
 impl Runtime {
     /// Must be called inside a tokio runtime (it starts the idle timer's task).
     pub fn new(parts: RuntimeParts) -> Arc<Self> {
-        let partitions = parts.partitions;
+        let rebuild_timeout = Duration::from_millis(parts.options.rebuild_timeout_ms);
         Arc::new(Self {
-            producer: parts.producer,
-            restart: parts.restart,
-            escalations: parts.escalations,
-            pool: parts.pool,
-            topic: parts.topic,
-            partitions,
+            journal: Arc::new(NodeJournal::new(NodeJournalParts {
+                producer: parts.producer,
+                restart: parts.restart,
+                escalations: parts.escalations,
+                pool: parts.pool,
+                topic: parts.topic,
+                partitions: parts.partitions,
+                health: parts.health,
+                snapshots: parts.snapshots,
+                fallback: parts.fallback,
+                ownership: parts.ownership,
+                rebuild_timeout,
+            })),
             options: parts.options,
-            health: parts.health,
-            snapshots: parts.snapshots,
             psp: parts.psp,
-            fallback: parts.fallback,
-            ownership: parts.ownership,
             payment_idle: crate::idle_timer::IdleTimer::start(|| {
                 crate::messages::PaymentMsg::IdleCheck
             }),
-            produced: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
-            pools: std::sync::RwLock::new(Vec::new()),
         })
-    }
-
-    pub fn partition_of(&self, merchant_id: &str) -> i32 {
-        kafka_journal::partition_for(merchant_id.as_bytes(), self.partitions)
-    }
-
-    pub fn record_produced(&self, partition: i32, offset: i64) {
-        if let Some(slot) = self.produced.get(partition as usize) {
-            slot.fetch_max(offset + 1, Ordering::AcqRel);
-        }
-    }
-
-    /// Registers a pool of this node (see the `pools` field).
-    pub fn register_pool(&self, progress: ConsumerProgress) {
-        match self.pools.write() {
-            Ok(mut pools) => pools.push(progress),
-            Err(poisoned) => poisoned.into_inner().push(progress),
-        }
-    }
-
-    /// The lowest next offset of `partition` among the snapshot projector and this node's
-    /// pools (an unknown one, -1, counts as 0).
-    pub fn applied_floor(&self, partition: i32) -> i64 {
-        let pools = match self.pools.read() {
-            Ok(pools) => pools,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        pools
-            .iter()
-            .map(|p| p.next_offset(partition).max(0))
-            .fold(self.snapshots.next_offset(partition).max(0), i64::min)
-    }
-
-    /// One past the highest offset this node has journaled to `partition`.
-    pub fn produced_offset(&self, partition: i32) -> i64 {
-        self.produced
-            .get(partition as usize)
-            .map(|s| s.load(Ordering::Acquire))
-            .unwrap_or(0)
-    }
-
-    /// Puts `partition` in fallback (see [`crate::fallback`]); no-op when it is.
-    pub async fn enter_fallback(
-        &self,
-        partition: i32,
-    ) -> Result<(), crate::fallback::FallbackError> {
-        let epoch = self
-            .ownership
-            .epoch(partition)
-            .ok_or(crate::fallback::FallbackError::NotServed(partition))?;
-        self.fallback
-            .enter(
-                partition,
-                epoch,
-                || self.produced_offset(partition),
-                || self.snapshots.next_offset(partition),
-                || self.applied_floor(partition),
-                &self.pool,
-            )
-            .await
-    }
-
-    /// The partition's high watermark on the broker (one past its last record), bounded by
-    /// `actors.rebuild_timeout_ms`.
-    pub async fn journal_end(&self, partition: i32) -> Result<i64, kafka_journal::JournalError> {
-        self.producer
-            .high_watermark(
-                &self.topic,
-                partition,
-                Duration::from_millis(self.options.rebuild_timeout_ms),
-            )
-            .await
-    }
-
-    /// Waits (bounded by `actors.rebuild_timeout_ms`) until the snapshot projector has
-    /// applied `partition` up to `next_offset`, so a snapshot read afterwards is complete.
-    pub async fn snapshots_reached(&self, partition: i32, next_offset: i64) -> bool {
-        self.snapshots
-            .wait_for(
-                partition,
-                next_offset,
-                Duration::from_millis(self.options.rebuild_timeout_ms),
-            )
-            .await
     }
 }

@@ -236,9 +236,16 @@ impl From<CommandError> for ApiError {
     }
 }
 
+/// A request refused before routing (by the guard, or the cluster check of an internal
+/// request); [`recover`] answers it with its error object.
+#[derive(Debug)]
+pub(crate) struct Refused(pub ApiError);
+
+impl warp::reject::Reject for Refused {}
+
 /// Maps warp's own rejections (no route, wrong method, body too large, …) to error objects.
 pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::convert::Infallible> {
-    let error = if let Some(crate::guard::Refused(error)) = rejection.find() {
+    let error = if let Some(Refused(error)) = rejection.find() {
         error.clone()
     } else if rejection.is_not_found() {
         ApiError::not_found("Unrecognized request URL")

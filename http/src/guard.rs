@@ -17,15 +17,9 @@
 //! not a Bearer key), so the exception opens no path for a forged request; the origin checks
 //! still apply.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Refused};
 use warp::http::{Method, StatusCode};
 use warp::Filter;
-
-/// A request refused before routing; `error::recover` answers it.
-#[derive(Debug)]
-pub(crate) struct Refused(pub ApiError);
-
-impl warp::reject::Reject for Refused {}
 
 /// The filter in front of every route.
 pub(crate) fn state_changing() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {

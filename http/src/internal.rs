@@ -36,7 +36,7 @@ pub(crate) fn cluster_authenticated(
             let state = state.clone();
             async move {
                 authorize_cluster(&state, &given)
-                    .map_err(|e| warp::reject::custom(crate::guard::Refused(e)))
+                    .map_err(|e| warp::reject::custom(crate::error::Refused(e)))
             }
         })
         .untuple_one()

@@ -21,7 +21,6 @@ use crate::codec::{Codec, CodecError, CodecKind};
 use crate::dead_letters::DeadLetterPublisher;
 use crate::envelope::{Envelope, EventHeaders};
 use crate::fence::{EpochFence, FenceVerdict};
-use crate::lag::LagHistogram;
 use crate::offsets;
 use crate::options::JournalOptions;
 use crate::producer::JournalError;
@@ -43,67 +42,6 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, error, info, warn, Instrument};
 use uuid::Uuid;
 
-/// A record as a worker sees it.
-#[derive(Debug, Clone)]
-pub struct ConsumedRecord {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub event_type: Option<String>,
-    pub event_id: Option<Uuid>,
-    pub content_type: Option<String>,
-    pub value: Vec<u8>,
-    /// The record's journal timestamp (ms since the epoch; the producer's create time).
-    pub timestamp_ms: Option<i64>,
-    /// Header `owner_epoch` (0 when absent), see [`crate::fence`].
-    pub owner_epoch: u64,
-}
-
-impl ConsumedRecord {
-    /// Whether this is a new owner's `partition.owner_changed` marker.
-    pub fn is_owner_change(&self) -> bool {
-        self.event_type.as_deref() == Some(crate::fence::OWNER_CHANGED)
-    }
-
-    /// Decodes the envelope with the codec its `content_type` header names.
-    pub fn decode<P: DeserializeOwned>(&self) -> Result<Envelope<P>, CodecError> {
-        let kind = match &self.content_type {
-            Some(ct) => CodecKind::from_content_type(ct)?,
-            None => CodecKind::Bincode,
-        };
-        kind.decode(&self.value)
-    }
-}
-
-pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A read model's reaction to records. Called inside the worker's transaction; whatever it
-/// writes through `conn` commits or rolls back together with the consumed offset.
-#[async_trait::async_trait]
-pub trait PartitionHandler: Send + Sync + 'static {
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        record: &ConsumedRecord,
-    ) -> Result<(), HandlerError>;
-
-    /// Applies `records` (one partition, offset order, each not applied before) in the
-    /// worker's transaction. The default applies them one by one; a handler may override it
-    /// to write several records per statement, as long as the outcome is the same as
-    /// applying them in order.
-    async fn apply_batch(
-        &self,
-        conn: &mut PgConnection,
-        records: &[&ConsumedRecord],
-    ) -> Result<(), HandlerError> {
-        for record in records {
-            self.apply(conn, record).await?;
-        }
-        Ok(())
-    }
-}
-
 /// Which partitions a consumer reads.
 #[derive(Debug, Clone)]
 pub enum Assignment {
@@ -124,78 +62,6 @@ pub struct ConsumerSpec {
     /// (a pool's `<namespace><pool>.dlq`, see [`JournalOptions::dead_letter_topic`]); created
     /// at start. `None`: the table only.
     pub dead_letter_topic: Option<String>,
-}
-
-/// How far each partition has been applied (next offset), for readiness and tests.
-#[derive(Clone, Default)]
-pub struct ConsumerProgress {
-    partitions: Arc<Mutex<HashMap<i32, watch::Sender<i64>>>>,
-    lag: Arc<LagHistogram>,
-}
-
-impl ConsumerProgress {
-    fn sender(&self, partition: i32) -> watch::Sender<i64> {
-        let mut map = match self.partitions.lock() {
-            Ok(map) => map,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.entry(partition)
-            .or_insert_with(|| watch::channel(-1).0)
-            .clone()
-    }
-
-    /// Records that everything before `next_offset` is applied.
-    pub fn publish(&self, partition: i32, next_offset: i64) {
-        self.sender(partition).send_if_modified(|current| {
-            if next_offset > *current {
-                *current = next_offset;
-                true
-            } else {
-                false
-            }
-        });
-    }
-
-    /// Every partition this consumer has worked on, with its next offset (-1 unknown).
-    pub fn partitions(&self) -> Vec<(i32, i64)> {
-        let map = match self.partitions.lock() {
-            Ok(map) => map,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.iter().map(|(p, tx)| (*p, *tx.borrow())).collect()
-    }
-
-    /// Append-to-apply delays of the records applied since start.
-    pub fn lag(&self) -> &LagHistogram {
-        &self.lag
-    }
-
-    /// Counts `records`, just applied, in the lag histogram and in the partition's
-    /// `payrail_consumer_apply_delay_seconds` histogram.
-    fn record_applied(&self, records: &[ConsumedRecord], apply_delay: &metrics::Histogram) {
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        for record in records {
-            if let Some(at) = record.timestamp_ms.filter(|t| *t > 0) {
-                let delay_ms = now_ms.saturating_sub(at).max(0) as u64;
-                self.lag.record(delay_ms);
-                apply_delay.record(delay_ms as f64 / 1000.0);
-            }
-        }
-    }
-
-    /// The next offset to apply, or -1 when unknown yet.
-    pub fn next_offset(&self, partition: i32) -> i64 {
-        *self.sender(partition).borrow()
-    }
-
-    /// Waits until `partition` has applied everything before `next_offset`.
-    pub async fn wait_for(&self, partition: i32, next_offset: i64, timeout: Duration) -> bool {
-        let mut rx = self.sender(partition).subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|v| *v >= next_offset))
-            .await
-            .map(|r| r.is_ok())
-            .unwrap_or(false)
-    }
 }
 
 /// Cheap, cloneable handle to a running consumer.
@@ -524,9 +390,12 @@ fn new_consumer(
 }
 
 mod dispatch;
+mod progress;
 mod worker;
 
 use dispatch::{Dispatcher, Shared};
+pub use progress::ConsumerProgress;
+pub use crate::record::{ConsumedRecord, HandlerError, PartitionHandler};
 pub use worker::{PartitionWorker, WorkerArgs, WorkerMsg, WorkerState};
 
 mod assignment;

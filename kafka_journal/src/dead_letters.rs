@@ -6,7 +6,7 @@
 //! other systems and operators; the table is what `payrail dlq replay` works from.
 
 use crate::client_log::QuietContext;
-use crate::consumer::{ConsumedRecord, PartitionHandler};
+use crate::record::{ConsumedRecord, PartitionHandler};
 use crate::envelope::EventHeaders;
 use crate::offsets;
 use crate::options::JournalOptions;

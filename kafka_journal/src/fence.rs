@@ -13,10 +13,8 @@
 //! replay, so a zombie's late append can land *before* it; [`VoidFences`] covers that case:
 //! ranges a takeover in fallback voided, kept in PostgreSQL and read by every reader.
 
-use crate::consumer::ConsumedRecord;
-
-/// Event type of the marker a new owner appends before anything else.
-pub const OWNER_CHANGED: &str = "partition.owner_changed";
+pub use crate::record::OWNER_CHANGED;
+use crate::record::ConsumedRecord;
 
 /// The `node_id` of a single node's start marker (a single node has no cluster id).
 pub const SINGLE_NODE_ID: &str = "single-node";

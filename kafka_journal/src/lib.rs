@@ -24,6 +24,7 @@ pub mod options;
 pub mod partition;
 pub mod producer;
 pub mod reader;
+pub mod record;
 pub mod spool;
 #[cfg(test)]
 mod test_support;

@@ -5,7 +5,7 @@
 //! about what a consumer has applied: a crash, a rebalance, a redelivery or a reset of the
 //! group's Kafka offsets cannot make an event take effect twice.
 
-use crate::consumer::ConsumedRecord;
+use crate::record::ConsumedRecord;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -255,7 +255,7 @@ pub async fn stored_state<T: serde::de::DeserializeOwned, P>(
     conn: &mut PgConnection,
     table: &'static str,
     envelope: &crate::Envelope<P>,
-) -> Result<Option<(u64, T)>, crate::consumer::HandlerError> {
+) -> Result<Option<(u64, T)>, crate::record::HandlerError> {
     if envelope.sequence <= 1 {
         return Ok(None);
     }

@@ -16,8 +16,8 @@ use kafka_journal::producer::NoSignals;
 use kafka_journal::{
     partition_for, Codec, Envelope, JournalError, JournalOptions, JournalProducer,
 };
-use payrail_actors::money::Currency;
-use payrail_actors::payment::{PaymentCreated, PaymentEvent};
+use payrail_payment::money::Currency;
+use payrail_payment::{PaymentCreated, PaymentEvent};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -126,7 +126,7 @@ pub fn created_envelope(
     Envelope {
         event_id: Uuid::now_v7(),
         event_type: event.event_type().to_string(),
-        schema_version: payrail_actors::payment::events::SCHEMA_VERSION,
+        schema_version: payrail_payment::events::SCHEMA_VERSION,
         payment_id: format!("pay_{}", Uuid::now_v7().simple()),
         merchant_id: merchant_id.to_string(),
         sequence: 1,

@@ -8,7 +8,9 @@
 //!   the node's producer and options, no HTTP and no actors; the ceiling the write path is
 //!   compared against.
 //!
-//! Both print a human report or one JSON object ([`report::Report`]).
+//! Both print a human report or one JSON object ([`report::Report`]). It reaches a node
+//! only over HTTP and the broker only through `kafka_journal`; it must not know the actors,
+//! the pools or the fallback.
 
 pub mod bench;
 pub mod http_load;
@@ -20,6 +22,7 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod schedule;
+mod shared;
 pub mod zipf;
 
 pub use bench::{BenchError, BenchJournalArgs};

@@ -2,11 +2,18 @@
 //! counters and the progress line on stderr.
 
 use crate::limits::PROGRESS_INTERVAL_MS;
-use crate::report::Phase;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Which phase a request belongs to (by its intended send time, or its actual send time in a
+/// closed loop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Warmup,
+    Measure,
+}
 
 /// Start, end of warm-up and end of a run.
 #[derive(Debug, Clone, Copy)]

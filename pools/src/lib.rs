@@ -1,12 +1,14 @@
 //! The subscriber pools: partition workers that read `payment.events` and keep the read
 //! models in PostgreSQL, each event taking effect once — [`analytics`], [`ledger`],
-//! [`settlement`] and [`notification`] (merchant webhooks and e-mail).
+//! [`settlement`] and [`notification`] (merchant webhooks and e-mail) — and the [`audit`]
+//! that recomputes them from the journal (`payrail audit`, `payrail rebuild`).
 //!
 //! They read the journal and never write a payment: this crate must not know the actors
 //! (`payrail-actors`), the fallback or HTTP. It knows the domain (`payrail-payment`), the
 //! journal (`kafka_journal`) and supervision (`payrail-supervisor`).
 
 pub mod analytics;
+pub mod audit;
 mod created;
 pub mod fault;
 pub mod ledger;

@@ -1,6 +1,6 @@
 //! Stripe-style webhook signatures: header `t=<unix>,v1=<hex>[,v1=<hex>…]`, where each `v1`
 //! is HMAC-SHA256 over `"<t>.<raw body>"` with the shared secret. Used to verify PSP
-//! callbacks and (later) to sign merchant webhooks.
+//! callbacks and to sign merchant webhooks. It knows no other payrail crate.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

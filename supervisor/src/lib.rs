@@ -7,6 +7,9 @@
 //! - [`PartitionOwnership`]: which journal partitions this node owns.
 //! - [`Escalations`]: where supervisors report that they gave up (readiness, exit policy).
 //! - [`telemetry`]: restart and give-up counters per supervisor.
+//!
+//! It must not know the journal, the domain or any payrail crate above it: the journal,
+//! the fallback, the actors and the pools build on it.
 
 pub mod escalation;
 pub mod health;

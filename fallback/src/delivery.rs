@@ -5,7 +5,7 @@
 //! how far its pools have taken the batch, and what they held back is sent again.
 
 use super::sink::{DeliveredBatch, DeliveredEvent, SinkOutcome, MAX_BATCH_VALUE_HEX_BYTES};
-use crate::runtime::Runtime;
+use crate::NodeJournal;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -75,16 +75,16 @@ impl DeliveryOptions {
 
 /// Starts delivery to `targets` (base URLs) with `secret`, under the node's restart policy.
 pub fn spawn_delivery(
-    runtime: Arc<Runtime>,
+    node: Arc<NodeJournal>,
     targets: Vec<String>,
     secret: String,
     options: DeliveryOptions,
 ) -> JoinHandle<()> {
-    let restart = runtime.restart;
-    let escalations = runtime.escalations.clone();
+    let restart = node.restart;
+    let escalations = node.escalations.clone();
     payrail_supervisor::supervise_task("fallback_delivery", restart, escalations, move || {
         deliver_forever(
-            runtime.clone(),
+            node.clone(),
             targets.clone(),
             secret.clone(),
             options.clone(),
@@ -96,7 +96,7 @@ pub fn spawn_delivery(
 type Positions = HashMap<(usize, String, i32, i64), i64>;
 
 async fn deliver_forever(
-    runtime: Arc<Runtime>,
+    node: Arc<NodeJournal>,
     targets: Vec<String>,
     secret: String,
     options: DeliveryOptions,
@@ -140,12 +140,12 @@ async fn deliver_forever(
             }
             _ = tick.tick() => {}
         }
-        if runtime.fallback.active_partitions().is_empty() {
+        if node.fallback.active_partitions().is_empty() {
             positions.clear();
             last_sent.clear();
             continue;
         }
-        let episodes = match runtime.fallback.spool().episodes().await {
+        let episodes = match node.fallback.spool().episodes().await {
             Ok(episodes) => episodes,
             Err(error) => {
                 warn!(%error, "reading the fallback episodes failed");
@@ -169,12 +169,12 @@ async fn deliver_forever(
         for (partition, episode, high, copied_from) in episodes {
             let Some(high) = high else { continue };
             // The partitions this node owns now (a cluster node's change with its leases).
-            if !runtime.ownership.owns(partition) {
+            if !node.ownership.owns(partition) {
                 continue;
             }
             for (index, target) in targets.iter().enumerate() {
                 let sender = Sender {
-                    runtime: runtime.clone(),
+                    node: node.clone(),
                     client: client.clone(),
                     target: target.clone(),
                     secret: secret.clone(),
@@ -283,7 +283,7 @@ struct Stream {
 /// One target and partition, for one round of delivery.
 #[derive(Clone)]
 struct Sender {
-    runtime: Arc<Runtime>,
+    node: Arc<NodeJournal>,
     client: reqwest::Client,
     target: String,
     secret: String,
@@ -301,7 +301,7 @@ impl Sender {
     async fn deliver(self, pool: Option<String>, position: i64) -> Option<SinkOutcome> {
         let partition = self.partition;
         let target = self.target.as_str();
-        let spool = self.runtime.fallback.spool();
+        let spool = self.node.fallback.spool();
         let rows = if position < 0 {
             Vec::new()
         } else {

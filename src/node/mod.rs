@@ -31,8 +31,8 @@ pub const PAYMENT_EVENTS: &str = "payment.events";
 /// Exit status when a supervisor gave up and `supervisor.on_give_up = "exit"` (EX_SOFTWARE).
 const EXIT_GAVE_UP: i32 = 70;
 
-/// Attempts at creating the topics at start-up.
-const TOPIC_CREATION_ATTEMPTS: u32 = 5;
+mod pools;
+mod startup;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -77,7 +77,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.metrics.enabled {
         payrail_http::metrics::install().map_err(|e| anyhow::anyhow!(e))?;
     } else {
-        payrail_http::metrics::disable_request_metrics();
+        payrail_http::access::disable_request_metrics();
     }
     let pool = connect(&config).await?;
     migrate(&pool).await?;
@@ -108,7 +108,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     if reachable {
-        ensure_topics(&config, &topic).await?;
+        startup::ensure_topics(&config, &topic).await?;
     } else {
         // A node restarted during an outage serves the partitions it left in fallback
         // (their spool and snapshots are complete); the others wait for the journal.
@@ -121,7 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                match ensure_topics(&config, &topic).await {
+                match startup::ensure_topics(&config, &topic).await {
                     Ok(()) => {
                         info!("the journal answers: topics checked");
                         return;
@@ -145,7 +145,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // A cluster node owns nothing until its leases are taken over (see `cluster_node`);
     // a single node owns every partition, at the epochs it raises now.
     let cluster = if config.cluster.is_clustered() {
-        Some(lease_keeper(&config).await?)
+        Some(startup::lease_keeper(&config).await?)
     } else {
         None
     };
@@ -157,29 +157,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Arc::new(move |partition| leases.valid(partition)),
             )
         }
-        None => {
-            // A single node raises every partition's epoch at each start and journals a
-            // marker before it learns the journal's end (below, or in the replayer when the
-            // journal is down): a write its previous incarnation left in doubt on a hung
-            // broker then lands behind the marker, fenced, instead of beside the retried
-            // command decided again after the rebuild (issue 22).
-            let ownership = PartitionOwnership::all(journal.partitions);
-            let store = payrail_cluster::LeaseStore::new(pool.clone(), Duration::from_secs(5));
-            let epochs = store
-                .raise_single_node_epochs(journal.partitions, SINGLE_NODE_ID)
-                .await
-                .map_err(|e| anyhow::anyhow!("raising the partitions' epochs: {e}"))?;
-            anyhow::ensure!(
-                epochs.len() == journal.partitions as usize,
-                "raising the partitions' epochs returned {} rows for {} partitions",
-                epochs.len(),
-                journal.partitions
-            );
-            for (partition, epoch) in epochs {
-                ownership.grant(partition, epoch);
-            }
-            ownership
-        }
+        None => startup::single_node_ownership(&config, &pool).await?,
     };
     let supervision = Supervision {
         restart: config.supervisor.restart,
@@ -217,6 +195,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             // The spool itself needs a bound; 0 (fallback off) is enforced by the fallback.
             Spool::new(pool.clone(), topic.clone(), config.spool.max_rows.max(1)),
             journal.group(SNAPSHOT_CONSUMER),
+            Arc::new(SnapshotProjector),
             config.spool.clone(),
             journal.partitions,
         ),
@@ -224,180 +203,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let node = NodeHandle::start(runtime.clone(), ownership.clone()).await?;
 
-    // Rebuild: the snapshot projector must have applied the whole journal tail before this
-    // node serves its partitions, so every payment is rebuilt with its latest state. A
-    // partition left in fallback is complete already (its snapshots were written with its
-    // spool); one whose journal is unreachable now waits for it (the replayer retries).
-    let in_fallback: std::collections::HashMap<i32, Option<i64>> = runtime
-        .fallback
-        .spool()
-        .partitions_in_fallback()
-        .await
-        .context("reading the fallback spool")?
-        .into_iter()
-        .collect();
     let started = Instant::now();
-    let catch_up = Duration::from_millis(config.actors.startup_catch_up_timeout_ms);
-    for partition in ownership.owned() {
-        if let Some(high_at_start) = in_fallback.get(&partition) {
-            if cluster.is_none() && runtime.fallback.is_enabled() {
-                // The start marker goes through the spool, after the previous incarnation's
-                // rows: the replay journals them in that order.
-                resume_single_node_in_fallback(&runtime, partition).await?;
-            } else {
-                runtime.fallback.resume_active(partition);
-            }
-            if let Some(high) = high_at_start.filter(|h| *h > 0) {
-                runtime.record_produced(partition, high - 1);
-            }
-            info!(partition, "partition resumes in journal fallback");
-        }
-        if !reachable {
-            continue;
-        }
-        if cluster.is_none() && !in_fallback.contains_key(&partition) {
-            if let Err(error) =
-                payrail_actors::fallback::journal_start_marker(&runtime, partition).await
-            {
-                // The replayer journals it, then learns the end (as after a start in an outage).
-                tracing::warn!(partition, %error, "the start marker was not journaled; the partition waits for the journal");
-                continue;
-            }
-        }
-        let (_, high) = admin::watermarks(journal, &topic, partition).await?;
-        if in_fallback.contains_key(&partition) {
-            if high > 0 {
-                runtime.record_produced(partition, high - 1);
-            }
-            continue;
-        }
-        let remaining = catch_up.saturating_sub(started.elapsed());
-        if !snapshots
-            .progress
-            .wait_for(partition, high, remaining)
-            .await
-        {
-            bail!("partition {partition}: snapshots did not catch up to offset {high} within {catch_up:?}");
-        }
-        if high > 0 {
-            runtime.record_produced(partition, high - 1);
-        }
-        runtime.fallback.mark_end_known(partition, high);
-    }
-    let replayer = payrail_actors::fallback::spawn_replayer(runtime.clone());
+    startup::catch_up_partitions(
+        &config,
+        &runtime,
+        &snapshots.progress,
+        cluster.is_none(),
+        reachable,
+        started,
+    )
+    .await?;
+    let replayer = payrail_actors::fallback::spawn_replayer(runtime.journal.clone());
     node.mark_ready();
     info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "partitions ready"
     );
 
-    // The subscriber pools this node runs (`pools.run`). Each reads the partitions this node
-    // owns, assigned by hand from PostgreSQL offsets rather than through a broker consumer
-    // group: tansu's group coordinator left pools without partitions for minutes after a
-    // restart (see docs/DECISIONS.md, "Subscriber pools").
-    let mut sinks = Vec::new();
-    for (kind, group, handler) in [
-        (
-            PoolKind::Analytics,
-            ANALYTICS_GROUP,
-            Arc::new(AnalyticsProjector) as Arc<dyn kafka_journal::consumer::PartitionHandler>,
-        ),
-        (PoolKind::Ledger, LEDGER_GROUP, Arc::new(LedgerProjector)),
-        (
-            PoolKind::Settlement,
-            SETTLEMENT_GROUP,
-            Arc::new(SettlementProjector),
-        ),
-    ] {
-        if !config.pools.runs(kind) {
-            info!(pool = group, "pool not run on this node (pools.run)");
-            continue;
-        }
-        let handler = if config.actors.fault_injection {
-            let name = group.strip_prefix("payrail.").unwrap_or(group);
-            let handler = payrail_pools::fault::PanickingPool::wrap(name, handler);
-            if config.actors.fault_slow_pool == name {
-                payrail_pools::fault::SlowPool::wrap(
-                    name,
-                    config.actors.fault_slow_pool_delay_ms,
-                    handler,
-                )
-            } else {
-                handler
-            }
-        } else {
-            handler
-        };
-        sinks.push(ConsumerSink {
-            spec: ConsumerSpec {
-                name: journal.group(group),
-                topic: topic.clone(),
-                assignment: Assignment::Manual(ownership.owned()),
-                dead_letter_topic: Some(journal.dead_letter_topic(group)),
-            },
-            handler,
-        });
-    }
-    if config.pools.runs(PoolKind::Notification) {
-        sinks.push(payrail_pools::notification::consumer_sink(
-            journal,
-            &config.notification,
-            &topic,
-            ownership.owned(),
-        ));
-    } else {
-        info!("notification pool not run on this node (pools.run)");
-    }
-    let notification_name = journal.group(payrail_pools::notification::NOTIFICATION_GROUP);
-    let handlers: Vec<_> = sinks.iter().map(|sink| sink.handler.clone()).collect();
-    // One fetch per partition feeds every pool (`pools.shared_fetch`), or each its own.
-    let mut consumers = Vec::new();
-    if config.pools.shared_fetch && !sinks.is_empty() {
-        consumers = spawn_consumers(journal, supervision.clone(), sinks, pool.clone()).await?;
-    } else {
-        for sink in sinks {
-            consumers.push(
-                spawn_consumer(
-                    journal,
-                    supervision.clone(),
-                    sink.spec,
-                    pool.clone(),
-                    sink.handler,
-                )
-                .await?,
-            );
-        }
-    }
-    let mut pools = Vec::new();
-    let mut sink_pools = Vec::new();
-    let mut notifications = None;
-    for (consumer, handler) in consumers.into_iter().zip(handlers) {
-        sink_pools.push(SinkPool {
-            consumer: consumer.spec.name.clone(),
-            handler: handler.clone(),
-            progress: consumer.progress.clone(),
-        });
-        if consumer.spec.name == notification_name {
-            notifications = Some(
-                payrail_pools::notification::start(
-                    journal,
-                    supervision.clone(),
-                    &config.notification,
-                    consumer,
-                    handler,
-                    pool.clone(),
-                    producer.clone(),
-                )
-                .await?,
-            );
-        } else {
-            pools.push(consumer);
-        }
-    }
-
-    for sink_pool in &sink_pools {
+    let started_pools = pools::start(&config, &topic, &ownership, &supervision, &pool, &producer).await?;
+    for sink_pool in &started_pools.sink_pools {
         runtime.register_pool(sink_pool.progress.clone());
     }
+    let pools::StartedPools {
+        pools,
+        notifications,
+        sink_pools,
+    } = started_pools;
     let pool_sink = PoolSink::new(pool.clone(), topic.clone(), journal.partitions, sink_pools);
 
     let sweeper =
@@ -492,7 +323,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.fallback.targets.clone()
     };
     let delivery = payrail_actors::fallback::spawn_delivery(
-        runtime.clone(),
+        runtime.journal.clone(),
         targets,
         config.cluster.secret.clone(),
         config.fallback.clone(),
@@ -512,102 +343,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     snapshots.stop();
     producer.flush(Duration::from_secs(5));
-    Ok(())
-}
-
-/// The lease keeper of a cluster node, on a small PostgreSQL pool of its own: renewals must
-/// not queue behind the node's command traffic, or a busy node would lose its leases.
-/// A single node's restart while `partition` is in fallback: its start marker is spooled
-/// after the previous incarnation's rows (the replay journals them in that order), and the
-/// partition serves from its snapshots, complete in fallback.
-async fn resume_single_node_in_fallback(runtime: &Runtime, partition: i32) -> anyhow::Result<()> {
-    let epoch = runtime
-        .ownership
-        .epoch(partition)
-        .context("a single node owns every partition")?;
-    let marker = kafka_journal::fence::owner_changed_marker(
-        &runtime.producer,
-        &runtime.topic,
-        partition,
-        epoch,
-        SINGLE_NODE_ID,
-    )?;
-    let spooled = runtime
-        .fallback
-        .take_over(partition, epoch, &marker, &runtime.pool)
-        .await
-        .with_context(|| format!("partition {partition}: spooling the start marker"))?;
-    anyhow::ensure!(
-        spooled.is_some(),
-        "partition {partition}: its fallback ended while the node started"
-    );
-    Ok(())
-}
-
-async fn lease_keeper(config: &Config) -> anyhow::Result<payrail_cluster::LeaseKeeper> {
-    let cluster = &config.cluster;
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_millis(cluster.lease_ms / 6))
-        .connect(&config.database.url)
-        .await
-        .context("connecting the lease keeper to PostgreSQL (database.url)")?;
-    let advertise_url = if cluster.advertise_url.is_empty() {
-        format!("http://{}", config.http.bind)
-    } else {
-        cluster.advertise_url.clone()
-    };
-    let options = payrail_cluster::LeaseOptions {
-        node_id: cluster.node_id.clone(),
-        advertise_url,
-        lease_ms: cluster.lease_ms,
-        safety_margin_ms: (cluster.safety_margin_ms > 0).then_some(cluster.safety_margin_ms),
-        partitions: config.journal.partitions,
-        drain_timeout_ms: cluster.drain_timeout_ms,
-        ..Default::default()
-    };
-    payrail_cluster::LeaseKeeper::new(pool, options).context("cluster options")
-}
-
-/// Creates the journal's topics when missing (bounded retries) and checks the partition
-/// count of `topic` against the config.
-async fn ensure_topics(config: &Config, topic: &str) -> anyhow::Result<()> {
-    let journal = &config.journal;
-    let topic = topic.to_string();
-    let topics = [
-        TopicSpec {
-            name: topic.clone(),
-            partitions: journal.partitions,
-        },
-        TopicSpec {
-            name: journal.topic(SETTLEMENT_EVENTS),
-            partitions: journal.partitions,
-        },
-    ];
-    // A busy broker may time out an admin request; try a bounded number of times.
-    let mut attempt = 0;
-    let created = loop {
-        attempt += 1;
-        match admin::ensure_topics(journal, &topics).await {
-            Ok(created) => break created,
-            Err(error) if attempt < TOPIC_CREATION_ATTEMPTS => {
-                tracing::warn!(%error, attempt, "creating topics failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(error) => return Err(error).context("creating topics (journal.brokers)"),
-        }
-    };
-    if !created.is_empty() {
-        info!(?created, "created topics");
-    }
-    match admin::partition_count(journal, &topic).await? {
-        Some(n) if n as u32 == journal.partitions => {}
-        Some(n) => bail!(
-            "journal.partitions: topic {topic} has {n} partitions but the config says {}; they must agree",
-            journal.partitions
-        ),
-        None => bail!("topic {topic} is not visible after creation"),
-    }
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 //! - learns the journal's end of partitions the node started without (journal down at
 //!   start) once the journal answers again.
 
-use crate::runtime::Runtime;
+use crate::NodeJournal;
 use kafka_journal::producer::OutgoingRecord;
 use payrail_supervisor::{Admission, BreakerState};
 use std::collections::HashSet;
@@ -21,16 +21,16 @@ const ABANDON_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 
 /// Starts the replayer for the partitions the node owns (read on every round: a cluster
 /// node's change with its leases) under the node's restart policy.
-pub fn spawn_replayer(runtime: Arc<Runtime>) -> JoinHandle<()> {
-    let restart = runtime.restart;
-    let escalations = runtime.escalations.clone();
+pub fn spawn_replayer(node: Arc<NodeJournal>) -> JoinHandle<()> {
+    let restart = node.restart;
+    let escalations = node.escalations.clone();
     payrail_supervisor::supervise_task("spool_replayer", restart, escalations, move || {
-        replay_forever(runtime.clone())
+        replay_forever(node.clone())
     })
 }
 
-async fn replay_forever(runtime: Arc<Runtime>) {
-    let interval = Duration::from_millis(runtime.fallback.options().replay_interval_ms);
+async fn replay_forever(node: Arc<NodeJournal>) {
+    let interval = Duration::from_millis(node.fallback.options().replay_interval_ms);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_closed = true;
@@ -39,37 +39,37 @@ async fn replay_forever(runtime: Arc<Runtime>) {
     let mut marked: HashSet<i32> = HashSet::new();
     loop {
         tick.tick().await;
-        let closed = runtime.health.state() == BreakerState::Closed;
+        let closed = node.health.state() == BreakerState::Closed;
         // Once per outage: during a recovery the breaker flaps, and a producer replaced
         // again and again never gets its producer id from a broker that just restarted.
         let recently = abandoned_at.is_some_and(|at| at.elapsed() < ABANDON_AT_MOST_EVERY);
-        if was_closed && !closed && runtime.fallback.is_enabled() && !recently {
+        if was_closed && !closed && node.fallback.is_enabled() && !recently {
             abandoned_at = Some(std::time::Instant::now());
             // Appends already sent to the failed journal would hold their commands (and the
             // switch of their partitions to the spool) until their timeout; fail them now.
             info!("journal breaker open: abandoning the appends in flight");
-            runtime.producer.abandon_in_flight();
+            node.producer.abandon_in_flight();
         }
         was_closed = closed;
-        let partitions = runtime.ownership.owned();
-        if !closed && runtime.fallback.is_enabled() {
+        let partitions = node.ownership.owned();
+        if !closed && node.fallback.is_enabled() {
             for &partition in &partitions {
-                if !runtime.fallback.is_active(partition) {
-                    if let Err(error) = runtime.enter_fallback(partition).await {
+                if !node.fallback.is_active(partition) {
+                    if let Err(error) = node.enter_fallback(partition).await {
                         warn!(partition, %error, "cannot put the partition in fallback");
                     }
                 }
             }
         }
         for &partition in &partitions {
-            if !runtime.fallback.is_end_known(partition) {
-                learn_journal_end(&runtime, partition, &mut marked).await;
+            if !node.fallback.is_end_known(partition) {
+                learn_journal_end(&node, partition, &mut marked).await;
             }
             // Read again: the round's list is as old as the round, and a partition handed
             // over meanwhile is the new owner's to replay, under its epoch.
-            if let Some(epoch) = runtime.ownership.epoch(partition) {
-                if runtime.fallback.is_active(partition) {
-                    replay_partition(&runtime, partition, epoch).await;
+            if let Some(epoch) = node.ownership.epoch(partition) {
+                if node.fallback.is_active(partition) {
+                    replay_partition(&node, partition, epoch).await;
                 }
             }
         }
@@ -78,8 +78,8 @@ async fn replay_forever(runtime: Arc<Runtime>) {
 
 /// Appends `partition`'s spool under `epoch` (this node's lease on it) while the breaker
 /// admits appends; leaves fallback when the spool is empty.
-async fn replay_partition(runtime: &Runtime, partition: i32, epoch: u64) {
-    let fallback = &runtime.fallback;
+async fn replay_partition(node: &NodeJournal, partition: i32, epoch: u64) {
+    let fallback = &node.fallback;
     let batch = i64::from(fallback.options().replay_batch);
     loop {
         let pending = match fallback.spool().pending(partition, batch).await {
@@ -90,7 +90,7 @@ async fn replay_partition(runtime: &Runtime, partition: i32, epoch: u64) {
             }
         };
         let Some(last) = pending.last().map(|r| r.sequence) else {
-            if runtime.health.state() == BreakerState::Closed {
+            if node.health.state() == BreakerState::Closed {
                 // Leave only once the snapshot projector has applied the journal up to its
                 // end. In fallback the snapshots are complete by construction; outside it a
                 // command waits for the projector (`ensure_history_readable`), whose
@@ -99,9 +99,9 @@ async fn replay_partition(runtime: &Runtime, partition: i32, epoch: u64) {
                 // `node_not_ready` (issue 22, the outage suite at full size). Waits one
                 // replay interval at most and tries again on the next tick; commands
                 // meanwhile are spooled and answered.
-                let end = runtime.produced_offset(partition);
+                let end = node.produced_offset(partition);
                 let wait = Duration::from_millis(fallback.options().replay_interval_ms);
-                if !runtime.snapshots.wait_for(partition, end, wait).await {
+                if !node.snapshots.wait_for(partition, end, wait).await {
                     debug!(
                         partition,
                         journal_end = end,
@@ -110,7 +110,7 @@ async fn replay_partition(runtime: &Runtime, partition: i32, epoch: u64) {
                     return;
                 }
                 match fallback
-                    .leave_if_empty(partition, || runtime.produced_offset(partition))
+                    .leave_if_empty(partition, || node.produced_offset(partition))
                     .await
                 {
                     Ok(_) => {}
@@ -119,7 +119,7 @@ async fn replay_partition(runtime: &Runtime, partition: i32, epoch: u64) {
             }
             return;
         };
-        if runtime.health.admit() == Admission::Refused {
+        if node.health.admit() == Admission::Refused {
             return;
         }
         // Journaled under this owner's epoch: a previous owner's acknowledged records and
@@ -130,11 +130,11 @@ async fn replay_partition(runtime: &Runtime, partition: i32, epoch: u64) {
             .into_iter()
             .map(|r| restamped(r.record, epoch))
             .collect();
-        match runtime.producer.append(&records).await {
+        match node.producer.append(&records).await {
             Ok(receipts) => {
-                runtime.health.record_success();
+                node.health.record_success();
                 for receipt in &receipts {
-                    runtime.record_produced(receipt.partition, receipt.offset);
+                    node.record_produced(receipt.partition, receipt.offset);
                 }
                 let count = records.len() as u64;
                 // Kept like any journaled record until the local consumers applied them, so
@@ -146,14 +146,14 @@ async fn replay_partition(runtime: &Runtime, partition: i32, epoch: u64) {
                     partition,
                     records,
                     &offsets,
-                    runtime.applied_floor(partition),
+                    node.applied_floor(partition),
                 );
                 // Removed only now: a crash before this appends them again, with the same
                 // event ids, which every reader ignores. The journal's end is recorded with
                 // the removal: HTTP delivery holds later spooled events until a pool has
                 // applied the journal up to it (the removed rows come first).
                 if let Err(error) = fallback
-                    .mark_replayed(partition, epoch, last, end, &runtime.pool)
+                    .mark_replayed(partition, epoch, last, end, &node.pool)
                     .await
                 {
                     warn!(partition, %error, "removing replayed rows failed; they will be appended again");
@@ -170,12 +170,12 @@ async fn replay_partition(runtime: &Runtime, partition: i32, epoch: u64) {
             Err(error) => {
                 // A failed probe of an outage is the breaker's news (it logs the outage's
                 // start and end); a failure while the breaker was closed is worth a line.
-                if runtime.health.state() == BreakerState::Closed {
+                if node.health.state() == BreakerState::Closed {
                     warn!(partition, %error, "replaying the spool failed; retrying later");
                 } else {
                     debug!(partition, %error, "replaying the spool failed; retrying later");
                 }
-                runtime.health.record_failure();
+                node.health.record_failure();
                 return;
             }
         }
@@ -191,9 +191,9 @@ fn restamped(mut record: OutgoingRecord, epoch: u64) -> OutgoingRecord {
 /// For a partition whose journal end was unknown at start: reads it and waits for the
 /// snapshot projector to reach it, then records it as produced. A single node first
 /// journals its start marker (once; `marked` remembers it).
-async fn learn_journal_end(runtime: &Runtime, partition: i32, marked: &mut HashSet<i32>) {
-    if !runtime.ownership.is_leased() && !marked.contains(&partition) {
-        match journal_start_marker(runtime, partition).await {
+async fn learn_journal_end(node: &NodeJournal, partition: i32, marked: &mut HashSet<i32>) {
+    if !node.ownership.is_leased() && !marked.contains(&partition) {
+        match journal_start_marker(node, partition).await {
             Ok(_) => {
                 marked.insert(partition);
             }
@@ -203,14 +203,14 @@ async fn learn_journal_end(runtime: &Runtime, partition: i32, marked: &mut HashS
             }
         }
     }
-    let Ok(end) = runtime.journal_end(partition).await else {
+    let Ok(end) = node.journal_end(partition).await else {
         return;
     };
-    if runtime.snapshots_reached(partition, end).await {
+    if node.snapshots_reached(partition, end).await {
         if end > 0 {
-            runtime.record_produced(partition, end - 1);
+            node.record_produced(partition, end - 1);
         }
-        runtime.fallback.mark_end_known(partition, end);
+        node.fallback.mark_end_known(partition, end);
         info!(
             partition,
             journal_end = end,
@@ -224,14 +224,14 @@ async fn learn_journal_end(runtime: &Runtime, partition: i32, marked: &mut HashS
 /// spool order, before the new owner writes anything; those commands were acknowledged.
 /// One attempt: returns whether the spool is empty and its fallback row gone (also at once
 /// when there was none). While the journal is unavailable the caller may take the
-/// partition over through the spool instead ([`crate::fallback::JournalFallback::take_over`]).
+/// partition over through the spool instead ([`crate::JournalFallback::take_over`]).
 /// Journaled under `epoch`, the lease the caller just acquired (not yet granted).
-pub async fn replay_left_spool(runtime: &Runtime, partition: i32, epoch: u64) -> bool {
-    match runtime.fallback.spool().pending(partition, 1).await {
+pub async fn replay_left_spool(node: &NodeJournal, partition: i32, epoch: u64) -> bool {
+    match node.fallback.spool().pending(partition, 1).await {
         Ok(pending) if pending.is_empty() => {}
         Ok(_) => {
             info!(partition, "replaying the spool the previous owner left");
-            replay_partition(runtime, partition, epoch).await;
+            replay_partition(node, partition, epoch).await;
         }
         Err(error) => {
             warn!(partition, %error, "reading the spool failed; retrying");
@@ -239,9 +239,9 @@ pub async fn replay_left_spool(runtime: &Runtime, partition: i32, epoch: u64) ->
         }
     }
     // Its fallback row goes too: the next outage starts an episode of this owner's.
-    match runtime
+    match node
         .fallback
-        .leave_if_empty(partition, || runtime.produced_offset(partition))
+        .leave_if_empty(partition, || node.produced_offset(partition))
         .await
     {
         Ok(left) => left,
@@ -259,25 +259,25 @@ pub async fn replay_left_spool(runtime: &Runtime, partition: i32, epoch: u64) ->
 /// landed before it is in the journal the node rebuilds from. Either way no command is
 /// decided beside it (issue 22). Returns the marker's offset.
 pub async fn journal_start_marker(
-    runtime: &Runtime,
+    node: &NodeJournal,
     partition: i32,
 ) -> Result<i64, kafka_journal::producer::JournalError> {
-    let epoch = runtime.ownership.epoch(partition).unwrap_or(0);
-    debug_assert!(!runtime.ownership.is_leased() && epoch > 0);
+    let epoch = node.ownership.epoch(partition).unwrap_or(0);
+    debug_assert!(!node.ownership.is_leased() && epoch > 0);
     let marker = kafka_journal::fence::owner_changed_marker(
-        &runtime.producer,
-        &runtime.topic,
+        &node.producer,
+        &node.topic,
         partition,
         epoch,
         kafka_journal::fence::SINGLE_NODE_ID,
     )?;
-    let receipts = runtime
+    let receipts = node
         .producer
         .append(std::slice::from_ref(&marker))
         .await?;
     let offset = receipts.first().map_or(-1, |r| r.offset);
     if offset >= 0 {
-        runtime.record_produced(partition, offset);
+        node.record_produced(partition, offset);
     }
     info!(partition, epoch, offset, "start marker journaled");
     Ok(offset)

@@ -2,7 +2,6 @@
 //! projection of spooled records into the snapshots in the same transaction.
 
 use super::error::FallbackError;
-use crate::snapshots::SnapshotProjector;
 use kafka_journal::consumer::{ConsumedRecord, PartitionHandler};
 use kafka_journal::producer::OutgoingRecord;
 use kafka_journal::spool::SpoolError;
@@ -56,33 +55,18 @@ pub(super) async fn fence_epoch(
     Ok(())
 }
 
-/// The consumed form of an outgoing record (no offset yet), for projecting it.
-pub fn as_consumed(record: &OutgoingRecord) -> ConsumedRecord {
-    ConsumedRecord {
-        topic: record.topic.clone(),
-        partition: record.partition,
-        offset: -1,
-        key: Some(record.key.as_bytes().to_vec()),
-        event_type: Some(record.headers.event_type.clone()),
-        event_id: Uuid::parse_str(&record.headers.event_id).ok(),
-        content_type: Some(record.headers.content_type.clone()),
-        value: record.value.clone(),
-        timestamp_ms: None,
-        owner_epoch: record.headers.owner_epoch,
-    }
-}
-
 /// Applies `records` to the snapshots in the caller's transaction, each once (marked
 /// applied for the snapshot projector, which then skips its journal copy).
 pub(super) async fn project(
     conn: &mut sqlx::PgConnection,
     consumer: &str,
+    projection: &dyn PartitionHandler,
     records: &[OutgoingRecord],
 ) -> Result<(), FallbackError> {
     if records.is_empty() {
         return Ok(());
     }
-    let consumed: Vec<ConsumedRecord> = records.iter().map(as_consumed).collect();
+    let consumed: Vec<ConsumedRecord> = records.iter().map(ConsumedRecord::from).collect();
     let ids: Vec<Uuid> = consumed.iter().filter_map(|r| r.event_id).collect();
     let mut fresh = kafka_journal::offsets::mark_processed_batch(conn, consumer, &ids)
         .await
@@ -94,7 +78,7 @@ pub(super) async fn project(
     if to_apply.is_empty() {
         return Ok(());
     }
-    SnapshotProjector
+    projection
         .apply_batch(conn, &to_apply)
         .await
         .map_err(|e| {

@@ -16,10 +16,18 @@
 //! fallback — after a passivation or a crash of the node — reads a complete snapshot.
 //!
 //! The pools are fed during the outage over HTTP ([`delivery`] sends, [`sink`] applies).
+//! [`NodeJournal`] is the node's side of the journal the replayer and the delivery drive.
+//!
+//! It knows the journal (`kafka_journal`) and the supervisor's breaker, leases and restart
+//! policy; it must not know the payment domain, the actors, the pools or HTTP. The snapshot
+//! projection it keeps complete in the spool's transactions is handed to it as a
+//! [`PartitionHandler`] (the actors' `SnapshotProjector`), and the pools are reached
+//! through the [`SinkPool`]s the node registers.
 
 pub mod delivery;
 mod episode;
 mod error;
+pub mod node_journal;
 mod replay;
 pub mod sink;
 mod writes;
@@ -27,17 +35,18 @@ mod writes;
 pub use delivery::{spawn_delivery, DeliveryOptions, CLUSTER_SECRET_HEADER};
 use error::inside_transaction;
 pub use error::FallbackError;
+pub use node_journal::{NodeJournal, NodeJournalParts};
 pub use replay::{journal_start_marker, replay_left_spool, spawn_replayer};
 pub use sink::{PoolSink, SinkPool};
-pub use writes::as_consumed;
 use writes::{fence_epoch, fence_spool, project};
 
+use kafka_journal::consumer::PartitionHandler;
 use kafka_journal::producer::OutgoingRecord;
 use kafka_journal::spool::{Spool, SpoolDepth, SpoolError};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{RwLock, RwLockReadGuard};
 use tracing::info;
 
@@ -132,12 +141,14 @@ struct PartitionFallback {
 }
 
 /// The node's fallback state: one entry per partition, the spool, and counters for
-/// operators. Shared through the [`crate::runtime::Runtime`].
+/// operators. Shared through the [`NodeJournal`].
 pub struct JournalFallback {
     spool: Spool,
     /// The snapshot projector's consumer name (namespaced), under which spooled events
     /// are marked applied.
     snapshot_consumer: String,
+    /// The snapshot projection, applied to spooled events in the spool's transaction.
+    projection: Arc<dyn PartitionHandler>,
     options: SpoolOptions,
     partitions: Vec<PartitionFallback>,
     spooled_total: AtomicU64,
@@ -155,12 +166,14 @@ impl JournalFallback {
     pub fn new(
         spool: Spool,
         snapshot_consumer: String,
+        projection: Arc<dyn PartitionHandler>,
         options: SpoolOptions,
         partitions: u32,
     ) -> Self {
         Self {
             spool,
             snapshot_consumer,
+            projection,
             options,
             partitions: (0..partitions)
                 .map(|_| PartitionFallback {
@@ -304,7 +317,7 @@ impl JournalFallback {
             // Projected first: the spool append locks the partition's fallback row (its
             // sequence) until the commit, serialising the partition's writers; the
             // projection touches only this payment's rows and need not run under that lock.
-            project(&mut tx, &self.snapshot_consumer, records).await?;
+            project(&mut tx, &self.snapshot_consumer, self.projection.as_ref(), records).await?;
             self.spool
                 .append_in(&mut tx, partition, records, None)
                 .await?;
