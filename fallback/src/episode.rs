@@ -89,7 +89,13 @@ impl JournalFallback {
                 .filter(|r| r.headers.owner_epoch == epoch)
                 .cloned()
                 .collect();
-            project(&mut tx, &self.snapshot_consumer, self.projection.as_ref(), &own).await?;
+            project(
+                &mut tx,
+                &self.snapshot_consumer,
+                self.projection.as_ref(),
+                &own,
+            )
+            .await?;
             tx.commit().await.map_err(SpoolError::from)?;
             Ok((tail.len(), earlier.is_some()))
         }

@@ -317,7 +317,13 @@ impl JournalFallback {
             // Projected first: the spool append locks the partition's fallback row (its
             // sequence) until the commit, serialising the partition's writers; the
             // projection touches only this payment's rows and need not run under that lock.
-            project(&mut tx, &self.snapshot_consumer, self.projection.as_ref(), records).await?;
+            project(
+                &mut tx,
+                &self.snapshot_consumer,
+                self.projection.as_ref(),
+                records,
+            )
+            .await?;
             self.spool
                 .append_in(&mut tx, partition, records, None)
                 .await?;

@@ -142,12 +142,7 @@ async fn replay_partition(node: &NodeJournal, partition: i32, epoch: u64) {
                 // again right away.
                 let offsets: Vec<i64> = receipts.iter().map(|r| r.offset).collect();
                 let end = offsets.iter().max().map(|o| o + 1).unwrap_or(0);
-                fallback.journaled(
-                    partition,
-                    records,
-                    &offsets,
-                    node.applied_floor(partition),
-                );
+                fallback.journaled(partition, records, &offsets, node.applied_floor(partition));
                 // Removed only now: a crash before this appends them again, with the same
                 // event ids, which every reader ignores. The journal's end is recorded with
                 // the removal: HTTP delivery holds later spooled events until a pool has
@@ -271,10 +266,7 @@ pub async fn journal_start_marker(
         epoch,
         kafka_journal::fence::SINGLE_NODE_ID,
     )?;
-    let receipts = node
-        .producer
-        .append(std::slice::from_ref(&marker))
-        .await?;
+    let receipts = node.producer.append(std::slice::from_ref(&marker)).await?;
     let offset = receipts.first().map_or(-1, |r| r.offset);
     if offset >= 0 {
         node.record_produced(partition, offset);

@@ -78,11 +78,8 @@ pub(super) async fn project(
     if to_apply.is_empty() {
         return Ok(());
     }
-    projection
-        .apply_batch(conn, &to_apply)
-        .await
-        .map_err(|e| {
-            warn!(error = %e, "projecting spooled events failed");
-            FallbackError::Projection(e.to_string())
-        })
+    projection.apply_batch(conn, &to_apply).await.map_err(|e| {
+        warn!(error = %e, "projecting spooled events failed");
+        FallbackError::Projection(e.to_string())
+    })
 }

@@ -37,7 +37,6 @@ use payrail_actors::NodeHandle;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use warp::http::StatusCode;
 use warp::reply::Response;

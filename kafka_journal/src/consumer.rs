@@ -17,9 +17,8 @@
 //! the restarted worker seeks back to its stored offset. Past the restart intensity the
 //! partition stays stopped and the give-up is reported to [`Escalations`].
 
-use crate::codec::{Codec, CodecError, CodecKind};
 use crate::dead_letters::DeadLetterPublisher;
-use crate::envelope::{Envelope, EventHeaders};
+use crate::envelope::EventHeaders;
 use crate::fence::{EpochFence, FenceVerdict};
 use crate::offsets;
 use crate::options::JournalOptions;
@@ -32,8 +31,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
-use serde::de::DeserializeOwned;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -393,9 +391,9 @@ mod dispatch;
 mod progress;
 mod worker;
 
+pub use crate::record::{ConsumedRecord, HandlerError, PartitionHandler};
 use dispatch::{Dispatcher, Shared};
 pub use progress::ConsumerProgress;
-pub use crate::record::{ConsumedRecord, HandlerError, PartitionHandler};
 pub use worker::{PartitionWorker, WorkerArgs, WorkerMsg, WorkerState};
 
 mod assignment;

@@ -6,11 +6,11 @@
 //! other systems and operators; the table is what `payrail dlq replay` works from.
 
 use crate::client_log::QuietContext;
-use crate::record::{ConsumedRecord, PartitionHandler};
 use crate::envelope::EventHeaders;
 use crate::offsets;
 use crate::options::JournalOptions;
 use crate::producer::JournalError;
+use crate::record::{ConsumedRecord, PartitionHandler};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};

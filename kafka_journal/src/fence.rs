@@ -13,8 +13,8 @@
 //! replay, so a zombie's late append can land *before* it; [`VoidFences`] covers that case:
 //! ranges a takeover in fallback voided, kept in PostgreSQL and read by every reader.
 
-pub use crate::record::OWNER_CHANGED;
 use crate::record::ConsumedRecord;
+pub use crate::record::OWNER_CHANGED;
 
 /// The `node_id` of a single node's start marker (a single node has no cluster id).
 pub const SINGLE_NODE_ID: &str = "single-node";

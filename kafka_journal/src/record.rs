@@ -2,7 +2,7 @@
 //! their own module so the fence, the offsets and the dead letters read records without
 //! importing the consumer).
 
-use crate::codec::{CodecError, CodecKind};
+use crate::codec::{Codec, CodecError, CodecKind};
 use crate::envelope::Envelope;
 use crate::producer::OutgoingRecord;
 use serde::de::DeserializeOwned;

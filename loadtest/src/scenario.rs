@@ -15,12 +15,12 @@
 //! than the step leads to) is an error of that step's kind and ends the iteration. No step
 //! starts after the end of the run or beyond `--max-requests` (which counts HTTP requests).
 
-use crate::shared::{Scenario, Shared};
 use crate::limits::{MIXED_RECENT_PAYMENTS, WEBHOOK_POLL_INTERVAL_MS};
 use crate::mix::{mix_description, mix_phase, mix_round, Action, MIX_ROUND};
 use crate::replies::{parse_payment, payment_in, send, status_label, ListReply};
 use crate::report::{ErrorKind, Phase, Recorder};
 use crate::schedule::corrected_latency;
+use crate::shared::{Scenario, Shared};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};

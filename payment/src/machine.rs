@@ -29,8 +29,7 @@
 //! `canceled`, `expired`. The pending and succeeded refunds of a payment never exceed its
 //! captured amount.
 
-use super::events::{CaptureMethod, PaymentCreated, PaymentEvent};
-use crate::money::Currency;
+use super::events::{PaymentCreated, PaymentEvent};
 
 mod command;
 mod state;

@@ -10,8 +10,7 @@ use super::ledger::{platform_fee, pricing};
 use kafka_journal::consumer::{ConsumedRecord, HandlerError, PartitionHandler};
 use kafka_journal::Envelope;
 use payrail_payment::PaymentEvent;
-use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 mod queries;
 pub use queries::{channel_metrics, payment_metrics, ChannelMetrics, CurrencyMetrics};
 

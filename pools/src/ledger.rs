@@ -14,8 +14,7 @@
 
 use kafka_journal::consumer::{ConsumedRecord, HandlerError, PartitionHandler};
 use payrail_payment::PaymentEvent;
-use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 mod queries;
 pub use queries::{merchant_balance, payment_entries, Amount, EntryView};

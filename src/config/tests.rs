@@ -67,8 +67,7 @@ fn the_idle_timeout_must_exceed_the_command_and_forward_timeouts() {
     config.actors.command_timeout_ms = config.http.idle_timeout_ms;
     let refusal = config.validate().expect_err("idle == command timeout");
     assert!(
-        refusal.contains("http.idle_timeout_ms")
-            && refusal.contains("actors.command_timeout_ms"),
+        refusal.contains("http.idle_timeout_ms") && refusal.contains("actors.command_timeout_ms"),
         "{refusal}"
     );
     config.actors.command_timeout_ms = 8_000;
@@ -79,8 +78,7 @@ fn the_idle_timeout_must_exceed_the_command_and_forward_timeouts() {
     config.cluster.forward_timeout_ms = 9_000;
     let refusal = config.validate().expect_err("idle == forward timeout");
     assert!(
-        refusal.contains("http.idle_timeout_ms")
-            && refusal.contains("cluster.forward_timeout_ms"),
+        refusal.contains("http.idle_timeout_ms") && refusal.contains("cluster.forward_timeout_ms"),
         "{refusal}"
     );
     config.cluster.forward_timeout_ms = 8_999;

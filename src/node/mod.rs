@@ -1,23 +1,15 @@
 //! Start-up and shutdown of a node: database, topics, snapshot projector, actors, pools, HTTP.
 
-use crate::config::{Config, PoolKind};
-use anyhow::{bail, Context};
-use kafka_journal::admin::{self, TopicSpec};
-use kafka_journal::consumer::{
-    spawn_consumer, spawn_consumers, Assignment, ConsumerSink, ConsumerSpec, Supervision,
-};
-use kafka_journal::fence::SINGLE_NODE_ID;
+use crate::config::Config;
+use anyhow::Context;
+use kafka_journal::consumer::{spawn_consumer, Assignment, ConsumerSpec, Supervision};
 use kafka_journal::spool::Spool;
 use kafka_journal::JournalProducer;
-use payrail_actors::fallback::{JournalFallback, PoolSink, SinkPool};
+use payrail_actors::fallback::{JournalFallback, PoolSink};
 use payrail_actors::merchants::MerchantRegistry;
 use payrail_actors::snapshots::{SnapshotProjector, SNAPSHOT_CONSUMER};
 use payrail_actors::{NodeHandle, Runtime, RuntimeParts};
-use payrail_pools::analytics::{AnalyticsProjector, ANALYTICS_GROUP};
-use payrail_pools::ledger::{LedgerProjector, LEDGER_GROUP};
-use payrail_pools::settlement::{
-    SettlementProjector, SettlementService, SETTLEMENT_EVENTS, SETTLEMENT_GROUP,
-};
+use payrail_pools::settlement::{SettlementService, SETTLEMENT_EVENTS};
 use payrail_supervisor::{Escalations, GiveUpPolicy, JournalHealth, PartitionOwnership};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -220,7 +212,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "partitions ready"
     );
 
-    let started_pools = pools::start(&config, &topic, &ownership, &supervision, &pool, &producer).await?;
+    let started_pools =
+        pools::start(&config, &topic, &ownership, &supervision, &pool, &producer).await?;
     for sink_pool in &started_pools.sink_pools {
         runtime.register_pool(sink_pool.progress.clone());
     }

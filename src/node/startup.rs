@@ -108,10 +108,7 @@ pub(super) async fn catch_up_partitions(
             continue;
         }
         let remaining = catch_up.saturating_sub(started.elapsed());
-        if !snapshots
-            .wait_for(partition, high, remaining)
-            .await
-        {
+        if !snapshots.wait_for(partition, high, remaining).await {
             bail!("partition {partition}: snapshots did not catch up to offset {high} within {catch_up:?}");
         }
         if high > 0 {
@@ -217,4 +214,3 @@ pub(super) async fn ensure_topics(config: &Config, topic: &str) -> anyhow::Resul
     }
     Ok(())
 }
-

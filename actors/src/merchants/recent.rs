@@ -73,3 +73,53 @@ impl<K: std::hash::Hash + Eq + Clone, V> Recent<K, V> {
         self.entries.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_cache_forgets_its_oldest_entry_only() {
+        let mut recent: Recent<u32, ()> = Recent::new(3, Duration::from_secs(60));
+        for key in 0..3 {
+            recent.put(key, ());
+        }
+        recent.put(3, ());
+        assert_eq!(recent.len(), 3);
+        assert!(recent.get(&0).is_none(), "the oldest went");
+        for key in 1..=3 {
+            assert!(recent.get(&key).is_some(), "{key} stayed");
+        }
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_keeps_the_cache_at_its_bound() {
+        let mut recent: Recent<u64, ()> = Recent::new(100, Duration::from_secs(60));
+        for key in 0..10_000 {
+            recent.put(key, ());
+            assert!(recent.len() <= 100);
+        }
+        assert_eq!(recent.len(), 100);
+        assert!(recent.get(&9_999).is_some() && recent.get(&9_900).is_some());
+        assert!(recent.order.len() <= 200, "{}", recent.order.len());
+    }
+
+    #[test]
+    fn an_entry_put_again_is_not_evicted_by_its_stale_place() {
+        let mut recent: Recent<u32, u32> = Recent::new(2, Duration::from_secs(60));
+        recent.put(1, 10);
+        recent.put(2, 20);
+        recent.put(1, 11); // 1 is now the newest
+        recent.put(3, 30); // 2 goes, not 1
+        assert_eq!(recent.get(&1), Some(&11));
+        assert!(recent.get(&2).is_none());
+        assert_eq!(recent.get(&3), Some(&30));
+    }
+
+    #[test]
+    fn entries_expire_after_their_ttl() {
+        let mut recent: Recent<u32, ()> = Recent::new(2, Duration::from_millis(0));
+        recent.put(1, ());
+        assert!(recent.get(&1).is_none());
+    }
+}

@@ -1,7 +1,7 @@
 //! How far a consumer has applied each partition, for readiness, the fallback and tests.
 
-use crate::record::ConsumedRecord;
 use crate::lag::LagHistogram;
+use crate::record::ConsumedRecord;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,7 +53,11 @@ impl ConsumerProgress {
 
     /// Counts `records`, just applied, in the lag histogram and in the partition's
     /// `payrail_consumer_apply_delay_seconds` histogram.
-    pub(super) fn record_applied(&self, records: &[ConsumedRecord], apply_delay: &metrics::Histogram) {
+    pub(super) fn record_applied(
+        &self,
+        records: &[ConsumedRecord],
+        apply_delay: &metrics::Histogram,
+    ) {
         let now_ms = chrono::Utc::now().timestamp_millis();
         for record in records {
             if let Some(at) = record.timestamp_ms.filter(|t| *t > 0) {

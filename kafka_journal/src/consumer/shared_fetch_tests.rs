@@ -4,7 +4,7 @@
 use super::tests::{once_each, supervision, wait_until, WAIT};
 use super::*;
 use crate::test_support::World;
-use sqlx::Row;
+use sqlx::{PgConnection, Row};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32};
 

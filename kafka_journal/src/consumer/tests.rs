@@ -5,7 +5,7 @@
 use super::worker::{GapGuard, GapVerdict};
 use super::*;
 use crate::test_support::World;
-use sqlx::Row;
+use sqlx::{PgConnection, Row};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 

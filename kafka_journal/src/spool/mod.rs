@@ -8,8 +8,7 @@
 //! acknowledgement and the row's removal) is a no-op for every reader, which de-duplicates
 //! by event id. This module knows nothing about payments.
 
-use crate::envelope::EventHeaders;
-use crate::producer::{JournalProducer, OutgoingRecord};
+use crate::producer::OutgoingRecord;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 

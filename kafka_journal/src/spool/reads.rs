@@ -1,9 +1,9 @@
 //! What the replayer, the delivery and operators read of the spool, and how it drains:
 //! pending rows, episodes, depths, replay and removal.
 
-use super::{Episode, Spool, SpoolDepth, SpoolError, SpooledRecord};
-use crate::producer::JournalProducer;
-use sqlx::PgConnection;
+use super::{Episode, Spool, SpoolDepth, SpoolError, SpoolRow, SpooledRecord};
+use crate::envelope::EventHeaders;
+use crate::producer::{JournalProducer, OutgoingRecord};
 use uuid::Uuid;
 
 impl Spool {

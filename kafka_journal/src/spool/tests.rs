@@ -1,6 +1,7 @@
 //! Spool tests against the real PostgreSQL and, for replay, the real broker.
 
 use super::*;
+use crate::envelope::EventHeaders;
 use crate::test_support::World;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};

@@ -3,7 +3,6 @@
 use super::PaymentStatus;
 use crate::events::CaptureMethod;
 use crate::money::Currency;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A validated create request (the HTTP edge validates; the machine re-checks invariants).

@@ -1,5 +1,8 @@
 use super::*;
+use crate::events::CaptureMethod;
+use crate::money::Currency;
 use proptest::prelude::*;
+use std::collections::BTreeMap;
 
 fn create(amount: i64, capture_method: CaptureMethod) -> Command {
     Command::Create(CreatePayment {

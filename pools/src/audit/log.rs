@@ -16,29 +16,21 @@ pub(super) async fn read(
     pool: &PgPool,
 ) -> Result<Vec<ConsumedRecord>, AuditError> {
     let mut records =
-        kafka_journal::reader::read_all(journal, topic, journal.partitions, READ_TIMEOUT)
-            .await?;
+        kafka_journal::reader::read_all(journal, topic, journal.partitions, READ_TIMEOUT).await?;
     // Acknowledged events still in the fallback spool belong to the log too (the pools may
     // have applied them already); after the journal, in spool order. A row that was
     // replayed already is the same event again, which the replay below ignores.
     let spool = kafka_journal::spool::Spool::new(pool.clone(), topic.to_string(), 1);
     let mut spooled = 0usize;
-    for (partition, _) in spool
-        .partitions_in_fallback()
-        .await?
-    {
+    for (partition, _) in spool.partitions_in_fallback().await? {
         let mut after = 0;
         loop {
-            let rows = spool
-                .after(partition, after, 10_000)
-                .await?;
+            let rows = spool.after(partition, after, 10_000).await?;
             let Some(last) = rows.last().map(|r| r.sequence) else {
                 break;
             };
             spooled += rows.len();
-            records.extend(
-                rows.iter().map(|r| ConsumedRecord::from(&r.record)),
-            );
+            records.extend(rows.iter().map(|r| ConsumedRecord::from(&r.record)));
             after = last;
         }
     }
@@ -47,8 +39,7 @@ pub(super) async fn read(
     }
     // What the read models take: owner-change markers, a superseded owner's late appends
     // and what a takeover in fallback voided take effect nowhere (see kafka_journal::fence).
-    let voided = kafka_journal::offsets::void_fences_of_topic(pool, topic)
-        .await?;
+    let voided = kafka_journal::offsets::void_fences_of_topic(pool, topic).await?;
     let none = kafka_journal::fence::VoidFences::default();
     let mut fences: HashMap<i32, kafka_journal::fence::EpochFence> = HashMap::new();
     let before = records.len();

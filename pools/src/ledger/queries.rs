@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 /// A balance in one currency. `i128`: a sum of many 64-bit amounts (a merchant's pending
 /// balance grows with every capture until a settlement) may pass `i64::MAX`; JSON carries
