@@ -1,10 +1,20 @@
 #!/usr/bin/env python3
-"""Summary of a scripts/benchmarks.sh session: python3 scripts/bench_summary.py OUT [--check].
+"""Summary of a scripts/benchmarks.sh session:
+python3 scripts/bench_summary.py OUT [--check] [--gate BASELINE SECTION] [--record BASELINE SECTION].
 
 Per profile (a subdirectory of OUT): throughput and latency per run (and per kind for
-lifecycle and mixed), CPU per successful request per process, creates ÷ raw journal of the
-same concurrency and run, and the pools' lag. --check exits 1 unless every run left a result
-with successful requests (the CI check that keeps the benchmark runnable)."""
+lifecycle and mixed), CPU per successful request per process, each scenario ÷ raw journal of
+the same concurrency and run, and the pools' lag. --check exits 1 unless every run left a
+result with successful requests (the CI check that keeps the benchmark runnable).
+
+--gate: the regression gate. BASELINE (JSON, scripts/bench_baseline.json) holds, per SECTION
+(a binary and a machine, e.g. "release"), the recorded ratio of each gated run name
+("nopools/create-c100": creates/s ÷ raw journal records/s of the same run). The best of this
+session's runs of that name must reach (1 - tolerance) × the recorded ratio, else exit 1
+naming every ratio that fell. Best of the runs, because a neighbour's burst only ever slows a
+run down; a change that costs 10 % costs it in every run.
+--record: writes this session's ratios into BASELINE under SECTION (the worst of the runs of
+each name: the recorded value is what the code reached even in its slowest run)."""
 import glob
 import json
 import os
@@ -16,9 +26,68 @@ def load(path):
         return json.load(f)
 
 
+def option(name):
+    """The two values after --name, or None."""
+    args = sys.argv[2:]
+    if name not in args:
+        return None
+    i = args.index(name)
+    if len(args) < i + 3:
+        sys.exit(f"{name} needs BASELINE SECTION")
+    return args[i + 1], args[i + 2]
+
+
+def gate(ratios, baseline_path, section):
+    """Exit 1 when a gated ratio fell more than the tolerance below its recorded value."""
+    with open(baseline_path) as f:
+        baseline = json.load(f)
+    tolerance = baseline["tolerance"]
+    recorded = baseline["sections"].get(section)
+    if not recorded:
+        sys.exit(f"GATE FAILED: no section {section!r} in {baseline_path}")
+    print(f"\nregression gate ({baseline_path}, section {section}, tolerance {tolerance:.0%}):")
+    print(f"{'ratio':<34}{'recorded':>10}{'floor':>8}{'runs':>18}{'best':>7}  verdict")
+    fallen = []
+    for name, value in sorted(recorded["ratios"].items()):
+        floor = value * (1 - tolerance)
+        runs = ratios.get(name, [])
+        best = max(runs) if runs else None
+        ok = best is not None and best >= floor
+        shown = " ".join(f"{r:.2f}" for r in runs) or "none"
+        print(f"{name:<34}{value:>10.3f}{floor:>8.3f}{shown:>18}{(best or 0):>7.3f}  {'ok' if ok else 'FELL'}")
+        if not ok:
+            fallen.append(f"{name}: best {best if best is None else round(best, 3)} < floor {floor:.3f} "
+                          f"(recorded {value:.3f})")
+    if fallen:
+        for f in fallen:
+            print(f"GATE FAILED: {f}", file=sys.stderr)
+        sys.exit(1)
+    print("gate: every ratio within the tolerance of its recorded value")
+
+
+def record(ratios, baseline_path, section, out):
+    try:
+        with open(baseline_path) as f:
+            baseline = json.load(f)
+    except FileNotFoundError:
+        baseline = {"tolerance": 0.10, "sections": {}}
+    baseline["sections"][section] = {
+        "recorded_from": os.path.basename(out.rstrip("/")),
+        "ratios": {name: round(min(runs), 3) for name, runs in sorted(ratios.items()) if runs},
+    }
+    with open(baseline_path, "w") as f:
+        json.dump(baseline, f, indent=2, sort_keys=True)
+        f.write("\n")
+    print(f"\nrecorded {len(baseline['sections'][section]['ratios'])} ratios into {baseline_path} [{section}]")
+
+
 def main():
     out = sys.argv[1]
     check = "--check" in sys.argv[2:]
+    gate_with = option("--gate")
+    record_into = option("--record")
+    # "profile/scenario-cN" -> that scenario's ok/s ÷ raw journal records/s, one per run.
+    ratios = {}
     problems = []
     total_runs = 0
     print(f"results in {out}")
@@ -70,11 +139,14 @@ def main():
             print(f"{name:<22}{us('broker'):>11.0f}{us('node'):>9.0f}{us('postgres'):>13.0f}{rest:>9.0f}{us('machine'):>12.0f}")
         print()
         for name, r in rows.items():
-            for scenario in ("create", "stripe-create"):
+            for scenario in ("create", "stripe-create", "lifecycle", "mixed"):
                 if name.startswith(scenario + "-c"):
                     j = rows.get("journal-" + name[len(scenario) + 1:])
                     if j and j["throughput_per_s"] > 0:
-                        print(f"{name}: {scenario} / raw journal = {r['throughput_per_s'] / j['throughput_per_s']:.2f}")
+                        ratio = r["throughput_per_s"] / j["throughput_per_s"]
+                        # create-c100-r2 -> profile/create-c100
+                        ratios.setdefault(f"{profile}/{name.rsplit('-r', 1)[0]}", []).append(ratio)
+                        print(f"{name}: {scenario} / raw journal = {ratio:.2f}")
             if name.startswith("stripe-create-c"):
                 native = rows.get("create-" + name[len("stripe-create-"):])
                 if native and native["throughput_per_s"] > 0:
@@ -102,6 +174,10 @@ def main():
                 print(f"CHECK FAILED: {p}", file=sys.stderr)
             sys.exit(1)
         print("\ncheck: every run produced successful requests")
+    if record_into:
+        record(ratios, *record_into, out)
+    if gate_with:
+        gate(ratios, *gate_with)
 
 
 if __name__ == "__main__":

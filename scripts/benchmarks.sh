@@ -23,6 +23,10 @@
 # unless every run produced a result with successful requests: the CI check that keeps this
 # script runnable, with short durations and the debug binary).
 # PAYRAIL_BROKER_PORT: use the broker already listening there instead of a private one.
+# GATE=SECTION: exit 1 when a ratio of this session falls more than the tolerance below the
+# one recorded under SECTION of $BASELINE (default scripts/bench_baseline.json); RECORD=SECTION
+# records this session's ratios there instead. scripts/bench_gate.sh runs both with the
+# settings each section was recorded with.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 stamp="$(date +%Y%m%d-%H%M%S)"
@@ -244,4 +248,9 @@ for profile in $PROFILES; do
   stop_private_broker
 done
 
-python3 "$ROOT/scripts/bench_summary.py" "$OUT" ${CHECK:+--check}
+BASELINE="${BASELINE:-$ROOT/scripts/bench_baseline.json}"
+summary=(python3 "$ROOT/scripts/bench_summary.py" "$OUT")
+[ -n "${CHECK:-}" ] && summary+=(--check)
+[ -n "${RECORD:-}" ] && summary+=(--record "$BASELINE" "$RECORD")
+[ -n "${GATE:-}" ] && summary+=(--gate "$BASELINE" "$GATE")
+"${summary[@]}"

@@ -76,3 +76,13 @@ log "benchmark check (scripts/benchmarks.sh, short)"
 env -u PAYRAIL_BROKER_PORT -u PAYRAIL_STATE CHECK=1 PAYRAIL_BIN="${CARGO_TARGET_DIR:-target}/debug/payrail" \
   PROFILES="pools pools-own-fetch nopools" SCENARIOS="create lifecycle mixed stripe-create" CONNECTIONS=4 RUNS=1 DURATION_S=2 WARMUP_S=1 \
   MERCHANTS=10 OUT="$PAYRAIL_ROOT/.payrail/bench-check" bash scripts/benchmarks.sh
+
+# Memory by count (issue 25): live payment actors stay within actors.max_live_payments and
+# the node's RSS stays flat once they are there (a small size, the debug binary).
+log "memory bound check (scripts/memory_bound_check.sh, debug binary)"
+PAYRAIL_BIN="${CARGO_TARGET_DIR:-target}/debug/payrail" bash scripts/memory_bound_check.sh
+
+# The regression gate (issue 25): the write path's and the pools' ratios to the raw journal
+# must stay within 10 % of those recorded for this machine (scripts/bench_baseline.json).
+log "benchmark regression gate (scripts/bench_gate.sh ci-debug)"
+env -u PAYRAIL_BROKER_PORT -u PAYRAIL_STATE bash scripts/bench_gate.sh ci-debug

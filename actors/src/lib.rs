@@ -5,20 +5,24 @@
 //!   and [`PartitionSupervisor`](partition_actor::PartitionSupervisor): the actors that host
 //!   it (persist, then reply), and [`messages`], the protocol between them (one module
 //!   all three use, so no actor module imports another);
-//! - [`snapshots`]: the projection payment actors are rebuilt from;
+//! - [`snapshots`]: the projection payment actors are rebuilt from, and [`fresh_keys`]:
+//!   which idempotency keys certainly have no payment yet (their look-up is skipped);
 //! - [`fallback`] (the `payrail-fallback` crate): the spool that keeps commands durable
 //!   while the journal is down;
 //! - [`merchants`]: merchant registry and API-key authentication;
-//! - [`idle_timer`]: when idle payment actors check whether to passivate;
+//! - [`idle_timer`]: when idle payment actors check whether to passivate, and
+//!   [`live_bound`]: how many may be live at once (the least recently active leave first);
 //! - [`telemetry`]: command latency, live actors and passivations as metrics.
 //!
 //! It must not know the subscriber pools (`payrail-pools`) or HTTP (`payrail-http`).
 
 pub mod error;
+pub mod fresh_keys;
 /// The journal fallback (its own crate, `payrail-fallback`; re-exported so paths stay).
 pub use payrail_fallback as fallback;
 pub mod idempotency;
 pub mod idle_timer;
+pub mod live_bound;
 pub mod merchant_actor;
 pub mod merchants;
 pub mod messages;

@@ -29,6 +29,9 @@ pub enum PaymentMsg {
     Poll(Option<Reply>),
     /// From the node's idle timer ([`crate::idle_timer`]): passivate when idle long enough.
     IdleCheck,
+    /// From the node's idle timer: live payment actors passed `actors.max_live_payments`
+    /// and this one is among the least recently active; passivate now.
+    Evict,
     /// From the merchant, after it stopped routing here: every message before this one has
     /// been handled, so stopping drops nothing.
     Stop,

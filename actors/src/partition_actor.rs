@@ -8,6 +8,7 @@
 //! the handler may fail the supervisor itself: an error answers the caller instead.
 
 use crate::error::CommandError;
+use crate::fresh_keys::FreshKeys;
 use crate::merchant_actor::{MerchantActor, MerchantArgs};
 use crate::messages::{MerchantMsg, PartitionMsg};
 use crate::runtime::Runtime;
@@ -38,6 +39,9 @@ pub struct PartitionState {
     /// is never more than one live actor per merchant.
     retiring: HashMap<String, (ActorId, Vec<MerchantMsg>)>,
     restarts: LazyRestarts,
+    /// The partition's idempotency keys, shared with its merchant actors; lives as long as
+    /// this supervisor (a partition taken again starts a new one).
+    fresh_keys: Arc<FreshKeys>,
     /// Counted in `payrail_actors_live` while this state exists.
     _live: crate::telemetry::Live,
 }
@@ -56,6 +60,10 @@ impl Actor for PartitionSupervisor {
     ) -> Result<PartitionState, ActorProcessingErr> {
         Ok(PartitionState {
             restarts: LazyRestarts::new(args.runtime.restart, RESTART_RECORDS_MAX),
+            fresh_keys: FreshKeys::new(
+                args.partition,
+                args.runtime.options.fresh_key_filter_capacity,
+            ),
             args,
             merchants: HashMap::new(),
             by_actor: HashMap::new(),
@@ -210,6 +218,7 @@ impl PartitionState {
             merchant_id: merchant_id.to_string(),
             partition: self.args.partition,
             parent: myself.clone(),
+            fresh_keys: self.fresh_keys.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, MerchantActor, args, myself.get_cell())
             .await

@@ -28,6 +28,14 @@ pub struct ActorOptions {
     /// A payment actor with no message for this long stops; it is rebuilt from its
     /// snapshot on demand (ms). Merchant actors stop when idle and childless.
     pub passivate_after_ms: u64,
+    /// Idempotency keys per owned partition the fresh-key filter is sized for (~1.25 bytes
+    /// each, allocated when the partition is taken): a create whose key the filter has
+    /// never seen skips its look-up in PostgreSQL. Past it the filter turns off (every key
+    /// is looked up); 0: no filter.
+    pub fresh_key_filter_capacity: usize,
+    /// Live payment actors on this node at most: past it, the least recently active
+    /// passivate at once (memory bounded by count, not only by idle time).
+    pub max_live_payments: usize,
     /// Commands (creates, reads, confirms, …) this node works on at once at most; one more
     /// is refused at once with 503 `node_overloaded` instead of queueing in the actors'
     /// mailboxes (load shedding: the mailboxes themselves are unbounded).
@@ -55,8 +63,10 @@ impl Default for ActorOptions {
             command_timeout_ms: 8_000,
             rebuild_timeout_ms: 5_000,
             startup_catch_up_timeout_ms: 120_000,
-            idempotency_cache_per_merchant: 1_000,
+            idempotency_cache_per_merchant: 200,
             passivate_after_ms: 60_000,
+            max_live_payments: 50_000,
+            fresh_key_filter_capacity: 1_000_000,
             max_in_flight_commands: 10_000,
             max_in_flight_commands_per_merchant: 2_000,
             fault_injection: false,
@@ -80,6 +90,12 @@ impl ActorOptions {
         }
         if !(10..=86_400_000).contains(&self.passivate_after_ms) {
             return Err("actors.passivate_after_ms: allowed 10..=86400000".into());
+        }
+        if self.fresh_key_filter_capacity > 100_000_000 {
+            return Err("actors.fresh_key_filter_capacity: allowed 0..=100000000".into());
+        }
+        if !(100..=10_000_000).contains(&self.max_live_payments) {
+            return Err("actors.max_live_payments: allowed 100..=10000000".into());
         }
         if self.fault_stall_ms > 60_000 {
             return Err("actors.fault_stall_ms: allowed 0..=60000".into());
@@ -127,7 +143,8 @@ pub struct Runtime {
     pub options: ActorOptions,
     pub psp: crate::psp::PspClient,
     /// Tells idle payment actors when to check whether to passivate (one task per node,
-    /// not one timer task per actor).
+    /// not one timer task per actor), and the least recently active to passivate at once
+    /// when live payment actors pass `max_live_payments`.
     pub payment_idle: crate::idle_timer::IdleTimer<crate::messages::PaymentMsg>,
 }
 
@@ -143,6 +160,7 @@ impl Runtime {
     /// Must be called inside a tokio runtime (it starts the idle timer's task).
     pub fn new(parts: RuntimeParts) -> Arc<Self> {
         let rebuild_timeout = Duration::from_millis(parts.options.rebuild_timeout_ms);
+        let max_live_payments = parts.options.max_live_payments;
         Arc::new(Self {
             journal: Arc::new(NodeJournal::new(NodeJournalParts {
                 producer: parts.producer,
@@ -159,9 +177,11 @@ impl Runtime {
             })),
             options: parts.options,
             psp: parts.psp,
-            payment_idle: crate::idle_timer::IdleTimer::start(|| {
-                crate::messages::PaymentMsg::IdleCheck
-            }),
+            payment_idle: crate::idle_timer::IdleTimer::start(
+                || crate::messages::PaymentMsg::IdleCheck,
+                || crate::messages::PaymentMsg::Evict,
+                crate::live_bound::LiveBound::new(max_live_payments),
+            ),
         })
     }
 }

@@ -1,5 +1,5 @@
 //! The domain actors' metrics: command latency by kind and outcome, live actors by kind,
-//! passivations.
+//! passivations and evictions (live payment actors past their bound).
 //!
 //! Labels are bounded by the code: a command's kind (its stable name, see
 //! [`Command::kind`](crate::payment::Command::kind)) and outcome, an actor's kind. Never a
@@ -54,6 +54,10 @@ pub const OUTCOMES: [&str; 3] = ["accepted", "refused", "error"];
 struct Handles {
     live: Vec<Gauge>,
     passivations: Vec<Counter>,
+    /// Payment actors passivated because live ones passed `actors.max_live_payments`.
+    evictions: Counter,
+    /// Creates with a key not in memory: looked up in PostgreSQL, or skipped (fresh key).
+    lookups: [Counter; 2],
     /// `COMMAND_KINDS` × `OUTCOMES`, kind-major.
     commands: Vec<Histogram>,
 }
@@ -69,6 +73,11 @@ fn handles() -> &'static Handles {
             .iter()
             .map(|k| metrics::counter!("payrail_actor_passivations_total", "kind" => k.as_str()))
             .collect(),
+        evictions: metrics::counter!("payrail_actor_evictions_total", "kind" => "payment"),
+        lookups: [
+            metrics::counter!("payrail_idempotency_lookups_total", "result" => "queried"),
+            metrics::counter!("payrail_idempotency_lookups_total", "result" => "skipped"),
+        ],
         commands: COMMAND_KINDS
             .iter()
             .flat_map(|kind| {
@@ -130,6 +139,17 @@ impl Drop for Live {
     fn drop(&mut self) {
         handles().live[self.0 as usize].decrement(1.0);
     }
+}
+
+/// Counts one create whose key was not in memory: `skipped` when the fresh-key filter
+/// knew it new, else looked up in PostgreSQL.
+pub fn idempotency_lookup(skipped: bool) {
+    handles().lookups[usize::from(skipped)].increment(1);
+}
+
+/// Counts one payment actor retired because live payment actors passed their bound.
+pub fn evicted() {
+    handles().evictions.increment(1);
 }
 
 /// Counts one actor of `kind` retired because it was idle.

@@ -1,4 +1,5 @@
-//! Payment actors: a panic while creating or after the append, and passivation, lose nothing.
+//! Payment actors: a panic while creating or after the append, passivation and the bound on
+//! live actors, lose nothing.
 
 use super::*;
 use std::time::{Duration, Instant};
@@ -149,5 +150,88 @@ async fn passivation_drops_no_command() {
         failures.is_empty(),
         "{} of 300 reads failed: {failures:?}",
         failures.len()
+    );
+}
+
+/// The live payment actors and the evictions so far, from the node's `/metrics`.
+async fn live_and_evicted(api: &Api) -> (f64, f64) {
+    let text = api
+        .client
+        .get(format!("{}/metrics", api.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    let sample = |series: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        sample(r#"payrail_actors_live{kind="payment"}"#),
+        sample(r#"payrail_actor_evictions_total{kind="payment"}"#),
+    )
+}
+
+/// Memory by count (issue 25): past `actors.max_live_payments` the least recently active
+/// payment actors passivate at once, whatever their idle time (60 s here, so none idles out),
+/// and an evicted payment answers again with its state, rebuilt from its snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_payments_stay_within_their_bound_and_evicted_ones_answer_again() {
+    const MAX_LIVE: f64 = 100.0;
+    let env = TestEnv::new("faults_live_bound").await;
+    let node = NodeProcess::start(&env, &[("PAYRAIL__ACTORS__MAX_LIVE_PAYMENTS", "100")]).await;
+    let api = Api::new(&node);
+    let (_merchant_id, key) = api.merchant("Bounded").await;
+    let mut payments = Vec::new();
+    for batch in 0..20u64 {
+        let creates = (0..8u64).map(|i| {
+            let (api, key) = (api.clone(), key.clone());
+            let amount = 100 + batch * 8 + i;
+            async move {
+                let body = format!(r#"{{"amount":{amount},"currency":"eur"}}"#);
+                let r = api
+                    .create_payment(&key, Some(&format!("bound-{amount}")), &body)
+                    .await;
+                (r, amount)
+            }
+        });
+        for (r, amount) in futures::future::join_all(creates).await {
+            assert_eq!(r.status, 201, "{}", r.body);
+            payments.push((r.body["id"].as_str().expect("id").to_string(), amount));
+        }
+    }
+    let settled = |live: f64, evicted: f64| live <= MAX_LIVE && evicted >= 60.0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut live, mut evicted) = live_and_evicted(&api).await;
+    while !settled(live, evicted) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (live, evicted) = live_and_evicted(&api).await;
+    }
+    assert!(
+        settled(live, evicted),
+        "160 payments, bound 100: {live} live, {evicted} evicted"
+    );
+    // Every payment answers with its own amount: the evicted ones are rebuilt, which
+    // evicts others in turn.
+    for (id, amount) in &payments {
+        let r = api.get_payment(&key, id).await;
+        assert_eq!(r.status, 200, "{id}: {}", r.body);
+        assert_eq!(r.body["amount"].as_u64(), Some(*amount), "{id}: {}", r.body);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut live_after, mut evicted_after) = live_and_evicted(&api).await;
+    while live_after > MAX_LIVE && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (live_after, evicted_after) = live_and_evicted(&api).await;
+    }
+    assert!(live_after <= MAX_LIVE, "{live_after} live after the reads");
+    assert!(
+        evicted_after >= evicted + 60.0,
+        "reading the 60 evicted payments evicts as many others: {evicted} then {evicted_after}"
     );
 }

@@ -92,9 +92,18 @@ impl MerchantState {
             let _ = reply.send(Err(error));
             return Ok(());
         }
-        match snapshots::load_idempotency(&self.args.runtime.pool, &self.args.merchant_id, &key)
-            .await
-        {
+        let fresh =
+            self.args
+                .fresh_keys
+                .definitely_new(&self.args.runtime, &self.args.merchant_id, &key);
+        crate::telemetry::idempotency_lookup(fresh);
+        let known = if fresh {
+            Ok(None)
+        } else {
+            snapshots::load_idempotency(&self.args.runtime.pool, &self.args.merchant_id, &key)
+                .await
+        };
+        match known {
             Ok(Some((first, response))) => {
                 let complete = self.memory_complete_from;
                 if let Some(raised) =
@@ -125,6 +134,8 @@ impl MerchantState {
             )));
             return Ok(());
         }
+        // In the filter before anything is journaled: a load running now cannot miss it.
+        self.args.fresh_keys.insert(&self.args.merchant_id, &key);
         self.idempotency
             .begin(key.clone(), fingerprint, payment_id.clone(), reply);
         self.start_create(

@@ -33,6 +33,8 @@ pub struct MerchantArgs {
     pub partition: i32,
     /// To ask for passivation.
     pub parent: ActorRef<PartitionMsg>,
+    /// The partition's idempotency keys: a key it has never seen is not looked up.
+    pub fresh_keys: Arc<crate::fresh_keys::FreshKeys>,
 }
 
 pub struct MerchantState {

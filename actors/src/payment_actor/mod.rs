@@ -45,6 +45,8 @@ pub struct PaymentState {
     stale: bool,
     /// Counted in `payrail_actors_live` while this state exists.
     _live: crate::telemetry::Live,
+    /// Counted against `actors.max_live_payments` while this state exists.
+    slot: crate::live_bound::LiveSlot,
 }
 
 pub struct PaymentActor;
@@ -68,15 +70,17 @@ impl Actor for PaymentActor {
     ) -> Result<PaymentState, ActorProcessingErr> {
         let idle = Duration::from_millis(args.runtime.options.passivate_after_ms);
         let now = Instant::now();
+        let slot = args.runtime.payment_idle.bound().enter();
         args.runtime
             .payment_idle
-            .check_at((now + idle).into(), myself);
+            .check_at((now + idle).into(), myself, slot.token());
         Ok(PaymentState {
             args,
             last_active: now,
             retiring: false,
             stale: false,
             _live: crate::telemetry::Live::new(crate::telemetry::ActorKind::Payment),
+            slot,
         })
     }
 
@@ -103,7 +107,8 @@ async fn handle_message(
         merchant_id = %state.args.merchant_id,
         partition = state.args.partition
     );
-    if !matches!(message, PaymentMsg::IdleCheck) {
+    let from_timer = matches!(message, PaymentMsg::IdleCheck | PaymentMsg::Evict);
+    if !from_timer {
         state.last_active = Instant::now();
     }
     if matches!(message, PaymentMsg::Stop) {
@@ -120,13 +125,15 @@ async fn handle_message(
     // idle check, so an actor left alone settles too).
     if state.args.in_doubt.is_some() {
         if let Err(error) = state.args.settle_in_doubt().instrument(span.clone()).await {
-            if matches!(message, PaymentMsg::IdleCheck) {
+            if from_timer {
+                // Told to leave with a write in doubt: it stays until that is settled.
+                state.slot.decline();
                 let at = Instant::now() + IN_DOUBT_RETRY;
-                state
-                    .args
-                    .runtime
-                    .payment_idle
-                    .check_at(at.into(), myself.clone());
+                state.args.runtime.payment_idle.check_at(
+                    at.into(),
+                    myself.clone(),
+                    state.slot.token(),
+                );
             } else {
                 message.refuse(error.clone());
             }
@@ -155,7 +162,16 @@ async fn handle_message(
                 let at = state.last_active + idle;
                 args.runtime
                     .payment_idle
-                    .check_at(at.into(), myself.clone());
+                    .check_at(at.into(), myself.clone(), state.slot.token());
+            }
+            return Ok(());
+        }
+        PaymentMsg::Evict => {
+            // Its timer entry was taken with the eviction: it leaves (as if idle) now.
+            if !state.retiring {
+                state.retiring = true;
+                crate::telemetry::evicted();
+                args.retire(&myself, false);
             }
             return Ok(());
         }
