@@ -311,7 +311,9 @@ async fn lookups_skipped(api: &Api) -> f64 {
         .await
         .expect("metrics text");
     text.lines()
-        .find_map(|line| line.strip_prefix(r#"payrail_idempotency_lookups_total{result="skipped"} "#))
+        .find_map(|line| {
+            line.strip_prefix(r#"payrail_idempotency_lookups_total{result="skipped"} "#)
+        })
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0.0)
 }
@@ -329,7 +331,9 @@ async fn a_key_created_before_a_restart_is_never_taken_as_new() {
     let (_merchant_id, key) = api.merchant("Keys").await;
     let mut before = Vec::new();
     for i in 0..20 {
-        let r = api.create_payment(&key, Some(&format!("old-{i}")), BODY).await;
+        let r = api
+            .create_payment(&key, Some(&format!("old-{i}")), BODY)
+            .await;
         assert_eq!(r.status, 201, "{}", r.body);
         before.push(r.body["id"].as_str().expect("id").to_string());
     }
@@ -340,7 +344,9 @@ async fn a_key_created_before_a_restart_is_never_taken_as_new() {
     // The first new key starts the partition's load; new keys until the filter answers.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     for n in 0.. {
-        let r = api.create_payment(&key, Some(&format!("new-{n}")), BODY).await;
+        let r = api
+            .create_payment(&key, Some(&format!("new-{n}")), BODY)
+            .await;
         assert_eq!(r.status, 201, "{}", r.body);
         if lookups_skipped(&api).await > 0.0 {
             break;
@@ -356,7 +362,11 @@ async fn a_key_created_before_a_restart_is_never_taken_as_new() {
         let other = api
             .create_payment(&key, Some(&idem), r#"{"amount":501,"currency":"eur"}"#)
             .await;
-        assert_eq!(other.status, 422, "{idem} with another body: {}", other.body);
+        assert_eq!(
+            other.status, 422,
+            "{idem} with another body: {}",
+            other.body
+        );
         assert_eq!(other.body["error"]["code"], "idempotency_key_in_use");
         let same = api.create_payment(&key, Some(&idem), BODY).await;
         assert_eq!(same.body["id"].as_str(), Some(id.as_str()), "{}", same.body);

@@ -253,7 +253,10 @@ mod tests {
         let false_positives = (0..10_000)
             .filter(|i| !new_here(&filter, "mer_a", &format!("other-{i}")))
             .count();
-        assert!(false_positives < 300, "{false_positives} of 10,000 (expected ~1 %)");
+        assert!(
+            false_positives < 300,
+            "{false_positives} of 10,000 (expected ~1 %)"
+        );
     }
 
     #[test]

@@ -169,7 +169,11 @@ mod tests {
     }
 
     fn timer(max_live: usize) -> IdleTimer<ProbeMsg> {
-        IdleTimer::start(|| ProbeMsg::Check, || ProbeMsg::Evict, LiveBound::new(max_live))
+        IdleTimer::start(
+            || ProbeMsg::Check,
+            || ProbeMsg::Evict,
+            LiveBound::new(max_live),
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -253,7 +257,10 @@ mod tests {
             let Some((id, at)) = told.recv().await else {
                 panic!("an eviction is missing")
             };
-            assert!(at < start + Duration::from_secs(1), "told at once, not at its check");
+            assert!(
+                at < start + Duration::from_secs(1),
+                "told at once, not at its check"
+            );
             evicted.push(id);
             // The actor ends: its slot goes with it.
             slots[id as usize] = None;
@@ -265,6 +272,9 @@ mod tests {
         let Some((id, _)) = told.recv().await else {
             panic!("no check came")
         };
-        assert_eq!(id, 2, "actor 2 gets its idle check at its time, nothing before");
+        assert_eq!(
+            id, 2,
+            "actor 2 gets its idle check at its time, nothing before"
+        );
     }
 }

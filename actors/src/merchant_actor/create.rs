@@ -100,8 +100,7 @@ impl MerchantState {
         let known = if fresh {
             Ok(None)
         } else {
-            snapshots::load_idempotency(&self.args.runtime.pool, &self.args.merchant_id, &key)
-                .await
+            snapshots::load_idempotency(&self.args.runtime.pool, &self.args.merchant_id, &key).await
         };
         match known {
             Ok(Some((first, response))) => {
