@@ -38,7 +38,14 @@ const DEAD_LETTER_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the process-wide Prometheus recorder (once; later calls reuse it).
+/// How often the recorder's histograms are drained into their buckets when nobody scrapes.
+/// The exporter keeps every recorded value until a scrape or an upkeep folds it in: a node
+/// that was never scraped kept ~150 bytes per create (issue 25: +17 MB a minute at ~2,000
+/// creates/s). Bounded by this interval instead.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Installs the process-wide Prometheus recorder (once; later calls reuse it) and starts
+/// its upkeep thread.
 pub fn install() -> Result<PrometheusHandle, String> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
@@ -53,6 +60,16 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .map_err(|e| format!("metrics buckets: {e}"))?
         .install_recorder()
         .map_err(|e| format!("installing the metrics recorder: {e}"))?;
+    let upkeep = handle.clone();
+    // A thread, not a task: the recorder lives as long as the process, whatever runtime
+    // (or none) the caller has.
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            upkeep.run_upkeep();
+        })
+        .map_err(|e| format!("starting the metrics upkeep thread: {e}"))?;
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
