@@ -9,6 +9,8 @@
 #             (~5 min): run it before landing a change to the write path or the pools.
 #   ci-debug  the debug binary CI builds anyway, 16 connections, 3 runs of 4 s (~2 min): run
 #             by scripts/test.sh, so a regression fails CI the day it lands.
+# PAYRAIL_BIN (and CONFIG, for a binary of another commit) gate another binary than the
+# section's own.
 # Ratios are of one machine: a section is recorded on the machine that checks it (CI runs on
 # the developers' machine). Other settings as in scripts/benchmarks.sh (OUT, ports).
 set -euo pipefail
@@ -18,10 +20,10 @@ mode=GATE
 [ "${2:-}" = --record ] && mode=RECORD
 case "$section" in
   release)
-    settings=(PAYRAIL_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/payrail" PROFILES="nopools pools"
+    settings=(PAYRAIL_BIN="${PAYRAIL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/payrail}" PROFILES="nopools pools"
       SCENARIOS="create lifecycle" CONNECTIONS=100 RUNS=3 DURATION_S=10 WARMUP_S=3 MERCHANTS=100) ;;
   ci-debug)
-    settings=(PAYRAIL_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/payrail" PROFILES="nopools pools"
+    settings=(PAYRAIL_BIN="${PAYRAIL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/payrail}" PROFILES="nopools pools"
       SCENARIOS="create lifecycle" CONNECTIONS=16 RUNS=3 DURATION_S=4 WARMUP_S=1 MERCHANTS=10) ;;
   *) echo "usage: $0 [release|ci-debug] [--record]" >&2; exit 2 ;;
 esac
