@@ -298,26 +298,6 @@ async fn snapshots_rebuilt_from_the_whole_journal_equal_the_live_ones() {
         .any(|r| r.0 == replay.body["id"].as_str().unwrap_or("")));
 }
 
-/// Creates whose Idempotency-Key the fresh-key filter knew new (their look-up skipped).
-async fn lookups_skipped(api: &Api) -> f64 {
-    let text = api
-        .client
-        .get(format!("{}/metrics", api.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(r#"payrail_idempotency_lookups_total{result="skipped"} "#)
-        })
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// The fresh-key filter (issue 25): after a restart, once the partition's filter answers,
 /// a key created before the restart is never taken as new. The same body replays the
 /// payment; another body is refused as a mismatch (a filter that missed the key would
@@ -348,7 +328,7 @@ async fn a_key_created_before_a_restart_is_never_taken_as_new() {
             .create_payment(&key, Some(&format!("new-{n}")), BODY)
             .await;
         assert_eq!(r.status, 201, "{}", r.body);
-        if lookups_skipped(&api).await > 0.0 {
+        if api.lookups_skipped().await > 0.0 {
             break;
         }
         assert!(

@@ -17,7 +17,6 @@
 //! that moves away and back starts a new one.
 
 use crate::runtime::Runtime;
-use sqlx::PgPool;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -149,7 +148,7 @@ async fn load(filter: Weak<FreshKeys>, runtime: Arc<Runtime>) {
             && !runtime.fallback.is_active(partition)
             && runtime.snapshots_reached(partition, bound).await;
         if settled {
-            match read_keys(&filter, &runtime.pool, &runtime, partition).await {
+            match read_keys(&filter, &runtime, partition).await {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(error) => {
@@ -165,10 +164,10 @@ async fn load(filter: Weak<FreshKeys>, runtime: Arc<Runtime>) {
 /// was turned off), `Ok(false)` when it was dropped meanwhile.
 async fn read_keys(
     filter: &Weak<FreshKeys>,
-    pool: &PgPool,
     runtime: &Runtime,
     partition: i32,
 ) -> Result<bool, sqlx::Error> {
+    let pool = &runtime.pool;
     let merchants: Vec<String> = sqlx::query_scalar("SELECT id FROM merchants")
         .fetch_all(pool)
         .await?

@@ -112,6 +112,31 @@ impl Api {
         .await
     }
 
+    /// The value of one series of the node's `/metrics` (`name{labels}` exactly as
+    /// rendered), 0 when absent.
+    pub async fn metric_value(&self, series: &str) -> f64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Creates whose Idempotency-Key the node's fresh-key filter knew new (look-up skipped).
+    pub async fn lookups_skipped(&self) -> f64 {
+        self.metric_value(r#"payrail_idempotency_lookups_total{result="skipped"}"#)
+            .await
+    }
+
     pub async fn metrics(&self, key: &str, date: &str) -> Reply {
         self.send(
             reqwest::Method::GET,

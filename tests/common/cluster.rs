@@ -214,3 +214,33 @@ pub async fn created_once_served(
         tokio::time::sleep(pause).await;
     }
 }
+
+/// Creates with new keys for `key`'s merchant through `entry` until one of `nodes` has
+/// skipped a look-up since (its fresh-key filter answers for that merchant's partition; no
+/// other creates may run meanwhile). Panics after 30 s.
+pub async fn until_a_fresh_key_filter_answers(entry: &Api, nodes: &[&Api], key: &str, label: &str) {
+    async fn skipped(nodes: &[&Api]) -> f64 {
+        let mut sum = 0.0;
+        for node in nodes {
+            sum += node.lookups_skipped().await;
+        }
+        sum
+    }
+    let before = skipped(nodes).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in 0.. {
+        let body = r#"{"amount":900,"currency":"usd"}"#;
+        let fresh = entry
+            .create_payment(key, Some(&format!("fresh-{label}-{n}")), body)
+            .await;
+        assert_eq!(fresh.status, 201, "{}", fresh.body);
+        if skipped(nodes).await > before {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{label}: no fresh-key filter answered within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -155,25 +155,11 @@ async fn passivation_drops_no_command() {
 
 /// The live payment actors and the evictions so far, from the node's `/metrics`.
 async fn live_and_evicted(api: &Api) -> (f64, f64) {
-    let text = api
-        .client
-        .get(format!("{}/metrics", api.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics text");
-    let sample = |series: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(series))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     (
-        sample(r#"payrail_actors_live{kind="payment"}"#),
-        sample(r#"payrail_actor_evictions_total{kind="payment"}"#),
+        api.metric_value(r#"payrail_actors_live{kind="payment"}"#)
+            .await,
+        api.metric_value(r#"payrail_actor_evictions_total{kind="payment"}"#)
+            .await,
     )
 }
 
