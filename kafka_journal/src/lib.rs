@@ -4,7 +4,8 @@
 //! - [`partition_for`]: a stable key → partition mapping every node agrees on;
 //! - [`Envelope`] and the [`Codec`]s (bincode 2, JSON) that put it on the wire;
 //! - [`fence`]: epoch fencing, so no reader applies a superseded owner's late append;
-//! - [`JournalProducer`]: idempotent, `acks=all`, explicit-partition appends;
+//! - [`JournalProducer`]: idempotent, `acks=all`, explicit-partition appends, handed to
+//!   librdkafka through per-partition lanes (only what it may send, as one group);
 //! - [`dead_letters`]: poison records to a pool's DLQ topic, listed and replayed;
 //! - [`spool::Spool`]: the durable fallback spool in PostgreSQL and its ordered replay;
 //! - [`admin::ensure_topics`]: explicit topic creation (no broker auto-creation needed);

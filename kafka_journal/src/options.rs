@@ -23,6 +23,9 @@ pub struct JournalOptions {
     pub linger_ms: u64,
     /// librdkafka `queue.buffering.max.messages`: records buffered in the client at most.
     pub max_buffered_records: u32,
+    /// Hand librdkafka a partition's records only while it may send them, as one group
+    /// (see `producer::lanes`); `false` hands every append over at once.
+    pub partition_lanes: bool,
     /// Consumer-group session timeout (ms).
     pub session_timeout_ms: u64,
     /// Records a partition worker applies in one PostgreSQL transaction at most.
@@ -59,6 +62,7 @@ impl Default for JournalOptions {
             produce_timeout_ms: 5_000,
             linger_ms: 1,
             max_buffered_records: 100_000,
+            partition_lanes: true,
             session_timeout_ms: 10_000,
             worker_batch_max: 500,
             worker_mailbox: 4,

@@ -1,20 +1,31 @@
 //! [`JournalProducer`]: appends records to the journal and returns only once the broker has
 //! acknowledged them (idempotent producer, `acks=all`, explicit partition).
+//!
+//! - `context`: the librdkafka client context (client errors to the breaker, bounded logs);
+//! - `send`: the producer in use and the enqueue of records onto it;
+//! - `lanes`: per-partition lanes that hand librdkafka only what it may send now.
+
+mod context;
+mod lanes;
+mod send;
+
+pub use context::{BreakerSignals, JournalSignals, NoSignals, SignalingContext};
+pub use send::OutgoingRecord;
 
 use crate::client_log::ClientLog;
 use crate::codec::{Codec, CodecError, CodecKind};
 use crate::envelope::{Envelope, EventHeaders};
 use crate::options::JournalOptions;
+use lanes::{Admitted, Lanes, Submitted};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::util::Timeout;
-use rdkafka::ClientContext;
+use send::{enqueue, CurrentProducer};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -35,58 +46,6 @@ pub struct AppendReceipt {
     pub offset: i64,
 }
 
-/// One record ready to append.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct OutgoingRecord {
-    pub topic: String,
-    pub partition: i32,
-    pub key: String,
-    pub headers: EventHeaders,
-    pub value: Vec<u8>,
-}
-
-/// Client-level signals from librdkafka (e.g. all brokers down), for the circuit breaker.
-pub trait JournalSignals: Send + Sync + 'static {
-    fn client_error(&self, error: &KafkaError, reason: &str);
-}
-
-/// Ignores signals; the default until a health monitor is attached.
-pub struct NoSignals;
-impl JournalSignals for NoSignals {
-    fn client_error(&self, _: &KafkaError, _: &str) {}
-}
-
-/// Opens the journal breaker on a client-wide error: every broker is down, so no append can
-/// succeed and waiting for each one's timeout would only hold callers.
-pub struct BreakerSignals(pub payrail_supervisor::JournalHealth);
-
-impl JournalSignals for BreakerSignals {
-    fn client_error(&self, error: &KafkaError, _reason: &str) {
-        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
-            self.0.trip();
-        }
-    }
-}
-
-/// librdkafka context that forwards client errors to [`JournalSignals`].
-pub struct SignalingContext {
-    signals: Arc<dyn JournalSignals>,
-    client_errors: Arc<AtomicU64>,
-    log: Arc<ClientLog>,
-}
-
-impl ClientContext for SignalingContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.client_errors.fetch_add(1, Ordering::Relaxed);
-        self.log.error(&error, reason);
-        self.signals.client_error(&error, reason);
-    }
-
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
-        self.log.log(level, facility, message);
-    }
-}
-
 /// Cheap, cloneable handle to the node's one producer.
 ///
 /// After a failed append the underlying librdkafka producer is replaced by a fresh one
@@ -95,7 +54,9 @@ impl ClientContext for SignalingContext {
 /// tansu 0.6 panics on a bumped epoch, see docs/DECISIONS.md).
 #[derive(Clone)]
 pub struct JournalProducer {
-    current: Arc<RwLock<(u64, Arc<FutureProducer<SignalingContext>>)>>,
+    current: Arc<CurrentProducer>,
+    /// `None` with `journal.partition_lanes = false`: every append goes to librdkafka at once.
+    lanes: Option<Arc<Lanes>>,
     /// Behind an `Arc`: the producer is cloned into every request's state.
     config: Arc<ClientConfig>,
     signals: Arc<dyn JournalSignals>,
@@ -129,8 +90,13 @@ impl JournalProducer {
             .set("client.id", "payrail-journal");
         let log = Arc::new(options.client_log("payrail-journal"));
         let producer = Self::build(&config, &signals, &client_errors, &log)?;
+        let current = Arc::new(CurrentProducer::new(producer));
+        let lanes = options
+            .partition_lanes
+            .then(|| Arc::new(Lanes::new(current.clone())));
         Ok(Self {
-            current: Arc::new(RwLock::new((0, Arc::new(producer)))),
+            current,
+            lanes,
             config: Arc::new(config),
             signals,
             client_errors,
@@ -156,42 +122,33 @@ impl JournalProducer {
             .map_err(|e| JournalError::Config(e.to_string()))
     }
 
-    fn producer(&self) -> (u64, Arc<FutureProducer<SignalingContext>>) {
-        match self.current.read() {
-            Ok(guard) => (guard.0, guard.1.clone()),
-            Err(poisoned) => {
-                let guard = poisoned.into_inner();
-                (guard.0, guard.1.clone())
-            }
-        }
-    }
-
     /// Replaces producer `generation` with a fresh one (no-op if already replaced).
     fn reset(&self, generation: u64) {
         let Ok(fresh) = Self::build(&self.config, &self.signals, &self.client_errors, &self.log)
         else {
             return;
         };
-        let mut guard = match self.current.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if guard.0 == generation {
+        if self.current.replace(generation, fresh) {
             tracing::info!(
                 generation = generation + 1,
                 "journal producer replaced after a failed append"
             );
-            *guard = (generation + 1, Arc::new(fresh));
         }
     }
 
     /// Gives up on every append in flight: the producer is replaced and the old one's queued
     /// and in-flight records are purged, so their appends fail now instead of at the
-    /// timeout (their outcome stays unknown: some may have reached the broker). Called
-    /// when the breaker opens, so commands waiting on a dead broker move to the fallback.
+    /// timeout (their outcome stays unknown: some may have reached the broker); appends
+    /// still waiting in a partition lane fail the same way. Called when the breaker opens,
+    /// so commands waiting on a dead broker move to the fallback.
     pub fn abandon_in_flight(&self) {
-        let (generation, old) = self.producer();
+        let (generation, old) = self.current.get();
         self.reset(generation);
+        // The waiters first: the purge fails the appends in flight, and their tickets, once
+        // dropped, would hand the waiters to the fresh producer before they were failed.
+        if let Some(lanes) = &self.lanes {
+            lanes.abandon_waiting();
+        }
         old.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
     }
 
@@ -225,69 +182,84 @@ impl JournalProducer {
         &self,
         records: &[OutgoingRecord],
     ) -> Result<Vec<AppendReceipt>, JournalError> {
-        let (generation, producer) = self.producer();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let in_flight = RecordsInFlight::count(records.len());
-        let result = self.append_with(&producer, records).await;
+        let (generation, result) = self.append_with(records, started).await;
         drop(in_flight);
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::histogram!("payrail_journal_append_duration_seconds", "outcome" => outcome)
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("payrail_journal_records_total", "outcome" => outcome)
             .increment(records.len() as u64);
-        if result.is_err() {
+        if let (Err(_), Some(generation)) = (&result, generation) {
             self.reset(generation);
         }
         result
     }
 
+    /// Hands `records` to librdkafka — through their partition's lane when they share one —
+    /// and waits for their deliveries. Returns the generation of the producer that took
+    /// them (`None` if none did).
     async fn append_with(
         &self,
-        producer: &FutureProducer<SignalingContext>,
         records: &[OutgoingRecord],
-    ) -> Result<Vec<AppendReceipt>, JournalError> {
-        let mut pending = Vec::with_capacity(records.len());
-        for record in records {
-            let epoch = record.headers.owner_epoch.to_string();
-            let headers = OwnedHeaders::new_with_capacity(5)
-                .insert(Header {
-                    key: EventHeaders::EVENT_TYPE,
-                    value: Some(record.headers.event_type.as_bytes()),
-                })
-                .insert(Header {
-                    key: EventHeaders::EVENT_ID,
-                    value: Some(record.headers.event_id.as_bytes()),
-                })
-                .insert(Header {
-                    key: EventHeaders::SCHEMA_VERSION,
-                    value: Some(record.headers.schema_version.as_bytes()),
-                })
-                .insert(Header {
-                    key: EventHeaders::CONTENT_TYPE,
-                    value: Some(record.headers.content_type.as_bytes()),
-                })
-                .insert(Header {
-                    key: EventHeaders::OWNER_EPOCH,
-                    value: Some(epoch.as_bytes()),
-                });
-            let future_record = FutureRecord::to(&record.topic)
-                .partition(record.partition)
-                .key(record.key.as_bytes())
-                .payload(&record.value)
-                .headers(headers);
-            // Enqueueing only waits when the client buffer is full; the broker wait is below.
-            let delivery = producer
-                .send_result(future_record)
-                .map_err(|(e, _)| JournalError::Kafka(e))?;
-            pending.push(delivery);
-        }
-        let mut receipts = Vec::with_capacity(pending.len());
+        started: Instant,
+    ) -> (Option<u64>, Result<Vec<AppendReceipt>, JournalError>) {
         // librdkafka fails the record itself at message.timeout.ms (checked about once a
-        // second); the guard only protects against a lost callback. A record the guard gives
-        // up on is purged with the producer it was queued in (see `reset`).
+        // second); the guard only protects against a lost callback or a lane that never
+        // lets the records go. A record the guard gives up on is purged with the producer
+        // it was queued in (see `reset`); one still in its lane never leaves it.
         let guard = self.timeout + Duration::from_secs(2);
-        for delivery in pending {
-            match tokio::time::timeout(guard, delivery).await {
+        let lane = match (&self.lanes, records.first()) {
+            (Some(lanes), Some(first))
+                if records
+                    .iter()
+                    .all(|r| r.partition == first.partition && r.topic == first.topic) =>
+            {
+                Some(lanes.lane(&first.topic, first.partition))
+            }
+            _ => None,
+        };
+        let admitted = match lane.map(|lane| lane.submit(records)) {
+            Some(Submitted::Now(admitted)) => admitted,
+            Some(Submitted::Later(waiting)) => match tokio::time::timeout(guard, waiting).await {
+                Ok(Ok(admitted)) => admitted,
+                Ok(Err(_closed)) => return (None, Err(JournalError::Kafka(KafkaError::Canceled))),
+                Err(_) => return (None, Err(JournalError::Timeout(self.timeout))),
+            },
+            None => {
+                // The handle stays alive until the deliveries are in (see `Admitted`).
+                let (generation, producer) = self.current.get();
+                let (deliveries, error) = enqueue(&producer, records);
+                let deliveries = match error {
+                    Some(error) => Err(error),
+                    None => Ok(deliveries),
+                };
+                let result = self.delivered(deliveries, started + guard).await;
+                drop(producer);
+                return (Some(generation), result);
+            }
+        };
+        let Admitted {
+            producer,
+            deliveries,
+            _ticket,
+        } = admitted;
+        let result = self.delivered(deliveries, started + guard).await;
+        drop(_ticket);
+        (producer.map(|(generation, _)| generation), result)
+    }
+
+    /// Waits for every delivery until `deadline`, in order.
+    async fn delivered(
+        &self,
+        deliveries: Result<Vec<DeliveryFuture>, KafkaError>,
+        deadline: Instant,
+    ) -> Result<Vec<AppendReceipt>, JournalError> {
+        let deliveries = deliveries.map_err(JournalError::Kafka)?;
+        let mut receipts = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match tokio::time::timeout_at(deadline.into(), delivery).await {
                 Err(_) => return Err(JournalError::Timeout(self.timeout)),
                 Ok(Err(_canceled)) => {
                     return Err(JournalError::Kafka(KafkaError::Canceled));
@@ -311,7 +283,7 @@ impl JournalProducer {
 
     /// Whether the broker answers a metadata request within `timeout`.
     pub async fn is_reachable(&self, timeout: Duration) -> bool {
-        let (_, producer) = self.producer();
+        let (_, producer) = self.current.get();
         tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -330,7 +302,7 @@ impl JournalProducer {
         partition: i32,
         timeout: Duration,
     ) -> Result<i64, JournalError> {
-        let (_, producer) = self.producer();
+        let (_, producer) = self.current.get();
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || {
             producer
@@ -350,7 +322,7 @@ impl JournalProducer {
 
     /// Waits for buffered records to be delivered (shutdown).
     pub fn flush(&self, timeout: Duration) {
-        let _ = self.producer().1.flush(Timeout::After(timeout));
+        let _ = self.current.get().1.flush(Timeout::After(timeout));
     }
 }
 
