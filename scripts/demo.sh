@@ -88,7 +88,7 @@ step() {
     log "FAILED step \"$name\": $method $path answered HTTP $status (expected $expect)"
     log "response body: $(cat "$out")"
     log "node log: $node_log (last lines below)"
-    tail -5 "$node_log" | sed "s/\x1b\[[0-9;]*m//g" >&2
+    tail -5 "$node_log" >&2
     rm -f "$out"
     exit 1
   fi

@@ -163,3 +163,21 @@ stop_scratch_node() {
     SCRATCH_NODE_DB=""
   fi
 }
+
+# Prints, for each failed test in cargo test's output $1, its name, the last lines it printed
+# before its panic and the panic's first lines (no backtrace): CI shows the end of the output.
+summarize_failures() {
+  log "failed tests and their panics (full output: $1):"
+  awk '
+    function cut(line) { return "    " substr(line, 1, 400) }
+    # A block that ends without a panic line (a test returning Err) shows its last lines.
+    function flush() { if (!panic) for (i = 0; i < kept; i++) print cut(before[i]); kept = 0 }
+    /^---- .* stdout ----$/ { if (block) flush(); print "  FAILED " $2; block = 1; panic = 0; kept = 0; next }
+    !block { next }
+    /^stack backtrace:/ || /^note: / || /^failures:$/ || /^---- / || panic > 12 { flush(); block = 0; next }
+    / panicked at / { for (i = 0; i < kept; i++) print cut(before[i]); kept = 0; panic = 1 }
+    panic { if (NF) { print cut($0); panic++ } next }
+    NF { if (kept == 6) { for (i = 1; i < 6; i++) before[i - 1] = before[i]; kept = 5 } before[kept++] = $0 }
+    END { if (block) flush() }
+  ' "$1" >&2
+}

@@ -19,11 +19,13 @@ if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
     log "could not install aiosmtpd; the e-mail test will fail (it is not skipped)"
 fi
 
-# The API fuzz test (tests/fuzz_api.rs) runs schemathesis (PyPI) against a real node.
-if ! python3 -c 'import schemathesis' 2>/dev/null; then
-  log "installing schemathesis for the API fuzz test"
-  python3 -m pip install --quiet schemathesis 2>/dev/null ||
-    python3 -m pip install --quiet --break-system-packages schemathesis 2>/dev/null ||
+# The API fuzz test (tests/fuzz_api.rs) runs schemathesis (PyPI) against a real node, pinned
+# so a new release cannot change the cases under a green commit.
+SCHEMATHESIS_VERSION=4.32.5
+if [ "$(python3 -c 'import schemathesis; print(schemathesis.__version__)' 2>/dev/null)" != "$SCHEMATHESIS_VERSION" ]; then
+  log "installing schemathesis $SCHEMATHESIS_VERSION for the API fuzz test"
+  python3 -m pip install --quiet "schemathesis==$SCHEMATHESIS_VERSION" 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION" 2>/dev/null ||
     log "could not install schemathesis; the fuzz test will fail (it is not skipped)"
 fi
 
@@ -68,7 +70,13 @@ export PAYRAIL_TEST_BROKERS="127.0.0.1:$PAYRAIL_BROKER_PORT"
 export PAYRAIL_TEST_DATABASE_URL="$PAYRAIL_DATABASE_URL"
 export PAYRAIL_TANSU_BIN="$(command -v tansu)"
 # --no-fail-fast: a failing test binary does not hide the results of the ones after it.
-cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${PAYRAIL_TEST_THREADS:-4}"
+# The output is kept, and the failures' panics are printed again at the end (CI shows the end).
+TEST_LOG="$PAYRAIL_STATE/test-output.log"
+if ! cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${PAYRAIL_TEST_THREADS:-4}" 2>&1 |
+  tee "$TEST_LOG"; then
+  summarize_failures "$TEST_LOG"
+  exit 1
+fi
 
 # Keeps scripts/benchmarks.sh runnable: every profile and scenario, 2 s each, with the debug
 # binary, on a private broker it starts and stops; fails unless every run served requests.

@@ -16,6 +16,7 @@ const RUNTIME_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_se
 /// BENCHMARKS.md.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -128,7 +129,7 @@ struct SandboxArgs {
 
 /// Installs the tracing subscriber: `RUST_LOG` (default `info`) in `log.format`. warp's own
 /// two lines per request are silenced (unless `RUST_LOG` names warp): the access log is the
-/// one line per request.
+/// one line per request. Text is coloured only on a terminal without `NO_COLOR`.
 fn init_logging(options: &config::LogOptions, to_stderr: bool) {
     let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
     let mut filter = tracing_subscriber::EnvFilter::new(&directives);
@@ -144,8 +145,17 @@ fn init_logging(options: &config::LogOptions, to_stderr: bool) {
             Box::new(std::io::stdout())
         }
     };
+    // Colour codes only on a terminal: a log written to a file or a pipe (a service manager,
+    // a log shipper, `grep key=value`) gets plain text. `NO_COLOR` turns them off anywhere.
+    let terminal = if to_stderr {
+        std::io::stderr().is_terminal()
+    } else {
+        std::io::stdout().is_terminal()
+    };
+    let ansi = terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(writer);
     match options.format {
         config::LogFormat::Text => builder.init(),

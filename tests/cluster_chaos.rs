@@ -11,6 +11,10 @@
 
 mod common;
 
+// Takeover under load (a benchmark, ignored).
+#[path = "cluster_chaos/takeover_load.rs"]
+mod takeover_load;
+
 use common::chaos::{
     audit_with, env_u64, percentile, run_keyed_load, KeySpec, LoadControl, Merchant,
 };

@@ -1,6 +1,7 @@
 //! `log.format = "json"` on a real node: every line is a JSON object, each request gets
 //! exactly one access line carrying its request id and route template, and secrets (the API
-//! key) appear nowhere.
+//! key) appear nowhere. The default text format written to a file carries no terminal
+//! colour codes.
 
 mod common;
 
@@ -90,4 +91,41 @@ async fn json_logs_have_one_access_line_per_request_with_its_request_id_and_no_s
     );
     assert!(!log.contains("secret=1"), "the query string is not logged");
     assert!(!log.contains(&key), "the API key is never logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_log_written_to_a_file_has_no_terminal_colour_codes() {
+    let env = TestEnv::new("logging_plain").await;
+    let node = NodeProcess::start(&env, &[("PAYRAIL__LOG__FORMAT", "text")]).await;
+    let api = Api::new(&node);
+    let (_, key) = api.merchant("plain-log").await;
+    let created = api
+        .create_payment(&key, None, r#"{"amount":700,"currency":"eur"}"#)
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+
+    // The access line of the create is written after the reply; give the writer a moment.
+    let path = node.log.clone();
+    let log = common::eventually(std::time::Duration::from_secs(5), move || {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        let done = log
+            .lines()
+            .any(|l| l.contains("payrail::access") && l.contains("/v1/payments"));
+        async move { done.then_some(log) }
+    })
+    .await
+    .expect("access line written");
+    let coloured: Vec<&str> = log.lines().filter(|l| l.contains('\u{1b}')).collect();
+    assert!(
+        coloured.is_empty(),
+        "{} of {} lines carry escape codes, e.g. {:?}",
+        coloured.len(),
+        log.lines().count(),
+        coloured.first()
+    );
+    // Fields stay greppable as `key=value`.
+    assert!(
+        log.lines().any(|l| l.contains(r#"route="/v1/payments""#)),
+        "no access line with route=\"/v1/payments\""
+    );
 }
