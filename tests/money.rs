@@ -77,6 +77,9 @@ async fn balance(api: &Api, key: &str) -> (i64, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_workload_with_restart_and_reset_audits_clean_and_settles_to_the_ledger() {
+    // Its rates and amounts are one UTC day's: start where the whole run falls on one day.
+    clear_of_utc_midnight(Duration::from_secs(300)).await;
+    let day = today();
     let env = TestEnv::new("money").await;
     let port = free_port();
     let sandbox = SandboxProcess::start(&env, port, &[]);
@@ -330,8 +333,8 @@ async fn mixed_workload_with_restart_and_reset_audits_clean_and_settles_to_the_l
         .await;
     assert_eq!(foreign.status, 404);
 
-    // Analytics of merchant A today.
-    let metrics = api.metrics(&key_a, &today()).await;
+    // Analytics of merchant A on the test's day.
+    let metrics = api.metrics(&key_a, &day).await;
     let eur = &metrics.body["data"][0];
     assert_eq!(eur["created_count"], 3);
     assert_eq!(eur["succeeded_count"], 2);
@@ -347,7 +350,7 @@ async fn mixed_workload_with_restart_and_reset_audits_clean_and_settles_to_the_l
     let channels = api
         .send(
             reqwest::Method::GET,
-            &format!("/v1/analytics/channel-metrics?date={}", today()),
+            &format!("/v1/analytics/channel-metrics?date={day}"),
             Some(ADMIN_TOKEN),
             None,
             None,
@@ -363,7 +366,7 @@ async fn mixed_workload_with_restart_and_reset_audits_clean_and_settles_to_the_l
     let merchant_as_admin = api
         .send(
             reqwest::Method::GET,
-            &format!("/v1/analytics/channel-metrics?date={}", today()),
+            &format!("/v1/analytics/channel-metrics?date={day}"),
             Some(&key_a),
             None,
             None,

@@ -160,8 +160,7 @@ async fn outage_under_load(fault: Fault) {
     let probe_at = Instant::now();
     let probe_at_run = load.started.elapsed();
     let visible = eventually(Duration::from_secs(10), || async {
-        let m = api.metrics(&probe_key, &today()).await;
-        (m.body["data"][0]["created_count"] == 1).then_some(())
+        (api.metric_total(&probe_key, "created_count").await == 1).then_some(())
     })
     .await;
     let probe_visible_after = probe_at.elapsed();

@@ -137,6 +137,20 @@ impl Api {
             .await
     }
 
+    /// The merchant's `field` (a count or an amount) summed over every currency of the
+    /// test's days ([`super::test_days`]): right even when the test crosses UTC midnight.
+    pub async fn metric_total(&self, key: &str, field: &str) -> i64 {
+        let mut total = 0;
+        for day in super::test_days() {
+            let reply = self.metrics(key, &day).await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            if let Some(rows) = reply.body["data"].as_array() {
+                total += rows.iter().filter_map(|r| r[field].as_i64()).sum::<i64>();
+            }
+        }
+        total
+    }
+
     pub async fn metrics(&self, key: &str, date: &str) -> Reply {
         self.send(
             reqwest::Method::GET,

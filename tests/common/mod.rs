@@ -168,3 +168,28 @@ where
 pub fn today() -> String {
     chrono::Utc::now().format("%Y-%m-%d").to_string()
 }
+
+/// The UTC days a test's analytics rows can fall on: yesterday and today. Analytics files a
+/// payment under the UTC day of its event, so a test that crosses midnight has rows on two
+/// days; each test has its own database and none runs for a day, so these two hold them all.
+pub fn test_days() -> [String; 2] {
+    let now = chrono::Utc::now();
+    let yesterday = now - chrono::Duration::days(1);
+    [
+        yesterday.format("%Y-%m-%d").to_string(),
+        now.format("%Y-%m-%d").to_string(),
+    ]
+}
+
+/// Waits, when UTC midnight is less than `margin` away, until it has passed: for a test
+/// that reads one day's analytics figures that cannot be summed across days (rates).
+pub async fn clear_of_utc_midnight(margin: Duration) {
+    let now = chrono::Utc::now();
+    let Some(midnight) = (now.date_naive() + chrono::Duration::days(1)).and_hms_opt(0, 0, 1) else {
+        return;
+    };
+    let left = (midnight.and_utc() - now).to_std().unwrap_or_default();
+    if left < margin {
+        tokio::time::sleep(left).await;
+    }
+}
