@@ -9,8 +9,9 @@
 # namespace) are started; then for each concurrency of $CONNECTIONS (default "16 100"),
 # $RUNS times (default 2): the raw journal reference (`payrail bench journal`), then each
 # scenario (`payrail loadtest`): $SCENARIOS (default "create lifecycle mixed"; add
-# stripe-create for the Stripe-compatible create) for the pool profiles, create (and
-# stripe-create if asked for) only for nopools. A PSP sandbox is started for lifecycle and mixed. CPU
+# stripe-create for the Stripe-compatible create, read for the node's per-request floor: GETs
+# answered from live actors) for the pool profiles, create (and stripe-create and read if
+# asked for) only for nopools. A PSP sandbox is started for lifecycle and mixed. CPU
 # ticks of the broker, node and PostgreSQL are read before and after every run. Everything
 # started is stopped at the end (node, sandbox, broker), by PID.
 # Results (one JSON per run) go to $OUT (default .payrail/bench-<time>/), a summary to stdout:
@@ -55,8 +56,8 @@ ADMIN_TOKEN="bench-admin-token-0123456789"
 WEBHOOK_SECRET="whsec_bench_0123456789abcdef"
 for scenario in $SCENARIOS; do
   case "$scenario" in
-    create | lifecycle | mixed | stripe-create) ;;
-    *) log "unknown scenario $scenario in SCENARIOS (create, lifecycle, mixed, stripe-create)"; exit 1 ;;
+    create | lifecycle | mixed | stripe-create | read) ;;
+    *) log "unknown scenario $scenario in SCENARIOS (create, lifecycle, mixed, stripe-create, read)"; exit 1 ;;
   esac
 done
 for profile in $PROFILES; do
@@ -228,7 +229,8 @@ for profile in $PROFILES; do
   # The write path alone: the creates (native, and the Stripe-compatible one if asked for).
   if [ "$profile" = nopools ]; then
     scenarios="create"
-    case " $SCENARIOS " in *" stripe-create "*) scenarios="create stripe-create" ;; esac
+    case " $SCENARIOS " in *" stripe-create "*) scenarios="$scenarios stripe-create" ;; esac
+    case " $SCENARIOS " in *" read "*) scenarios="$scenarios read" ;; esac
   fi
   start_broker "$profile"
   case " $scenarios " in *" lifecycle "* | *" mixed "*) start_sandbox "$dir" ;; esac

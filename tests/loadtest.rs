@@ -335,3 +335,29 @@ async fn loadtest_stripe_create_journals_one_payment_per_acknowledged_intent() {
     let events = event_counts(&env);
     assert_eq!(count(&events, "payment.created"), 90, "{events:?}");
 }
+
+/// The `read` scenario (the node's per-request floor in BENCHMARKS): each connection creates
+/// one payment, then only reads its own payment back; every read answers that payment and
+/// journals nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_read_reads_each_connections_payment_and_journals_only_its_creates() {
+    let env = TestEnv::new("loadtest_read").await;
+    let node = NodeProcess::start(&env, &[]).await;
+    let report = scenario_loadtest(&node.base, "read", 3, 90).await;
+    assert_eq!(
+        ok_of(&report, "create"),
+        3,
+        "one create per connection: {report}"
+    );
+    assert_eq!(ok_of(&report, "get"), 87, "{report}");
+    assert_eq!(report["total"]["errors"], 0, "{report}");
+    let events = event_counts(&env);
+    assert_eq!(count(&events, "payment.created"), 3, "{events:?}");
+    // Besides the creates only the node's start markers (no event type of a payment).
+    let payment_events: u64 = events
+        .iter()
+        .filter(|(kind, _)| kind.starts_with("payment.") || kind.starts_with("refund."))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(payment_events, 3, "reads journal nothing: {events:?}");
+}

@@ -1,9 +1,11 @@
-//! What one simulated client does per iteration: the `create`, `stripe-create`,
+//! What one simulated client does per iteration: the `create`, `stripe-create`, `read`,
 //! `lifecycle` and `mixed` scenarios of `payrail loadtest`. Every HTTP request is recorded
 //! under its own kind.
 //!
 //! - `create`: `POST /v1/payments`.
 //! - `stripe-create`: `POST /v1/payment_intents`, form-encoded (kind `create`).
+//! - `read`: `GET /v1/payments/{id}` of a payment this connection created (kind `get`); an
+//!   iteration without one yet creates one.
 //! - `lifecycle`: create → confirm (`pm_card_visa`, manual capture; the node calls the PSP
 //!   sandbox, which also sends the node a signed webhook) → capture (all) → refund (all or a
 //!   random part). If confirm answers `processing`, the worker polls the payment until the
@@ -61,6 +63,7 @@ pub fn iteration_description(scenario: Scenario) -> String {
         Scenario::Lifecycle => "create, confirm, capture, refund (4 requests)".into(),
         Scenario::Mixed => format!("one action by weight: {}", mix_description()),
         Scenario::StripeCreate => "Stripe-compatible create (1 request)".into(),
+        Scenario::Read => "GET of a payment this connection created (1 request)".into(),
     }
 }
 
@@ -129,6 +132,7 @@ impl Worker {
             Scenario::Create => self.create(merchant, start).await.map(drop),
             Scenario::StripeCreate => self.stripe_create(merchant, start).await,
             Scenario::Lifecycle => self.lifecycle(merchant, start).await,
+            Scenario::Read => self.action(Action::Get, merchant, start).await,
             Scenario::Mixed => {
                 let action = self
                     .mix

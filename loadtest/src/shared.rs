@@ -28,6 +28,11 @@ pub enum Scenario {
     /// body with `metadata[order_no]`, as a Stripe SDK sends it), to compare its cost with
     /// `create`'s (issue 26). Reported under the kind `create`.
     StripeCreate,
+    /// `GET /v1/payments/{id}` of a payment this connection created (its first iteration
+    /// creates one): an authenticated request answered from the live payment actor, with no
+    /// journal append and no PostgreSQL statement, i.e. the node's per-request floor (HTTP,
+    /// authentication, one actor hop, JSON) that a create pays before its own work.
+    Read,
 }
 
 impl Scenario {
@@ -37,6 +42,7 @@ impl Scenario {
             Self::Lifecycle => "lifecycle",
             Self::Mixed => "mixed",
             Self::StripeCreate => "stripe-create",
+            Self::Read => "read",
         }
     }
 }
