@@ -41,22 +41,21 @@ async fn restarted_node_serves_the_same_payment_state() {
     }
 }
 
-/// The analytics count of created payments of `key`'s merchant, over the test's days.
-async fn analytics_count(api: &Api, key: &str) -> i64 {
-    api.metric_total(key, "created_count").await
-}
-
-/// Waits (bounded) until the count equals `expected`; returns the last count seen.
+/// Waits (bounded) until the merchant's analytics count of created payments (over the test's
+/// days) equals `expected`; returns the last count seen.
 async fn wait_for_count(api: &Api, key: &str, expected: i64) -> i64 {
-    let reached = eventually(Duration::from_secs(60), || {
-        let api = api.clone();
-        let key = key.to_string();
-        async move { (analytics_count(&api, &key).await == expected).then_some(expected) }
-    })
-    .await;
+    let reached =
+        eventually(Duration::from_secs(60), || {
+            let api = api.clone();
+            let key = key.to_string();
+            async move {
+                (api.metric_total(&key, "created_count").await == expected).then_some(expected)
+            }
+        })
+        .await;
     match reached {
         Some(n) => n,
-        None => analytics_count(api, key).await,
+        None => api.metric_total(key, "created_count").await,
     }
 }
 
@@ -205,7 +204,7 @@ async fn analytics_counts_each_payment_once_after_the_group_offsets_are_reset() 
     );
     for (merchant_id, key) in &merchants {
         assert_eq!(
-            analytics_count(&api, key).await,
+            api.metric_total(key, "created_count").await,
             expected[merchant_id],
             "no double count after the reset"
         );
